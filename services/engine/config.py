@@ -1,0 +1,81 @@
+"""Engine settings: every field is a flag (`--max-model-len`) and an env var (`ENGINE_MAX_MODEL_LEN`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.engine.vllm_backend import ServedModel
+
+# On vLLM's CPU backend gpu_memory_utilization is the share of RAM for the KV cache;
+# vLLM's GPU default (0.92) does not fit beside the OS and the other services.
+CPU_MEMORY_SHARE = 0.3
+
+
+class EngineSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ENGINE_",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_prog_name="python -m services.engine",
+        protected_namespaces=(),
+    )
+
+    host: str = "0.0.0.0"
+    port: int = Field(50051, ge=0, le=65535)
+    model: str | None = Field(None, description="Hugging Face folder or hub id; default: the embedded model")
+    model_store: Path = Field(Path("var/models"), description="where the embedded model is converted to")
+    served_model_name: str | None = Field(None, description="name clients use; default: the folder's name")
+    tokenizer: str | None = None
+    dtype: str = "auto"
+    max_model_len: int | None = Field(None, ge=1)
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description=f"on CPU: share of RAM for the KV cache (default {CPU_MEMORY_SHARE})"
+    )
+    tensor_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, ge=1)
+    distributed_executor_backend: Literal["mp", "ray", "uni"] | None = None
+    enable_prefix_caching: bool = True
+    max_num_seqs: int | None = Field(None, ge=1)
+    enforce_eager: bool = False
+    load_format: str = "auto"
+    seed: int | None = None
+    max_logprobs: int = Field(20, ge=0)
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="more AsyncEngineArgs fields, as JSON"
+    )
+    shutdown_grace_seconds: float = Field(10.0, ge=0)
+    log_level: str = "INFO"
+
+    def served_model(self, model_path: str) -> ServedModel:
+        name = self.served_model_name or Path(model_path.rstrip("/")).name
+        return ServedModel(name=name, root=model_path)
+
+    def engine_args_for(self, model_path: str, on_cpu: bool) -> dict[str, Any]:
+        """The keyword arguments of vLLM's AsyncEngineArgs; CPU and GPU differ only here."""
+        memory_share = self.gpu_memory_utilization
+        if memory_share is None and on_cpu:
+            memory_share = CPU_MEMORY_SHARE
+        args: dict[str, Any] = {
+            "model": model_path,
+            "served_model_name": [self.served_model(model_path).name],
+            "tokenizer": self.tokenizer,
+            "dtype": self.dtype,
+            "max_model_len": self.max_model_len,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "pipeline_parallel_size": self.pipeline_parallel_size,
+            "distributed_executor_backend": self.distributed_executor_backend,
+            "enable_prefix_caching": self.enable_prefix_caching,
+            "max_num_seqs": self.max_num_seqs,
+            "enforce_eager": self.enforce_eager,
+            "load_format": self.load_format,
+            "seed": self.seed,
+            "max_logprobs": self.max_logprobs,
+            "gpu_memory_utilization": memory_share,
+        }
+        args = {k: v for k, v in args.items() if v is not None}
+        args.update(self.engine_args)
+        return args

@@ -1,0 +1,138 @@
+"""What a generation request asks for and what its stream returns, free of gRPC and vLLM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Role(str, Enum):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatTurn:
+    role: Role
+    content: str
+    name: str | None = None
+    tool_call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StructuredOutput:
+    """Exactly one field is set."""
+
+    json_schema: str | None = None
+    json_object: bool = False
+    regex: str | None = None
+    choice: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """None means: the model's or vLLM's default."""
+
+    max_tokens: int | None = None
+    min_tokens: int = 0
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    seed: int | None = None
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    ignore_eos: bool = False
+    logprobs: int | None = None
+    structured_output: StructuredOutput | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """Exactly one field is set."""
+
+    text: str | None = None
+    chat: tuple[ChatTurn, ...] | None = None
+    token_ids: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    request_id: str
+    model: str
+    prompt: Prompt
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+class FinishReason(str, Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    ABORT = "abort"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class TopLogprob:
+    token_id: int
+    token: str
+    logprob: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    token_id: int
+    token: str
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(slots=True)
+class ChoiceDelta:
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: FinishReason | None = None
+    stop_string: str | None = None
+    stop_token_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    queue_seconds: float = 0.0
+    time_to_first_token_seconds: float = 0.0
+    generation_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class GenerationUpdate:
+    """One step of a stream; `finished` marks the last, which carries final usage and timings."""
+
+    choices: list[ChoiceDelta]
+    usage: Usage
+    finished: bool = False
+    timings: Timings | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    id: str
+    root: str
+    max_model_len: int
+    dtype: str
+    device: str

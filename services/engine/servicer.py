@@ -1,0 +1,238 @@
+"""Translates between the engine's protobuf messages and the vLLM adapter; nothing else."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+from llmserve.engine.v1 import engine_pb2 as pb
+from llmserve.engine.v1 import engine_pb2_grpc
+
+from services.engine.errors import (
+    EngineError,
+    EngineUnavailableError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    RequestNotFoundError,
+)
+from services.engine.generation import (
+    ChatTurn,
+    FinishReason,
+    GenerationRequest,
+    GenerationUpdate,
+    Prompt,
+    Role,
+    Sampling,
+    StructuredOutput,
+)
+from services.engine.vllm_backend import VllmBackend
+
+STATUS_BY_ERROR: dict[type[EngineError], grpc.StatusCode] = {
+    ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
+    InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
+    EngineUnavailableError: grpc.StatusCode.UNAVAILABLE,
+    RequestNotFoundError: grpc.StatusCode.NOT_FOUND,
+}
+
+_ROLES = {
+    pb.ROLE_SYSTEM: Role.SYSTEM,
+    pb.ROLE_USER: Role.USER,
+    pb.ROLE_ASSISTANT: Role.ASSISTANT,
+    pb.ROLE_TOOL: Role.TOOL,
+}
+
+_FINISH = {
+    None: pb.FINISH_REASON_UNSPECIFIED,
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.ABORT: pb.FINISH_REASON_ABORT,
+    FinishReason.ERROR: pb.FINISH_REASON_ERROR,
+}
+
+
+async def _abort_with(context: grpc.aio.ServicerContext, error: EngineError) -> None:
+    await context.abort(STATUS_BY_ERROR[type(error)], str(error))
+
+
+class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
+    def __init__(self, backend: VllmBackend) -> None:
+        self._backend = backend
+
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        request_id = request.request_id or f"gen-{uuid.uuid4().hex}"
+        try:
+            domain = GenerationRequest(
+                request_id=request_id,
+                model=request.model,
+                prompt=_prompt(request),
+                sampling=_sampling(request.sampling),
+            )
+            async for update in self._backend.generate(domain):
+                yield _response(request_id, update)
+        except EngineError as error:
+            await _abort_with(context, error)
+
+    async def Abort(self, request: pb.AbortRequest, context: grpc.aio.ServicerContext) -> pb.AbortResponse:
+        aborted = await self._backend.abort(list(request.request_ids))
+        return pb.AbortResponse(aborted_ids=aborted)
+
+    async def Tokenize(
+        self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TokenizeResponse:
+        which = request.WhichOneof("prompt")
+        try:
+            if which is None:
+                raise InvalidRequestError("give text or chat messages to tokenize")
+            prompt = Prompt(text=request.text) if which == "text" else Prompt(chat=_chat(request.chat))
+            add_generation_prompt = (
+                request.add_generation_prompt if request.HasField("add_generation_prompt") else True
+            )
+            ids, max_model_len = await self._backend.tokenize(
+                request.model, prompt, request.add_special_tokens, add_generation_prompt
+            )
+        except EngineError as error:
+            await _abort_with(context, error)
+        return pb.TokenizeResponse(token_ids=ids, count=len(ids), max_model_len=max_model_len)
+
+    async def Detokenize(
+        self, request: pb.DetokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DetokenizeResponse:
+        try:
+            text = await self._backend.detokenize(request.model, list(request.token_ids))
+        except EngineError as error:
+            await _abort_with(context, error)
+        return pb.DetokenizeResponse(text=text)
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        try:
+            models = self._backend.models()
+        except EngineError as error:
+            await _abort_with(context, error)
+        return pb.ListModelsResponse(
+            models=[
+                pb.ModelCard(id=m.id, root=m.root, max_model_len=m.max_model_len, dtype=m.dtype, device=m.device)
+                for m in models
+            ]
+        )
+
+    async def GetLoad(self, request: pb.GetLoadRequest, context: grpc.aio.ServicerContext) -> pb.GetLoadResponse:
+        unfinished, open_streams = self._backend.load()
+        return pb.GetLoadResponse(unfinished_requests=unfinished, open_streams=open_streams)
+
+
+def _chat(chat: pb.Chat) -> tuple[ChatTurn, ...]:
+    turns = []
+    for i, message in enumerate(chat.messages):
+        role = _ROLES.get(message.role)
+        if role is None:
+            raise InvalidRequestError(f"messages[{i}] has no role (system, user, assistant or tool)")
+        turns.append(
+            ChatTurn(
+                role=role,
+                content=message.content,
+                name=message.name or None,
+                tool_call_id=message.tool_call_id or None,
+            )
+        )
+    if not turns:
+        raise InvalidRequestError("messages must hold at least one message")
+    return tuple(turns)
+
+
+def _prompt(request: pb.GenerateRequest) -> Prompt:
+    which = request.WhichOneof("prompt")
+    if which == "text":
+        return Prompt(text=request.text)
+    if which == "chat":
+        return Prompt(chat=_chat(request.chat))
+    if which == "token_ids":
+        return Prompt(token_ids=tuple(request.token_ids.ids))
+    raise InvalidRequestError("the request has no prompt: give text, chat messages or token ids")
+
+
+def _optional(message: pb.SamplingParams, name: str) -> float | int | None:
+    return getattr(message, name) if message.HasField(name) else None
+
+
+def _structured(message: pb.StructuredOutput) -> StructuredOutput | None:
+    which = message.WhichOneof("kind")
+    if which is None:
+        return None
+    if which == "json_schema":
+        return StructuredOutput(json_schema=message.json_schema)
+    if which == "json_object":
+        return StructuredOutput(json_object=message.json_object) if message.json_object else None
+    if which == "regex":
+        return StructuredOutput(regex=message.regex)
+    return StructuredOutput(choice=tuple(message.choice.values))
+
+
+def _sampling(message: pb.SamplingParams) -> Sampling:
+    return Sampling(
+        max_tokens=_optional(message, "max_tokens"),
+        min_tokens=message.min_tokens,
+        temperature=_optional(message, "temperature"),
+        top_p=_optional(message, "top_p"),
+        top_k=_optional(message, "top_k"),
+        min_p=_optional(message, "min_p"),
+        seed=_optional(message, "seed"),
+        n=message.n or 1,
+        stop=tuple(message.stop),
+        stop_token_ids=tuple(message.stop_token_ids),
+        presence_penalty=_optional(message, "presence_penalty"),
+        frequency_penalty=_optional(message, "frequency_penalty"),
+        repetition_penalty=_optional(message, "repetition_penalty"),
+        ignore_eos=message.ignore_eos,
+        logprobs=_optional(message, "logprobs"),
+        structured_output=_structured(message.structured_output),
+    )
+
+
+def _response(request_id: str, update: GenerationUpdate) -> pb.GenerateResponse:
+    usage = update.usage
+    response = pb.GenerateResponse(
+        request_id=request_id,
+        usage=pb.Usage(
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+        ),
+        finished=update.finished,
+    )
+    for choice in update.choices:
+        out = response.choices.add(
+            index=choice.index,
+            text=choice.text,
+            token_ids=choice.token_ids,
+            finish_reason=_FINISH[choice.finish_reason],
+        )
+        if choice.stop_string is not None:
+            out.stop_string = choice.stop_string
+        elif choice.stop_token_id is not None:
+            out.stop_token_id = choice.stop_token_id
+        if choice.logprobs:
+            for lp in choice.logprobs:
+                out.logprobs.add(
+                    token_id=lp.token_id,
+                    token=lp.token,
+                    logprob=lp.logprob,
+                    top_logprobs=[pb.TopLogprob(token_id=t.token_id, token=t.token, logprob=t.logprob) for t in lp.top],
+                )
+    if update.timings is not None:
+        t = update.timings
+        response.timings.CopyFrom(
+            pb.Timings(
+                queue_seconds=t.queue_seconds,
+                time_to_first_token_seconds=t.time_to_first_token_seconds,
+                generation_seconds=t.generation_seconds,
+                total_seconds=t.total_seconds,
+            )
+        )
+    if update.error:
+        response.error = update.error
+    return response

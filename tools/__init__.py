@@ -1,0 +1,1 @@
+"""Developer tools: stub generation and running the stack locally."""
