@@ -12,7 +12,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from llmserve.engine.v1 import engine_pb2, engine_pb2_grpc
 
-from services.engine.servicer import EngineServicer
+from services.engine.servicer import STATUS_BY_ERROR, EngineServicer
+from services.grpc_errors import ErrorInterceptor
 from services.engine.vllm_backend import VllmBackend
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class EngineServer:
 
 def build_server(backend: VllmBackend, address: str) -> EngineServer:
     server = grpc.aio.server(
+        interceptors=[ErrorInterceptor(STATUS_BY_ERROR)],
         options=[
             ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),

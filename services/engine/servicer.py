@@ -10,7 +10,6 @@ from llmserve.engine.v1 import engine_pb2 as pb
 from llmserve.engine.v1 import engine_pb2_grpc
 
 from services.engine.errors import (
-    EngineError,
     EngineUnavailableError,
     InvalidRequestError,
     ModelNotFoundError,
@@ -28,7 +27,8 @@ from services.engine.generation import (
 )
 from services.engine.vllm_backend import VllmBackend
 
-STATUS_BY_ERROR: dict[type[EngineError], grpc.StatusCode] = {
+# The one place domain errors become gRPC statuses (applied by services.grpc_errors).
+STATUS_BY_ERROR: dict[type[Exception], grpc.StatusCode] = {
     ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
     InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
     EngineUnavailableError: grpc.StatusCode.UNAVAILABLE,
@@ -51,10 +51,6 @@ _FINISH = {
 }
 
 
-async def _abort_with(context: grpc.aio.ServicerContext, error: EngineError) -> None:
-    await context.abort(STATUS_BY_ERROR[type(error)], str(error))
-
-
 class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     def __init__(self, backend: VllmBackend) -> None:
         self._backend = backend
@@ -63,17 +59,14 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
         request_id = request.request_id or f"gen-{uuid.uuid4().hex}"
-        try:
-            domain = GenerationRequest(
-                request_id=request_id,
-                model=request.model,
-                prompt=_prompt(request),
-                sampling=_sampling(request.sampling),
-            )
-            async for update in self._backend.generate(domain):
-                yield _response(request_id, update)
-        except EngineError as error:
-            await _abort_with(context, error)
+        domain = GenerationRequest(
+            request_id=request_id,
+            model=request.model,
+            prompt=_prompt(request),
+            sampling=_sampling(request.sampling),
+        )
+        async for update in self._backend.generate(domain):
+            yield _response(request_id, update)
 
     async def Abort(self, request: pb.AbortRequest, context: grpc.aio.ServicerContext) -> pb.AbortResponse:
         aborted = await self._backend.abort(list(request.request_ids))
@@ -83,36 +76,25 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.TokenizeResponse:
         which = request.WhichOneof("prompt")
-        try:
-            if which is None:
-                raise InvalidRequestError("give text or chat messages to tokenize")
-            prompt = Prompt(text=request.text) if which == "text" else Prompt(chat=_chat(request.chat))
-            add_generation_prompt = (
-                request.add_generation_prompt if request.HasField("add_generation_prompt") else True
-            )
-            ids, max_model_len = await self._backend.tokenize(
-                request.model, prompt, request.add_special_tokens, add_generation_prompt
-            )
-        except EngineError as error:
-            await _abort_with(context, error)
+        if which is None:
+            raise InvalidRequestError("give text or chat messages to tokenize")
+        prompt = Prompt(text=request.text) if which == "text" else Prompt(chat=_chat(request.chat))
+        add_generation_prompt = request.add_generation_prompt if request.HasField("add_generation_prompt") else True
+        ids, max_model_len = await self._backend.tokenize(
+            request.model, prompt, request.add_special_tokens, add_generation_prompt
+        )
         return pb.TokenizeResponse(token_ids=ids, count=len(ids), max_model_len=max_model_len)
 
     async def Detokenize(
         self, request: pb.DetokenizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.DetokenizeResponse:
-        try:
-            text = await self._backend.detokenize(request.model, list(request.token_ids))
-        except EngineError as error:
-            await _abort_with(context, error)
+        text = await self._backend.detokenize(request.model, list(request.token_ids))
         return pb.DetokenizeResponse(text=text)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        try:
-            models = self._backend.models()
-        except EngineError as error:
-            await _abort_with(context, error)
+        models = self._backend.models()
         return pb.ListModelsResponse(
             models=[
                 pb.ModelCard(id=m.id, root=m.root, max_model_len=m.max_model_len, dtype=m.dtype, device=m.device)

