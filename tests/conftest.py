@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from services.engine.client import EngineClient
-from tests.processes import ServiceProcess, engine_args, free_port
+from tools.processes import ServiceProcess, engine_args, free_port
 
 ENGINE_START_TIMEOUT = 600.0
 

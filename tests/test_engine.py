@@ -16,7 +16,7 @@ from llmserve.engine.v1 import engine_pb2 as pb
 from transformers import AutoTokenizer
 
 from services.engine.client import EngineClient
-from tests.processes import MODEL_STORE, ServiceProcess
+from tools.processes import MODEL_STORE, ServiceProcess
 
 QUESTION = "What is the capital of France?"
 

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from tests.processes import ROOT
+from tools.processes import ROOT
 
 
 def test_generated_stubs_match_protos() -> None:

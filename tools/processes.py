@@ -1,4 +1,4 @@
-"""Starts the stack's services as real processes on free loopback ports, for end-to-end tests."""
+"""Starts the stack's services as real processes on free loopback ports (tests and benchmarks)."""
 
 from __future__ import annotations
 
