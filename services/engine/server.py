@@ -58,8 +58,9 @@ def build_server(backend: VllmBackend, address: str) -> EngineServer:
     return EngineServer(server=server, health=health_servicer, backend=backend, port=port)
 
 
-async def serve(backend: VllmBackend, address: str, grace_seconds: float) -> None:
-    """Serves; health turns SERVING once vLLM is up. On SIGTERM/SIGINT: drain, then stop."""
+async def serve(backend: VllmBackend, address: str, grace_seconds: float) -> int:
+    """Serves; health turns SERVING once vLLM is up. On SIGTERM/SIGINT: drain, then stop.
+    Returns the exit code: 1 when vLLM died under us."""
     # grpc.aio binds the server to the running loop, so it is built here.
     engine = build_server(backend, address)
     await engine.set_serving(False)
@@ -73,11 +74,17 @@ async def serve(backend: VllmBackend, address: str, grace_seconds: float) -> Non
     starting = asyncio.create_task(engine.backend.start())
     waiting = asyncio.create_task(stop.wait())
     await asyncio.wait({starting, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    exit_code = 0
     if starting.done():
         starting.result()
         await engine.set_serving(True)
         log.info("engine ready")
-        await waiting
+        watching = asyncio.create_task(_watch_for_death(engine.backend))
+        await asyncio.wait({waiting, watching}, return_when=asyncio.FIRST_COMPLETED)
+        if watching.done():
+            log.error("vLLM died: leaving so that a supervisor restarts the engine")
+            exit_code = 1
+        watching.cancel()
     else:
         starting.cancel()
     log.info("shutting down: draining for up to %.1f s", grace_seconds)
@@ -85,3 +92,9 @@ async def serve(backend: VllmBackend, address: str, grace_seconds: float) -> Non
     await engine.backend.drain(grace_seconds)
     await engine.server.stop(1.0)
     engine.backend.shutdown()
+    return exit_code
+
+
+async def _watch_for_death(backend: VllmBackend, interval: float = 1.0) -> None:
+    while not backend.dead:
+        await asyncio.sleep(interval)

@@ -64,6 +64,8 @@ class VllmBackend:
         self._info: ModelInfo | None = None
         self._draining = False
         self._open: set[str] = set()
+        # The model's generation_config defaults, for fields a request leaves unset (as vLLM's server does).
+        self._sampling_defaults: dict[str, Any] = {}
 
     async def start(self) -> None:
         """Builds the AsyncLLM (tens of seconds on CPU) in a thread so the gRPC server answers meanwhile."""
@@ -72,6 +74,7 @@ class VllmBackend:
         self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, self._engine_args)
         self._tokenizer = self._llm.get_tokenizer()
         config = self._llm.model_config
+        self._sampling_defaults = config.get_diff_sampling_param()
         from vllm.platforms import current_platform
 
         self._info = ModelInfo(
@@ -83,8 +86,8 @@ class VllmBackend:
         )
 
     @property
-    def ready(self) -> bool:
-        return self._info is not None and not self._llm.errored and not self._draining
+    def dead(self) -> bool:
+        return self._llm is not None and self._llm.errored
 
     def shutdown(self) -> None:
         if self._llm is not None:
@@ -233,7 +236,7 @@ class VllmBackend:
         room = max_model_len - prompt_len
         max_tokens = sampling.max_tokens
         if max_tokens is None:
-            max_tokens = room
+            max_tokens = min(room, self._sampling_defaults.get("max_new_tokens", room))
         elif max_tokens < 1:
             raise InvalidRequestError(f"max_tokens must be at least 1, got {max_tokens}")
         elif max_tokens > room:
@@ -245,6 +248,11 @@ class VllmBackend:
         if sampling.n < 1:
             raise InvalidRequestError(f"n must be at least 1, got {sampling.n}")
         kwargs: dict[str, Any] = {
+            name: value
+            for name, value in self._sampling_defaults.items()
+            if name != "max_new_tokens" and value is not None
+        }
+        kwargs |= {
             name: value
             for name in (
                 "temperature",

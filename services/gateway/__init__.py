@@ -1,0 +1,1 @@
+"""The gateway: OpenAI's REST API over the engine's gRPC stream."""

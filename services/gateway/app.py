@@ -1,0 +1,97 @@
+"""Builds the gateway's FastAPI app: routers, error handlers, limits, and the engine channel's lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.engine.client import EngineClient
+from services.gateway.auth import ApiKeys
+from services.gateway.config import GatewaySettings
+from services.gateway.dependencies import GatewayState
+from services.gateway.errors import ApiError
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.middleware import RequestLimits
+from services.gateway.routes import chat, completions, health, metrics, models, tokenize
+from services.gateway.schemas import UnsupportedFields
+
+log = logging.getLogger(__name__)
+
+
+def _validation_error(exc: RequestValidationError) -> ApiError:
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":
+        return ApiError(400, "The request body is not valid JSON.", param=None, code="invalid_json")
+    cause = first.get("ctx", {}).get("error")
+    if isinstance(cause, UnsupportedFields):
+        return ApiError(400, str(cause), param=cause.names[0], code="unsupported_parameter")
+    location = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(location) or None
+    message = first.get("msg", "Invalid request.").removeprefix("Value error, ")
+    return ApiError(400, f"{param}: {message}" if param else message, param=param, code="invalid_value")
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        error = _validation_error(exc)
+        return JSONResponse(error.body(), status_code=error.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = ApiError(exc.status_code, str(exc.detail))
+        return JSONResponse(error.body(), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+        error = ApiError(500, "Internal server error.", code="internal_error")
+        return JSONResponse(error.body(), status_code=500)
+
+
+def create_app(settings: GatewaySettings, engine: EngineClient | None = None) -> FastAPI:
+    """The engine client is created here (inside the app's lifetime) unless one is passed in."""
+    keys = ApiKeys.parse(settings.api_keys, settings.api_keys_file)
+    if keys.open:
+        log.warning("no API keys configured: the gateway is open to anyone who can reach it")
+    metrics_ = GatewayMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = engine or EngineClient(settings.engine_addr)
+        state = GatewayState(settings=settings, engine=client, keys=keys, metrics=metrics_)
+        app.state.gateway = state
+        try:
+            metrics_.known_models.update(m.id for m in await client.list_models(timeout=2.0))
+        except grpc.aio.AioRpcError:
+            log.info("engine at %s not answering yet; models are learned on first use", settings.engine_addr)
+        yield
+        if state.settling:
+            await asyncio.wait(state.settling, timeout=settings.settle_timeout_seconds)
+        if engine is None:
+            await client.close()
+
+    app = FastAPI(title="llmserve gateway", version="1", lifespan=lifespan)
+    for module in (chat, completions, models, tokenize, health, metrics):
+        app.include_router(module.router)
+    _install_error_handlers(app)
+    app.add_middleware(
+        RequestLimits,
+        metrics=metrics_,
+        max_body_bytes=settings.max_body_bytes,
+        max_in_flight=settings.max_in_flight,
+    )
+    return app

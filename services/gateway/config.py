@@ -1,0 +1,30 @@
+"""Gateway settings, from `GATEWAY_*` environment variables; invalid values stop the start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_")
+
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=0, le=65535)
+    engine_addr: str = "127.0.0.1:50051"
+    # Bearer keys as `key_id:secret` pairs, comma-separated, and/or a file with one pair per line.
+    # None configured: the API is open (a warning says so at start).
+    api_keys: str = ""
+    api_keys_file: Path | None = None
+    # Always end a stream with the usage chunk, as vLLM's --enable-force-include-usage does.
+    # Off: the client's stream_options.include_usage decides.
+    force_include_usage: bool = True
+    metrics_require_key: bool = False
+    max_in_flight: int = Field(256, ge=1)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    request_timeout_seconds: float = Field(600.0, gt=0)
+    # How long to wait for the engine's final usage after a client went away.
+    settle_timeout_seconds: float = Field(15.0, gt=0)
+    log_level: str = "INFO"

@@ -1,0 +1,68 @@
+"""FastAPI dependencies: the app's shared objects, and the API key check."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from services.engine.client import EngineClient
+from services.gateway.auth import ApiKeys
+from services.gateway.config import GatewaySettings
+from services.gateway.errors import ApiError
+from services.gateway.generation import Outcome, OutcomeSink
+from services.gateway.metrics import GatewayMetrics
+
+OPEN_KEY_ID = "anonymous"
+
+
+@dataclass
+class GatewayState:
+    settings: GatewaySettings
+    engine: EngineClient
+    keys: ApiKeys
+    metrics: GatewayMetrics
+    # Requests whose client left, waiting for the engine's final usage.
+    settling: set[asyncio.Task] = field(default_factory=set)
+    extra_sinks: list[OutcomeSink] = field(default_factory=list)
+
+    def record(self, outcome: Outcome) -> None:
+        self.metrics.outcome(outcome)
+        for sink in self.extra_sinks:
+            sink(outcome)
+
+
+def get_state(request: Request) -> GatewayState:
+    return request.app.state.gateway
+
+
+State = Annotated[GatewayState, Depends(get_state)]
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def require_key(request: Request, state: State) -> str:
+    """The caller's key id; 401 when keys are configured and the bearer token matches none."""
+    if state.keys.open:
+        return OPEN_KEY_ID
+    token = _bearer(request)
+    if token is None:
+        raise ApiError(401, "Missing API key: send `Authorization: Bearer <key>`.", code="invalid_api_key")
+    key_id = state.keys.key_id(token)
+    if key_id is None:
+        raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+    return key_id
+
+
+KeyId = Annotated[str, Depends(require_key)]
+
+
+def require_metrics_access(request: Request, state: State) -> None:
+    if state.settings.metrics_require_key:
+        require_key(request, state)

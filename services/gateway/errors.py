@@ -1,0 +1,60 @@
+"""OpenAI-shaped errors, and the one table from the engine's gRPC statuses to HTTP statuses."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+import grpc
+
+
+class ApiError(Exception):
+    """An error the client gets as `{"error": {"message", "type", "param", "code"}}`."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_ or ERROR_TYPES.get(status, "server_error")
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, dict[str, str | int | None]]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+ERROR_TYPES: dict[int, str] = {
+    HTTPStatus.BAD_REQUEST: "invalid_request_error",
+    HTTPStatus.UNAUTHORIZED: "invalid_request_error",
+    HTTPStatus.NOT_FOUND: "invalid_request_error",
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "invalid_request_error",
+    HTTPStatus.TOO_MANY_REQUESTS: "rate_limit_error",
+    HTTPStatus.SERVICE_UNAVAILABLE: "service_unavailable_error",
+    HTTPStatus.GATEWAY_TIMEOUT: "timeout_error",
+    HTTPStatus.INTERNAL_SERVER_ERROR: "server_error",
+}
+
+# The one table: engine gRPC status -> (HTTP status, OpenAI error code).
+HTTP_BY_GRPC: dict[grpc.StatusCode, tuple[int, str | None]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: (HTTPStatus.BAD_REQUEST, None),
+    grpc.StatusCode.NOT_FOUND: (HTTPStatus.NOT_FOUND, "model_not_found"),
+    grpc.StatusCode.UNAVAILABLE: (HTTPStatus.SERVICE_UNAVAILABLE, "engine_unavailable"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (HTTPStatus.TOO_MANY_REQUESTS, "rate_limit_exceeded"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (HTTPStatus.GATEWAY_TIMEOUT, "timeout"),
+    grpc.StatusCode.CANCELLED: (HTTPStatus.SERVICE_UNAVAILABLE, "cancelled"),
+}
+
+
+def from_grpc(error: grpc.aio.AioRpcError) -> ApiError:
+    status, code = HTTP_BY_GRPC.get(error.code(), (HTTPStatus.INTERNAL_SERVER_ERROR, None))
+    if status == HTTPStatus.INTERNAL_SERVER_ERROR:
+        return ApiError(status, "The engine failed to handle the request.", code="engine_error")
+    if error.code() == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (error.details() or "").lower():
+        return ApiError(status, "The engine is unreachable.", code=code)
+    return ApiError(status, error.details() or status.phrase, code=code)

@@ -1,0 +1,63 @@
+"""The gateway's Prometheus metrics (base units, `_total` counters, labels bounded to known values)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from services.gateway.generation import Outcome
+
+# Seconds; dense where CPU and GPU latencies live.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+OTHER_MODEL = "other"
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.known_models: set[str] = set()
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests", "HTTP requests by endpoint, model and status code", ["endpoint", "model", "status"], registry=r
+        )
+        self.prompt_tokens = Counter("gateway_prompt_tokens", "Prompt tokens, as counted by the engine", ["model"], registry=r)
+        self.completion_tokens = Counter(
+            "gateway_completion_tokens", "Completion tokens, as counted by the engine", ["model"], registry=r
+        )
+        self.cached_tokens = Counter("gateway_cached_tokens", "Prompt tokens served from the prefix cache", ["model"], registry=r)
+        self.ttft = Histogram(
+            "gateway_time_to_first_token_seconds", "From request to first token", ["model"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.itl = Histogram(
+            "gateway_inter_token_latency_seconds",
+            "Time between tokens as the gateway received them",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.duration = Histogram(
+            "gateway_request_duration_seconds", "Whole request", ["endpoint", "model"], buckets=DURATION_BUCKETS, registry=r
+        )
+        self.in_flight = Gauge("gateway_requests_in_flight", "Generation requests in progress", registry=r)
+
+    def model_label(self, model: str | None) -> str:
+        return model if model in self.known_models else OTHER_MODEL
+
+    def request_done(self, endpoint: str, model: str | None, status: int) -> None:
+        self.requests.labels(endpoint, self.model_label(model), str(status)).inc()
+
+    def outcome(self, outcome: Outcome) -> None:
+        model = self.model_label(outcome.model)
+        self.prompt_tokens.labels(model).inc(outcome.prompt_tokens)
+        self.completion_tokens.labels(model).inc(outcome.completion_tokens)
+        self.cached_tokens.labels(model).inc(outcome.cached_tokens)
+        if outcome.completion_tokens:
+            self.ttft.labels(model).observe(outcome.time_to_first_token_seconds)
+        self.duration.labels(outcome.endpoint, model).observe(outcome.duration_seconds)
+
+    def inter_token_gap(self, model: str, seconds: float, tokens: int) -> None:
+        """A message carrying `tokens` tokens arrived `seconds` after the previous one."""
+        histogram = self.itl.labels(self.model_label(model))
+        per_token = seconds / tokens
+        for _ in range(tokens):
+            histogram.observe(per_token)

@@ -1,0 +1,144 @@
+"""Turns a Generation into OpenAI's SSE stream or into one aggregated response, for chat and completions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal
+
+import orjson
+
+from services.gateway.errors import ApiError
+from services.gateway.generation import Generation
+from services.gateway.openai_format import (
+    ChoiceAccumulator,
+    CompletionLogprobs,
+    Json,
+    chat_logprobs,
+    error_event,
+    finish_reason,
+    usage_object,
+)
+
+Kind = Literal["chat", "completion"]
+DONE = b"data: [DONE]\n\n"
+
+
+def sse(obj: Json) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+@dataclass(frozen=True)
+class ResponseMeta:
+    kind: Kind
+    id: str
+    created: int
+    model: str
+    n: int
+    logprobs: bool
+    include_usage: bool
+    continuous_usage: bool
+
+    @property
+    def chunk_object(self) -> str:
+        return "chat.completion.chunk" if self.kind == "chat" else "text_completion"
+
+
+async def stream_events(gen: Generation, meta: ResponseMeta, settling: set[asyncio.Task]) -> AsyncIterator[bytes]:
+    """OpenAI's SSE: role deltas (chat), content deltas, finish reasons, the usage chunk, [DONE].
+    If the client goes away the generator is cancelled: the request is then settled in the background."""
+    base: Json = {"id": meta.id, "object": meta.chunk_object, "created": meta.created, "model": meta.model}
+    if meta.include_usage and not meta.continuous_usage:
+        base["usage"] = None
+    finished: dict[int, str] = {}
+    completion_logprobs: dict[int, CompletionLogprobs] = {}
+    try:
+        if meta.kind == "chat":
+            roles = [
+                {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+                for i in range(meta.n * gen.prompt_count)
+            ]
+            yield sse({**base, "choices": roles, **_continuous(gen, meta)})
+        async for prompt_index, message in gen.messages():
+            choices = []
+            for choice in message.choices:
+                reason = finish_reason(choice)
+                if not choice.text and reason is None and not choice.logprobs:
+                    continue
+                index = prompt_index * meta.n + choice.index
+                if reason is not None:
+                    finished[index] = reason
+                if meta.kind == "chat":
+                    out: Json = {
+                        "index": index,
+                        "delta": {"content": choice.text} if choice.text else {},
+                        "logprobs": chat_logprobs(choice) if meta.logprobs else None,
+                        "finish_reason": reason,
+                    }
+                else:
+                    logprobs = None
+                    if meta.logprobs:
+                        logprobs = completion_logprobs.setdefault(index, CompletionLogprobs()).add(choice)
+                    out = {"index": index, "text": choice.text, "logprobs": logprobs, "finish_reason": reason}
+                choices.append(out)
+            if choices:
+                yield sse({**base, "choices": choices, **_continuous(gen, meta)})
+        if meta.include_usage:
+            yield sse({**base, "choices": [], "usage": usage_object(*gen.usage())})
+        if gen.error:
+            yield sse(error_event(gen.error))
+        yield DONE
+    except BaseException:
+        gen.settle_in_background(list(finished.values()), settling)
+        raise
+    gen.close(list(finished.values()))
+
+
+def _continuous(gen: Generation, meta: ResponseMeta) -> Json:
+    return {"usage": usage_object(*gen.usage())} if meta.continuous_usage else {}
+
+
+async def aggregate(gen: Generation, meta: ResponseMeta) -> Json:
+    """The whole response at once, as a non-streamed OpenAI request gets it."""
+    choices: dict[int, ChoiceAccumulator] = {}
+    try:
+        async for prompt_index, message in gen.messages():
+            for choice in message.choices:
+                acc = choices.setdefault(prompt_index * meta.n + choice.index, ChoiceAccumulator())
+                acc.text.append(choice.text)
+                if meta.logprobs:
+                    if meta.kind == "chat":
+                        acc.chat_logprobs.extend(chat_logprobs(choice)["content"])
+                    else:
+                        acc.completion_logprobs.add(choice)
+                acc.finish_reason = finish_reason(choice) or acc.finish_reason
+    finally:
+        gen.close([c.finish_reason or "abort" for c in choices.values()])
+    if gen.error:
+        raise ApiError(500, gen.error, code="engine_error")
+    out = []
+    for index in sorted(choices):
+        acc = choices[index]
+        text = "".join(acc.text)
+        if meta.kind == "chat":
+            logprobs = {"content": acc.chat_logprobs} if meta.logprobs else None
+            out.append(
+                {
+                    "index": index,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": logprobs,
+                    "finish_reason": acc.finish_reason,
+                }
+            )
+        else:
+            logprobs = acc.completion_logprobs.as_json() if meta.logprobs else None
+            out.append({"index": index, "text": text, "logprobs": logprobs, "finish_reason": acc.finish_reason})
+    return {
+        "id": meta.id,
+        "object": "chat.completion" if meta.kind == "chat" else "text_completion",
+        "created": meta.created,
+        "model": meta.model,
+        "choices": out,
+        "usage": usage_object(*gen.usage()),
+    }

@@ -1,0 +1,24 @@
+"""POST /v1/chat/completions."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from services.gateway.dependencies import KeyId, State
+from services.gateway.errors import ApiError
+from services.gateway.routes.generate import new_id, respond, response_meta
+from services.gateway.schemas import ChatCompletionRequest
+from services.gateway.translate import chat_request
+
+router = APIRouter(prefix="/v1")
+
+
+@router.post("/chat/completions", response_model=None)
+async def create_chat_completion(body: ChatCompletionRequest, request: Request, state: State, key_id: KeyId) -> Response:
+    response_id = new_id("chat")
+    meta = response_meta("chat", response_id, body, body.logprobs, state)
+    try:
+        engine_request = chat_request(body, response_id)
+    except ValueError as error:
+        raise ApiError(400, str(error), param="response_format") from error
+    return await respond(state, request, [engine_request], meta, key_id, body.stream)

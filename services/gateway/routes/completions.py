@@ -1,0 +1,24 @@
+"""POST /v1/completions."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from services.gateway.dependencies import KeyId, State
+from services.gateway.errors import ApiError
+from services.gateway.routes.generate import new_id, respond, response_meta
+from services.gateway.schemas import CompletionRequest
+from services.gateway.translate import completion_requests
+
+router = APIRouter(prefix="/v1")
+
+
+@router.post("/completions", response_model=None)
+async def create_completion(body: CompletionRequest, request: Request, state: State, key_id: KeyId) -> Response:
+    response_id = new_id("completion")
+    meta = response_meta("completion", response_id, body, body.logprobs is not None, state)
+    try:
+        engine_requests = completion_requests(body, response_id)
+    except ValueError as error:
+        raise ApiError(400, str(error), param="prompt") from error
+    return await respond(state, request, engine_requests, meta, key_id, body.stream)

@@ -1,0 +1,39 @@
+"""POST /tokenize and /detokenize, in vLLM's shapes."""
+
+from __future__ import annotations
+
+import grpc
+from fastapi import APIRouter
+from llmserve.engine.v1 import engine_pb2 as pb
+
+from services.gateway.dependencies import KeyId, State
+from services.gateway.errors import from_grpc
+from services.gateway.schemas import DetokenizeRequest, TokenizeRequest
+from services.gateway.translate import chat_messages
+
+router = APIRouter()
+
+
+@router.post("/tokenize")
+async def tokenize(body: TokenizeRequest, state: State, key_id: KeyId) -> dict:
+    request = pb.TokenizeRequest(model=body.model or "")
+    if body.messages is not None:
+        request.chat.CopyFrom(chat_messages(body.messages))
+        request.add_generation_prompt = body.add_generation_prompt
+    else:
+        request.text = body.prompt or ""
+        request.add_special_tokens = body.add_special_tokens
+    try:
+        reply = await state.engine.tokenize(request)
+    except grpc.aio.AioRpcError as error:
+        raise from_grpc(error) from error
+    return {"count": reply.count, "max_model_len": reply.max_model_len, "tokens": list(reply.token_ids), "token_strs": None}
+
+
+@router.post("/detokenize")
+async def detokenize(body: DetokenizeRequest, state: State, key_id: KeyId) -> dict:
+    try:
+        text = await state.engine.detokenize(body.model or "", body.tokens)
+    except grpc.aio.AioRpcError as error:
+        raise from_grpc(error) from error
+    return {"prompt": text}

@@ -1,0 +1,100 @@
+"""OpenAI request bodies -> the engine's GenerateRequest."""
+
+from __future__ import annotations
+
+import json
+
+from llmserve.engine.v1 import engine_pb2 as pb
+
+from services.gateway.schemas import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    ResponseFormat,
+    SamplingFields,
+)
+
+_ROLES = {
+    "system": pb.ROLE_SYSTEM,
+    "developer": pb.ROLE_SYSTEM,
+    "user": pb.ROLE_USER,
+    "assistant": pb.ROLE_ASSISTANT,
+    "tool": pb.ROLE_TOOL,
+}
+
+
+def chat_messages(messages: list[ChatMessage]) -> pb.Chat:
+    return pb.Chat(
+        messages=[
+            pb.ChatMessage(
+                role=_ROLES[m.role], content=m.text(), name=m.name or "", tool_call_id=m.tool_call_id or ""
+            )
+            for m in messages
+        ]
+    )
+
+
+def _structured(response_format: ResponseFormat | None) -> pb.StructuredOutput | None:
+    if response_format is None or response_format.type == "text":
+        return None
+    if response_format.type == "json_object":
+        return pb.StructuredOutput(json_object=True)
+    spec = response_format.json_schema
+    if spec is None or spec.schema_ is None:
+        raise ValueError("response_format.json_schema.schema is required for type json_schema")
+    return pb.StructuredOutput(json_schema=json.dumps(spec.schema_))
+
+
+def _sampling(body: SamplingFields, max_tokens: int | None, logprobs: int | None, fmt: ResponseFormat | None) -> pb.SamplingParams:
+    params = pb.SamplingParams(
+        n=body.n,
+        stop=body.stop_list(),
+        stop_token_ids=body.stop_token_ids or [],
+        min_tokens=body.min_tokens,
+        ignore_eos=body.ignore_eos,
+    )
+    optional = {
+        "max_tokens": max_tokens,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "top_k": body.top_k,
+        "min_p": body.min_p,
+        "seed": body.seed,
+        "presence_penalty": body.presence_penalty,
+        "frequency_penalty": body.frequency_penalty,
+        "repetition_penalty": body.repetition_penalty,
+        "logprobs": logprobs,
+    }
+    for name, value in optional.items():
+        if value is not None:
+            setattr(params, name, value)
+    structured = _structured(fmt)
+    if structured is not None:
+        params.structured_output.CopyFrom(structured)
+    return params
+
+
+def chat_request(body: ChatCompletionRequest, request_id: str) -> pb.GenerateRequest:
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    return pb.GenerateRequest(
+        request_id=request_id,
+        model=body.model,
+        chat=chat_messages(body.messages),
+        sampling=_sampling(body, body.max_completion_tokens or body.max_tokens, logprobs, body.response_format),
+    )
+
+
+def completion_requests(body: CompletionRequest, request_id: str) -> list[pb.GenerateRequest]:
+    """One engine request per prompt; ids are `<request_id>-<i>` when there are several."""
+    prompts = body.prompts()
+    sampling = _sampling(body, body.max_tokens, body.logprobs, body.response_format)
+    requests = []
+    for i, prompt in enumerate(prompts):
+        rid = request_id if len(prompts) == 1 else f"{request_id}-{i}"
+        request = pb.GenerateRequest(request_id=rid, model=body.model, sampling=sampling)
+        if isinstance(prompt, str):
+            request.text = prompt
+        else:
+            request.token_ids.ids.extend(prompt)
+        requests.append(request)
+    return requests
