@@ -25,17 +25,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#llmserve/metering/v1/metering.proto\x12\x14llmserve.metering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa7\x03\n\nUsageEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05model\x18\x04 \x01(\t\x12\x12\n\napi_key_id\x18\x05 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x06 \x01(\t\x12\x10\n\x08streamed\x18\x07 \x01(\x08\x12\x15\n\rfinish_reason\x18\x08 \x01(\t\x12\x33\n\x06status\x18\t \x01(\x0e\x32#.llmserve.metering.v1.RequestStatus\x12\x15\n\rprompt_tokens\x18\n \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x0b \x01(\x04\x12\x15\n\rcached_tokens\x18\x0c \x01(\x04\x12#\n\x1btime_to_first_token_seconds\x18\r \x01(\x01\x12\x1a\n\x12generation_seconds\x18\x0e \x01(\x01\x12\x17\n\x0frequest_seconds\x18\x0f \x01(\x01\x12\x10\n\x08trace_id\x18\x10 \x01(\t\"F\n\x12RecordUsageRequest\x12\x30\n\x06\x65vents\x18\x01 \x03(\x0b\x32 .llmserve.metering.v1.UsageEvent\"X\n\x03\x41\x63k\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x06status\x18\x02 \x01(\x0e\x32\x1f.llmserve.metering.v1.AckStatus\x12\x0e\n\x06reason\x18\x03 \x01(\t\">\n\x13RecordUsageResponse\x12\'\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x19.llmserve.metering.v1.Ack\"5\n\x10GetTotalsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\napi_key_id\x18\x02 \x01(\t\"c\n\x06Totals\x12\x10\n\x08requests\x18\x01 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x04\x12\x15\n\rcached_tokens\x18\x04 \x01(\x04\"A\n\x11GetTotalsResponse\x12,\n\x06totals\x18\x01 \x01(\x0b\x32\x1c.llmserve.metering.v1.Totals*z\n\rRequestStatus\x12\x1e\n\x1aREQUEST_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11REQUEST_STATUS_OK\x10\x01\x12\x18\n\x14REQUEST_STATUS_ABORT\x10\x02\x12\x18\n\x14REQUEST_STATUS_ERROR\x10\x03*s\n\tAckStatus\x12\x1a\n\x16\x41\x43K_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41\x43K_STATUS_RECORDED\x10\x01\x12\x18\n\x14\x41\x43K_STATUS_DUPLICATE\x10\x02\x12\x17\n\x13\x41\x43K_STATUS_REJECTED\x10\x03\x32\xd3\x01\n\x0fMeteringService\x12\x62\n\x0bRecordUsage\x12(.llmserve.metering.v1.RecordUsageRequest\x1a).llmserve.metering.v1.RecordUsageResponse\x12\\\n\tGetTotals\x12&.llmserve.metering.v1.GetTotalsRequest\x1a\'.llmserve.metering.v1.GetTotalsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#llmserve/metering/v1/metering.proto\x12\x14llmserve.metering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa7\x03\n\nUsageEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05model\x18\x04 \x01(\t\x12\x12\n\napi_key_id\x18\x05 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x06 \x01(\t\x12\x10\n\x08streamed\x18\x07 \x01(\x08\x12\x15\n\rfinish_reason\x18\x08 \x01(\t\x12\x33\n\x06status\x18\t \x01(\x0e\x32#.llmserve.metering.v1.RequestStatus\x12\x15\n\rprompt_tokens\x18\n \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x0b \x01(\x03\x12\x15\n\rcached_tokens\x18\x0c \x01(\x03\x12#\n\x1btime_to_first_token_seconds\x18\r \x01(\x01\x12\x1a\n\x12generation_seconds\x18\x0e \x01(\x01\x12\x17\n\x0frequest_seconds\x18\x0f \x01(\x01\x12\x10\n\x08trace_id\x18\x10 \x01(\t\"F\n\x12RecordUsageRequest\x12\x30\n\x06\x65vents\x18\x01 \x03(\x0b\x32 .llmserve.metering.v1.UsageEvent\"X\n\x03\x41\x63k\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x06status\x18\x02 \x01(\x0e\x32\x1f.llmserve.metering.v1.AckStatus\x12\x0e\n\x06reason\x18\x03 \x01(\t\">\n\x13RecordUsageResponse\x12\'\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x19.llmserve.metering.v1.Ack\"]\n\tTimeRange\x12(\n\x04\x66rom\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x02to\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc7\x01\n\x06Totals\x12\x10\n\x08requests\x18\x01 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x04\x12\x15\n\rcached_tokens\x18\x04 \x01(\x04\x12\x13\n\x0bok_requests\x18\x05 \x01(\x04\x12\x18\n\x10\x61\x62orted_requests\x18\x06 \x01(\x04\x12\x17\n\x0f\x66\x61iled_requests\x18\x07 \x01(\x04\x12\x1a\n\x12generation_seconds\x18\x08 \x01(\x01\"\x97\x01\n\x10GetTotalsRequest\x12.\n\x05range\x18\x01 \x01(\x0b\x32\x1f.llmserve.metering.v1.TimeRange\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\napi_key_id\x18\x03 \x01(\t\x12\x16\n\x0egroup_by_model\x18\x04 \x01(\x08\x12\x18\n\x10group_by_api_key\x18\x05 \x01(\x08\"\\\n\tTotalsRow\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\napi_key_id\x18\x02 \x01(\t\x12,\n\x06totals\x18\x03 \x01(\x0b\x32\x1c.llmserve.metering.v1.Totals\"B\n\x11GetTotalsResponse\x12-\n\x04rows\x18\x01 \x03(\x0b\x32\x1f.llmserve.metering.v1.TotalsRow\"\x98\x01\n\x15GetUsageSeriesRequest\x12.\n\x05range\x18\x01 \x01(\x0b\x32\x1f.llmserve.metering.v1.TimeRange\x12,\n\x06\x62ucket\x18\x02 \x01(\x0e\x32\x1c.llmserve.metering.v1.Bucket\x12\r\n\x05model\x18\x03 \x01(\t\x12\x12\n\napi_key_id\x18\x04 \x01(\t\"f\n\x0bSeriesPoint\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x06totals\x18\x02 \x01(\x0b\x32\x1c.llmserve.metering.v1.Totals\"K\n\x16GetUsageSeriesResponse\x12\x31\n\x06points\x18\x01 \x03(\x0b\x32!.llmserve.metering.v1.SeriesPoint\"\x14\n\x12GetCountersRequest\"\x80\x01\n\rModelCounters\x12\r\n\x05model\x18\x01 \x01(\t\x12,\n\x06totals\x18\x02 \x01(\x0b\x32\x1c.llmserve.metering.v1.Totals\x12\x17\n\x0f\x65vents_ingested\x18\x03 \x01(\x04\x12\x19\n\x11\x65vents_duplicated\x18\x04 \x01(\x04\"\xc2\x01\n\x13GetCountersResponse\x12\x33\n\x06models\x18\x01 \x03(\x0b\x32#.llmserve.metering.v1.ModelCounters\x12)\n\x03\x61ll\x18\x02 \x01(\x0b\x32\x1c.llmserve.metering.v1.Totals\x12\x17\n\x0f\x65vents_ingested\x18\x03 \x01(\x04\x12\x19\n\x11\x65vents_duplicated\x18\x04 \x01(\x04\x12\x17\n\x0f\x65vents_rejected\x18\x05 \x01(\x04\"\x16\n\x14GetThroughputRequest\"\x84\x01\n\x0fModelThroughput\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1d\n\x15tokens_per_second_10s\x18\x02 \x01(\x01\x12\x1d\n\x15tokens_per_second_60s\x18\x03 \x01(\x01\x12$\n\x1ctokens_per_generation_second\x18\x04 \x01(\x01\"N\n\x15GetThroughputResponse\x12\x35\n\x06models\x18\x01 \x03(\x0b\x32%.llmserve.metering.v1.ModelThroughput*z\n\rRequestStatus\x12\x1e\n\x1aREQUEST_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11REQUEST_STATUS_OK\x10\x01\x12\x18\n\x14REQUEST_STATUS_ABORT\x10\x02\x12\x18\n\x14REQUEST_STATUS_ERROR\x10\x03*s\n\tAckStatus\x12\x1a\n\x16\x41\x43K_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41\x43K_STATUS_RECORDED\x10\x01\x12\x18\n\x14\x41\x43K_STATUS_DUPLICATE\x10\x02\x12\x17\n\x13\x41\x43K_STATUS_REJECTED\x10\x03*T\n\x06\x42ucket\x12\x16\n\x12\x42UCKET_UNSPECIFIED\x10\x00\x12\x11\n\rBUCKET_MINUTE\x10\x01\x12\x0f\n\x0b\x42UCKET_HOUR\x10\x02\x12\x0e\n\nBUCKET_DAY\x10\x03\x32\xf6\x04\n\x0fMeteringService\x12\x62\n\x0bRecordUsage\x12(.llmserve.metering.v1.RecordUsageRequest\x1a).llmserve.metering.v1.RecordUsageResponse\x12\x66\n\x0bStreamUsage\x12(.llmserve.metering.v1.RecordUsageRequest\x1a).llmserve.metering.v1.RecordUsageResponse(\x01\x30\x01\x12\\\n\tGetTotals\x12&.llmserve.metering.v1.GetTotalsRequest\x1a\'.llmserve.metering.v1.GetTotalsResponse\x12k\n\x0eGetUsageSeries\x12+.llmserve.metering.v1.GetUsageSeriesRequest\x1a,.llmserve.metering.v1.GetUsageSeriesResponse\x12\x62\n\x0bGetCounters\x12(.llmserve.metering.v1.GetCountersRequest\x1a).llmserve.metering.v1.GetCountersResponse\x12h\n\rGetThroughput\x12*.llmserve.metering.v1.GetThroughputRequest\x1a+.llmserve.metering.v1.GetThroughputResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmserve.metering.v1.metering_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REQUESTSTATUS']._serialized_start=969
-  _globals['_REQUESTSTATUS']._serialized_end=1091
-  _globals['_ACKSTATUS']._serialized_start=1093
-  _globals['_ACKSTATUS']._serialized_end=1208
+  _globals['_REQUESTSTATUS']._serialized_start=2284
+  _globals['_REQUESTSTATUS']._serialized_end=2406
+  _globals['_ACKSTATUS']._serialized_start=2408
+  _globals['_ACKSTATUS']._serialized_end=2523
+  _globals['_BUCKET']._serialized_start=2525
+  _globals['_BUCKET']._serialized_end=2609
   _globals['_USAGEEVENT']._serialized_start=95
   _globals['_USAGEEVENT']._serialized_end=518
   _globals['_RECORDUSAGEREQUEST']._serialized_start=520
@@ -44,12 +46,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACK']._serialized_end=680
   _globals['_RECORDUSAGERESPONSE']._serialized_start=682
   _globals['_RECORDUSAGERESPONSE']._serialized_end=744
-  _globals['_GETTOTALSREQUEST']._serialized_start=746
-  _globals['_GETTOTALSREQUEST']._serialized_end=799
-  _globals['_TOTALS']._serialized_start=801
-  _globals['_TOTALS']._serialized_end=900
-  _globals['_GETTOTALSRESPONSE']._serialized_start=902
-  _globals['_GETTOTALSRESPONSE']._serialized_end=967
-  _globals['_METERINGSERVICE']._serialized_start=1211
-  _globals['_METERINGSERVICE']._serialized_end=1422
+  _globals['_TIMERANGE']._serialized_start=746
+  _globals['_TIMERANGE']._serialized_end=839
+  _globals['_TOTALS']._serialized_start=842
+  _globals['_TOTALS']._serialized_end=1041
+  _globals['_GETTOTALSREQUEST']._serialized_start=1044
+  _globals['_GETTOTALSREQUEST']._serialized_end=1195
+  _globals['_TOTALSROW']._serialized_start=1197
+  _globals['_TOTALSROW']._serialized_end=1289
+  _globals['_GETTOTALSRESPONSE']._serialized_start=1291
+  _globals['_GETTOTALSRESPONSE']._serialized_end=1357
+  _globals['_GETUSAGESERIESREQUEST']._serialized_start=1360
+  _globals['_GETUSAGESERIESREQUEST']._serialized_end=1512
+  _globals['_SERIESPOINT']._serialized_start=1514
+  _globals['_SERIESPOINT']._serialized_end=1616
+  _globals['_GETUSAGESERIESRESPONSE']._serialized_start=1618
+  _globals['_GETUSAGESERIESRESPONSE']._serialized_end=1693
+  _globals['_GETCOUNTERSREQUEST']._serialized_start=1695
+  _globals['_GETCOUNTERSREQUEST']._serialized_end=1715
+  _globals['_MODELCOUNTERS']._serialized_start=1718
+  _globals['_MODELCOUNTERS']._serialized_end=1846
+  _globals['_GETCOUNTERSRESPONSE']._serialized_start=1849
+  _globals['_GETCOUNTERSRESPONSE']._serialized_end=2043
+  _globals['_GETTHROUGHPUTREQUEST']._serialized_start=2045
+  _globals['_GETTHROUGHPUTREQUEST']._serialized_end=2067
+  _globals['_MODELTHROUGHPUT']._serialized_start=2070
+  _globals['_MODELTHROUGHPUT']._serialized_end=2202
+  _globals['_GETTHROUGHPUTRESPONSE']._serialized_start=2204
+  _globals['_GETTHROUGHPUTRESPONSE']._serialized_end=2282
+  _globals['_METERINGSERVICE']._serialized_start=2612
+  _globals['_METERINGSERVICE']._serialized_end=3242
 # @@protoc_insertion_point(module_scope)

@@ -23,6 +23,13 @@ class AckStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACK_STATUS_RECORDED: _ClassVar[AckStatus]
     ACK_STATUS_DUPLICATE: _ClassVar[AckStatus]
     ACK_STATUS_REJECTED: _ClassVar[AckStatus]
+
+class Bucket(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BUCKET_UNSPECIFIED: _ClassVar[Bucket]
+    BUCKET_MINUTE: _ClassVar[Bucket]
+    BUCKET_HOUR: _ClassVar[Bucket]
+    BUCKET_DAY: _ClassVar[Bucket]
 REQUEST_STATUS_UNSPECIFIED: RequestStatus
 REQUEST_STATUS_OK: RequestStatus
 REQUEST_STATUS_ABORT: RequestStatus
@@ -31,6 +38,10 @@ ACK_STATUS_UNSPECIFIED: AckStatus
 ACK_STATUS_RECORDED: AckStatus
 ACK_STATUS_DUPLICATE: AckStatus
 ACK_STATUS_REJECTED: AckStatus
+BUCKET_UNSPECIFIED: Bucket
+BUCKET_MINUTE: Bucket
+BUCKET_HOUR: Bucket
+BUCKET_DAY: Bucket
 
 class UsageEvent(_message.Message):
     __slots__ = ("event_id", "source", "occurred_at", "model", "api_key_id", "endpoint", "streamed", "finish_reason", "status", "prompt_tokens", "completion_tokens", "cached_tokens", "time_to_first_token_seconds", "generation_seconds", "request_seconds", "trace_id")
@@ -90,28 +101,137 @@ class RecordUsageResponse(_message.Message):
     acks: _containers.RepeatedCompositeFieldContainer[Ack]
     def __init__(self, acks: _Optional[_Iterable[_Union[Ack, _Mapping]]] = ...) -> None: ...
 
-class GetTotalsRequest(_message.Message):
-    __slots__ = ("model", "api_key_id")
-    MODEL_FIELD_NUMBER: _ClassVar[int]
-    API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
-    model: str
-    api_key_id: str
-    def __init__(self, model: _Optional[str] = ..., api_key_id: _Optional[str] = ...) -> None: ...
+class TimeRange(_message.Message):
+    __slots__ = ("to",)
+    FROM_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    to: _timestamp_pb2.Timestamp
+    def __init__(self, to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., **kwargs) -> None: ...
 
 class Totals(_message.Message):
-    __slots__ = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens")
+    __slots__ = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "ok_requests", "aborted_requests", "failed_requests", "generation_seconds")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OK_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ABORTED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    FAILED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     requests: int
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
-    def __init__(self, requests: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ...) -> None: ...
+    ok_requests: int
+    aborted_requests: int
+    failed_requests: int
+    generation_seconds: float
+    def __init__(self, requests: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., ok_requests: _Optional[int] = ..., aborted_requests: _Optional[int] = ..., failed_requests: _Optional[int] = ..., generation_seconds: _Optional[float] = ...) -> None: ...
+
+class GetTotalsRequest(_message.Message):
+    __slots__ = ("range", "model", "api_key_id", "group_by_model", "group_by_api_key")
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_MODEL_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_API_KEY_FIELD_NUMBER: _ClassVar[int]
+    range: TimeRange
+    model: str
+    api_key_id: str
+    group_by_model: bool
+    group_by_api_key: bool
+    def __init__(self, range: _Optional[_Union[TimeRange, _Mapping]] = ..., model: _Optional[str] = ..., api_key_id: _Optional[str] = ..., group_by_model: _Optional[bool] = ..., group_by_api_key: _Optional[bool] = ...) -> None: ...
+
+class TotalsRow(_message.Message):
+    __slots__ = ("model", "api_key_id", "totals")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    TOTALS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    api_key_id: str
+    totals: Totals
+    def __init__(self, model: _Optional[str] = ..., api_key_id: _Optional[str] = ..., totals: _Optional[_Union[Totals, _Mapping]] = ...) -> None: ...
 
 class GetTotalsResponse(_message.Message):
-    __slots__ = ("totals",)
+    __slots__ = ("rows",)
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[TotalsRow]
+    def __init__(self, rows: _Optional[_Iterable[_Union[TotalsRow, _Mapping]]] = ...) -> None: ...
+
+class GetUsageSeriesRequest(_message.Message):
+    __slots__ = ("range", "bucket", "model", "api_key_id")
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    range: TimeRange
+    bucket: Bucket
+    model: str
+    api_key_id: str
+    def __init__(self, range: _Optional[_Union[TimeRange, _Mapping]] = ..., bucket: _Optional[_Union[Bucket, str]] = ..., model: _Optional[str] = ..., api_key_id: _Optional[str] = ...) -> None: ...
+
+class SeriesPoint(_message.Message):
+    __slots__ = ("start", "totals")
+    START_FIELD_NUMBER: _ClassVar[int]
     TOTALS_FIELD_NUMBER: _ClassVar[int]
+    start: _timestamp_pb2.Timestamp
     totals: Totals
-    def __init__(self, totals: _Optional[_Union[Totals, _Mapping]] = ...) -> None: ...
+    def __init__(self, start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., totals: _Optional[_Union[Totals, _Mapping]] = ...) -> None: ...
+
+class GetUsageSeriesResponse(_message.Message):
+    __slots__ = ("points",)
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    points: _containers.RepeatedCompositeFieldContainer[SeriesPoint]
+    def __init__(self, points: _Optional[_Iterable[_Union[SeriesPoint, _Mapping]]] = ...) -> None: ...
+
+class GetCountersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelCounters(_message.Message):
+    __slots__ = ("model", "totals", "events_ingested", "events_duplicated")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TOTALS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_INGESTED_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_DUPLICATED_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    totals: Totals
+    events_ingested: int
+    events_duplicated: int
+    def __init__(self, model: _Optional[str] = ..., totals: _Optional[_Union[Totals, _Mapping]] = ..., events_ingested: _Optional[int] = ..., events_duplicated: _Optional[int] = ...) -> None: ...
+
+class GetCountersResponse(_message.Message):
+    __slots__ = ("models", "all", "events_ingested", "events_duplicated", "events_rejected")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_INGESTED_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_DUPLICATED_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_REJECTED_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelCounters]
+    all: Totals
+    events_ingested: int
+    events_duplicated: int
+    events_rejected: int
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelCounters, _Mapping]]] = ..., all: _Optional[_Union[Totals, _Mapping]] = ..., events_ingested: _Optional[int] = ..., events_duplicated: _Optional[int] = ..., events_rejected: _Optional[int] = ...) -> None: ...
+
+class GetThroughputRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelThroughput(_message.Message):
+    __slots__ = ("model", "tokens_per_second_10s", "tokens_per_second_60s", "tokens_per_generation_second")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_SECOND_10S_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_SECOND_60S_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_GENERATION_SECOND_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    tokens_per_second_10s: float
+    tokens_per_second_60s: float
+    tokens_per_generation_second: float
+    def __init__(self, model: _Optional[str] = ..., tokens_per_second_10s: _Optional[float] = ..., tokens_per_second_60s: _Optional[float] = ..., tokens_per_generation_second: _Optional[float] = ...) -> None: ...
+
+class GetThroughputResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelThroughput]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelThroughput, _Mapping]]] = ...) -> None: ...

@@ -39,10 +39,30 @@ class MeteringServiceStub:
                 request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.RecordUsageRequest.SerializeToString,
                 response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.RecordUsageResponse.FromString,
                 _registered_method=True)
+        self.StreamUsage = channel.stream_stream(
+                '/llmserve.metering.v1.MeteringService/StreamUsage',
+                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.RecordUsageRequest.SerializeToString,
+                response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.RecordUsageResponse.FromString,
+                _registered_method=True)
         self.GetTotals = channel.unary_unary(
                 '/llmserve.metering.v1.MeteringService/GetTotals',
                 request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetTotalsRequest.SerializeToString,
                 response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetTotalsResponse.FromString,
+                _registered_method=True)
+        self.GetUsageSeries = channel.unary_unary(
+                '/llmserve.metering.v1.MeteringService/GetUsageSeries',
+                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetUsageSeriesRequest.SerializeToString,
+                response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetUsageSeriesResponse.FromString,
+                _registered_method=True)
+        self.GetCounters = channel.unary_unary(
+                '/llmserve.metering.v1.MeteringService/GetCounters',
+                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetCountersRequest.SerializeToString,
+                response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetCountersResponse.FromString,
+                _registered_method=True)
+        self.GetThroughput = channel.unary_unary(
+                '/llmserve.metering.v1.MeteringService/GetThroughput',
+                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetThroughputRequest.SerializeToString,
+                response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetThroughputResponse.FromString,
                 _registered_method=True)
 
 
@@ -50,14 +70,45 @@ class MeteringServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def RecordUsage(self, request, context):
-        """Records a batch; each event is acknowledged by id once committed.
+        """Records a batch. Each event gets an ack once it is committed: RECORDED, DUPLICATE (already
+        counted) or REJECTED (with a reason). If every event of the batch is rejected, the call
+        fails with INVALID_ARGUMENT instead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamUsage(self, request_iterator, context):
+        """The same as a stream: one response per request message, in order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetTotals(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Totals over a time range, grouped by model and/or API key id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUsageSeries(self, request, context):
+        """Totals per minute, hour or day bucket.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCounters(self, request, context):
+        """Cumulative counters since the beginning, per model, including ingest counts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetThroughput(self, request, context):
+        """Output tokens per second per model, over sliding windows.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -70,10 +121,30 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.RecordUsageRequest.FromString,
                     response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.RecordUsageResponse.SerializeToString,
             ),
+            'StreamUsage': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamUsage,
+                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.RecordUsageRequest.FromString,
+                    response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.RecordUsageResponse.SerializeToString,
+            ),
             'GetTotals': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTotals,
                     request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetTotalsRequest.FromString,
                     response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetTotalsResponse.SerializeToString,
+            ),
+            'GetUsageSeries': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsageSeries,
+                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetUsageSeriesRequest.FromString,
+                    response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetUsageSeriesResponse.SerializeToString,
+            ),
+            'GetCounters': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCounters,
+                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetCountersRequest.FromString,
+                    response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetCountersResponse.SerializeToString,
+            ),
+            'GetThroughput': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetThroughput,
+                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetThroughputRequest.FromString,
+                    response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetThroughputResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -114,6 +185,33 @@ class MeteringService:
             _registered_method=True)
 
     @staticmethod
+    def StreamUsage(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/llmserve.metering.v1.MeteringService/StreamUsage',
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.RecordUsageRequest.SerializeToString,
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.RecordUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetTotals(request,
             target,
             options=(),
@@ -130,6 +228,87 @@ class MeteringService:
             '/llmserve.metering.v1.MeteringService/GetTotals',
             llmserve_dot_metering_dot_v1_dot_metering__pb2.GetTotalsRequest.SerializeToString,
             llmserve_dot_metering_dot_v1_dot_metering__pb2.GetTotalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsageSeries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.metering.v1.MeteringService/GetUsageSeries',
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.GetUsageSeriesRequest.SerializeToString,
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.GetUsageSeriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCounters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.metering.v1.MeteringService/GetCounters',
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.GetCountersRequest.SerializeToString,
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.GetCountersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetThroughput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.metering.v1.MeteringService/GetThroughput',
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.GetThroughputRequest.SerializeToString,
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.GetThroughputResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,189 @@
+"""Our gateway + engine against vLLM's own OpenAI server, both loaded by vLLM's serving benchmark
+(openai-chat backend) at several concurrencies, on the same model, settings and machine, one after the other.
+
+    .venv/bin/python -m benchmarks.serving_bench                      # embedded and tiny random model
+    .venv/bin/python -m benchmarks.serving_bench --models tiny --concurrency 1 8 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.tiny_model import make_tiny_model
+from services.engine.client import EngineClient
+from services.engine.prepare_model import ensure_embedded_model
+from tools.processes import ROOT, ServiceProcess, free_port, gateway_env, http_ok
+
+
+@dataclass(frozen=True)
+class ModelCase:
+    label: str
+    path: Path
+    dummy_weights: bool
+    input_len: int
+    output_len: int
+    prompts_per_concurrency: dict[int, int]
+
+
+def vllm_settings(case: ModelCase) -> dict[str, object]:
+    """The vLLM engine settings both sides get (ours applies the CPU ones itself; passed here explicitly)."""
+    settings: dict[str, object] = {
+        "max_model_len": 2048,
+        "enforce_eager": True,
+        "gpu_memory_utilization": 0.3,
+        "enable_chunked_prefill": False,
+        "dtype": "float32",
+    }
+    if case.dummy_weights:
+        settings["load_format"] = "dummy"
+    return settings
+
+
+def _flag(name: str, value: object) -> list[str]:
+    flag = "--" + name.replace("_", "-")
+    if value is True:
+        return [flag]
+    if value is False:
+        return ["--no-" + name.replace("_", "-")]
+    return [flag, str(value)]
+
+
+@contextmanager
+def vllm_server(case: ModelCase, logs: Path) -> Iterator[str]:
+    port = free_port()
+    args = ["--model", str(case.path), "--served-model-name", case.path.name, "--host", "127.0.0.1", "--port", str(port)]
+    for name, value in vllm_settings(case).items():
+        args += _flag(name, value)
+    server = ServiceProcess("vllm-server", "vllm.entrypoints.openai.api_server", args, logs, f"http://127.0.0.1:{port}")
+    try:
+        server.wait_ready(lambda: http_ok(f"{server.address}/health"), 900)
+        yield server.address
+    finally:
+        server.stop()
+
+
+@contextmanager
+def our_stack(case: ModelCase, logs: Path) -> Iterator[str]:
+    engine_port, gateway_port = free_port(), free_port()
+    engine = ServiceProcess(
+        "engine",
+        "services.engine",
+        ["--host", "127.0.0.1", "--port", str(engine_port), "--model", str(case.path),
+         "--engine-args", json.dumps(vllm_settings(case))],
+        logs,
+        f"127.0.0.1:{engine_port}",
+    )
+    gateway = None
+    try:
+
+        async def serving() -> bool:
+            async with EngineClient(engine.address) as client:
+                return await client.serving(timeout=2.0)
+
+        engine.wait_ready(serving, 900)
+        gateway = ServiceProcess(
+            "gateway", "services.gateway", [], logs, f"http://127.0.0.1:{gateway_port}",
+            env=gateway_env(gateway_port, engine.address, log_level="WARNING"),
+        )
+        gateway.wait_ready(lambda: http_ok(f"{gateway.address}/health"), 60)
+        yield gateway.address
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        engine.stop()
+
+
+def load(base_url: str, case: ModelCase, concurrency: int) -> dict:
+    prompts = case.prompts_per_concurrency[concurrency]
+    command = [
+        sys.executable, "-m", "benchmarks.vllm_serve_client",
+        "--backend", "openai-chat",
+        "--base-url", base_url,
+        "--endpoint", "/v1/chat/completions",
+        "--model", case.path.name,
+        "--tokenizer", str(case.path),
+        "--dataset-name", "random",
+        "--random-input-len", str(case.input_len),
+        "--random-output-len", str(case.output_len),
+        "--num-prompts", str(prompts),
+        "--max-concurrency", str(concurrency),
+        "--ignore-eos",
+        "--percentile-metrics", "ttft,tpot,itl",
+        "--metric-percentiles", "50,99",
+        "--seed", "0",
+        "--num-warmups", "2",
+        "--disable-tqdm",
+    ]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULTS ")]
+    if result.returncode != 0 or not lines:
+        raise SystemExit(f"benchmark client failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+    return json.loads(lines[-1].removeprefix("RESULTS "))
+
+
+FIELDS = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms")
+
+
+def report(rows: list[dict]) -> None:
+    print(f"\n{'model':<22}{'conc':>5} {'side':<6}{'out tok/s':>10}{'TTFT p50':>10}{'TTFT p99':>10}{'ITL p50':>9}{'ITL p99':>9}")
+    for row in rows:
+        for side in ("vllm", "ours"):
+            r = row[side]
+            print(
+                f"{row['model']:<22}{row['concurrency']:>5} {side:<6}{r['output_throughput']:>10.1f}"
+                f"{r['median_ttft_ms']:>9.0f}ms{r['p99_ttft_ms']:>8.0f}ms{r['median_itl_ms']:>7.1f}ms{r['p99_itl_ms']:>7.1f}ms"
+            )
+        ratio = row["ours"]["output_throughput"] / row["vllm"]["output_throughput"]
+        ttft = row["ours"]["median_ttft_ms"] / row["vllm"]["median_ttft_ms"]
+        print(f"{'':<22}{'':>5} ours/vLLM: throughput {ratio:.2f}x, median TTFT {ttft:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-store", type=Path, default=ROOT / "var" / "models")
+    parser.add_argument("--models", nargs="+", choices=["embedded", "tiny"], default=["embedded", "tiny"])
+    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "serving.json")
+    args = parser.parse_args()
+
+    embedded = ensure_embedded_model(args.model_store)
+    cases = {
+        "embedded": ModelCase("embedded", embedded, False, 128, 64, {1: 8, 8: 32, 32: 64}),
+        "tiny": ModelCase(
+            "tiny", make_tiny_model(embedded, args.model_store), True, 64, 128, {1: 32, 8: 128, 32: 256}
+        ),
+    }
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        logs = Path(tmp)
+        for label in args.models:
+            case = cases[label]
+            results: dict[str, dict[int, dict]] = {}
+            for side, start in (("vllm", vllm_server), ("ours", our_stack)):
+                with start(case, logs) as base_url:
+                    results[side] = {c: load(base_url, case, c) for c in args.concurrency}
+                print(f"{label}: {side} done", flush=True)
+            for c in args.concurrency:
+                rows.append(
+                    {
+                        "model": case.path.name,
+                        "concurrency": c,
+                        **{side: {f: results[side][c][f] for f in FIELDS} for side in results},
+                    }
+                )
+    report(rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=2))
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

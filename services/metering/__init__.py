@@ -1,0 +1,1 @@
+"""The metering service: durable usage events, cumulative counters and throughput."""

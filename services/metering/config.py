@@ -1,0 +1,26 @@
+"""Metering settings, from `METERING_*` environment variables; invalid values stop the start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class MeteringSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="METERING_")
+
+    host: str = "0.0.0.0"
+    port: int = Field(50052, ge=0, le=65535)
+    metrics_port: int = Field(9102, ge=0, le=65535)
+    data_dir: Path = Path("var/metering")
+    # Events older than this, or further ahead than the allowed clock skew, are refused.
+    max_event_age_seconds: float = Field(7 * 24 * 3600, gt=0)
+    max_future_seconds: float = Field(300, ge=0)
+    shutdown_grace_seconds: float = Field(5.0, ge=0)
+    log_level: str = "INFO"
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "usage.sqlite3"

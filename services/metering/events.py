@@ -1,0 +1,60 @@
+"""The usage event as the ledger sees it, and the checks an event must pass before it is counted."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+STATUSES = ("ok", "abort", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    event_id: str
+    source: str
+    occurred_at: float  # seconds since the epoch
+    model: str
+    api_key_id: str
+    endpoint: str
+    streamed: bool
+    finish_reason: str
+    status: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    time_to_first_token_seconds: float
+    generation_seconds: float
+    request_seconds: float
+    trace_id: str = ""
+
+
+class Rejection(ValueError):
+    """Why an event is refused; `kind` is a bounded label for metrics."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def check(event: UsageEvent, now: float, max_age_seconds: float, max_future_seconds: float) -> None:
+    """Raises Rejection when the event cannot be counted."""
+    for name in ("event_id", "source", "model"):
+        if not getattr(event, name):
+            raise Rejection("missing_field", f"{name} is missing")
+    if event.status not in STATUSES:
+        raise Rejection("missing_field", "status is missing (ok, abort or error)")
+    if event.occurred_at <= 0:
+        raise Rejection("missing_field", "occurred_at is missing")
+    if event.occurred_at < now - max_age_seconds:
+        raise Rejection("too_old", f"occurred_at is more than {max_age_seconds:.0f} s in the past")
+    if event.occurred_at > now + max_future_seconds:
+        raise Rejection("in_future", f"occurred_at is more than {max_future_seconds:.0f} s in the future")
+    for name in ("prompt_tokens", "completion_tokens", "cached_tokens"):
+        if getattr(event, name) < 0:
+            raise Rejection("negative", f"{name} is negative")
+    if event.cached_tokens > event.prompt_tokens:
+        raise Rejection("inconsistent", "cached_tokens exceeds prompt_tokens")
+    for name in ("time_to_first_token_seconds", "generation_seconds", "request_seconds"):
+        value = getattr(event, name)
+        if value < 0 or not math.isfinite(value):
+            raise Rejection("negative", f"{name} must be a finite, non-negative number")

@@ -1,0 +1,165 @@
+"""The ledger: checks events, commits them in groups (one transaction for all that arrive while the
+previous commit runs), and keeps the counters, throughput windows and metrics that follow from commits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from services.metering.events import Rejection, UsageEvent, check
+from services.metering.metrics import MeteringMetrics
+from services.metering.store import Commit, ModelTotals, Query, Totals, UsageStore
+from services.metering.throughput import WINDOWS, SlidingThroughput
+
+_T = TypeVar("_T")
+
+RECORDED, DUPLICATE, REJECTED = "recorded", "duplicate", "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    event_id: str
+    status: str
+    reason: str = ""
+
+
+@dataclass
+class _Submission:
+    events: list[UsageEvent]
+    rejected: dict[str, int]
+    done: asyncio.Future[list[bool]]
+
+
+@dataclass
+class Counters:
+    models: dict[str, ModelTotals] = field(default_factory=dict)
+    rejections: dict[str, int] = field(default_factory=dict)
+
+    def all(self) -> Totals:
+        total = Totals()
+        for m in self.models.values():
+            total.add(m.totals)
+        return total
+
+
+class Ledger:
+    def __init__(
+        self,
+        store: UsageStore,
+        metrics: MeteringMetrics,
+        max_age_seconds: float,
+        max_future_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._max_age = max_age_seconds
+        self._max_future = max_future_seconds
+        self._clock = clock
+        # SQLite work happens on one thread, off the event loop.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-store")
+        self._pending: list[_Submission] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self.counters = Counters()
+        self.throughput = SlidingThroughput()
+
+    async def _run(self, fn: Callable[..., _T], *args: object) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def start(self) -> None:
+        """Reloads the counters from the store, then starts the writer."""
+        self.counters = Counters(await self._run(self._store.model_totals), await self._run(self._store.rejections))
+        self._metrics.reload(self.counters.models, self.counters.rejections)
+        self._tasks = [asyncio.create_task(self._writer()), asyncio.create_task(self._refresh_gauges())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._run(self._store.close)
+        self._executor.shutdown()
+
+    async def record(self, events: list[UsageEvent]) -> list[Ack]:
+        """Acks in the events' order; returns only after the accepted ones are committed."""
+        now = self._clock()
+        acks: list[Ack | None] = [None] * len(events)
+        accepted: list[tuple[int, UsageEvent]] = []
+        rejected: dict[str, int] = defaultdict(int)
+        for i, event in enumerate(events):
+            try:
+                check(event, now, self._max_age, self._max_future)
+            except Rejection as why:
+                acks[i] = Ack(event.event_id, REJECTED, str(why))
+                rejected[why.kind] += 1
+            else:
+                accepted.append((i, event))
+        done: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Submission([e for _, e in accepted], dict(rejected), done))
+        self._wake.set()
+        inserted = await done
+        for (i, event), fresh in zip(accepted, inserted):
+            acks[i] = Ack(event.event_id, RECORDED if fresh else DUPLICATE)
+        return [a for a in acks if a is not None]
+
+    async def _writer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            events = [e for s in batch for e in s.events]
+            rejected: dict[str, int] = defaultdict(int)
+            for s in batch:
+                for kind, count in s.rejected.items():
+                    rejected[kind] += count
+            try:
+                commit = await self._run(self._store.commit, events, self._clock(), dict(rejected))
+            except Exception as error:
+                for s in batch:
+                    if not s.done.done():
+                        s.done.set_exception(error)
+                continue
+            self._apply(commit, events, rejected)
+            offset = 0
+            for s in batch:
+                if not s.done.done():
+                    s.done.set_result(commit.inserted[offset : offset + len(s.events)])
+                offset += len(s.events)
+
+    def _apply(self, commit: Commit, events: list[UsageEvent], rejected: dict[str, int]) -> None:
+        for model, totals in commit.by_model.items():
+            self.counters.models.setdefault(model, ModelTotals()).totals.add(totals)
+        for model, count in commit.duplicated_by_model.items():
+            self.counters.models.setdefault(model, ModelTotals()).duplicated += count
+            self._metrics.duplicated.labels(model).inc(count)
+        for kind, count in rejected.items():
+            self.counters.rejections[kind] = self.counters.rejections.get(kind, 0) + count
+            self._metrics.rejected.labels(kind).inc(count)
+        for event, fresh in zip(events, commit.inserted):
+            if fresh:
+                self._metrics.recorded(event)
+                self.throughput.add(event.model, event.occurred_at, event.generation_seconds, event.completion_tokens)
+
+    async def _refresh_gauges(self, interval: float = 1.0) -> None:
+        while True:
+            now = self._clock()
+            for model in self.throughput.models():
+                for window in WINDOWS:
+                    self._metrics.throughput.labels(model, f"{window:.0f}s").set(self.throughput.rate(model, window, now))
+            await asyncio.sleep(interval)
+
+    async def totals(self, query: Query, group_by: tuple[str, ...]) -> list[tuple[dict[str, str], Totals]]:
+        return await self._run(self._store.totals, query, group_by)
+
+    async def series(self, query: Query, bucket_seconds: int) -> list[tuple[float, Totals]]:
+        return await self._run(self._store.series, query, bucket_seconds)
+
+    def now(self) -> float:
+        return self._clock()

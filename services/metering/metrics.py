@@ -1,0 +1,76 @@
+"""The metering service's Prometheus metrics: labelled by model only (per-key usage is in the query API)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from services.metering.events import UsageEvent
+from services.metering.store import ModelTotals
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+REJECTED_MODEL = "rejected"
+
+
+class MeteringMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.prompt_tokens = Counter("metering_prompt_tokens", "Prompt tokens recorded", ["model"], registry=r)
+        self.completion_tokens = Counter("metering_completion_tokens", "Completion tokens recorded", ["model"], registry=r)
+        self.cached_tokens = Counter("metering_cached_tokens", "Prompt tokens served from the prefix cache", ["model"], registry=r)
+        self.generation_seconds = Counter(
+            "metering_generation_seconds",
+            "Seconds spent generating (first to last token); rate(completion)/rate(this) is throughput",
+            ["model"],
+            registry=r,
+        )
+        self.requests = Counter("metering_requests", "Requests recorded, by final status", ["model", "status"], registry=r)
+        self.ingested = Counter("metering_events_ingested", "Events recorded for the first time", ["model"], registry=r)
+        self.duplicated = Counter("metering_events_duplicated", "Events received again and not counted", ["model"], registry=r)
+        self.rejected = Counter("metering_events_rejected", "Events refused, by reason", ["reason"], registry=r)
+        self.ttft = Histogram(
+            "metering_time_to_first_token_seconds", "Time to first token", ["model"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.tpot = Histogram(
+            "metering_time_per_output_token_seconds",
+            "Generation seconds per output token after the first",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.duration = Histogram(
+            "metering_request_duration_seconds", "Whole request", ["model"], buckets=DURATION_BUCKETS, registry=r
+        )
+        self.throughput = Gauge(
+            "metering_output_tokens_per_second", "Output tokens per second over a sliding window", ["model", "window"], registry=r
+        )
+
+    def reload(self, totals: dict[str, ModelTotals], rejections: dict[str, int]) -> None:
+        """Counters continue from the store's totals after a restart."""
+        for model, m in totals.items():
+            t = m.totals
+            self.prompt_tokens.labels(model).inc(t.prompt_tokens)
+            self.completion_tokens.labels(model).inc(t.completion_tokens)
+            self.cached_tokens.labels(model).inc(t.cached_tokens)
+            self.generation_seconds.labels(model).inc(t.generation_seconds)
+            self.requests.labels(model, "ok").inc(t.ok_requests)
+            self.requests.labels(model, "abort").inc(t.aborted_requests)
+            self.requests.labels(model, "error").inc(t.failed_requests)
+            self.ingested.labels(model).inc(t.requests)
+            self.duplicated.labels(model).inc(m.duplicated)
+        for kind, count in rejections.items():
+            self.rejected.labels(kind).inc(count)
+
+    def recorded(self, event: UsageEvent) -> None:
+        model = event.model
+        self.prompt_tokens.labels(model).inc(event.prompt_tokens)
+        self.completion_tokens.labels(model).inc(event.completion_tokens)
+        self.cached_tokens.labels(model).inc(event.cached_tokens)
+        self.generation_seconds.labels(model).inc(event.generation_seconds)
+        self.requests.labels(model, event.status).inc()
+        self.ingested.labels(model).inc()
+        if event.completion_tokens:
+            self.ttft.labels(model).observe(event.time_to_first_token_seconds)
+        if event.completion_tokens > 1:
+            self.tpot.labels(model).observe(event.generation_seconds / (event.completion_tokens - 1))
+        self.duration.labels(model).observe(event.request_seconds)

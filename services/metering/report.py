@@ -1,0 +1,61 @@
+"""Prints usage totals by model and API key for a time range, from the live metering service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from datetime import datetime, timedelta, timezone
+
+from llmserve.metering.v1 import metering_pb2 as pb
+
+from services.metering.client import MeteringClient
+
+
+def _when(text: str) -> datetime:
+    """ISO time (UTC if no zone), or a duration back from now: 15m, 2h, 7d."""
+    units = {"m": "minutes", "h": "hours", "d": "days"}
+    if text[-1:] in units and text[:-1].isdigit():
+        return datetime.now(timezone.utc) - timedelta(**{units[text[-1]]: int(text[:-1])})
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def render(rows: list[pb.TotalsRow]) -> str:
+    header = f"{'model':<28} {'api key':<16} {'requests':>9} {'ok':>7} {'abort':>6} {'error':>6} {'prompt':>10} {'completion':>11} {'cached':>9}"
+    lines = [header, "-" * len(header)]
+    sums = pb.Totals()
+    for row in rows:
+        t = row.totals
+        lines.append(
+            f"{row.model:<28} {row.api_key_id:<16} {t.requests:>9} {t.ok_requests:>7} {t.aborted_requests:>6}"
+            f" {t.failed_requests:>6} {t.prompt_tokens:>10} {t.completion_tokens:>11} {t.cached_tokens:>9}"
+        )
+        for name in ("requests", "ok_requests", "aborted_requests", "failed_requests", "prompt_tokens", "completion_tokens", "cached_tokens"):
+            setattr(sums, name, getattr(sums, name) + getattr(t, name))
+    lines.append("-" * len(header))
+    lines.append(
+        f"{'total':<28} {'':<16} {sums.requests:>9} {sums.ok_requests:>7} {sums.aborted_requests:>6}"
+        f" {sums.failed_requests:>6} {sums.prompt_tokens:>10} {sums.completion_tokens:>11} {sums.cached_tokens:>9}"
+    )
+    return "\n".join(lines)
+
+
+async def report(address: str, start: datetime | None, end: datetime | None, model: str, key: str) -> str:
+    request = pb.GetTotalsRequest(model=model, api_key_id=key, group_by_model=True, group_by_api_key=True)
+    if start is not None:
+        getattr(request.range, "from").FromDatetime(start)
+    if end is not None:
+        request.range.to.FromDatetime(end)
+    async with MeteringClient(address) as client:
+        return render(await client.totals(request))
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m services.metering report", description=__doc__)
+    parser.add_argument("--addr", default="127.0.0.1:50052", help="the metering service")
+    parser.add_argument("--from", dest="start", type=_when, help="ISO time or 15m / 2h / 7d ago (default: the beginning)")
+    parser.add_argument("--to", dest="end", type=_when, help="ISO time (default: now)")
+    parser.add_argument("--model", default="")
+    parser.add_argument("--key", default="", help="an API key id")
+    args = parser.parse_args(argv)
+    print(asyncio.run(report(args.addr, args.start, args.end, args.model, args.key)))

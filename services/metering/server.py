@@ -1,0 +1,43 @@
+"""Builds the metering grpc.aio server and the Prometheus endpoint, and runs them until SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+
+from llmserve.metering.v1 import metering_pb2, metering_pb2_grpc
+from prometheus_client import start_http_server
+
+from services.grpc_lifecycle import build_server, shut_down, wait_for_stop_signal
+from services.metering.config import MeteringSettings
+from services.metering.ledger import Ledger
+from services.metering.metrics import MeteringMetrics
+from services.metering.servicer import STATUS_BY_ERROR, MeteringServicer
+from services.metering.store import UsageStore
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = metering_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name
+
+
+async def serve(settings: MeteringSettings) -> None:
+    metrics = MeteringMetrics()
+    ledger = Ledger(UsageStore(settings.database), metrics, settings.max_event_age_seconds, settings.max_future_seconds)
+    await ledger.start()
+    metering = build_server(
+        f"{settings.host}:{settings.port}",
+        lambda server: metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(ledger), server),
+        [SERVICE_NAME],
+        STATUS_BY_ERROR,
+    )
+    start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
+    await metering.server.start()
+    await metering.set_serving(True)
+    log.info("metering on port %d (metrics on %d), store %s", metering.port, settings.metrics_port, settings.database)
+    await wait_for_stop_signal()
+
+    async def drain() -> None:
+        pass
+
+    # In-flight RecordUsage calls finish (and commit) within the grace period; then the store closes.
+    await shut_down(metering, drain, settings.shutdown_grace_seconds)
+    await ledger.stop()

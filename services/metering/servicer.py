@@ -1,0 +1,165 @@
+"""Translates between the metering protobuf messages and the ledger; nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from llmserve.metering.v1 import metering_pb2 as pb
+from llmserve.metering.v1 import metering_pb2_grpc
+
+from services.metering.events import UsageEvent
+from services.metering.ledger import DUPLICATE, RECORDED, REJECTED, Ack, Ledger
+from services.metering.store import Query, Totals
+
+
+class InvalidQuery(ValueError):
+    pass
+
+
+class AllRejected(ValueError):
+    pass
+
+
+# The one place domain errors become gRPC statuses (applied by services.grpc_errors).
+STATUS_BY_ERROR: dict[type[Exception], grpc.StatusCode] = {
+    InvalidQuery: grpc.StatusCode.INVALID_ARGUMENT,
+    AllRejected: grpc.StatusCode.INVALID_ARGUMENT,
+}
+
+_STATUS = {pb.REQUEST_STATUS_OK: "ok", pb.REQUEST_STATUS_ABORT: "abort", pb.REQUEST_STATUS_ERROR: "error"}
+_ACK = {RECORDED: pb.ACK_STATUS_RECORDED, DUPLICATE: pb.ACK_STATUS_DUPLICATE, REJECTED: pb.ACK_STATUS_REJECTED}
+_BUCKET_SECONDS = {pb.BUCKET_MINUTE: 60, pb.BUCKET_HOUR: 3600, pb.BUCKET_DAY: 86400}
+
+
+def to_event(message: pb.UsageEvent) -> UsageEvent:
+    occurred = message.occurred_at
+    return UsageEvent(
+        event_id=message.event_id,
+        source=message.source,
+        occurred_at=occurred.seconds + occurred.nanos / 1e9 if message.HasField("occurred_at") else 0.0,
+        model=message.model,
+        api_key_id=message.api_key_id,
+        endpoint=message.endpoint,
+        streamed=message.streamed,
+        finish_reason=message.finish_reason,
+        status=_STATUS.get(message.status, ""),
+        prompt_tokens=message.prompt_tokens,
+        completion_tokens=message.completion_tokens,
+        cached_tokens=message.cached_tokens,
+        time_to_first_token_seconds=message.time_to_first_token_seconds,
+        generation_seconds=message.generation_seconds,
+        request_seconds=message.request_seconds,
+        trace_id=message.trace_id,
+    )
+
+
+def _totals(t: Totals) -> pb.Totals:
+    return pb.Totals(
+        requests=t.requests,
+        prompt_tokens=t.prompt_tokens,
+        completion_tokens=t.completion_tokens,
+        cached_tokens=t.cached_tokens,
+        ok_requests=t.ok_requests,
+        aborted_requests=t.aborted_requests,
+        failed_requests=t.failed_requests,
+        generation_seconds=t.generation_seconds,
+    )
+
+
+def _seconds(ts: Timestamp) -> float:
+    return ts.seconds + ts.nanos / 1e9
+
+
+def _query(time_range: pb.TimeRange, model: str, api_key_id: str) -> Query:
+    start = _seconds(getattr(time_range, "from")) if time_range.HasField("from") else None
+    end = _seconds(time_range.to) if time_range.HasField("to") else None
+    if start is not None and end is not None and end < start:
+        raise InvalidQuery("the time range ends before it starts")
+    return Query(start=start, end=end, model=model, api_key_id=api_key_id)
+
+
+def _acks(acks: list[Ack]) -> pb.RecordUsageResponse:
+    return pb.RecordUsageResponse(acks=[pb.Ack(event_id=a.event_id, status=_ACK[a.status], reason=a.reason) for a in acks])
+
+
+class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    async def _record(self, request: pb.RecordUsageRequest) -> list[Ack]:
+        acks = await self._ledger.record([to_event(e) for e in request.events])
+        if acks and all(a.status == REJECTED for a in acks):
+            reasons = "; ".join(f"{a.event_id or '(no id)'}: {a.reason}" for a in acks[:5])
+            raise AllRejected(f"every event was rejected: {reasons}")
+        return acks
+
+    async def RecordUsage(self, request: pb.RecordUsageRequest, context: grpc.aio.ServicerContext) -> pb.RecordUsageResponse:
+        return _acks(await self._record(request))
+
+    async def StreamUsage(
+        self, requests: AsyncIterator[pb.RecordUsageRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.RecordUsageResponse]:
+        async for request in requests:
+            yield _acks(await self._ledger.record([to_event(e) for e in request.events]))
+
+    async def GetTotals(self, request: pb.GetTotalsRequest, context: grpc.aio.ServicerContext) -> pb.GetTotalsResponse:
+        group_by = tuple(
+            name for name, wanted in (("model", request.group_by_model), ("api_key_id", request.group_by_api_key)) if wanted
+        )
+        rows = await self._ledger.totals(_query(request.range, request.model, request.api_key_id), group_by)
+        return pb.GetTotalsResponse(
+            rows=[
+                pb.TotalsRow(model=labels.get("model", ""), api_key_id=labels.get("api_key_id", ""), totals=_totals(t))
+                for labels, t in rows
+            ]
+        )
+
+    async def GetUsageSeries(
+        self, request: pb.GetUsageSeriesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetUsageSeriesResponse:
+        bucket = _BUCKET_SECONDS.get(request.bucket)
+        if bucket is None:
+            raise InvalidQuery("bucket must be MINUTE, HOUR or DAY")
+        points = await self._ledger.series(_query(request.range, request.model, request.api_key_id), bucket)
+        response = pb.GetUsageSeriesResponse()
+        for start, totals in points:
+            point = response.points.add(totals=_totals(totals))
+            point.start.FromSeconds(int(start))
+        return response
+
+    async def GetCounters(self, request: pb.GetCountersRequest, context: grpc.aio.ServicerContext) -> pb.GetCountersResponse:
+        counters = self._ledger.counters
+        models = [
+            pb.ModelCounters(
+                model=model, totals=_totals(m.totals), events_ingested=m.totals.requests, events_duplicated=m.duplicated
+            )
+            for model, m in sorted(counters.models.items())
+        ]
+        return pb.GetCountersResponse(
+            models=models,
+            all=_totals(counters.all()),
+            events_ingested=sum(m.events_ingested for m in models),
+            events_duplicated=sum(m.events_duplicated for m in models),
+            events_rejected=sum(counters.rejections.values()),
+        )
+
+    async def GetThroughput(
+        self, request: pb.GetThroughputRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetThroughputResponse:
+        now = self._ledger.now()
+        sliding = self._ledger.throughput
+        counters = self._ledger.counters.models
+        response = pb.GetThroughputResponse()
+        for model in sorted(set(counters) | set(sliding.models())):
+            totals = counters[model].totals if model in counters else Totals()
+            response.models.add(
+                model=model,
+                tokens_per_second_10s=sliding.rate(model, 10.0, now),
+                tokens_per_second_60s=sliding.rate(model, 60.0, now),
+                tokens_per_generation_second=(
+                    totals.completion_tokens / totals.generation_seconds if totals.generation_seconds else 0.0
+                ),
+            )
+        return response

@@ -1,0 +1,109 @@
+"""The ledger and its SQLite store, in process (the service itself is tested end to end in tests/)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from services.metering.events import UsageEvent
+from services.metering.ledger import DUPLICATE, RECORDED, REJECTED, Ledger
+from services.metering.metrics import MeteringMetrics
+from services.metering.store import Query, UsageStore
+from services.metering.throughput import SlidingThroughput
+
+NOW = 1_800_000_000.0
+
+
+def event(i: int = 0, **changes: object) -> UsageEvent:
+    base = UsageEvent(
+        event_id=f"ev-{i}", source="gw-1", occurred_at=NOW - 30, model="m1", api_key_id="team-a",
+        endpoint="/v1/chat/completions", streamed=True, finish_reason="stop", status="ok",
+        prompt_tokens=10, completion_tokens=5, cached_tokens=2, time_to_first_token_seconds=0.1,
+        generation_seconds=0.4, request_seconds=0.6,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+async def open_ledger(path: Path) -> Ledger:
+    ledger = Ledger(UsageStore(path), MeteringMetrics(), max_age_seconds=3600, max_future_seconds=60, clock=lambda: NOW)
+    await ledger.start()
+    return ledger
+
+
+async def test_same_event_counts_once(tmp_path: Path) -> None:
+    ledger = await open_ledger(tmp_path / "u.db")
+    acks = await ledger.record([event()] * 3)
+    assert [a.status for a in acks] == [RECORDED, DUPLICATE, DUPLICATE]
+    results = await asyncio.gather(*(ledger.record([event()]) for _ in range(200)))
+    assert {r[0].status for r in results} == {DUPLICATE}
+    # Same id from another source is another event.
+    assert (await ledger.record([event(source="gw-2")]))[0].status == RECORDED
+    m1 = ledger.counters.models["m1"]
+    assert m1.totals.requests == 2 and m1.totals.completion_tokens == 10 and m1.duplicated == 202
+    await ledger.stop()
+
+
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"occurred_at": NOW - 7200}, "past"),
+        ({"occurred_at": NOW + 600}, "future"),
+        ({"prompt_tokens": -1}, "negative"),
+        ({"model": ""}, "model"),
+        ({"event_id": ""}, "event_id"),
+        ({"status": ""}, "status"),
+        ({"generation_seconds": float("nan")}, "generation_seconds"),
+        ({"cached_tokens": 11}, "cached"),
+    ],
+)
+async def test_bad_events_are_rejected_and_counted(tmp_path: Path, changes: dict, words: str) -> None:
+    ledger = await open_ledger(tmp_path / "u.db")
+    acks = await ledger.record([event(1), event(2, **changes)])
+    assert acks[0].status == RECORDED
+    assert acks[1].status == REJECTED and words in acks[1].reason
+    assert sum(ledger.counters.rejections.values()) == 1
+    await ledger.stop()
+
+
+async def test_counters_reload_after_restart(tmp_path: Path) -> None:
+    ledger = await open_ledger(tmp_path / "u.db")
+    await ledger.record([event(i, status=("ok", "abort", "error")[i % 3]) for i in range(30)])
+    await ledger.record([event(0), event(99, prompt_tokens=-5)])
+    before = ledger.counters
+    await ledger.stop()
+    again = await open_ledger(tmp_path / "u.db")
+    assert again.counters == before
+    t = again.counters.models["m1"].totals
+    assert (t.requests, t.ok_requests, t.aborted_requests, t.failed_requests) == (30, 10, 10, 10)
+    assert again.counters.models["m1"].duplicated == 1 and again.counters.rejections == {"negative": 1}
+    assert (await again.record([event(5)]))[0].status == DUPLICATE
+    await again.stop()
+
+
+async def test_totals_by_key_and_time_buckets(tmp_path: Path) -> None:
+    ledger = await open_ledger(tmp_path / "u.db")
+    await ledger.record(
+        [event(1, api_key_id="a"), event(2, api_key_id="b", model="m2"), event(3, api_key_id="a", occurred_at=NOW - 1000)]
+    )
+    rows = await ledger.totals(Query(), ("model", "api_key_id"))
+    assert [(labels["model"], labels["api_key_id"], t.requests) for labels, t in rows] == [("m1", "a", 2), ("m2", "b", 1)]
+    recent = await ledger.totals(Query(start=NOW - 100, api_key_id="a"), ())
+    assert recent[0][1].requests == 1
+    minutes = await ledger.series(Query(), 60)
+    assert [t.requests for _, t in minutes] == [1, 2]
+    await ledger.stop()
+
+
+def test_sliding_throughput_spreads_tokens_over_generation_time() -> None:
+    window = SlidingThroughput()
+    # 100 tokens generated over the 20 s before NOW: half of them fall in the last 10 s.
+    window.add("m", NOW, 20.0, 100)
+    assert window.rate("m", 10.0, NOW) == pytest.approx(5.0)
+    assert window.rate("m", 60.0, NOW) == pytest.approx(100 / 60)
+    # Two concurrent requests add up tokens, not rates.
+    window.add("m", NOW, 20.0, 100)
+    assert window.rate("m", 10.0, NOW) == pytest.approx(10.0)
+    assert window.rate("m", 10.0, NOW + 100) == 0.0
