@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from services.engine.client import EngineClient
-from tools.processes import ServiceProcess, engine_args, free_port, gateway_env, http_ok
+from services.metering.client import MeteringClient
+from tools.processes import ServiceProcess, engine_args, free_port, gateway_env, http_ok, metering_env
 
 ENGINE_START_TIMEOUT = 600.0
 
@@ -73,3 +74,20 @@ def gateway_process(log_dir: Path, engine_address: str) -> Iterator[ServiceProce
 @pytest.fixture(scope="session")
 def gateway_url(gateway_process: ServiceProcess) -> str:
     return gateway_process.address
+
+
+def start_metering(log_dir: Path, data_dir: Path, port: int | None = None, name: str = "metering") -> ServiceProcess:
+    """A metering process on `port` (a free one if None), storing in data_dir."""
+    port = port or free_port()
+    metrics_port = free_port()
+    process = ServiceProcess(
+        name, "services.metering", [], log_dir, f"127.0.0.1:{port}", env=metering_env(port, metrics_port, data_dir)
+    )
+    process.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+
+    async def serving() -> bool:
+        async with MeteringClient(process.address) as client:
+            return await client.serving(timeout=2.0)
+
+    process.wait_ready(serving, 60)
+    return process

@@ -36,8 +36,9 @@ class ServiceProcess:
     ):
         self.name = name
         self.address = address
+        self.metrics_url = ""
         self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("wb")
+        self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", module, *args],
             cwd=ROOT,
@@ -107,3 +108,12 @@ async def http_ok(url: str) -> bool:
             return (await client.get(url)).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def metering_env(port: int, metrics_port: int, data_dir: Path) -> dict[str, str]:
+    return {
+        "METERING_HOST": "127.0.0.1",
+        "METERING_PORT": str(port),
+        "METERING_METRICS_PORT": str(metrics_port),
+        "METERING_DATA_DIR": str(data_dir),
+    }

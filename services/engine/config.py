@@ -17,6 +17,8 @@ CPU_MEMORY_SHARE = 0.3
 # ("CPU Generator does not use offset"); without chunked prefill vLLM schedules whole prompts
 # (and sizes the token budget to max_model_len itself).
 CPU_CHUNKED_PREFILL = False
+# vLLM picks bfloat16 on CPU, which CPUs without AVX512-BF16 emulate slowly.
+CPU_DTYPE = "float32"
 
 
 class EngineSettings(BaseSettings):
@@ -34,7 +36,7 @@ class EngineSettings(BaseSettings):
     model_store: Path = Field(Path("var/models"), description="where the embedded model is converted to")
     served_model_name: str | None = Field(None, description="name clients use; default: the folder's name")
     tokenizer: str | None = None
-    dtype: str = "auto"
+    dtype: str | None = Field(None, description=f"default: auto on GPU, {CPU_DTYPE} on CPU")
     max_model_len: int | None = Field(None, ge=1)
     gpu_memory_utilization: float | None = Field(
         None, gt=0, le=1, description=f"on CPU: share of RAM for the KV cache (default {CPU_MEMORY_SHARE})"
@@ -67,7 +69,7 @@ class EngineSettings(BaseSettings):
             "model": model_path,
             "served_model_name": [self.served_model(model_path).name],
             "tokenizer": self.tokenizer,
-            "dtype": self.dtype,
+            "dtype": self.dtype or (CPU_DTYPE if on_cpu else "auto"),
             "max_model_len": self.max_model_len,
             "tensor_parallel_size": self.tensor_parallel_size,
             "pipeline_parallel_size": self.pipeline_parallel_size,

@@ -104,7 +104,15 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
 
     async def GetLoad(self, request: pb.GetLoadRequest, context: grpc.aio.ServicerContext) -> pb.GetLoadResponse:
         unfinished, open_streams = self._backend.load()
-        return pb.GetLoadResponse(unfinished_requests=unfinished, open_streams=open_streams)
+        served = self._backend.served
+        return pb.GetLoadResponse(
+            unfinished_requests=unfinished,
+            open_streams=open_streams,
+            finished_streams=served.streams,
+            prompt_tokens=served.prompt_tokens,
+            completion_tokens=served.completion_tokens,
+            cached_tokens=served.cached_tokens,
+        )
 
 
 def _chat(chat: pb.Chat) -> tuple[ChatTurn, ...]:

@@ -47,6 +47,22 @@ _FINISH_REASONS = {
 }
 
 
+@dataclass
+class ServedTotals:
+    """What the engine generated since start, counted from the token ids it streamed."""
+
+    streams: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    def add(self, stream: _StreamState) -> None:
+        self.streams += 1
+        self.prompt_tokens += stream.prompt_tokens
+        self.completion_tokens += stream.completion_tokens
+        self.cached_tokens += stream.cached_tokens
+
+
 @dataclass(frozen=True)
 class ServedModel:
     name: str
@@ -64,6 +80,7 @@ class VllmBackend:
         self._info: ModelInfo | None = None
         self._draining = False
         self._open: set[str] = set()
+        self.served = ServedTotals()
         # The model's generation_config defaults, for fields a request leaves unset (as vLLM's server does).
         self._sampling_defaults: dict[str, Any] = {}
 
@@ -174,6 +191,7 @@ class VllmBackend:
             yield stream.failure(str(failure))
         finally:
             self._open.discard(request.request_id)
+            self.served.add(stream)
             log.info(
                 "request %s done: prompt=%d completion=%d cached=%d finished=%s",
                 request.request_id,

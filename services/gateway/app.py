@@ -21,7 +21,11 @@ from services.gateway.errors import ApiError
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.middleware import RequestLimits
 from services.gateway.routes import chat, completions, health, metrics, models, tokenize
+from services.gateway.outbox import Outbox
 from services.gateway.schemas import UnsupportedFields
+from services.gateway.usage_events import usage_event
+from services.gateway.usage_sender import SenderMetrics, UsageSender
+from services.metering.client import MeteringClient
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,21 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error.body(), status_code=500)
 
 
+async def _start_usage_delivery(settings: GatewaySettings, metrics_: GatewayMetrics, state: GatewayState) -> UsageSender:
+    source = settings.source_id()
+    sender = UsageSender(
+        MeteringClient(settings.metering_addr),
+        Outbox(settings.data_dir / "outbox.sqlite3"),
+        SenderMetrics(metrics_.registry),
+        queue_size=settings.usage_queue_size,
+        batch_size=settings.usage_batch_size,
+    )
+    await sender.start()
+    state.extra_sinks.append(lambda outcome: sender.submit(usage_event(outcome, source)))
+    log.info("usage events go to %s as source %s", settings.metering_addr, source)
+    return sender
+
+
 def create_app(settings: GatewaySettings, engine: EngineClient | None = None) -> FastAPI:
     """The engine client is created here (inside the app's lifetime) unless one is passed in."""
     keys = ApiKeys.parse(settings.api_keys, settings.api_keys_file)
@@ -74,6 +93,7 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
         client = engine or EngineClient(settings.engine_addr)
         state = GatewayState(settings=settings, engine=client, keys=keys, metrics=metrics_)
         app.state.gateway = state
+        sender = await _start_usage_delivery(settings, metrics_, state) if settings.metering_addr else None
         try:
             metrics_.known_models.update(m.id for m in await client.list_models(timeout=2.0))
         except grpc.aio.AioRpcError:
@@ -81,6 +101,8 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
         yield
         if state.settling:
             await asyncio.wait(state.settling, timeout=settings.settle_timeout_seconds)
+        if sender is not None:
+            await sender.stop(settings.usage_drain_seconds)
         if engine is None:
             await client.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 from pydantic import Field
@@ -27,4 +28,24 @@ class GatewaySettings(BaseSettings):
     request_timeout_seconds: float = Field(600.0, gt=0)
     # How long to wait for the engine's final usage after a client went away.
     settle_timeout_seconds: float = Field(15.0, gt=0)
+    # Usage events go to the metering service at this address; empty: metering off.
+    metering_addr: str = ""
+    # The outbox of undelivered usage events and the instance id live here.
+    data_dir: Path = Path("var/gateway")
+    # Names this gateway in usage events (idempotency is per source + event id); default: made once
+    # and kept in the data directory.
+    instance_id: str = ""
+    usage_queue_size: int = Field(10_000, ge=1)
+    usage_batch_size: int = Field(500, ge=1)
+    # On shutdown, time to deliver queued usage before the rest stays on disk.
+    usage_drain_seconds: float = Field(10.0, ge=0)
     log_level: str = "INFO"
+
+    def source_id(self) -> str:
+        if self.instance_id:
+            return self.instance_id
+        path = self.data_dir / "instance-id"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"gateway-{uuid.uuid4().hex[:12]}\n")
+        return path.read_text().strip()

@@ -101,7 +101,9 @@ class Generation:
         except BaseException:
             for stream in self._streams:
                 stream.call.cancel()
-            self._closed = True
+            # The request was refused or failed before any output: still one outcome, with no tokens.
+            self.outcome.status = "error"
+            self.close([])
             raise
 
     async def _read_one(self, stream: _Stream) -> pb.GenerateResponse:
@@ -207,7 +209,7 @@ class Generation:
         outcome = self.outcome
         outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens = self.usage()
         outcome.finish_reasons = finish_reasons
-        if self.error:
+        if self.error or outcome.status == "error":
             outcome.status = "error"
         elif "abort" in finish_reasons or not all(s.finished for s in self._streams):
             outcome.status = "abort"

@@ -284,9 +284,17 @@ class GetLoadRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetLoadResponse(_message.Message):
-    __slots__ = ("unfinished_requests", "open_streams")
+    __slots__ = ("unfinished_requests", "open_streams", "finished_streams", "prompt_tokens", "completion_tokens", "cached_tokens")
     UNFINISHED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     OPEN_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     unfinished_requests: int
     open_streams: int
-    def __init__(self, unfinished_requests: _Optional[int] = ..., open_streams: _Optional[int] = ...) -> None: ...
+    finished_streams: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    def __init__(self, unfinished_requests: _Optional[int] = ..., open_streams: _Optional[int] = ..., finished_streams: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,262 @@
+"""The metering service and usage delivery, with real processes over real ports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from llmserve.metering.v1 import metering_pb2 as mpb
+
+from services.engine.client import EngineClient
+from services.metering.client import MeteringClient
+from tests.conftest import API_KEY, start_gateway, start_metering
+from tools.processes import ROOT, ServiceProcess, free_port
+
+MODEL = "SmolLM2-135M-Instruct"
+
+
+def event(i: int, source: str = "test-source", **changes: object) -> mpb.UsageEvent:
+    e = mpb.UsageEvent(
+        event_id=f"ev-{i}", source=source, model="m1", api_key_id="team-a", endpoint="/v1/chat/completions",
+        streamed=True, finish_reason="stop", status=mpb.REQUEST_STATUS_OK, prompt_tokens=10, completion_tokens=i % 7 + 1,
+        cached_tokens=0, time_to_first_token_seconds=0.05, generation_seconds=0.2, request_seconds=0.3,
+    )
+    e.occurred_at.FromNanoseconds(time.time_ns())
+    for name, value in changes.items():
+        setattr(e, name, value)
+    return e
+
+
+async def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+async def test_same_event_sent_1000_times_counts_once(log_dir: Path, tmp_path: Path) -> None:
+    metering = await asyncio.to_thread(start_metering, log_dir, tmp_path, None, "metering-dup")
+    try:
+        async with MeteringClient(metering.address) as client:
+            same = event(1)
+            acks = []
+            for _ in range(10):
+                rounds = await asyncio.gather(*(client.record([same]) for _ in range(100)))
+                acks += [a.status for r in rounds for a in r]
+            assert acks.count(mpb.ACK_STATUS_RECORDED) == 1
+            assert acks.count(mpb.ACK_STATUS_DUPLICATE) == 999
+            counters = await client.counters()
+            assert counters.all.requests == 1 and counters.all.completion_tokens == same.completion_tokens
+            assert counters.events_duplicated == 999
+            assert (await client.record([event(1, source="other-gateway")]))[0].status == mpb.ACK_STATUS_RECORDED
+    finally:
+        metering.stop()
+
+
+async def test_kill_9_after_acks_loses_nothing_and_counts_nothing_twice(log_dir: Path, tmp_path: Path) -> None:
+    port = free_port()
+    metering = await asyncio.to_thread(start_metering, log_dir, tmp_path, port, "metering-kill")
+    events = [event(i) for i in range(600)]
+    async with MeteringClient(metering.address) as client:
+        replies = await asyncio.gather(*(client.record(events[i : i + 50]) for i in range(0, 600, 50)))
+        assert all(a.status == mpb.ACK_STATUS_RECORDED for r in replies for a in r)
+        before = await client.counters()
+    metering.signal(signal.SIGKILL)
+    metering.stop()
+    metering = await asyncio.to_thread(start_metering, log_dir, tmp_path, port, "metering-kill-2")
+    try:
+        async with MeteringClient(metering.address) as client:
+            after = await client.counters()
+            assert after == before
+            assert after.all.requests == 600
+            assert after.all.completion_tokens == sum(e.completion_tokens for e in events)
+            again = await client.record(events[:100])
+            assert {a.status for a in again} == {mpb.ACK_STATUS_DUPLICATE}
+            rows = await client.totals(mpb.GetTotalsRequest(group_by_model=True, group_by_api_key=True))
+            assert [(r.model, r.api_key_id, r.totals.requests) for r in rows] == [("m1", "team-a", 600)]
+    finally:
+        metering.stop()
+
+
+async def test_bad_events_are_invalid_argument_and_counted(log_dir: Path, tmp_path: Path) -> None:
+    metering = await asyncio.to_thread(start_metering, log_dir, tmp_path, None, "metering-bad")
+    try:
+        async with MeteringClient(metering.address) as client:
+            old = event(1)
+            old.occurred_at.FromSeconds(int(time.time()) - 30 * 24 * 3600)
+            future = event(2)
+            future.occurred_at.FromSeconds(int(time.time()) + 3600)
+            bad = [old, future, event(3, prompt_tokens=-5), event(4, model=""), event(5, status=0)]
+            for e in bad:
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await client.record([e])
+                assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            mixed = await client.record([event(6), event(7, completion_tokens=-1)])
+            assert [a.status for a in mixed] == [mpb.ACK_STATUS_RECORDED, mpb.ACK_STATUS_REJECTED]
+            counters = await client.counters()
+            assert counters.events_rejected == 6 and counters.all.requests == 1
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(metering.metrics_url)).text
+        assert 'metering_events_rejected_total{reason="negative"} 2.0' in text
+        promtool = shutil.which("promtool")
+        if promtool:
+            check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+            assert check.returncode == 0, check.stdout + check.stderr
+    finally:
+        metering.stop()
+
+
+async def test_report_command_prints_totals(log_dir: Path, tmp_path: Path) -> None:
+    metering = await asyncio.to_thread(start_metering, log_dir, tmp_path, None, "metering-report")
+    try:
+        async with MeteringClient(metering.address) as client:
+            await client.record([event(1), event(2, api_key_id="team-b")])
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "services.metering", "report", "--addr", metering.address, "--from", "1h"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "team-a" in result.stdout and "team-b" in result.stdout
+        assert result.stdout.strip().splitlines()[-1].split()[1] == "2"
+    finally:
+        metering.stop()
+
+
+# Delivery from the gateway: real engine, gateway and metering.
+
+async def chat(gateway: str, n_tokens: int, cancel_after: int | None = None) -> tuple[int, int] | None:
+    """One streamed request; returns the usage the client saw (prompt, completion), or None if it hung up."""
+    body = {
+        "model": MODEL, "messages": [{"role": "user", "content": f"Say something {uuid.uuid4().hex[:4]}"}],
+        "max_tokens": n_tokens, "stream": True, "ignore_eos": True,
+    }
+    async with httpx.AsyncClient(timeout=120, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+        async with http.stream("POST", f"{gateway}/v1/chat/completions", json=body) as reply:
+            assert reply.status_code == 200
+            chunks = 0
+            usage = None
+            async for line in reply.aiter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                chunks += 1
+                if cancel_after is not None and chunks > cancel_after:
+                    return None
+                if '"usage":{' in line:
+                    u = json.loads(line[6:])["usage"]
+                    usage = (u["prompt_tokens"], u["completion_tokens"])
+            return usage
+
+
+async def engine_served(engine_address: str) -> tuple[int, int]:
+    async with EngineClient(engine_address) as engine:
+        load = await engine.load()
+        return load.prompt_tokens, load.completion_tokens
+
+
+async def wait_idle(engine_address: str) -> None:
+    async def idle() -> bool:
+        async with EngineClient(engine_address) as engine:
+            load = await engine.load()
+            return load.unfinished_requests == 0 and load.open_streams == 0
+
+    await wait_for(idle, 30, "the engine to go idle")
+
+
+async def spool_depth(gateway: str) -> float:
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"{gateway}/metrics")).text
+    line = next(line for line in text.splitlines() if line.startswith("gateway_usage_spool_depth "))
+    return float(line.split()[1])
+
+
+async def metering_totals(address: str) -> mpb.Totals:
+    async with MeteringClient(address) as client:
+        return (await client.counters()).all
+
+
+async def test_delivery_survives_metering_and_gateway_restarts_exactly_once(
+    log_dir: Path, tmp_path: Path, engine_address: str
+) -> None:
+    port = free_port()
+    data = tmp_path / "metering"
+    gateway_data = tmp_path / "gateway"
+    metering = await asyncio.to_thread(start_metering, log_dir, data, port, "metering-deliver")
+    settings = dict(metering_addr=metering.address, data_dir=str(gateway_data), usage_drain_seconds="1")
+    gateway = await asyncio.to_thread(start_gateway, log_dir, engine_address, "gateway-deliver", **settings)
+    engine_before = await engine_served(engine_address)
+    seen: list[tuple[int, int]] = []
+    try:
+        seen += [u for u in await asyncio.gather(*(chat(gateway.address, 4) for _ in range(3))) if u]
+        # Metering goes down during traffic: usage spools to the gateway's disk.
+        metering.stop()
+        seen += [u for u in await asyncio.gather(*(chat(gateway.address, 4) for _ in range(3))) if u]
+        await wait_for(lambda: _positive(spool_depth(gateway.address)), 30, "events to spool")
+        # The gateway restarts with events still spooled.
+        gateway.stop()
+        gateway = await asyncio.to_thread(start_gateway, log_dir, engine_address, "gateway-deliver-2", **settings)
+        seen += [u for u in await asyncio.gather(*(chat(gateway.address, 4) for _ in range(2))) if u]
+        metering = await asyncio.to_thread(start_metering, log_dir, data, port, "metering-deliver-2")
+        await wait_for(lambda: _zero(spool_depth(gateway.address)), 60, "the outbox to drain")
+        totals = await metering_totals(metering.address)
+        assert len(seen) == 8
+        assert totals.requests == 8
+        assert (totals.prompt_tokens, totals.completion_tokens) == tuple(map(sum, zip(*seen)))
+        engine_after = await engine_served(engine_address)
+        assert totals.completion_tokens == engine_after[1] - engine_before[1]
+        assert totals.prompt_tokens == engine_after[0] - engine_before[0]
+    finally:
+        gateway.stop()
+        metering.stop()
+
+
+async def _positive(value) -> bool:
+    return (await value) > 0
+
+
+async def _zero(value) -> bool:
+    return (await value) == 0
+
+
+async def test_concurrent_load_with_cancellations_agrees_exactly(
+    log_dir: Path, tmp_path: Path, engine_address: str
+) -> None:
+    metering = await asyncio.to_thread(start_metering, log_dir, tmp_path / "m", None, "metering-load")
+    gateway = await asyncio.to_thread(
+        start_gateway, log_dir, engine_address, "gateway-load", metering_addr=metering.address, data_dir=str(tmp_path / "g")
+    )
+    try:
+        await wait_idle(engine_address)
+        engine_before = await engine_served(engine_address)
+        results = await asyncio.gather(
+            *(chat(gateway.address, 12, cancel_after=3 if i % 4 == 0 else None) for i in range(16))
+        )
+        await wait_idle(engine_address)
+        engine_after = await engine_served(engine_address)
+
+        async def all_recorded() -> bool:
+            return (await metering_totals(metering.address)).requests == 16
+
+        await wait_for(all_recorded, 60, "16 usage events")
+        totals = await metering_totals(metering.address)
+        completed = [u for u in results if u is not None]
+        assert len(completed) == 12
+        assert totals.aborted_requests == 4 and totals.ok_requests == 12
+        assert totals.completion_tokens == engine_after[1] - engine_before[1]
+        assert totals.prompt_tokens == engine_after[0] - engine_before[0]
+        # The completed streams' usage chunks account for all but the cancelled streams' tokens.
+        assert sum(c for _, c in completed) == 12 * 12
+        assert totals.completion_tokens > 12 * 12
+    finally:
+        gateway.stop()
+        metering.stop()
