@@ -10,7 +10,7 @@ MODEL_STORE ?= var/models
 PROTO_OUT := gen
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: setup deps protos model run engine test check-protos bench-engine clean
+.PHONY: setup deps protos model run engine test check-protos bench-engine bench-serving bench-metering clean
 
 setup: deps protos model
 
@@ -60,6 +60,12 @@ check-protos:
 
 bench-engine: setup
 	$(PY) -m benchmarks.engine_bench --model-store $(MODEL_STORE)
+
+bench-serving: setup
+	$(PY) -m benchmarks.serving_bench --model-store $(MODEL_STORE)
+
+bench-metering: setup
+	$(PY) -m benchmarks.metering_bench
 
 clean:
 	rm -rf $(VENV) $(PROTO_OUT)/.stamp

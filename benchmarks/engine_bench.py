@@ -101,7 +101,7 @@ def main() -> None:
         engine = ServiceProcess(
             "engine",
             "services.engine",
-            ["--host", "127.0.0.1", "--port", str(port), "--model", model, "--engine-args", json.dumps(shared)],
+            ["--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", "--model", model, "--engine-args", json.dumps(shared)],
             Path(logs),
             f"127.0.0.1:{port}",
         )

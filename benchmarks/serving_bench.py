@@ -76,7 +76,7 @@ def our_stack(case: ModelCase, logs: Path) -> Iterator[str]:
     engine = ServiceProcess(
         "engine",
         "services.engine",
-        ["--host", "127.0.0.1", "--port", str(engine_port), "--model", str(case.path),
+        ["--host", "127.0.0.1", "--port", str(engine_port), "--metrics-port", "0", "--model", str(case.path),
          "--engine-args", json.dumps(vllm_settings(case))],
         logs,
         f"127.0.0.1:{engine_port}",

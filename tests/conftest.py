@@ -9,6 +9,7 @@ import pytest
 
 from services.engine.client import EngineClient
 from services.metering.client import MeteringClient
+from tests.otlp_receiver import OtlpReceiver
 from tools.processes import ServiceProcess, engine_args, free_port, gateway_env, http_ok, metering_env
 
 ENGINE_START_TIMEOUT = 600.0
@@ -20,14 +21,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("logs")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    yield tmp_path_factory.mktemp("logs")
+    ServiceProcess.stop_all()
 
 
 @pytest.fixture(scope="session")
-def engine_process(log_dir: Path) -> Iterator[ServiceProcess]:
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    receiver = OtlpReceiver()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="session")
+def engine_process(log_dir: Path, otlp_receiver: OtlpReceiver) -> Iterator[ServiceProcess]:
+    """The session's engine exports its spans to the session's OTLP receiver."""
     port = free_port()
-    process = ServiceProcess("engine", "services.engine", engine_args(port), log_dir, f"127.0.0.1:{port}")
+    process = ServiceProcess(
+        "engine", "services.engine", engine_args(port), log_dir, f"127.0.0.1:{port}", env=otlp_receiver.env("engine")
+    )
 
     async def serving() -> bool:
         async with EngineClient(process.address) as client:
@@ -49,13 +61,19 @@ API_KEY = "sk-test-secret-1"
 
 
 def start_gateway(
-    log_dir: Path, engine_address: str, name: str = "gateway", healthy: bool = True, **settings: str
+    log_dir: Path,
+    engine_address: str,
+    name: str = "gateway",
+    healthy: bool = True,
+    env: dict[str, str] | None = None,
+    **settings: str,
 ) -> ServiceProcess:
     """A gateway process; waits for /health to say 200 (or, with healthy=False, for it to answer at all)."""
     port = free_port()
     settings.setdefault("api_keys", f"test-key:{API_KEY}")
     process = ServiceProcess(
-        name, "services.gateway", [], log_dir, f"http://127.0.0.1:{port}", env=gateway_env(port, engine_address, **settings)
+        name, "services.gateway", [], log_dir, f"http://127.0.0.1:{port}",
+        env={**gateway_env(port, engine_address, **settings), **(env or {})},
     )
     url = f"{process.address}/health" if healthy else f"{process.address}/openapi.json"
     process.wait_ready(lambda: http_ok(url), 60)
@@ -76,12 +94,15 @@ def gateway_url(gateway_process: ServiceProcess) -> str:
     return gateway_process.address
 
 
-def start_metering(log_dir: Path, data_dir: Path, port: int | None = None, name: str = "metering") -> ServiceProcess:
+def start_metering(
+    log_dir: Path, data_dir: Path, port: int | None = None, name: str = "metering", env: dict[str, str] | None = None
+) -> ServiceProcess:
     """A metering process on `port` (a free one if None), storing in data_dir."""
     port = port or free_port()
     metrics_port = free_port()
     process = ServiceProcess(
-        name, "services.metering", [], log_dir, f"127.0.0.1:{port}", env=metering_env(port, metrics_port, data_dir)
+        name, "services.metering", [], log_dir, f"127.0.0.1:{port}",
+        env={**metering_env(port, metrics_port, data_dir), **(env or {})},
     )
     process.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
 

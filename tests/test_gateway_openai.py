@@ -258,19 +258,21 @@ async def test_body_too_large(gateway_url: str) -> None:
 
 async def test_in_flight_limit_and_engine_unavailable(log_dir: Path, engine_address: str) -> None:
     limited = await asyncio.to_thread(start_gateway, log_dir, engine_address, "gateway-limited", max_in_flight="1")
-    dead = await asyncio.to_thread(start_gateway, log_dir, "127.0.0.1:1", "gateway-no-engine", healthy=False)
     try:
         body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 300, "stream": True, "ignore_eos": True}
         async with httpx.AsyncClient(timeout=60, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
             async with http.stream("POST", f"{limited.address}/v1/chat/completions", json=body) as reply:
                 assert reply.status_code == 200
                 assert_error(await post(f"{limited.address}/v1/chat/completions", body), 429)
+    finally:
+        limited.stop()
+    dead = await asyncio.to_thread(start_gateway, log_dir, "127.0.0.1:1", "gateway-no-engine", healthy=False)
+    try:
         short = {"model": MODEL, "messages": MESSAGES, "max_tokens": 1}
         assert_error(await post(f"{dead.address}/v1/chat/completions", short), 503)
         async with httpx.AsyncClient() as http:
             assert (await http.get(f"{dead.address}/health")).status_code == 503
     finally:
-        limited.stop()
         dead.stop()
     await wait_engine_idle(engine_address)
 

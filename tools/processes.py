@@ -25,6 +25,8 @@ def free_port() -> int:
 class ServiceProcess:
     """One service started with `python -m <module> <args>`, its output going to a log file."""
 
+    started: list[ServiceProcess] = []
+
     def __init__(
         self,
         name: str,
@@ -47,6 +49,7 @@ class ServiceProcess:
             env={**os.environ, **(env or {})},
             start_new_session=True,
         )
+        ServiceProcess.started.append(self)
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -65,6 +68,12 @@ class ServiceProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
 
+    @classmethod
+    def stop_all(cls) -> None:
+        """A safety net: stops whatever a failed test left running."""
+        for process in cls.started:
+            process.stop(timeout=5.0)
+
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, then SIGKILL of the whole process group (vLLM's workers included)."""
         if self.proc.poll() is None:
@@ -78,7 +87,8 @@ class ServiceProcess:
         except ProcessLookupError:
             pass
         self.proc.wait()
-        self._log.close()
+        if not self._log.closed:
+            self._log.close()
         return self.proc.returncode
 
 
@@ -87,6 +97,7 @@ def engine_args(port: int) -> list[str]:
     return [
         "--host", "127.0.0.1",
         "--port", str(port),
+        "--metrics-port", str(free_port()),
         "--model-store", str(MODEL_STORE),
         "--enforce-eager",
         "--max-model-len", "2048",

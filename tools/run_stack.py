@@ -1,4 +1,8 @@
-"""Runs the stack as local processes: starts each service, waits until all are healthy, stops them on Ctrl-C."""
+"""Runs the stack as local processes (engine, metering, gateway): starts each, waits until all are
+healthy, prints the gateway URL and a request to try, and stops them all on Ctrl-C.
+
+Ports come from ENGINE_PORT, METERING_PORT, METERING_METRICS_PORT and GATEWAY_PORT (defaults
+50051, 50052, 9102, 8000); every other ENGINE_*, METERING_* and GATEWAY_* variable reaches its service."""
 
 from __future__ import annotations
 
@@ -9,10 +13,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.engine.client import EngineClient
+from services.metering.client import MeteringClient
+from tools.processes import http_ok
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,32 +28,59 @@ ROOT = Path(__file__).resolve().parent.parent
 class Service:
     name: str
     command: list[str]
-    address: str
+    env: dict[str, str]
+    healthy: Callable[[], Awaitable[bool]]
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
-    async def healthy(self) -> bool:
-        async with EngineClient(self.address) as client:
-            return await client.serving(timeout=2.0)
+
+async def _grpc_serving(client_type: type[EngineClient] | type[MeteringClient], address: str) -> bool:
+    async with client_type(address) as client:
+        return await client.serving(timeout=2.0)
 
 
-def services(args: argparse.Namespace) -> list[Service]:
-    engine_port = os.environ.get("ENGINE_PORT", "50051")
-    return [
+def services(model_store: Path) -> tuple[list[Service], str]:
+    ports = {
+        "engine": os.environ.get("ENGINE_PORT", "50051"),
+        "metering": os.environ.get("METERING_PORT", "50052"),
+        "metering_metrics": os.environ.get("METERING_METRICS_PORT", "9102"),
+        "gateway": os.environ.get("GATEWAY_PORT", "8000"),
+    }
+    engine_addr = f"127.0.0.1:{ports['engine']}"
+    metering_addr = f"127.0.0.1:{ports['metering']}"
+    gateway_url = f"http://127.0.0.1:{ports['gateway']}"
+    python = sys.executable
+    stack = [
         Service(
             "engine",
-            [sys.executable, "-m", "services.engine", "--model-store", str(args.model_store), "--port", engine_port],
-            f"127.0.0.1:{engine_port}",
+            [python, "-m", "services.engine"],
+            {"ENGINE_PORT": ports["engine"], "ENGINE_MODEL_STORE": os.environ.get("ENGINE_MODEL_STORE", str(model_store))},
+            lambda: _grpc_serving(EngineClient, engine_addr),
+        ),
+        Service(
+            "metering",
+            [python, "-m", "services.metering"],
+            {"METERING_PORT": ports["metering"], "METERING_METRICS_PORT": ports["metering_metrics"]},
+            lambda: _grpc_serving(MeteringClient, metering_addr),
+        ),
+        Service(
+            "gateway",
+            [python, "-m", "services.gateway"],
+            {
+                "GATEWAY_PORT": ports["gateway"],
+                "GATEWAY_ENGINE_ADDR": os.environ.get("GATEWAY_ENGINE_ADDR", engine_addr),
+                "GATEWAY_METERING_ADDR": os.environ.get("GATEWAY_METERING_ADDR", metering_addr),
+            },
+            lambda: http_ok(f"{gateway_url}/health"),
         ),
     ]
+    return stack, gateway_url
 
 
 def stop_all(stack: list[Service]) -> None:
-    for service in reversed(stack):
-        if service.proc is not None and service.proc.poll() is None:
-            service.proc.send_signal(signal.SIGTERM)
-    for service in reversed(stack):
-        if service.proc is None:
-            continue
+    running = [s for s in stack if s.proc is not None and s.proc.poll() is None]
+    # The gateway first, so it drains its usage events while metering still listens.
+    for service in reversed(running):
+        service.proc.send_signal(signal.SIGTERM)
         try:
             service.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -54,30 +88,32 @@ def stop_all(stack: list[Service]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-store", type=Path, default=ROOT / "var" / "models")
     parser.add_argument("--start-timeout", type=float, default=900.0)
     args = parser.parse_args()
-    stack = services(args)
+    stack, gateway_url = services(args.model_store)
     try:
-        for service in stack:
-            print(f"starting {service.name} on {service.address}", flush=True)
-            service.proc = subprocess.Popen(service.command, cwd=ROOT, start_new_session=True)
         deadline = time.monotonic() + args.start_timeout
+        for service in stack:
+            print(f"starting {service.name}", flush=True)
+            service.proc = subprocess.Popen(
+                service.command, cwd=ROOT, env={**os.environ, **service.env}, start_new_session=True
+            )
         for service in stack:
             while not asyncio.run(service.healthy()):
                 if service.proc.poll() is not None:
                     raise SystemExit(f"{service.name} exited with {service.proc.returncode}")
                 if time.monotonic() > deadline:
-                    raise SystemExit(f"{service.name} not healthy after {args.start_timeout} s")
+                    raise SystemExit(f"{service.name} not healthy after {args.start_timeout:.0f} s")
                 time.sleep(1.0)
             print(f"{service.name} is healthy", flush=True)
-        engine = stack[0].address
         print(
-            f"\nThe stack is up. Engine (gRPC): {engine}\nTry:\n"
-            f"  grpcurl -plaintext -d '{{\"text\": \"Hello\", \"sampling\": {{\"max_tokens\": 16}}}}' "
-            f"{engine} llmserve.engine.v1.EngineService/Generate\n"
-            "Ctrl-C stops everything.",
+            f"\nThe stack is up: {gateway_url}  (OpenAI API under {gateway_url}/v1)\nTry:\n"
+            f"  curl {gateway_url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+            "    -d '{\"model\": \"SmolLM2-135M-Instruct\", \"messages\": [{\"role\": \"user\", "
+            "\"content\": \"What is the capital of France?\"}], \"max_tokens\": 32}'\n"
+            "Usage so far: .venv/bin/python -m services.metering report\nCtrl-C stops everything.",
             flush=True,
         )
         while all(s.proc.poll() is None for s in stack):

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import logging
+
+from prometheus_client import start_http_server
 
 from services.engine.config import EngineSettings
 from services.engine.prepare_model import ensure_embedded_model
 from services.engine.server import serve
 from services.engine.vllm_backend import VllmBackend
+from services.tracing import grpc_server_instrumentation, setup_logging, setup_tracing, shutdown_tracing
 
 
 def main() -> None:
     settings = EngineSettings(_cli_parse_args=True)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(settings.log_level)
+    setup_tracing("engine")
+    grpc_server_instrumentation()
     model_path = settings.model or str(ensure_embedded_model(settings.model_store))
 
     from vllm.engine.arg_utils import AsyncEngineArgs
@@ -24,7 +25,11 @@ def main() -> None:
 
     engine_args = AsyncEngineArgs(**settings.engine_args_for(model_path, on_cpu=current_platform.is_cpu()))
     backend = VllmBackend(engine_args, settings.served_model(model_path))
+    if settings.metrics_port:
+        # vLLM registers its own vllm:* metrics in the default registry.
+        start_http_server(settings.metrics_port, addr=settings.host)
     code = asyncio.run(serve(backend, f"{settings.host}:{settings.port}", settings.shutdown_grace_seconds))
+    shutdown_tracing()
     raise SystemExit(code)
 
 

@@ -5,39 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from llmserve.engine.v1 import engine_pb2 as pb
 from llmserve.engine.v1 import engine_pb2_grpc
 
-# Keep one HTTP/2 connection alive across idle periods so the first request after a pause
-# does not pay for a reconnect, and notice a dead peer within seconds.
-CHANNEL_OPTIONS: list[tuple[str, int]] = [
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-]
+from services.grpc_lifecycle.channel import ServiceChannel
 
 
-class EngineClient:
-    """Wraps one long-lived channel. Use `async with EngineClient(addr) as engine:` or call `close()`."""
-
-    def __init__(self, address: str, channel: grpc.aio.Channel | None = None) -> None:
-        self.address = address
-        self._channel = channel or grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+class EngineClient(ServiceChannel):
+    def __init__(self, address: str) -> None:
+        super().__init__(address)
         self._stub = engine_pb2_grpc.EngineServiceStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
-
-    async def __aenter__(self) -> EngineClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        await self._channel.close()
 
     def generate(
         self, request: pb.GenerateRequest, timeout: float | None = None
@@ -67,11 +44,3 @@ class EngineClient:
 
     async def load(self, timeout: float | None = 10.0) -> pb.GetLoadResponse:
         return await self._stub.GetLoad(pb.GetLoadRequest(), timeout=timeout)
-
-    async def serving(self, timeout: float | None = 5.0) -> bool:
-        """True when the engine's health service says SERVING."""
-        try:
-            response = await self._health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-        except grpc.aio.AioRpcError:
-            return False
-        return response.status == health_pb2.HealthCheckResponse.SERVING

@@ -32,6 +32,7 @@ class EngineSettings(BaseSettings):
 
     host: str = "0.0.0.0"
     port: int = Field(50051, ge=0, le=65535)
+    metrics_port: int = Field(9101, ge=0, le=65535, description="Prometheus (vLLM's vllm:* metrics); 0: off")
     model: str | None = Field(None, description="Hugging Face folder or hub id; default: the embedded model")
     model_store: Path = Field(Path("var/models"), description="where the embedded model is converted to")
     served_model_name: str | None = Field(None, description="name clients use; default: the folder's name")

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import grpc
+from opentelemetry import trace
 from llmserve.engine.v1 import engine_pb2 as pb
 from llmserve.engine.v1 import engine_pb2_grpc
 
@@ -65,7 +66,20 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             prompt=_prompt(request),
             sampling=_sampling(request.sampling),
         )
+        span = trace.get_current_span()
+        if not span.is_recording():
+            async for update in self._backend.generate(domain):
+                yield _response(request_id, update)
+            return
+        _request_attributes(span, domain)
+        span.add_event("queued")
+        waiting_first = True
         async for update in self._backend.generate(domain):
+            if waiting_first and any(c.token_ids for c in update.choices):
+                span.add_event("first_token")
+                waiting_first = False
+            if update.finished:
+                _final_attributes(span, domain, update)
             yield _response(request_id, update)
 
     async def Abort(self, request: pb.AbortRequest, context: grpc.aio.ServicerContext) -> pb.AbortResponse:
@@ -113,6 +127,35 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             completion_tokens=served.completion_tokens,
             cached_tokens=served.cached_tokens,
         )
+
+
+def _request_attributes(span: trace.Span, request: GenerationRequest) -> None:
+    attributes: dict[str, str | int | float] = {
+        "gen_ai.operation.name": "chat" if request.prompt.chat is not None else "text_completion",
+        "gen_ai.request.model": request.model,
+        "gen_ai.response.id": request.request_id,
+    }
+    if request.sampling.max_tokens is not None:
+        attributes["gen_ai.request.max_tokens"] = request.sampling.max_tokens
+    if request.sampling.temperature is not None:
+        attributes["gen_ai.request.temperature"] = request.sampling.temperature
+    span.set_attributes(attributes)
+
+
+def _final_attributes(span: trace.Span, request: GenerationRequest, update: GenerationUpdate) -> None:
+    reasons = [c.finish_reason.value for c in update.choices if c.finish_reason is not None]
+    span.add_event("finished", {"gen_ai.response.finish_reasons": reasons})
+    attributes: dict[str, object] = {
+        "gen_ai.response.model": request.model,
+        "gen_ai.usage.input_tokens": update.usage.prompt_tokens,
+        "gen_ai.usage.output_tokens": update.usage.completion_tokens,
+        "gen_ai.response.finish_reasons": reasons,
+        "llmserve.usage.cached_tokens": update.usage.cached_tokens,
+    }
+    if update.timings is not None:
+        attributes["llmserve.time_to_first_token_seconds"] = update.timings.time_to_first_token_seconds
+        attributes["llmserve.queue_seconds"] = update.timings.queue_seconds
+    span.set_attributes(attributes)
 
 
 def _chat(chat: pb.Chat) -> tuple[ChatTurn, ...]:

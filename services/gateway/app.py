@@ -26,6 +26,7 @@ from services.gateway.schemas import UnsupportedFields
 from services.gateway.usage_events import usage_event
 from services.gateway.usage_sender import SenderMetrics, UsageSender
 from services.metering.client import MeteringClient
+from services.tracing import tracing_configured
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,10 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
     for module in (chat, completions, models, tokenize, health, metrics):
         app.include_router(module.router)
     _install_error_handlers(app)
+    if tracing_configured():
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(app, excluded_urls="health,metrics")
     app.add_middleware(
         RequestLimits,
         metrics=metrics_,

@@ -43,6 +43,8 @@ class Outcome:
     time_to_first_token_seconds: float = 0.0
     generation_seconds: float = 0.0
     duration_seconds: float = 0.0
+    trace_id: str = ""
+    span_id: str = ""
 
 
 OutcomeSink = Callable[[Outcome], None]

@@ -11,7 +11,7 @@ from services.gateway.generation import Outcome
 _STATUS = {"ok": mpb.REQUEST_STATUS_OK, "abort": mpb.REQUEST_STATUS_ABORT, "error": mpb.REQUEST_STATUS_ERROR}
 
 
-def usage_event(outcome: Outcome, source: str, trace_id: str = "") -> mpb.UsageEvent:
+def usage_event(outcome: Outcome, source: str) -> mpb.UsageEvent:
     """The event id is the response id: deterministic per request, so a retry is recognised."""
     event = mpb.UsageEvent(
         event_id=outcome.request_id,
@@ -28,7 +28,8 @@ def usage_event(outcome: Outcome, source: str, trace_id: str = "") -> mpb.UsageE
         time_to_first_token_seconds=outcome.time_to_first_token_seconds,
         generation_seconds=outcome.generation_seconds,
         request_seconds=outcome.duration_seconds,
-        trace_id=trace_id,
+        trace_id=outcome.trace_id,
+        span_id=outcome.span_id,
     )
     event.occurred_at.FromNanoseconds(time.time_ns())
     return event

@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 
 from services.metering.config import MeteringSettings
 from services.metering.report import main as report_main
 from services.metering.server import serve
+from services.tracing import grpc_server_instrumentation, setup_logging, setup_tracing, shutdown_tracing
 
 
 def main() -> None:
@@ -17,8 +17,11 @@ def main() -> None:
         report_main(sys.argv[2:])
         return
     settings = MeteringSettings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(settings.log_level)
+    setup_tracing("metering")
+    grpc_server_instrumentation()
     asyncio.run(serve(settings))
+    shutdown_tracing()
 
 
 if __name__ == "__main__":

@@ -4,29 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from llmserve.metering.v1 import metering_pb2 as pb
 from llmserve.metering.v1 import metering_pb2_grpc
 
-from services.engine.client import CHANNEL_OPTIONS
+from services.grpc_lifecycle.channel import ServiceChannel
 
 
-class MeteringClient:
+class MeteringClient(ServiceChannel):
     def __init__(self, address: str) -> None:
-        self.address = address
-        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        super().__init__(address)
         self._stub = metering_pb2_grpc.MeteringServiceStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
-
-    async def __aenter__(self) -> MeteringClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        await self._channel.close()
 
     async def record(self, events: Sequence[pb.UsageEvent], timeout: float | None = 10.0) -> list[pb.Ack]:
         response = await self._stub.RecordUsage(pb.RecordUsageRequest(events=list(events)), timeout=timeout)
@@ -43,10 +30,3 @@ class MeteringClient:
 
     async def throughput(self, timeout: float | None = 10.0) -> list[pb.ModelThroughput]:
         return list((await self._stub.GetThroughput(pb.GetThroughputRequest(), timeout=timeout)).models)
-
-    async def serving(self, timeout: float | None = 5.0) -> bool:
-        try:
-            response = await self._health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-        except grpc.aio.AioRpcError:
-            return False
-        return response.status == health_pb2.HealthCheckResponse.SERVING

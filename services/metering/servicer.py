@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import trace
 from llmserve.metering.v1 import metering_pb2 as pb
 from llmserve.metering.v1 import metering_pb2_grpc
 
@@ -84,12 +85,46 @@ def _acks(acks: list[Ack]) -> pb.RecordUsageResponse:
     return pb.RecordUsageResponse(acks=[pb.Ack(event_id=a.event_id, status=_ACK[a.status], reason=a.reason) for a in acks])
 
 
+def trace_ingest(events: Sequence[pb.UsageEvent], acks: list[Ack]) -> None:
+    """Each event that carries its request's trace context gets an ingest span in that trace,
+    linked to the RPC span that delivered it. Nothing happens when tracing is off."""
+    rpc = trace.get_current_span()
+    if not rpc.is_recording():
+        return
+    tracer = trace.get_tracer("llmserve.metering")
+    link = trace.Link(rpc.get_span_context())
+    for event, ack in zip(events, acks):
+        if not (event.trace_id and event.span_id):
+            continue
+        try:
+            parent = trace.SpanContext(
+                trace_id=int(event.trace_id, 16),
+                span_id=int(event.span_id, 16),
+                is_remote=True,
+                trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+            )
+        except ValueError:
+            continue
+        context = trace.set_span_in_context(trace.NonRecordingSpan(parent))
+        with tracer.start_as_current_span("metering.ingest_event", context=context, links=[link]) as span:
+            span.set_attributes(
+                {
+                    "llmserve.usage_event.id": event.event_id,
+                    "llmserve.usage_event.ack": ack.status,
+                    "gen_ai.request.model": event.model,
+                    "gen_ai.usage.input_tokens": event.prompt_tokens,
+                    "gen_ai.usage.output_tokens": event.completion_tokens,
+                }
+            )
+
+
 class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
 
     async def _record(self, request: pb.RecordUsageRequest) -> list[Ack]:
         acks = await self._ledger.record([to_event(e) for e in request.events])
+        trace_ingest(request.events, acks)
         if acks and all(a.status == REJECTED for a in acks):
             reasons = "; ".join(f"{a.event_id or '(no id)'}: {a.reason}" for a in acks[:5])
             raise AllRejected(f"every event was rejected: {reasons}")
@@ -102,7 +137,9 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         self, requests: AsyncIterator[pb.RecordUsageRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.RecordUsageResponse]:
         async for request in requests:
-            yield _acks(await self._ledger.record([to_event(e) for e in request.events]))
+            acks = await self._ledger.record([to_event(e) for e in request.events])
+            trace_ingest(request.events, acks)
+            yield _acks(acks)
 
     async def GetTotals(self, request: pb.GetTotalsRequest, context: grpc.aio.ServicerContext) -> pb.GetTotalsResponse:
         group_by = tuple(

@@ -21,4 +21,5 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
         engine_request = chat_request(body, response_id)
     except ValueError as error:
         raise ApiError(400, str(error), param="response_format") from error
-    return await respond(state, request, [engine_request], meta, key_id, body.stream)
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    return await respond(state, request, [engine_request], meta, key_id, body, max_tokens)

@@ -21,4 +21,4 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
         engine_requests = completion_requests(body, response_id)
     except ValueError as error:
         raise ApiError(400, str(error), param="prompt") from error
-    return await respond(state, request, engine_requests, meta, key_id, body.stream)
+    return await respond(state, request, engine_requests, meta, key_id, body, body.max_tokens)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 
 import orjson
 from fastapi import Request, Response
@@ -15,6 +16,7 @@ from services.gateway.errors import ApiError
 from services.gateway.generation import Generation, Outcome
 from services.gateway.openai_stream import Kind, ResponseMeta, aggregate, stream_events
 from services.gateway.schemas import SamplingFields
+from services.gateway.telemetry import RequestSpan
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -40,21 +42,33 @@ def response_meta(kind: Kind, response_id: str, body: SamplingFields, logprobs: 
     )
 
 
+def _finish(span: RequestSpan, state: GatewayState) -> Callable[[Outcome], None]:
+    def sink(outcome: Outcome) -> None:
+        span.finish(outcome)
+        state.record(outcome)
+
+    return sink
+
+
 async def respond(
     state: GatewayState,
     http_request: Request,
     requests: list[pb.GenerateRequest],
     meta: ResponseMeta,
     key_id: str,
-    stream: bool,
+    body: SamplingFields,
+    max_tokens: int | None,
 ) -> Response:
     http_request.state.model = meta.model
+    span = RequestSpan(meta, max_tokens, body.temperature)
     outcome = Outcome(
         request_id=meta.id,
         endpoint=http_request.url.path,
         model=meta.model,
         api_key_id=key_id,
-        streamed=stream,
+        streamed=body.stream,
+        trace_id=span.trace_id,
+        span_id=span.span_id,
     )
     gen = Generation(
         state.engine,
@@ -62,12 +76,12 @@ async def respond(
         outcome,
         timeout=state.settings.request_timeout_seconds,
         settle_timeout=state.settings.settle_timeout_seconds,
-        sink=state.record,
+        sink=_finish(span, state),
         on_gap=lambda seconds, tokens: state.metrics.inter_token_gap(meta.model, seconds, tokens),
     )
     await gen.start()
     state.metrics.known_models.add(meta.model)
-    if stream:
+    if body.stream:
         return StreamingResponse(
             stream_events(gen, meta, state.settling), media_type="text/event-stream", headers=SSE_HEADERS
         )

@@ -1,0 +1,146 @@
+"""Metering throughput and the cost of metering to the gateway, each against a baseline in the same run.
+
+1. Events per second acknowledged durably (committed to SQLite) with batches of 1, 100 and 1000,
+   and the p50/p99 latency of an acknowledgement.
+2. The gateway's output tokens/s (vLLM's serving benchmark, tiny random model) with metering on
+   versus off: the ratio should be close to 1.
+
+    .venv/bin/python -m benchmarks.metering_bench [--seconds 5] [--skip-gateway]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from llmserve.metering.v1 import metering_pb2 as mpb
+
+from benchmarks.serving_bench import FIELDS, ModelCase, load, vllm_settings
+from benchmarks.tiny_model import make_tiny_model
+from benchmarks.workload import percentile
+from services.engine.client import EngineClient
+from services.engine.prepare_model import ensure_embedded_model
+from services.metering.client import MeteringClient
+from tools.processes import ROOT, ServiceProcess, free_port, gateway_env, http_ok, metering_env
+
+
+def start_metering(logs: Path, data: Path) -> ServiceProcess:
+    port = free_port()
+    process = ServiceProcess("metering", "services.metering", [], logs, f"127.0.0.1:{port}",
+                             env=metering_env(port, free_port(), data) | {"METERING_LOG_LEVEL": "WARNING"})
+
+    async def serving() -> bool:
+        async with MeteringClient(process.address) as client:
+            return await client.serving(timeout=2.0)
+
+    process.wait_ready(serving, 60)
+    return process
+
+
+async def ingest(address: str, batch: int, seconds: float, senders: int = 8) -> dict:
+    latencies: list[float] = []
+    acked = 0
+    stop_at = time.perf_counter() + seconds
+    counter = iter(range(10**9))
+
+    async def sender(client: MeteringClient) -> None:
+        nonlocal acked
+        while time.perf_counter() < stop_at:
+            events = []
+            for _ in range(batch):
+                e = mpb.UsageEvent(event_id=f"e{next(counter)}", source="bench", model="m", api_key_id="k",
+                                   status=mpb.REQUEST_STATUS_OK, prompt_tokens=10, completion_tokens=20,
+                                   generation_seconds=0.5, request_seconds=0.6)
+                e.occurred_at.FromNanoseconds(time.time_ns())
+                events.append(e)
+            started = time.perf_counter()
+            acks = await client.record(events, timeout=60)
+            latencies.append(time.perf_counter() - started)
+            acked += sum(a.status == mpb.ACK_STATUS_RECORDED for a in acks)
+
+    async with MeteringClient(address) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(sender(client) for _ in range(senders)))
+        elapsed = time.perf_counter() - started
+    return {
+        "batch": batch,
+        "events_per_second": acked / elapsed,
+        "ack_p50_ms": percentile(latencies, 50) * 1000,
+        "ack_p99_ms": percentile(latencies, 99) * 1000,
+        "calls": len(latencies),
+    }
+
+
+def gateway_cost(logs: Path, data: Path, concurrency: int) -> dict:
+    embedded = ensure_embedded_model(ROOT / "var" / "models")
+    case = ModelCase("tiny", make_tiny_model(embedded, ROOT / "var" / "models"), True, 64, 128, {concurrency: 256})
+    engine_port = free_port()
+    engine = ServiceProcess(
+        "engine", "services.engine",
+        ["--host", "127.0.0.1", "--port", str(engine_port), "--metrics-port", "0", "--model", str(case.path),
+         "--engine-args", json.dumps(vllm_settings(case))],
+        logs, f"127.0.0.1:{engine_port}",
+    )
+    metering = start_metering(logs, data / "gateway-cost")
+    results = {}
+    try:
+
+        async def serving() -> bool:
+            async with EngineClient(engine.address) as client:
+                return await client.serving(timeout=2.0)
+
+        engine.wait_ready(serving, 900)
+        # Alternate off/on twice, so drift on a shared machine hits both sides alike.
+        for round_ in range(2):
+            for label, extra in (("off", {}), ("on", {"metering_addr": metering.address})):
+                port = free_port()
+                env = gateway_env(port, engine.address, log_level="WARNING", data_dir=str(data / f"gw-{label}"), **extra)
+                gateway = ServiceProcess(f"gateway-{label}", "services.gateway", [], logs, f"http://127.0.0.1:{port}", env=env)
+                try:
+                    gateway.wait_ready(lambda: http_ok(f"{gateway.address}/health"), 60)
+                    result = load(gateway.address, case, concurrency)
+                finally:
+                    gateway.stop()
+                results.setdefault(label, []).append({f: result[f] for f in FIELDS})
+    finally:
+        metering.stop()
+        engine.stop()
+    best = {label: max(runs, key=lambda r: r["output_throughput"]) for label, runs in results.items()}
+    return {"runs": results, "best": best, "ratio_on_over_off": best["on"]["output_throughput"] / best["off"]["output_throughput"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--skip-gateway", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "metering.json")
+    args = parser.parse_args()
+    report: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        logs, data = Path(tmp), Path(tmp) / "data"
+        metering = start_metering(logs, data / "ingest")
+        try:
+            report["ingest"] = [asyncio.run(ingest(metering.address, b, args.seconds)) for b in (1, 100, 1000)]
+        finally:
+            metering.stop()
+        print(f"{'batch':>6} {'events/s':>10} {'ack p50':>9} {'ack p99':>9}")
+        for row in report["ingest"]:
+            print(f"{row['batch']:>6} {row['events_per_second']:>10.0f} {row['ack_p50_ms']:>7.1f}ms {row['ack_p99_ms']:>7.1f}ms")
+        if not args.skip_gateway:
+            report["gateway"] = gateway_cost(logs, data, args.concurrency)
+            best = report["gateway"]["best"]
+            print(f"\ngateway, tiny model, concurrency {args.concurrency}: output tok/s metering off "
+                  f"{best['off']['output_throughput']:.0f}, on {best['on']['output_throughput']:.0f}, "
+                  f"ratio on/off {report['gateway']['ratio_on_over_off']:.3f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

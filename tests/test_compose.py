@@ -1,0 +1,124 @@
+"""compose.yaml describes a runnable stack, and each service's container command starts that service."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.engine.client import EngineClient
+from services.metering.client import MeteringClient
+from tools.processes import ROOT, ServiceProcess, free_port, http_ok
+
+OURS = ("engine", "metering", "gateway")
+
+
+def env_file() -> dict[str, str]:
+    pairs = {}
+    for line in (ROOT / ".env").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())
+
+
+def test_every_variable_comes_from_env_file() -> None:
+    text = (ROOT / "compose.yaml").read_text()
+    used = set(re.findall(r"\$\{(\w+)\}", text))
+    assert used <= set(env_file()), used - set(env_file())
+
+
+def test_our_services_are_complete(compose: dict) -> None:
+    services = compose["services"]
+    assert {"engine", "metering", "gateway", "otel-collector", "jaeger", "prometheus", "grafana"} <= set(services)
+    for name in OURS:
+        service = services[name]
+        build = service["build"]
+        assert build["context"] == "."
+        dockerfile = ROOT / build["dockerfile"]
+        assert dockerfile.is_file()
+        assert f"services.{name}" in dockerfile.read_text()
+        assert service["healthcheck"]["test"] and service["restart"] == "unless-stopped"
+        assert service["ports"]
+        assert any(v.split(":")[0] in compose["volumes"] for v in service["volumes"]), "a named volume"
+        assert service["environment"]["OTEL_SERVICE_NAME"] == name
+    for name in ("engine", "metering"):
+        assert "services.grpc_lifecycle.probe" in services[name]["healthcheck"]["test"]
+    assert services["engine"]["volumes"] == ["models:/models"]
+    assert services["gateway"]["depends_on"] == {
+        "engine": {"condition": "service_healthy"},
+        "metering": {"condition": "service_healthy"},
+    }
+    gpu = yaml.safe_load((ROOT / "compose.gpu.yaml").read_text())["services"]["engine"]
+    assert gpu["build"]["args"]["VLLM_REQUIREMENTS"] == "requirements/gpu.txt"
+    assert (ROOT / "requirements" / "gpu.txt").read_text().count("vllm==") == 1
+
+
+def test_prometheus_scrapes_the_three_services(compose: dict) -> None:
+    config = yaml.safe_load((ROOT / "observability" / "prometheus.yml").read_text())
+    targets = {t for job in config["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
+    env = env_file()
+    assert targets == {f"gateway:{env['GATEWAY_PORT']}", f"metering:{env['METERING_METRICS_PORT']}", f"engine:{env['ENGINE_METRICS_PORT']}"}
+
+
+def _local(command: list[str]) -> list[str]:
+    assert command[:2] == ["python", "-m"]
+    return [sys.executable, *command[1:]]
+
+
+def _expand(value: str, env: dict[str, str]) -> str:
+    return re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], str(value))
+
+
+async def test_container_commands_start_their_services(compose: dict, tmp_path: Path, log_dir: Path, engine_address: str) -> None:
+    """Metering and gateway run their compose command and environment as local processes, with free
+    loopback ports and the session's engine in place of the container addresses."""
+    env = env_file() | {
+        "METERING_PORT": str(free_port()), "METERING_METRICS_PORT": str(free_port()), "GATEWAY_PORT": str(free_port()),
+    }
+    env |= {"METERING_ADDR": f"127.0.0.1:{env['METERING_PORT']}", "ENGINE_ADDR": engine_address}
+    started = []
+    try:
+        for name in ("metering", "gateway"):
+            service = compose["services"][name]
+            service_env = {k: _expand(v, env) for k, v in service["environment"].items() if not k.startswith("OTEL_")}
+            service_env.update({f"{name.upper()}_HOST": "127.0.0.1", f"{name.upper()}_DATA_DIR": str(tmp_path / name)})
+            command = _local(service["command"])
+            process = ServiceProcess(f"compose-{name}", command[2], command[3:], log_dir, name, env=service_env)
+            started.append(process)
+            if name == "metering":
+                address = f"127.0.0.1:{env['METERING_PORT']}"
+
+                async def ready(address: str = address) -> bool:
+                    async with MeteringClient(address) as client:
+                        return await client.serving(timeout=2.0)
+
+            else:
+                url = f"http://127.0.0.1:{env['GATEWAY_PORT']}/health"
+
+                def ready(url: str = url):
+                    return http_ok(url)
+
+            await asyncio.to_thread(process.wait_ready, ready, 60)
+        probe = subprocess.run(
+            [sys.executable, "-m", "services.grpc_lifecycle.probe", f"127.0.0.1:{env['METERING_PORT']}"],
+            cwd=ROOT, capture_output=True, text=True, timeout=30,
+        )
+        assert probe.returncode == 0, probe.stderr
+    finally:
+        for process in started:
+            process.stop()
+    # The engine's command is the one the session's engine was started with.
+    assert _local(compose["services"]["engine"]["command"])[1:] == ["-m", "services.engine"]
+    async with EngineClient(engine_address) as engine:
+        assert await engine.serving()
