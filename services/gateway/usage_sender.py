@@ -89,7 +89,8 @@ class UsageSender:
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
-            self._outbox.add([(event.event_id, event.SerializeToString())])
+            # The outbox's own thread writes it (in order with the sender's other disk work).
+            self._executor.submit(self._outbox.add, [(event.event_id, event.SerializeToString())])
             self._note_spooled(1)
 
     @property
