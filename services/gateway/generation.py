@@ -116,7 +116,18 @@ class Generation:
         if message is grpc.aio.EOF:
             raise ApiError(502, "The engine closed the stream without output.", code="engine_error")
         stream.see(message)
+        if stream.finished:
+            await self._read_eof(stream)
         return message
+
+    @staticmethod
+    async def _read_eof(stream: _Stream) -> None:
+        """After the final message the call still has to end (status, trailers): reading to EOF ends
+        it here, and with it the client span that tracing wraps around the iteration."""
+        try:
+            await stream.call.read()
+        except grpc.aio.AioRpcError:
+            pass
 
     def _observe(self, message: pb.GenerateResponse) -> None:
         tokens = sum(len(c.token_ids) for c in message.choices)
@@ -182,6 +193,8 @@ class Generation:
             stream.error = stream.error or "the engine ended the stream without its final message"
             return None
         stream.see(message)
+        if stream.finished:
+            await self._read_eof(stream)
         return message
 
     @property
