@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-
+import uvloop
 from prometheus_client import start_http_server
 
 from services.engine.config import EngineSettings
@@ -28,7 +27,8 @@ def main() -> None:
     if settings.metrics_port:
         # vLLM registers its own vllm:* metrics in the default registry.
         start_http_server(settings.metrics_port, addr=settings.host)
-    code = asyncio.run(serve(backend, f"{settings.host}:{settings.port}", settings.shutdown_grace_seconds))
+    # uvloop, as vLLM's own server runs: less event-loop overhead per streamed message.
+    code = uvloop.run(serve(backend, f"{settings.host}:{settings.port}", settings.shutdown_grace_seconds))
     shutdown_tracing()
     raise SystemExit(code)
 

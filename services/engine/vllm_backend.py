@@ -86,9 +86,13 @@ class VllmBackend:
 
     async def start(self) -> None:
         """Builds the AsyncLLM (tens of seconds on CPU) in a thread so the gRPC server answers meanwhile."""
+        from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, self._engine_args)
+        # The API-server context gives vLLM's serving defaults (batch sizes), as its own server gets.
+        self._llm = await asyncio.to_thread(
+            AsyncLLM.from_engine_args, self._engine_args, usage_context=UsageContext.OPENAI_API_SERVER
+        )
         self._tokenizer = self._llm.get_tokenizer()
         config = self._llm.model_config
         self._sampling_defaults = config.get_diff_sampling_param()
