@@ -91,7 +91,14 @@ def main() -> None:
     workload = Workload(args.input_len, args.output_len)
     plan = [(1, args.requests_c1), (16, args.requests_c16)]
     # The same vLLM settings on both sides.
-    shared = {"enforce_eager": True, "max_model_len": 2048, "gpu_memory_utilization": 0.3, "enable_prefix_caching": True}
+    shared = {
+        "enforce_eager": True,
+        "max_model_len": 2048,
+        "gpu_memory_utilization": 0.3,
+        "enable_prefix_caching": True,
+        "enable_chunked_prefill": False,
+        "dtype": "float32",
+    }
 
     from transformers import AutoTokenizer
 

@@ -34,7 +34,8 @@ class GatewayState:
             sink(outcome)
 
 
-def get_state(request: Request) -> GatewayState:
+async def get_state(request: Request) -> GatewayState:
+    # async: FastAPI would run a plain def in its thread pool, a thread hop per request.
     return request.app.state.gateway
 
 
@@ -47,7 +48,7 @@ def _bearer(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def require_key(request: Request, state: State) -> str:
+async def require_key(request: Request, state: State) -> str:
     """The caller's key id; 401 when keys are configured and the bearer token matches none."""
     if state.keys.open:
         return OPEN_KEY_ID
@@ -63,6 +64,6 @@ def require_key(request: Request, state: State) -> str:
 KeyId = Annotated[str, Depends(require_key)]
 
 
-def require_metrics_access(request: Request, state: State) -> None:
+async def require_metrics_access(request: Request, state: State) -> None:
     if state.settings.metrics_require_key:
-        require_key(request, state)
+        await require_key(request, state)

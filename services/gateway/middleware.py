@@ -52,7 +52,7 @@ class RequestLimits:
         status_seen: list[int] = []
 
         async def accounting_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            if not status_seen and message["type"] == "http.response.start":
                 status_seen.append(message["status"])
             await send(message)
 
