@@ -92,6 +92,9 @@ def main() -> None:
     parser.add_argument("--model-store", type=Path, default=ROOT / "var" / "models")
     parser.add_argument("--start-timeout", type=float, default=900.0)
     args = parser.parse_args()
+    # Ctrl-C and SIGTERM both stop the stack, even when started from a shell that ignores SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     stack, gateway_url = services(args.model_store)
     try:
         deadline = time.monotonic() + args.start_timeout
