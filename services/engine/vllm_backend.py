@@ -113,6 +113,8 @@ class VllmBackend:
     def shutdown(self) -> None:
         if self._llm is not None:
             self._llm.shutdown()
+            # Dropped now, so AsyncLLM.__del__ runs while the interpreter is whole, not at exit.
+            self._llm = None
 
     # Requests
 
