@@ -35,8 +35,12 @@ async def serve(backend: VllmBackend, address: str, grace_seconds: float) -> int
     stopping = asyncio.create_task(wait_for_stop_signal())
     await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
     exit_code = 0
+    if starting.done() and starting.exception() is not None:
+        log.error("vLLM failed to start: %s", starting.exception(), exc_info=starting.exception())
+        stopping.cancel()
+        await engine.server.stop(None)
+        return 1
     if starting.done():
-        starting.result()
         await engine.set_serving(True)
         log.info("engine ready")
         watching = asyncio.create_task(_watch_for_death(backend))
