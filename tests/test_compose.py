@@ -55,6 +55,7 @@ def test_our_services_are_complete(compose: dict) -> None:
     for name in ("engine", "metering"):
         assert "services.grpc_lifecycle.probe" in services[name]["healthcheck"]["test"]
     assert services["engine"]["volumes"] == ["models:/models"]
+    assert services["engine"]["shm_size"] == "2gb"
     assert services["gateway"]["depends_on"] == {
         "engine": {"condition": "service_healthy"},
         "metering": {"condition": "service_healthy"},
