@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+
 import uvloop
 from prometheus_client import start_http_server
 
@@ -30,7 +33,11 @@ def main() -> None:
     # uvloop, as vLLM's own server runs: less event-loop overhead per streamed message.
     code = uvloop.run(serve(backend, f"{settings.host}:{settings.port}", settings.shutdown_grace_seconds))
     shutdown_tracing()
-    raise SystemExit(code)
+    if code:
+        # A vLLM that failed or died can leave non-daemon threads behind that would keep the
+        # process alive; leave now so the supervisor restarts it.
+        logging.shutdown()
+        os._exit(code)
 
 
 # vLLM starts its workers with spawn, which re-imports this module: keep the guard.
