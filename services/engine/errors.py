@@ -15,7 +15,3 @@ class InvalidRequestError(EngineError):
 
 class EngineUnavailableError(EngineError):
     """The engine is starting, draining for shutdown, or dead."""
-
-
-class RequestNotFoundError(EngineError):
-    pass

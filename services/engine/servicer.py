@@ -14,7 +14,6 @@ from services.engine.errors import (
     EngineUnavailableError,
     InvalidRequestError,
     ModelNotFoundError,
-    RequestNotFoundError,
 )
 from services.engine.generation import (
     ChatTurn,
@@ -33,7 +32,6 @@ STATUS_BY_ERROR: dict[type[Exception], grpc.StatusCode] = {
     ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
     InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
     EngineUnavailableError: grpc.StatusCode.UNAVAILABLE,
-    RequestNotFoundError: grpc.StatusCode.NOT_FOUND,
 }
 
 _ROLES = {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.gateway.generation import Outcome
@@ -55,9 +57,18 @@ class GatewayMetrics:
             self.ttft.labels(model).observe(outcome.time_to_first_token_seconds)
         self.duration.labels(outcome.endpoint, model).observe(outcome.duration_seconds)
 
-    def inter_token_gap(self, model: str, seconds: float, tokens: int) -> None:
-        """A message carrying `tokens` tokens arrived `seconds` after the previous one."""
-        histogram = self.itl.labels(self.model_label(model))
-        per_token = seconds / tokens
-        for _ in range(tokens):
-            histogram.observe(per_token)
+    def gap_observer(self, model: str) -> Callable[[float, int], None]:
+        """Observes the gaps of one request's stream. The labelled histogram is looked up once, at the
+        first gap (after the engine accepted the model, so the label is known)."""
+        histogram = None
+
+        def observe(seconds: float, tokens: int) -> None:
+            # A message carrying `tokens` tokens arrived `seconds` after the previous one.
+            nonlocal histogram
+            if histogram is None:
+                histogram = self.itl.labels(self.model_label(model))
+            per_token = seconds / tokens
+            for _ in range(tokens):
+                histogram.observe(per_token)
+
+        return observe

@@ -77,7 +77,7 @@ async def respond(
         timeout=state.settings.request_timeout_seconds,
         settle_timeout=state.settings.settle_timeout_seconds,
         sink=_finish(span, state),
-        on_gap=lambda seconds, tokens: state.metrics.inter_token_gap(meta.model, seconds, tokens),
+        on_gap=state.metrics.gap_observer(meta.model),
     )
     await gen.start()
     state.metrics.known_models.add(meta.model)
