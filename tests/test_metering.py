@@ -220,6 +220,61 @@ async def test_delivery_survives_metering_and_gateway_restarts_exactly_once(
         metering.stop()
 
 
+async def test_metering_killed_mid_traffic_gets_every_request_exactly_once(
+    log_dir: Path, tmp_path: Path, engine_address: str
+) -> None:
+    """kill -9 while requests stream and usage batches are in flight; traffic goes on; metering comes back."""
+    port = free_port()
+    data = tmp_path / "metering"
+    metering = await asyncio.to_thread(start_metering, log_dir, data, port, "metering-midtraffic")
+    gateway = await asyncio.to_thread(
+        start_gateway, log_dir, engine_address, "gateway-midtraffic",
+        metering_addr=metering.address, data_dir=str(tmp_path / "gateway"),
+    )
+    total, in_parallel = 24, 4
+    done: list[tuple[int, int] | None] = []
+
+    async def traffic() -> None:
+        slots = asyncio.Semaphore(in_parallel)
+
+        async def one() -> None:
+            async with slots:
+                done.append(await chat(gateway.address, 6))
+
+        await asyncio.gather(*(one() for _ in range(total)))
+
+    async def finished(count: int) -> bool:
+        return len(done) >= count
+
+    try:
+        await wait_idle(engine_address)
+        engine_before = await engine_served(engine_address)
+        running = asyncio.create_task(traffic())
+        await wait_for(lambda: finished(6), 120, "6 requests")
+        metering.signal(signal.SIGKILL)
+        metering.stop()
+        await wait_for(lambda: finished(14), 120, "14 requests")
+        metering = await asyncio.to_thread(start_metering, log_dir, data, port, "metering-midtraffic-2")
+        await asyncio.wait_for(running, 180)
+        await wait_idle(engine_address)
+        engine_after = await engine_served(engine_address)
+
+        async def all_recorded() -> bool:
+            return (await metering_totals(metering.address)).requests >= total and await _zero(spool_depth(gateway.address))
+
+        await wait_for(all_recorded, 60, f"{total} usage events")
+        totals = await metering_totals(metering.address)
+        seen = [u for u in done if u is not None]
+        assert len(seen) == total
+        assert totals.requests == total and totals.ok_requests == total
+        assert (totals.prompt_tokens, totals.completion_tokens) == tuple(map(sum, zip(*seen)))
+        assert totals.completion_tokens == engine_after[1] - engine_before[1]
+        assert totals.prompt_tokens == engine_after[0] - engine_before[0]
+    finally:
+        gateway.stop()
+        metering.stop()
+
+
 async def _positive(value) -> bool:
     return (await value) > 0
 
