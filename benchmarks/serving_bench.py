@@ -72,17 +72,17 @@ def vllm_server(case: ModelCase, logs: Path) -> Iterator[str]:
 
 
 @contextmanager
-def our_stack(case: ModelCase, logs: Path) -> Iterator[str]:
-    engine_port, gateway_port = free_port(), free_port()
+def engine_process(case: ModelCase, logs: Path) -> Iterator[str]:
+    """Our engine on the case's model with the same vLLM settings; yields its gRPC address once SERVING."""
+    port = free_port()
     engine = ServiceProcess(
         "engine",
         "services.engine",
-        ["--host", "127.0.0.1", "--port", str(engine_port), "--metrics-port", "0", "--model", str(case.path),
+        ["--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", "--model", str(case.path),
          "--engine-args", json.dumps(vllm_settings(case))],
         logs,
-        f"127.0.0.1:{engine_port}",
+        f"127.0.0.1:{port}",
     )
-    gateway = None
     try:
 
         async def serving() -> bool:
@@ -90,16 +90,25 @@ def our_stack(case: ModelCase, logs: Path) -> Iterator[str]:
                 return await client.serving(timeout=2.0)
 
         engine.wait_ready(serving, 900)
-        gateway = ServiceProcess(
-            "gateway", "services.gateway", [], logs, f"http://127.0.0.1:{gateway_port}",
-            env=gateway_env(gateway_port, engine.address, log_level="WARNING"),
-        )
-        gateway.wait_ready(lambda: http_ok(f"{gateway.address}/health"), 60)
-        yield gateway.address
+        yield engine.address
     finally:
-        if gateway is not None:
-            gateway.stop()
         engine.stop()
+
+
+@contextmanager
+def our_stack(case: ModelCase, logs: Path) -> Iterator[str]:
+    """Engine plus gateway; yields the gateway's URL."""
+    with engine_process(case, logs) as engine_address:
+        port = free_port()
+        gateway = ServiceProcess(
+            "gateway", "services.gateway", [], logs, f"http://127.0.0.1:{port}",
+            env=gateway_env(port, engine_address, log_level="WARNING"),
+        )
+        try:
+            gateway.wait_ready(lambda: http_ok(f"{gateway.address}/health"), 60)
+            yield gateway.address
+        finally:
+            gateway.stop()
 
 
 def load(base_url: str, case: ModelCase, concurrency: int) -> dict:
