@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import grpc
@@ -59,42 +61,43 @@ async def _serve_minimal(grpc_port: int, tcp_port: int) -> None:
         await server.wait_for_termination()
 
 
-def _arrivals(messages: Iterator[object]) -> list[float]:
+def _timed(open_stream: Callable[[], Iterable[object]]) -> list[float]:
+    """Arrival times of a stream's messages, counted from just before it is opened."""
     start = time.perf_counter()
-    return [time.perf_counter() - start for _ in messages]
+    return [time.perf_counter() - start for _ in open_stream()]
 
 
 def _grpc_probe(address: str, request: pb.GenerateRequest) -> Callable[[], list[float]]:
     stub = engine_pb2_grpc.EngineServiceStub(grpc.insecure_channel(address))
-    return lambda: _arrivals(stub.Generate(request, timeout=60))
+    return lambda: _timed(lambda: stub.Generate(request, timeout=60))
 
 
 def _tcp_probe(port: int) -> Callable[[], list[float]]:
-    import socket
-
-    def probe() -> list[float]:
-        with socket.create_connection(("127.0.0.1", port)) as sock:
+    def lines() -> Iterator[bytes]:
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            start = time.perf_counter()
             sock.sendall(b"go\n")
-            return [time.perf_counter() - start for _ in sock.makefile("rb")]
+            yield from sock.makefile("rb")
 
-    return probe
+    return lambda: _timed(lines)
 
 
-def _summary(runs: list[list[float]]) -> str:
-    firsts = [r[0] * 1000 for r in runs]
+def _summary(runs: list[list[float]]) -> dict[str, float]:
+    firsts = [r[0] for r in runs]
     worst_gaps = [max([r[0], *(b - a for a, b in zip(r, r[1:]))]) for r in runs]
-    stalled = sum(1 for gap in worst_gaps if gap > STALL_SECONDS)
-    return (
-        f"first msg p50 {statistics.median(firsts):6.1f} ms, max {max(firsts):6.1f} ms; "
-        f"worst gap {max(worst_gaps) * 1000:6.0f} ms; stalled {stalled}/{len(runs)}"
-    )
+    return {
+        "first_p50_ms": statistics.median(firsts) * 1000,
+        "first_max_ms": max(firsts) * 1000,
+        "worst_gap_ms": max(worst_gaps) * 1000,
+        "stalled": sum(1 for gap in worst_gaps if gap > STALL_SECONDS),
+        "streams": len(runs),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", type=int, default=20, help="probes per path and phase")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "stalls.json")
     args = parser.parse_args()
     store = ROOT / "var" / "models"
     tiny = make_tiny_model(ensure_embedded_model(store), store)
@@ -108,6 +111,7 @@ def main() -> None:
                 "plain TCP": _tcp_probe(tcp_port),
                 "our engine (gRPC)": _grpc_probe(engine_address, _engine_request(tiny.name)),
             }
+            rows: list[dict] = []
             for phase in ("engine idle", "engine busy"):
                 load = None
                 if phase == "engine busy":
@@ -115,13 +119,25 @@ def main() -> None:
                         [sys.executable, "-m", "benchmarks.stream_stalls", "--busy", engine_address, tiny.name], cwd=ROOT
                     )
                     time.sleep(2)
-                for name, probe in probes.items():
-                    if load is not None and name == "our engine (gRPC)":
-                        continue
-                    print(f"{phase:<12} {name:<18} {_summary([probe() for _ in range(args.streams)])}", flush=True)
-                if load is not None:
-                    load.terminate()
-                    load.wait()
+                try:
+                    for name, probe in probes.items():
+                        if load is not None and name == "our engine (gRPC)":
+                            continue
+                        row = {"phase": phase, "path": name, **_summary([probe() for _ in range(args.streams)])}
+                        rows.append(row)
+                        print(
+                            f"{phase:<12} {name:<18} first msg p50 {row['first_p50_ms']:6.1f} ms, "
+                            f"max {row['first_max_ms']:6.1f} ms; worst gap {row['worst_gap_ms']:6.0f} ms; "
+                            f"stalled {row['stalled']}/{row['streams']}",
+                            flush=True,
+                        )
+                finally:
+                    if load is not None:
+                        load.terminate()
+                        load.wait()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(rows, indent=2))
+        print(f"\nwritten to {args.out}")
     finally:
         minimal.terminate()
         minimal.wait()

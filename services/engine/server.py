@@ -6,7 +6,6 @@ import asyncio
 import logging
 
 from llmserve.engine.v1 import engine_pb2, engine_pb2_grpc
-from vllm.utils.gc_utils import freeze_gc_heap
 
 from services.engine.servicer import STATUS_BY_ERROR, EngineServicer
 from services.engine.vllm_backend import VllmBackend
@@ -42,9 +41,6 @@ async def serve(backend: VllmBackend, address: str, grace_seconds: float) -> int
         await engine.server.stop(None)
         return 1
     if starting.done():
-        # As vLLM's API server does: the startup heap (torch, vLLM, the model) is static; left to the
-        # collector, each full collection walks ~600k objects and stalls every stream for ~0.5 s.
-        freeze_gc_heap()
         await engine.set_serving(True)
         log.info("engine ready")
         watching = asyncio.create_task(_watch_for_death(backend))
