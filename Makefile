@@ -10,7 +10,7 @@ MODEL_STORE ?= var/models
 PROTO_OUT := gen
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: setup deps protos model run engine test check-protos bench-engine bench-serving bench-metering bench-stalls clean
+.PHONY: setup deps protos model run engine test check-protos bench-engine bench-serving bench-metering bench-gateway bench-stalls clean
 
 setup: deps protos model
 
@@ -66,6 +66,9 @@ bench-serving: setup
 
 bench-metering: setup
 	$(PY) -m benchmarks.metering_bench
+
+bench-gateway: setup
+	$(PY) -m benchmarks.gateway_stream_bench
 
 bench-stalls: setup
 	$(PY) -m benchmarks.stream_stalls

@@ -2,6 +2,10 @@
 (openai-chat backend) at several concurrencies, on the same model, settings and machine, in
 interleaved rounds (the best round of each side is reported; every round is kept in the JSON).
 
+Sides: `vllm` is vLLM's server as shipped; `vllm-placed` is the same server with its engine-core
+process placed on its CPU worker's cores from outside, as our engine does to its own (so a gain that
+comes from that placement alone shows up on both); `ours` is gateway + engine.
+
     .venv/bin/python -m benchmarks.serving_bench                      # embedded and tiny random model
     .venv/bin/python -m benchmarks.serving_bench --models tiny --concurrency 1 8 32
 """
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -18,7 +23,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from benchmarks.tiny_model import make_tiny_model
+from services.engine.cpu_placement import place_engine_core
 from services.engine.client import EngineClient
 from services.engine.prepare_model import ensure_embedded_model
 from tools.processes import ROOT, ServiceProcess, free_port, gateway_env, http_ok
@@ -57,8 +65,17 @@ def _flag(name: str, value: object) -> list[str]:
     return [flag, str(value)]
 
 
+def unplace_engine_core(server_pid: int) -> None:
+    """Undoes place_engine_core: the engine core may run on every core again, as vLLM ships it."""
+    every = list(range(psutil.cpu_count()))
+    for child in psutil.Process(server_pid).children():
+        if child.cmdline()[:1] and child.cmdline()[0].startswith("VLLM::EngineCore"):
+            for thread in child.threads():
+                os.sched_setaffinity(thread.id, every)
+
+
 @contextmanager
-def vllm_server(case: ModelCase, logs: Path) -> Iterator[str]:
+def vllm_server(case: ModelCase, logs: Path) -> Iterator[tuple[str, int]]:
     port = free_port()
     args = ["--model", str(case.path), "--served-model-name", case.path.name, "--host", "127.0.0.1", "--port", str(port)]
     for name, value in vllm_settings(case).items():
@@ -66,7 +83,7 @@ def vllm_server(case: ModelCase, logs: Path) -> Iterator[str]:
     server = ServiceProcess("vllm-server", "vllm.entrypoints.openai.api_server", args, logs, f"http://127.0.0.1:{port}")
     try:
         server.wait_ready(lambda: http_ok(f"{server.address}/health"), 900)
-        yield server.address
+        yield server.address, server.proc.pid
     finally:
         server.stop()
 
@@ -140,20 +157,23 @@ def load(base_url: str, case: ModelCase, concurrency: int) -> dict:
 
 
 FIELDS = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms")
+SIDES = ("vllm", "vllm-placed", "ours")
 
 
-def report(rows: list[dict]) -> None:
-    print(f"\n{'model':<22}{'conc':>5} {'side':<6}{'out tok/s':>10}{'TTFT p50':>10}{'TTFT p99':>10}{'ITL p50':>9}{'ITL p99':>9}")
+def report(rows: list[dict], sides: list[str]) -> None:
+    print(f"\n{'model':<22}{'conc':>5} {'side':<12}{'out tok/s':>10}{'TTFT p50':>10}{'TTFT p99':>10}{'ITL p50':>9}{'ITL p99':>9}")
     for row in rows:
-        for side in ("vllm", "ours"):
+        for side in sides:
             r = row[side]
             print(
-                f"{row['model']:<22}{row['concurrency']:>5} {side:<6}{r['output_throughput']:>10.1f}"
+                f"{row['model']:<22}{row['concurrency']:>5} {side:<12}{r['output_throughput']:>10.1f}"
                 f"{r['median_ttft_ms']:>9.0f}ms{r['p99_ttft_ms']:>8.0f}ms{r['median_itl_ms']:>7.1f}ms{r['p99_itl_ms']:>7.1f}ms"
             )
-        ratio = row["ours"]["output_throughput"] / row["vllm"]["output_throughput"]
-        ttft = row["ours"]["median_ttft_ms"] / row["vllm"]["median_ttft_ms"]
-        print(f"{'':<22}{'':>5} ours/vLLM: throughput {ratio:.2f}x, median TTFT {ttft:.2f}x")
+        for base in (s for s in sides if s != "ours"):
+            ratio = row["ours"]["output_throughput"] / row[base]["output_throughput"]
+            ttft = row["ours"]["median_ttft_ms"] / row[base]["median_ttft_ms"]
+            p99 = row["ours"]["p99_ttft_ms"] / row[base]["p99_ttft_ms"]
+            print(f"{'':<22}{'':>5} ours/{base}: throughput {ratio:.2f}x, TTFT p50 {ttft:.2f}x, p99 {p99:.2f}x")
 
 
 def main() -> None:
@@ -162,6 +182,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=["embedded", "tiny"], default=["embedded", "tiny"])
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best of each side is reported")
+    parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "serving.json")
     args = parser.parse_args()
 
@@ -177,15 +198,19 @@ def main() -> None:
         logs = Path(tmp)
         for label in args.models:
             case = cases[label]
-            runs: dict[str, dict[int, list[dict]]] = {"vllm": {}, "ours": {}}
+            runs: dict[str, dict[int, list[dict]]] = {side: {} for side in args.sides}
             # Both servers stay up side by side (idle one costs nothing) and the rounds alternate which
-            # side goes first, so the drift of a shared machine falls on both alike.
-            with vllm_server(case, logs) as theirs, our_stack(case, logs) as ours:
-                urls = {"vllm": theirs, "ours": ours}
+            # side goes first, so the drift of a shared machine falls on all alike.
+            with vllm_server(case, logs) as (theirs, their_pid), our_stack(case, logs) as ours:
+                urls = {"vllm": theirs, "vllm-placed": theirs, "ours": ours}
                 for round_ in range(args.rounds):
-                    order = ("vllm", "ours") if round_ % 2 == 0 else ("ours", "vllm")
+                    order = args.sides if round_ % 2 == 0 else args.sides[::-1]
                     for c in args.concurrency:
                         for side in order:
+                            if side == "vllm-placed":
+                                place_engine_core(their_pid)
+                            elif side == "vllm":
+                                unplace_engine_core(their_pid)
                             runs[side].setdefault(c, []).append(load(urls[side], case, c))
                     print(f"{label}: round {round_ + 1} done", flush=True)
             for c in args.concurrency:
@@ -198,7 +223,7 @@ def main() -> None:
                         "all_runs": {side: [{f: r[f] for f in FIELDS} for r in runs[side][c]] for side in runs},
                     }
                 )
-    report(rows)
+    report(rows, args.sides)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2))
     print(f"\nwritten to {args.out}")

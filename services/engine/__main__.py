@@ -26,7 +26,7 @@ def main() -> None:
     from vllm.platforms import current_platform
 
     engine_args = AsyncEngineArgs(**settings.engine_args_for(model_path, on_cpu=current_platform.is_cpu()))
-    backend = VllmBackend(engine_args, settings.served_model(model_path))
+    backend = VllmBackend(engine_args, settings.served_model(model_path), settings.place_engine_core)
     if settings.metrics_port:
         # vLLM registers its own vllm:* metrics in the default registry.
         start_http_server(settings.metrics_port, addr=settings.host)

@@ -54,6 +54,9 @@ class EngineSettings(BaseSettings):
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="more AsyncEngineArgs fields, as JSON"
     )
+    place_engine_core: bool = Field(
+        True, description="keep vLLM's busy-waiting engine core on its CPU workers' cores (no effect on GPU)"
+    )
     shutdown_grace_seconds: float = Field(10.0, ge=0)
     log_level: str = "INFO"
 

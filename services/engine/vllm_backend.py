@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from services.engine.cpu_placement import place_engine_core
 from services.engine.errors import (
     EngineUnavailableError,
     InvalidRequestError,
@@ -72,9 +73,10 @@ class ServedModel:
 class VllmBackend:
     """Owns one AsyncLLM. Not ready until `start()` has returned."""
 
-    def __init__(self, engine_args: Any, served: ServedModel) -> None:
+    def __init__(self, engine_args: Any, served: ServedModel, place_engine_core: bool = True) -> None:
         self._engine_args = engine_args
         self._served = served
+        self._place_engine_core = place_engine_core
         self._llm: Any = None
         self._tokenizer: Any = None
         self._info: ModelInfo | None = None
@@ -106,6 +108,8 @@ class VllmBackend:
             dtype=str(config.dtype).removeprefix("torch."),
             device=current_platform.device_type,
         )
+        if self._place_engine_core:
+            place_engine_core()
         # As vLLM's API server does: the startup heap (torch, vLLM, the model) is static; left to the
         # collector, each full collection walks ~600k objects and stalls every stream for ~0.5 s.
         freeze_gc_heap()

@@ -1,0 +1,127 @@
+"""The gateway's own cost per streamed token, against a scripted engine (no model, no vLLM).
+
+A scripted engine process streams one-token messages as fast as gRPC takes them; a real gateway process
+turns them into OpenAI SSE (usage chunk included) for a client process reading `--concurrency` streams.
+The figure is the gateway process's CPU time per token (user + system, from /proc), so it does not
+depend on how busy the shared machine is: tokens/s per core = 1 / (CPU seconds per token). Each
+configuration runs `--rounds` times, interleaved; the best round is reported and every round is kept.
+
+    .venv/bin/python -m benchmarks.gateway_stream_bench [--tokens 256] [--requests 64] [--concurrency 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from services.engine.client import EngineClient
+from tools.processes import ROOT, ServiceProcess, free_port, gateway_env, http_ok
+
+async def _stream(client: httpx.AsyncClient, tokens: int, continuous: bool) -> int:
+    body = {
+        "model": "scripted",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": continuous},
+    }
+    chunks = 0
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                chunks += 1
+    return chunks
+
+
+async def _load(url: str, requests: int, concurrency: int, tokens: int, continuous: bool) -> None:
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def one() -> int:
+            async with semaphore:
+                return await _stream(client, tokens, continuous)
+
+        counts = await asyncio.gather(*(one() for _ in range(requests)))
+    # role chunk + one per token + finish chunk + usage chunk + [DONE]
+    if min(counts) < tokens + 3:
+        raise SystemExit(f"a stream was cut short: {min(counts)} chunks for {tokens} tokens")
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def measure(gateway: ServiceProcess, args: argparse.Namespace, continuous: bool) -> dict:
+    process = psutil.Process(gateway.proc.pid)
+    before = _cpu_seconds(process)
+    started = time.perf_counter()
+    asyncio.run(_load(gateway.address, args.requests, args.concurrency, args.tokens, continuous))
+    wall = time.perf_counter() - started
+    cpu = _cpu_seconds(process) - before
+    tokens = args.requests * args.tokens
+    return {
+        "tokens": tokens,
+        "gateway_cpu_seconds": round(cpu, 3),
+        "gateway_cpu_us_per_token": round(cpu / tokens * 1e6, 1),
+        "tokens_per_gateway_core_second": round(tokens / cpu),
+        "wall_tokens_per_second": round(tokens / wall),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "gateway_stream.json")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        logs = Path(tmp)
+        engine_port = free_port()
+        engine = ServiceProcess("scripted-engine", "benchmarks.scripted_engine", ["--port", str(engine_port)],
+                                logs, f"127.0.0.1:{engine_port}")
+        port = free_port()
+        gateway = ServiceProcess("gateway", "services.gateway", [], logs, f"http://127.0.0.1:{port}",
+                                 env=gateway_env(port, engine.address, log_level="WARNING"))
+        try:
+
+            async def engine_up() -> bool:
+                async with EngineClient(engine.address) as client:
+                    try:
+                        return bool(await client.list_models(timeout=2.0))
+                    except Exception:  # noqa: BLE001 - not listening yet
+                        return False
+
+            engine.wait_ready(engine_up, 60)
+            gateway.wait_ready(lambda: http_ok(f"{gateway.address}/health"), 60)
+            asyncio.run(_load(gateway.address, 8, 4, 16, False))  # warm-up
+            runs: dict[str, list[dict]] = {"default": [], "continuous-usage": []}
+            for _ in range(args.rounds):
+                for name in runs:
+                    runs[name].append(measure(gateway, args, continuous=name == "continuous-usage"))
+        finally:
+            gateway.stop()
+            engine.stop()
+    result = {name: min(rs, key=lambda r: r["gateway_cpu_us_per_token"]) | {"all_runs": rs} for name, rs in runs.items()}
+    for name, r in result.items():
+        print(f"{name:<18} gateway CPU {r['gateway_cpu_us_per_token']:>6.1f} us/token = "
+              f"{r['tokens_per_gateway_core_second']:>7} tokens/s per core (wall {r['wall_tokens_per_second']} tok/s)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"settings": vars(args) | {"out": str(args.out)}, **result}, indent=2))
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
