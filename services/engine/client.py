@@ -44,3 +44,12 @@ class EngineClient(ServiceChannel):
 
     async def load(self, timeout: float | None = 10.0) -> pb.GetLoadResponse:
         return await self._stub.GetLoad(pb.GetLoadRequest(), timeout=timeout)
+
+    async def confirm_usage(self, request_ids: Sequence[str], timeout: float | None = 10.0) -> None:
+        await self._stub.ConfirmUsage(pb.ConfirmUsageRequest(request_ids=list(request_ids)), timeout=timeout)
+
+    async def claim_usage(
+        self, source: str, exclude_incarnation: str, timeout: float | None = 10.0
+    ) -> pb.ClaimUsageResponse:
+        request = pb.ClaimUsageRequest(source=source, exclude_incarnation=exclude_incarnation)
+        return await self._stub.ClaimUsage(request, timeout=timeout)

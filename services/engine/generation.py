@@ -68,6 +68,9 @@ class GenerationRequest:
     model: str
     prompt: Prompt
     sampling: Sampling = field(default_factory=Sampling)
+    # Who bills it ("<source>/<incarnation>"); the engine holds its final usage until confirmed.
+    caller: str = ""
+    usage_context: bytes = b""
 
 
 class FinishReason(str, Enum):
@@ -127,6 +130,8 @@ class GenerationUpdate:
     finished: bool = False
     timings: Timings | None = None
     error: str | None = None
+    # The served model the request resolved to: on the first and the last update.
+    model: str = ""
 
 
 @dataclass(frozen=True, slots=True)

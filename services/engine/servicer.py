@@ -24,7 +24,9 @@ from services.engine.generation import (
     Role,
     Sampling,
     StructuredOutput,
+    Timings,
 )
+from services.engine.unconfirmed_usage import HeldUsage
 from services.engine.vllm_backend import VllmBackend
 
 # The one place domain errors become gRPC statuses (applied by services.grpc_errors).
@@ -63,6 +65,8 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             model=request.model,
             prompt=_prompt(request),
             sampling=_sampling(request.sampling),
+            caller=request.caller,
+            usage_context=request.usage_context,
         )
         span = trace.get_current_span()
         if not span.is_recording():
@@ -125,6 +129,46 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             completion_tokens=served.completion_tokens,
             cached_tokens=served.cached_tokens,
         )
+
+
+    async def ConfirmUsage(
+        self, request: pb.ConfirmUsageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ConfirmUsageResponse:
+        self._backend.unconfirmed.confirm(list(request.request_ids))
+        return pb.ConfirmUsageResponse()
+
+    async def ClaimUsage(self, request: pb.ClaimUsageRequest, context: grpc.aio.ServicerContext) -> pb.ClaimUsageResponse:
+        if not request.source:
+            raise InvalidRequestError("source is required")
+        held, still_open = self._backend.unconfirmed.claim(request.source, request.exclude_incarnation)
+        return pb.ClaimUsageResponse(usage=[_unconfirmed(h) for h in held], still_open=still_open)
+
+
+def _unconfirmed(held: HeldUsage) -> pb.UnconfirmedUsage:
+    out = pb.UnconfirmedUsage(
+        request_id=held.request_id,
+        usage_context=held.usage_context,
+        usage=pb.Usage(
+            prompt_tokens=held.usage.prompt_tokens,
+            completion_tokens=held.usage.completion_tokens,
+            cached_tokens=held.usage.cached_tokens,
+        ),
+        finish_reasons=[_FINISH[r] for r in held.finish_reasons],
+        model=held.model,
+        error=held.error or "",
+    )
+    if held.timings is not None:
+        out.timings.CopyFrom(_timings(held.timings))
+    return out
+
+
+def _timings(t: Timings) -> pb.Timings:
+    return pb.Timings(
+        queue_seconds=t.queue_seconds,
+        time_to_first_token_seconds=t.time_to_first_token_seconds,
+        generation_seconds=t.generation_seconds,
+        total_seconds=t.total_seconds,
+    )
 
 
 def _request_attributes(span: trace.Span, request: GenerationRequest) -> None:
@@ -255,15 +299,9 @@ def _response(request_id: str, update: GenerationUpdate) -> pb.GenerateResponse:
                     top_logprobs=[pb.TopLogprob(token_id=t.token_id, token=t.token, logprob=t.logprob) for t in lp.top],
                 )
     if update.timings is not None:
-        t = update.timings
-        response.timings.CopyFrom(
-            pb.Timings(
-                queue_seconds=t.queue_seconds,
-                time_to_first_token_seconds=t.time_to_first_token_seconds,
-                generation_seconds=t.generation_seconds,
-                total_seconds=t.total_seconds,
-            )
-        )
+        response.timings.CopyFrom(_timings(update.timings))
     if update.error:
         response.error = update.error
+    if update.model:
+        response.model = update.model
     return response

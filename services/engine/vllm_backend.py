@@ -30,6 +30,7 @@ from services.engine.generation import (
     TopLogprob,
     Usage,
 )
+from services.engine.unconfirmed_usage import UnconfirmedUsage
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class VllmBackend:
         self._draining = False
         self._open: set[str] = set()
         self.served = ServedTotals()
+        self.unconfirmed = UnconfirmedUsage()
         # The model's generation_config defaults, for fields a request leaves unset (as vLLM's server does).
         self._sampling_defaults: dict[str, Any] = {}
 
@@ -193,19 +195,30 @@ class VllmBackend:
 
         stream = _StreamState(prompt_tokens=len(prompt_ids), started=time.monotonic())
         self._open.add(request.request_id)
+        if request.caller:
+            self.unconfirmed.open(request.request_id, request.caller, request.usage_context, info.id)
         try:
             outputs = self._llm.generate(
                 TokensPrompt(prompt_token_ids=prompt_ids), params, request.request_id
             )
             async for output in _translate_errors(outputs, stream):
-                yield stream.update(output, request.sampling.logprobs)
+                update = stream.update(output, request.sampling.logprobs)
+                if update.finished or not stream.announced:
+                    update.model = info.id
+                    stream.announced = True
+                yield update
             if not stream.finished:
-                yield stream.failure("the engine ended the stream without a final output")
+                yield stream.failure("the engine ended the stream without a final output", info.id)
         except _FailedAfterStart as failure:
-            yield stream.failure(str(failure))
+            yield stream.failure(str(failure), info.id)
         finally:
             self._open.discard(request.request_id)
-            self.served.add(stream)
+            # The one rule every counter follows: a request counts once vLLM produced output for it
+            # (an abort's final output included); one refused before that counts nothing anywhere.
+            if stream.started_output:
+                self.served.add(stream)
+            if request.caller:
+                self._hold_final_usage(request.request_id, stream)
             log.info(
                 "request %s done: prompt=%d completion=%d cached=%d finished=%s",
                 request.request_id,
@@ -214,6 +227,18 @@ class VllmBackend:
                 stream.cached_tokens,
                 stream.finished,
             )
+
+    def _hold_final_usage(self, request_id: str, stream: _StreamState) -> None:
+        if not stream.started_output:
+            self.unconfirmed.discard(request_id)
+            return
+        reasons = dict(stream.finish_reasons)
+        # A stream cut before its last output (the caller went away): vLLM aborted what was open.
+        for index in stream.unfinished_choices:
+            reasons.setdefault(index, FinishReason.ABORT)
+        self.unconfirmed.finish(
+            request_id, stream.usage(), [reasons[i] for i in sorted(reasons)], stream.timings(), stream.error
+        )
 
     async def _prompt_token_ids(
         self, prompt: Prompt, add_special_tokens: bool, add_generation_prompt: bool
@@ -396,6 +421,9 @@ class _StreamState:
         self.queue_seconds = 0.0
         self.finished = False
         self.started_output = False
+        self.announced = False
+        self.finish_reasons: dict[int, FinishReason] = {}
+        self.error: str | None = None
         self.unfinished_choices: set[int] = set()
         self.finished_choices: set[int] = set()
 
@@ -424,12 +452,14 @@ class _StreamState:
                 if self.first_token_at is None:
                     self.first_token_at = now
                 self.last_token_at = now
-            choices.append(_choice_delta(completion, ids, logprobs))
-            if completion.finish_reason is None:
+            delta = _choice_delta(completion, ids, logprobs)
+            choices.append(delta)
+            if delta.finish_reason is None:
                 self.unfinished_choices.add(completion.index)
             else:
                 self.unfinished_choices.discard(completion.index)
                 self.finished_choices.add(completion.index)
+                self.finish_reasons[completion.index] = delta.finish_reason
         self.cached_tokens = output.num_cached_tokens or 0
         self.finished = bool(output.finished)
         timings = None
@@ -440,15 +470,21 @@ class _StreamState:
             timings = self.timings()
         return GenerationUpdate(choices=choices, usage=self.usage(), finished=self.finished, timings=timings)
 
-    def failure(self, message: str) -> GenerationUpdate:
-        """The final update of a request that failed after it started: open choices end with ERROR."""
+    def failure(self, message: str, model: str) -> GenerationUpdate:
+        """The final update of a request that failed after it started: open choices end with ERROR.
+        Its usage is reported, so it counts."""
         self.finished = True
+        self.started_output = True
+        self.error = message
         choices = [
             ChoiceDelta(index=i, text="", token_ids=[], finish_reason=FinishReason.ERROR)
             for i in sorted(self.unfinished_choices)
         ]
+        for choice in choices:
+            self.finish_reasons[choice.index] = FinishReason.ERROR
+        self.unfinished_choices.clear()
         return GenerationUpdate(
-            choices=choices, usage=self.usage(), finished=True, timings=self.timings(), error=message
+            choices=choices, usage=self.usage(), finished=True, timings=self.timings(), error=message, model=model
         )
 
 

@@ -6,6 +6,7 @@ import uvicorn
 
 from services.gateway.app import create_app
 from services.gateway.config import GatewaySettings
+from services.gateway.shutdown import DrainingServer
 from services.tracing import grpc_client_instrumentation, setup_logging, setup_tracing, shutdown_tracing
 
 
@@ -15,15 +16,18 @@ def main() -> None:
     setup_tracing("gateway")
     grpc_client_instrumentation()
     app = create_app(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=int(settings.settle_timeout_seconds),
+        # The drain interrupts what still runs after the grace period; those streams then need the
+        # engine's final message, which the settle timeout bounds.
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds + settings.settle_timeout_seconds) + 1,
         access_log=False,
         log_config=None,
     )
+    DrainingServer(config, app, settings.shutdown_grace_seconds).run()
     shutdown_tracing()
 
 

@@ -19,12 +19,14 @@ from services.gateway.auth import ApiKeys
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import GatewayState
 from services.gateway.errors import ApiError
+from services.gateway.generation import Outcome
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.middleware import RequestLimits
 from services.gateway.routes import chat, completions, health, metrics, models, tokenize
-from services.gateway.outbox import Outbox
-from services.gateway.schemas import UnsupportedFields
+from services.gateway.outbox import OUTBOX_FILE, Outbox
+from services.gateway.schemas import InvalidText, UnsupportedFields
 from services.gateway.usage_events import usage_event
+from services.gateway.usage_recovery import UsageConfirmer, new_incarnation, recover_unconfirmed
 from services.gateway.usage_sender import SenderMetrics, UsageSender
 from services.metering.client import MeteringClient
 from services.tracing import tracing_configured
@@ -40,6 +42,9 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
     cause = first.get("ctx", {}).get("error")
     if isinstance(cause, UnsupportedFields):
         return ApiError(400, str(cause), param=cause.names[0], code="unsupported_parameter")
+    if isinstance(cause, InvalidText):
+        param = ".".join([str(p) for p in first.get("loc", ()) if p != "body"] + [cause.path])
+        return ApiError(400, f"{param}: not valid Unicode text (it holds a lone surrogate)", param=param, code="invalid_value")
     location = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = ".".join(location) or None
     message = first.get("msg", "Invalid request.").removeprefix("Value error, ")
@@ -68,19 +73,34 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error.body(), status_code=500)
 
 
-async def _start_usage_delivery(settings: GatewaySettings, metrics_: GatewayMetrics, state: GatewayState) -> UsageSender:
+async def _start_usage_delivery(
+    settings: GatewaySettings, metrics_: GatewayMetrics, state: GatewayState
+) -> tuple[UsageSender, UsageConfirmer, asyncio.Task]:
+    """Usage goes to the outbox (durable), then to metering; the engine holds each request's usage
+    until it is durable here, and what an earlier process of ours left unrecorded is claimed back."""
     source = settings.source_id()
+    incarnation = new_incarnation()
     sender = UsageSender(
         MeteringClient(settings.metering_addr),
-        Outbox(settings.data_dir / "outbox.sqlite3"),
+        Outbox(settings.data_dir / OUTBOX_FILE),
         SenderMetrics(metrics_.registry),
-        queue_size=settings.usage_queue_size,
         batch_size=settings.usage_batch_size,
     )
     await sender.start()
-    state.extra_sinks.append(lambda outcome: sender.submit(usage_event(outcome, source)))
-    log.info("usage events go to %s as source %s", settings.metering_addr, source)
-    return sender
+    confirmer = UsageConfirmer(state.engine)
+    confirmer.start()
+    state.usage = sender
+    state.usage_source = source
+    state.caller = f"{source}/{incarnation}"
+
+    async def persist(outcome: Outcome) -> None:
+        await sender.persist(usage_event(outcome, source))
+        confirmer.add(outcome.engine_request_ids)
+
+    state.extra_sinks.append(persist)
+    recovery = asyncio.create_task(recover_unconfirmed(state.engine, sender, confirmer, source, incarnation))
+    log.info("usage events go to %s as source %s (incarnation %s)", settings.metering_addr, source, incarnation)
+    return sender, confirmer, recovery
 
 
 def _freeze_startup_heap() -> None:
@@ -101,7 +121,7 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
         client = engine or EngineClient(settings.engine_addr)
         state = GatewayState(settings=settings, engine=client, keys=keys, metrics=metrics_)
         app.state.gateway = state
-        sender = await _start_usage_delivery(settings, metrics_, state) if settings.metering_addr else None
+        delivery = await _start_usage_delivery(settings, metrics_, state) if settings.metering_addr else None
         try:
             metrics_.known_models.update(m.id for m in await client.list_models(timeout=2.0))
         except grpc.aio.AioRpcError:
@@ -110,7 +130,11 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
         yield
         if state.settling:
             await asyncio.wait(state.settling, timeout=settings.settle_timeout_seconds)
-        if sender is not None:
+        if delivery is not None:
+            sender, confirmer, recovery = delivery
+            recovery.cancel()
+            await asyncio.gather(recovery, return_exceptions=True)
+            await confirmer.stop()
             await sender.stop(settings.usage_drain_seconds)
         if engine is None:
             await client.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
@@ -26,6 +27,9 @@ class GatewaySettings(BaseSettings):
     max_in_flight: int = Field(256, ge=1)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     request_timeout_seconds: float = Field(600.0, gt=0)
+    # On SIGTERM: time in-flight requests get to finish; then they end with their usage chunk, an error
+    # event and [DONE]. The process needs about this plus settle_timeout_seconds (give Docker more).
+    shutdown_grace_seconds: float = Field(10.0, ge=0)
     # How long to wait for the engine's final usage after a client went away.
     settle_timeout_seconds: float = Field(15.0, gt=0)
     # Usage events go to the metering service at this address; empty: metering off.
@@ -35,17 +39,31 @@ class GatewaySettings(BaseSettings):
     # Names this gateway in usage events (idempotency is per source + event id); default: made once
     # and kept in the data directory.
     instance_id: str = ""
-    usage_queue_size: int = Field(10_000, ge=1)
     usage_batch_size: int = Field(500, ge=1)
-    # On shutdown, time to deliver queued usage before the rest stays on disk.
+    # On shutdown, time to deliver the outbox to metering before the rest stays on disk for the next start.
     usage_drain_seconds: float = Field(10.0, ge=0)
     log_level: str = "INFO"
 
     def source_id(self) -> str:
+        """The configured instance id, or the one kept in the data directory (made once, atomically:
+        a crash while writing it leaves either no file or a whole one, never an empty one)."""
         if self.instance_id:
             return self.instance_id
         path = self.data_dir / "instance-id"
         if not path.exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(f"gateway-{uuid.uuid4().hex[:12]}\n")
-        return path.read_text().strip()
+            temporary = path.with_suffix(f".tmp-{os.getpid()}")
+            with temporary.open("w") as file:
+                file.write(f"gateway-{uuid.uuid4().hex[:12]}\n")
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+            directory = os.open(self.data_dir, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        source = path.read_text().strip()
+        if not source:
+            raise ValueError(f"{path} is empty: delete it (a new id is made) or set GATEWAY_INSTANCE_ID")
+        return source

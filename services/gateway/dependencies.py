@@ -12,8 +12,9 @@ from services.engine.client import EngineClient
 from services.gateway.auth import ApiKeys
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import ApiError
-from services.gateway.generation import Outcome, OutcomeSink
+from services.gateway.generation import Generation, Outcome, OutcomeSink
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.usage_sender import UsageSender
 
 OPEN_KEY_ID = "anonymous"
 
@@ -27,11 +28,24 @@ class GatewayState:
     # Requests whose client left, waiting for the engine's final usage.
     settling: set[asyncio.Task] = field(default_factory=set)
     extra_sinks: list[OutcomeSink] = field(default_factory=list)
+    # The usage delivery, when metering is configured: the sender, the event source, and the caller
+    # name ("<source>/<incarnation>") the engine holds usage for until it is confirmed.
+    usage: UsageSender | None = None
+    usage_source: str = ""
+    caller: str = ""
+    # Requests streaming from the engine now: interrupted (with their usage) when a drain runs out.
+    open_generations: set[Generation] = field(default_factory=set)
 
-    def record(self, outcome: Outcome) -> None:
+    def interrupt_all(self, reason: str) -> int:
+        generations = list(self.open_generations)
+        for generation in generations:
+            generation.interrupt(reason, self.settling)
+        return len(generations)
+
+    async def record(self, outcome: Outcome) -> None:
         self.metrics.outcome(outcome)
         for sink in self.extra_sinks:
-            sink(outcome)
+            await sink(outcome)
 
 
 async def get_state(request: Request) -> GatewayState:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -45,30 +45,55 @@ class Outcome:
     duration_seconds: float = 0.0
     trace_id: str = ""
     span_id: str = ""
+    # The engine calls behind it: confirmed to the engine once the usage event is durable.
+    engine_request_ids: list[str] = field(default_factory=list)
 
 
-OutcomeSink = Callable[[Outcome], None]
+OutcomeSink = Callable[[Outcome], Awaitable[None]]
 GapObserver = Callable[[float, int], None]
+
+_END = None  # queued after a stream's last message
 
 
 class _Stream:
-    """One engine Generate call and the last cumulative usage it reported."""
+    """One engine Generate call, read to its end by a task of its own: the HTTP request that consumes
+    the messages may be cancelled at any await, and the engine's final usage must still be read."""
 
     def __init__(self, call: grpc.aio.UnaryStreamCall) -> None:
         self.call = call
         self.last: pb.GenerateResponse | None = None
         self.finished = False
         self.error = ""
+        self.refusal: grpc.aio.AioRpcError | None = None
+        self.messages: asyncio.Queue[pb.GenerateResponse | None] = asyncio.Queue()
+        self.reader = asyncio.create_task(self._read_all())
 
-    def see(self, message: pb.GenerateResponse) -> None:
-        self.last = message
-        if message.finished:
+    async def _read_all(self) -> None:
+        try:
+            while True:
+                try:
+                    message = await self.call.read()
+                except grpc.aio.AioRpcError as error:
+                    if self.last is None:
+                        self.refusal = error
+                    self.error = from_grpc(error).message
+                    return
+                if message is grpc.aio.EOF:
+                    if not self.finished:
+                        self.error = self.error or "the engine ended the stream without its final message"
+                    return
+                self.last = message
+                if message.finished:
+                    self.finished = True
+                    self.error = message.error
+                self.messages.put_nowait(message)
+        finally:
             self.finished = True
-            self.error = message.error
+            self.messages.put_nowait(_END)
 
 
 class Generation:
-    """Use: `await start()`, iterate `messages()`, then `close()` (or `settle_in_background()`)."""
+    """Use: `await start()`, iterate `messages()`, then `await close()` (or `settle_in_background()`)."""
 
     def __init__(
         self,
@@ -79,8 +104,12 @@ class Generation:
         settle_timeout: float,
         sink: OutcomeSink,
         on_gap: GapObserver | None = None,
+        open_generations: set[Generation] | None = None,
     ) -> None:
         self._engine = engine
+        self._open_generations = open_generations if open_generations is not None else set()
+        self._interruption = ""
+        outcome.engine_request_ids = [r.request_id for r in requests]
         self._requests = requests
         self._timeout = timeout
         self._settle_timeout = settle_timeout
@@ -94,40 +123,32 @@ class Generation:
         self._last_token_at = 0.0
         self._closed = False
 
-    async def start(self) -> None:
+    async def start(self, settling: set[asyncio.Task]) -> None:
         """Opens every engine call and waits for its first message, so that a refused request
-        becomes an HTTP error before any byte of a stream is sent."""
+        becomes an HTTP error before any byte of a stream is sent. A client gone meanwhile is settled
+        like one gone later: abort, then the engine's final usage."""
         self._streams = [_Stream(self._engine.generate(r, timeout=self._timeout)) for r in self._requests]
+        self._open_generations.add(self)
         try:
-            self._firsts = list(await asyncio.gather(*(self._read_one(s) for s in self._streams)))
-        except BaseException:
-            for stream in self._streams:
-                stream.call.cancel()
-            # The request was refused or failed before any output: still one outcome, with no tokens.
-            self.outcome.status = "error"
-            self.close([])
+            self._firsts = [await self._first(s) for s in self._streams]
+        except asyncio.CancelledError:
+            self.settle_in_background([], settling)
+            raise
+        except ApiError:
+            # Refused before any output (by the engine or by a broken call): abort any sibling that
+            # started, and record what the engine counted for it.
+            self.settle_in_background([], settling, status="error")
             raise
 
-    async def _read_one(self, stream: _Stream) -> pb.GenerateResponse:
-        try:
-            message = await stream.call.read()
-        except grpc.aio.AioRpcError as error:
-            raise from_grpc(error) from error
-        if message is grpc.aio.EOF:
-            raise ApiError(502, "The engine closed the stream without output.", code="engine_error")
-        stream.see(message)
-        if stream.finished:
-            await self._read_eof(stream)
+    async def _first(self, stream: _Stream) -> pb.GenerateResponse:
+        message = await stream.messages.get()
+        if message is _END:
+            if stream.refusal is not None:
+                raise from_grpc(stream.refusal) from stream.refusal
+            raise ApiError(502, stream.error or "The engine closed the stream without output.", code="engine_error")
+        if message.model:
+            self.outcome.model = message.model
         return message
-
-    @staticmethod
-    async def _read_eof(stream: _Stream) -> None:
-        """After the final message the call still has to end (status, trailers): reading to EOF ends
-        it here, and with it the client span that tracing wraps around the iteration."""
-        try:
-            await stream.call.read()
-        except grpc.aio.AioRpcError:
-            pass
 
     def _observe(self, message: pb.GenerateResponse) -> None:
         tokens = sum(len(c.token_ids) for c in message.choices)
@@ -141,61 +162,36 @@ class Generation:
         self._last_token_at = now
 
     async def messages(self) -> AsyncIterator[tuple[int, pb.GenerateResponse]]:
-        """(prompt index, message) pairs until every stream has finished."""
+        """(prompt index, message) pairs until every stream has ended."""
         for index, first in enumerate(self._firsts):
             self._observe(first)
             yield index, first
         if len(self._streams) == 1:
-            stream = self._streams[0]
-            while not stream.finished:
-                message = await self._next(stream)
-                if message is None:
-                    break
+            queue = self._streams[0].messages
+            while (message := await queue.get()) is not _END:
                 self._observe(message)
                 yield 0, message
             return
-        queue: asyncio.Queue[tuple[int, pb.GenerateResponse | None]] = asyncio.Queue()
+        merged: asyncio.Queue[tuple[int, pb.GenerateResponse | None]] = asyncio.Queue()
 
-        async def pump(index: int, stream: _Stream) -> None:
-            try:
-                while not stream.finished:
-                    message = await self._next(stream)
-                    if message is None:
-                        break
-                    await queue.put((index, message))
-            finally:
-                await queue.put((index, None))
+        async def forward(index: int, stream: _Stream) -> None:
+            while (message := await stream.messages.get()) is not _END:
+                merged.put_nowait((index, message))
+            merged.put_nowait((index, _END))
 
-        pumps = [asyncio.create_task(pump(i, s)) for i, s in enumerate(self._streams) if not s.finished]
+        forwards = [asyncio.create_task(forward(i, s)) for i, s in enumerate(self._streams)]
         try:
-            remaining = len(pumps)
+            remaining = len(forwards)
             while remaining:
-                index, message = await queue.get()
-                if message is None:
+                index, message = await merged.get()
+                if message is _END:
                     remaining -= 1
                     continue
                 self._observe(message)
                 yield index, message
         finally:
-            for task in pumps:
+            for task in forwards:
                 task.cancel()
-
-    async def _next(self, stream: _Stream) -> pb.GenerateResponse | None:
-        """The next message, or None when the stream broke (noted as an error on the stream)."""
-        try:
-            message = await stream.call.read()
-        except grpc.aio.AioRpcError as error:
-            stream.finished = True
-            stream.error = from_grpc(error).message
-            return None
-        if message is grpc.aio.EOF:
-            stream.finished = True
-            stream.error = stream.error or "the engine ended the stream without its final message"
-            return None
-        stream.see(message)
-        if stream.finished:
-            await self._read_eof(stream)
-        return message
 
     @property
     def prompt_count(self) -> int:
@@ -203,7 +199,18 @@ class Generation:
 
     @property
     def error(self) -> str:
-        return next((s.error for s in self._streams if s.error), "")
+        return self._interruption or next((s.error for s in self._streams if s.error), "")
+
+    def interrupt(self, reason: str, tasks: set[asyncio.Task]) -> None:
+        """Ends the request early (the gateway is stopping): the engine aborts it and its stream ends as
+        usual, with the final usage; `error` then says why."""
+        unfinished = [r.request_id for r, s in zip(self._requests, self._streams) if not s.finished]
+        if self._closed or not unfinished:
+            return
+        self._interruption = reason
+        task = asyncio.create_task(self._engine.abort(unfinished, timeout=self._settle_timeout))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     def usage(self) -> tuple[int, int, int]:
         """(prompt, completion, cached) tokens so far, summed over the engine calls."""
@@ -216,17 +223,20 @@ class Generation:
                 cached += usage.cached_tokens
         return prompt, completion, cached
 
-    def close(self, finish_reasons: list[str]) -> None:
-        """Records the outcome once; the streams are over."""
+    async def close(self, finish_reasons: list[str]) -> None:
+        """Records the outcome once (the sink makes it durable); the streams are over."""
         if self._closed:
             return
         self._closed = True
+        self._open_generations.discard(self)
         outcome = self.outcome
         outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens = self.usage()
         outcome.finish_reasons = finish_reasons
-        if self.error or outcome.status == "error":
+        if self._interruption:
+            outcome.status = "abort"
+        elif self.error or outcome.status == "error":
             outcome.status = "error"
-        elif "abort" in finish_reasons or not all(s.finished for s in self._streams):
+        elif "abort" in finish_reasons or not all(s.last is not None and s.last.finished for s in self._streams):
             outcome.status = "abort"
         finals = [s.last for s in self._streams if s.last is not None and s.last.finished]
         if finals:
@@ -234,26 +244,27 @@ class Generation:
         if self._first_token_at is not None:
             outcome.time_to_first_token_seconds = self._first_token_at - self._started
         outcome.duration_seconds = time.monotonic() - self._started
-        self._sink(outcome)
+        await self._sink(outcome)
 
-    def settle_in_background(self, finish_reasons: list[str], tasks: set[asyncio.Task]) -> None:
-        """The client left: abort what still runs, wait for the engine's final usage, then record."""
+    def settle_in_background(
+        self, finish_reasons: list[str], tasks: set[asyncio.Task], status: str = "abort"
+    ) -> None:
+        """The client left (or a sibling call was refused): abort what still runs, read each call to the
+        engine's final usage, then record; in a task that the HTTP request does not own."""
         if self._closed:
             return
-        task = asyncio.create_task(self._settle(finish_reasons))
+        task = asyncio.create_task(self._settle(finish_reasons, status))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    async def _settle(self, finish_reasons: list[str]) -> None:
+    async def _settle(self, finish_reasons: list[str], status: str) -> None:
         open_streams = [s for s in self._streams if not s.finished]
         try:
             if open_streams:
                 ids = [r.request_id for r, s in zip(self._requests, self._streams) if not s.finished]
                 await self._engine.abort(ids, timeout=self._settle_timeout)
-                async with asyncio.timeout(self._settle_timeout):
-                    for stream in open_streams:
-                        while not stream.finished and await self._next(stream) is not None:
-                            pass
+            async with asyncio.timeout(self._settle_timeout):
+                await asyncio.gather(*(s.reader for s in self._streams))
         except (grpc.aio.AioRpcError, TimeoutError) as error:
             log.warning("could not settle request %s: %s", self.outcome.request_id, error)
             for stream in open_streams:
@@ -263,5 +274,10 @@ class Generation:
             for stream in open_streams:
                 if stream.last is not None:
                     reasons += [FINISH_REASONS[c.finish_reason] for c in stream.last.choices if c.finish_reason]
-            self.outcome.status = "abort"
-            self.close(reasons or ["abort"])
+            self.outcome.status = status
+            if any(s.last is not None for s in self._streams):
+                await self.close(reasons or ["abort"])
+            else:
+                # Nothing reached the engine's model (refused, or unreachable): no tokens, no event.
+                self._closed = True
+                self._open_generations.discard(self)

@@ -48,7 +48,7 @@ class ResponseMeta:
 async def stream_events(gen: Generation, meta: ResponseMeta, settling: set[asyncio.Task]) -> AsyncIterator[bytes]:
     """OpenAI's SSE: role deltas (chat), content deltas, finish reasons, the usage chunk, [DONE].
     If the client goes away the generator is cancelled: the request is then settled in the background."""
-    base: Json = {"id": meta.id, "object": meta.chunk_object, "created": meta.created, "model": meta.model}
+    base: Json = {"id": meta.id, "object": meta.chunk_object, "created": meta.created, "model": gen.outcome.model}
     if meta.include_usage and not meta.continuous_usage:
         base["usage"] = None
     finished: dict[int, str] = {}
@@ -84,6 +84,8 @@ async def stream_events(gen: Generation, meta: ResponseMeta, settling: set[async
                 choices.append(out)
             if choices:
                 yield sse({**base, "choices": choices, **_continuous(gen, meta)})
+        # Durable before the usage chunk (and [DONE]) leaves: a crash from here on loses no usage.
+        await gen.close(list(finished.values()))
         if meta.include_usage:
             yield sse({**base, "choices": [], "usage": usage_object(*gen.usage())})
         if gen.error:
@@ -92,15 +94,15 @@ async def stream_events(gen: Generation, meta: ResponseMeta, settling: set[async
     except BaseException:
         gen.settle_in_background(list(finished.values()), settling)
         raise
-    gen.close(list(finished.values()))
 
 
 def _continuous(gen: Generation, meta: ResponseMeta) -> Json:
     return {"usage": usage_object(*gen.usage())} if meta.continuous_usage else {}
 
 
-async def aggregate(gen: Generation, meta: ResponseMeta) -> Json:
-    """The whole response at once, as a non-streamed OpenAI request gets it."""
+async def aggregate(gen: Generation, meta: ResponseMeta, settling: set[asyncio.Task]) -> Json:
+    """The whole response at once, as a non-streamed OpenAI request gets it; its usage is durable
+    before the body is returned."""
     choices: dict[int, ChoiceAccumulator] = {}
     try:
         async for prompt_index, message in gen.messages():
@@ -113,8 +115,10 @@ async def aggregate(gen: Generation, meta: ResponseMeta) -> Json:
                     else:
                         acc.completion_logprobs.add(choice)
                 acc.finish_reason = finish_reason(choice) or acc.finish_reason
-    finally:
-        gen.close([c.finish_reason or "abort" for c in choices.values()])
+    except BaseException:
+        gen.settle_in_background([c.finish_reason or "abort" for c in choices.values()], settling)
+        raise
+    await gen.close([c.finish_reason or "abort" for c in choices.values()])
     if gen.error:
         raise ApiError(500, gen.error, code="engine_error")
     out = []
@@ -138,7 +142,7 @@ async def aggregate(gen: Generation, meta: ResponseMeta) -> Json:
         "id": meta.id,
         "object": "chat.completion" if meta.kind == "chat" else "text_completion",
         "created": meta.created,
-        "model": meta.model,
+        "model": gen.outcome.model,
         "choices": out,
         "usage": usage_object(*gen.usage()),
     }

@@ -13,10 +13,44 @@ class UnsupportedFields(ValueError):
         self.names = names
 
 
+class InvalidText(ValueError):
+    """A string JSON can carry but UTF-8 (and so protobuf) cannot: a lone surrogate such as "\\ud800"."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"{path}: not valid Unicode text (it holds a lone surrogate)")
+        self.path = path
+
+
+def _lone_surrogate(value: object, path: str) -> str | None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if (found := _lone_surrogate(item, f"{path}.{i}")) is not None:
+                return found
+    return None
+
+
+# The engine contract's integer ranges (uint32 token ids and counts, int64 seeds, int32 top_k).
+TokenId = Annotated[int, Field(ge=0, lt=2**32)]
+UINT32_MAX = 2**32 - 1
+
+
 class _Strict(BaseModel):
-    """Unknown fields are an error that names them; a field sent as null is as good as absent."""
+    """Unknown fields are an error that names them; a field sent as null is as good as absent; text
+    must be valid Unicode (each nested model checks its own fields)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _valid_unicode(self) -> _Strict:
+        for name in type(self).model_fields:
+            if (path := _lone_surrogate(getattr(self, name), name)) is not None:
+                raise InvalidText(path)
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -77,22 +111,22 @@ class SamplingFields(_Strict):
 
     model: str
     n: int = Field(1, ge=1, le=128)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=UINT32_MAX)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: StopField = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    top_k: int | None = Field(None, ge=-1)
+    top_k: int | None = Field(None, ge=-1, lt=2**31)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0)
-    min_tokens: int = Field(0, ge=0)
+    min_tokens: int = Field(0, ge=0, le=UINT32_MAX)
     ignore_eos: bool = False
-    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
+    stop_token_ids: list[TokenId] | None = None
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -102,7 +136,7 @@ class SamplingFields(_Strict):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=UINT32_MAX)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
@@ -115,7 +149,7 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
     logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
     echo: Literal[False] = False
@@ -155,4 +189,4 @@ class TokenizeRequest(_Strict):
 
 class DetokenizeRequest(_Strict):
     model: str | None = None
-    tokens: list[Annotated[int, Field(ge=0)]]
+    tokens: list[TokenId]

@@ -4,6 +4,7 @@ The real engine is exercised by tests/test_gateway_openai.py; these cover paths 
 from __future__ import annotations
 
 import asyncio
+import json
 
 import grpc
 import httpx
@@ -15,6 +16,7 @@ from llmserve.engine.v1 import engine_pb2_grpc
 from services.engine.client import EngineClient
 from services.gateway.app import create_app
 from services.gateway.config import GatewaySettings
+from services.gateway.generation import Outcome
 
 
 class FakeEngine(engine_pb2_grpc.EngineServiceServicer):
@@ -25,14 +27,27 @@ class FakeEngine(engine_pb2_grpc.EngineServiceServicer):
         self.hold = asyncio.Event()
         self.hold.set()
         self.aborted: list[str] = []
+        self.started = asyncio.Event()
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
         if request.model == "missing":
             await context.abort(grpc.StatusCode.NOT_FOUND, "The model `missing` does not exist.")
+        self.started.set()
         await self.hold.wait()
+        if request.request_id in self.aborted:
+            # As vLLM does: an abort ends the stream with a final message carrying the usage so far.
+            yield pb.GenerateResponse(
+                request_id=request.request_id,
+                model="fake",
+                choices=[pb.ChoiceDelta(index=0, finish_reason=pb.FINISH_REASON_ABORT)],
+                usage=pb.Usage(prompt_tokens=4),
+                finished=True,
+            )
+            return
         for i in range(3):
             yield pb.GenerateResponse(
                 request_id=request.request_id,
+                model="fake" if i == 0 else "",
                 choices=[pb.ChoiceDelta(index=0, text=f"t{i}", token_ids=[i])],
                 usage=pb.Usage(prompt_tokens=4, completion_tokens=i + 1),
             )
@@ -52,6 +67,11 @@ class FakeEngine(engine_pb2_grpc.EngineServiceServicer):
             finished=True,
         )
 
+    async def Abort(self, request: pb.AbortRequest, context: grpc.aio.ServicerContext) -> pb.AbortResponse:
+        self.aborted += request.request_ids
+        self.hold.set()
+        return pb.AbortResponse(aborted_ids=request.request_ids)
+
     async def ListModels(self, request, context):
         return pb.ListModelsResponse(models=[pb.ModelCard(id="fake", max_model_len=128)])
 
@@ -68,10 +88,16 @@ async def fake():
     await server.stop(None)
 
 
-async def gateway(fake: FakeEngine, **settings):
+async def gateway(fake: FakeEngine, recorded: list[Outcome] | None = None, **settings):
     app = create_app(GatewaySettings(engine_addr=fake.address, **settings), EngineClient(fake.address))
     transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app):
+        if recorded is not None:
+
+            async def record(outcome: Outcome) -> None:
+                recorded.append(outcome)
+
+            app.state.gateway.extra_sinks.append(record)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
             yield client
 
@@ -152,3 +178,62 @@ async def test_keys_file_and_metrics_guard(fake: FakeEngine, tmp_path) -> None:
         assert (await client.get("/metrics", headers={"Authorization": "Bearer sk-b"})).status_code == 200
         ok = await client.post("/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer sk-a"})
         assert ok.status_code == 200
+
+
+async def test_client_gone_before_the_first_token_is_aborted_and_its_usage_read(fake: FakeEngine) -> None:
+    """The HTTP task is cancelled while it waits for the first message: the engine call is not cancelled
+    with it; the gateway sends Abort and reads the engine's final usage in a task of its own."""
+    fake.hold.clear()
+    recorded: list[Outcome] = []
+    async for client in gateway(fake, recorded):
+        request = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
+        await asyncio.wait_for(fake.started.wait(), 5)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        for _ in range(100):
+            if recorded:
+                break
+            await asyncio.sleep(0.05)
+        [outcome] = recorded
+        assert len(fake.aborted) == 1
+        assert (outcome.status, outcome.prompt_tokens, outcome.completion_tokens) == ("abort", 4, 0)
+
+
+async def test_empty_model_is_billed_under_the_engines_model(fake: FakeEngine) -> None:
+    recorded: list[Outcome] = []
+    async for client in gateway(fake, recorded):
+        reply = await client.post("/v1/chat/completions", json={**CHAT, "model": "", "stream": False})
+        assert reply.status_code == 200
+        assert reply.json()["model"] == "fake"
+        streamed = events((await client.post("/v1/chat/completions", json={**CHAT, "model": ""})).content)
+        assert {e["model"] for e in streamed if e != "[DONE]"} == {"fake"}
+        assert [o.model for o in recorded] == ["fake", "fake"]
+
+
+async def test_refused_request_records_nothing(fake: FakeEngine) -> None:
+    recorded: list[Outcome] = []
+    async for client in gateway(fake, recorded):
+        assert (await client.post("/v1/chat/completions", json={**CHAT, "model": "missing"})).status_code == 404
+        await asyncio.sleep(0.1)
+        assert recorded == []
+
+
+async def test_values_the_engine_contract_cannot_carry_are_400s_naming_the_field(fake: FakeEngine) -> None:
+    async for client in gateway(fake):
+        cases = [
+            ("/detokenize", {"tokens": [1, 2**32]}, "tokens.1"),
+            ("/tokenize", {"prompt": "ok \ud800"}, "prompt"),
+            ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": "\ud800"}]}, "messages.0.content"),
+            ("/v1/chat/completions", {**CHAT, "max_tokens": 2**40}, "max_tokens"),
+            ("/v1/chat/completions", {**CHAT, "seed": 2**70}, "seed"),
+            ("/v1/completions", {"model": "fake", "prompt": "x", "stop": ["\ud800"]}, "stop"),
+        ]
+        for path, body, param in cases:
+            # As JSON text carries a lone surrogate: escaped ("\\ud800").
+            reply = await client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+            assert reply.status_code == 400, (path, body, reply.text)
+            assert reply.json()["error"]["param"] is not None
+            assert reply.json()["error"]["param"].startswith(param), (param, reply.json())
+        # And the gateway goes on serving.
+        assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200

@@ -1,9 +1,14 @@
-"""Delivers usage events to the metering service without ever slowing a response.
+"""Delivers usage events to the metering service, durably and without dropping any.
 
-Events go to a bounded in-memory queue. One sender task sends them in batches; an event leaves
-only when the metering service acknowledged it (recorded, duplicate, or rejected for good). When
-sending fails, the batch and every event that arrives meanwhile spill to the on-disk outbox, which
-is retried with backoff, oldest first, before newer events; it outlives restarts."""
+`persist()` returns once the event is committed to the on-disk outbox: a response's last byte leaves only
+after that, so a gateway killed at any moment after it answered still has the event. Events that arrive
+while a commit is under way are committed together by the next one (group commit: one fsync for many).
+One sender task sends the outbox's oldest events in batches and removes each once metering acknowledged
+it; events metering refuses for good go to the dead-letter table (metric, log line, `usage_admin` lists
+and replays them). Metering down means retries with backoff; nothing is dropped.
+
+If the outbox cannot be written (disk full, I/O error), events are held in memory and sent from there,
+and /health and `gateway_usage_outbox_healthy` say so until a write succeeds again."""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from llmserve.metering.v1 import metering_pb2 as mpb
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -24,7 +30,7 @@ from services.metering.client import MeteringClient
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-# Statuses after which a retry could succeed; anything else rejected the batch for good.
+# Statuses after which a retry could succeed; anything else refused the batch for good.
 _RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -34,19 +40,28 @@ _RETRYABLE = {
     grpc.StatusCode.UNKNOWN,
     grpc.StatusCode.CANCELLED,
 }
+_OUTCOMES = ("persisted", "held_in_memory", "sent", "duplicate", "dead_lettered")
+# With nothing to send, the sender still looks at the outbox this often (dead letters replayed by an operator).
+_IDLE_POLL_SECONDS = 5.0
 
 
 class SenderMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.events = Counter(
             "gateway_usage_events",
-            "Usage events by what happened to them: queued, sent, spooled, duplicate, rejected, dropped",
+            "Usage events by what happened to them: persisted, held_in_memory (outbox failing), sent, duplicate, dead_lettered",
             ["outcome"],
             registry=registry,
         )
-        self.spool_depth = Gauge("gateway_usage_spool_depth", "Usage events waiting in the on-disk outbox", registry=registry)
-        for outcome in ("queued", "sent", "spooled", "duplicate", "rejected", "dropped"):
+        self.spool_depth = Gauge(
+            "gateway_usage_spool_depth", "Usage events in the outbox (or held in memory) not yet acknowledged", registry=registry
+        )
+        self.dead_letters = Gauge("gateway_usage_dead_letters", "Usage events metering refused, kept for replay", registry=registry)
+        self.outbox_healthy = Gauge("gateway_usage_outbox_healthy", "1 while the outbox accepts writes", registry=registry)
+        self.errors = Counter("gateway_usage_sender_errors", "Failures of the outbox or the sender loop, by kind", ["kind"], registry=registry)
+        for outcome in _OUTCOMES:
             self.events.labels(outcome)
+        self.outbox_healthy.set(1)
 
 
 class UsageSender:
@@ -55,7 +70,6 @@ class UsageSender:
         client: MeteringClient,
         outbox: Outbox,
         metrics: SenderMetrics,
-        queue_size: int = 10_000,
         batch_size: int = 500,
         send_timeout: float = 5.0,
         max_backoff: float = 5.0,
@@ -63,15 +77,18 @@ class UsageSender:
         self._client = client
         self._outbox = outbox
         self._metrics = metrics
-        self._queue: asyncio.Queue[mpb.UsageEvent] = asyncio.Queue(queue_size)
         self._batch_size = batch_size
         self._send_timeout = send_timeout
         self._max_backoff = max_backoff
+        # One thread owns the SQLite connection: commits, reads and removals stay in order.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._task: asyncio.Task | None = None
+        self._waiting: list[tuple[mpb.UsageEvent, asyncio.Future[None]]] = []
+        self._committing: asyncio.Task | None = None
+        self._held: dict[str, mpb.UsageEvent] = {}
+        self._wake = asyncio.Event()
         self._spooled = 0
-        # A batch taken from memory and not yet answered: spooled if the sender is stopped mid-send.
-        self._in_flight: list[mpb.UsageEvent] = []
+        self.outbox_error = ""
 
     async def _disk(self, fn: Callable[..., _T], *args: object) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -79,121 +96,172 @@ class UsageSender:
     async def start(self) -> None:
         self._spooled = await self._disk(self._outbox.count)
         self._metrics.spool_depth.set(self._spooled)
+        self._metrics.dead_letters.set(await self._disk(self._outbox.dead_letter_count))
         if self._spooled:
             log.info("%d usage event(s) waiting in the outbox from before", self._spooled)
         self._task = asyncio.create_task(self._run())
 
-    def submit(self, event: mpb.UsageEvent) -> None:
-        """Never blocks the caller: a full queue goes straight to the outbox."""
-        self._metrics.events.labels("queued").inc()
-        try:
-            self._queue.put_nowait(event)
-        except asyncio.QueueFull:
-            # The outbox's own thread writes it (in order with the sender's other disk work).
-            self._executor.submit(self._outbox.add, [(event.event_id, event.SerializeToString())])
-            self._note_spooled(1)
-
     @property
     def pending(self) -> int:
-        return self._queue.qsize() + self._spooled
+        return self._spooled + len(self._held) + len(self._waiting)
 
-    def _note_spooled(self, count: int) -> None:
-        self._spooled += count
-        self._metrics.events.labels("spooled").inc(count)
-        self._metrics.spool_depth.set(self._spooled)
+    @property
+    def healthy(self) -> bool:
+        return not self.outbox_error and self._task is not None and not self._task.done()
 
-    async def _spool(self, events: list[mpb.UsageEvent]) -> None:
-        if events:
-            await self._disk(self._outbox.add, [(e.event_id, e.SerializeToString()) for e in events])
-            self._note_spooled(len(events))
+    async def persist(self, event: mpb.UsageEvent) -> None:
+        """Returns once the event is committed to the outbox (or, with the outbox failing, held in memory)."""
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append((event, done))
+        if self._committing is None:
+            self._committing = asyncio.create_task(self._commit_waiting())
+        # Shielded: a caller cancelled meanwhile does not cancel the commit its event is part of.
+        await asyncio.shield(done)
 
-    def _take_memory(self) -> list[mpb.UsageEvent]:
-        batch = []
-        while len(batch) < self._batch_size and not self._queue.empty():
-            batch.append(self._queue.get_nowait())
-        return batch
+    async def _commit_waiting(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                events = [event for event, _ in batch]
+                try:
+                    await self._disk(self._outbox.add, [(e.event_id, e.SerializeToString()) for e in events])
+                except Exception as error:  # sqlite3.Error, OSError: disk full, I/O error, locked
+                    self._outbox_failed(error)
+                    self._held.update((e.event_id, e) for e in events)
+                    self._metrics.events.labels("held_in_memory").inc(len(events))
+                else:
+                    self._outbox_recovered()
+                    self._spooled += len(events)
+                    self._metrics.events.labels("persisted").inc(len(events))
+                self._metrics.spool_depth.set(self.pending)
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+                self._wake.set()
+        finally:
+            self._committing = None
 
-    async def _send(self, events: list[mpb.UsageEvent]) -> bool:
-        """True when every event got its final answer; False when the batch should be retried."""
+    def _outbox_failed(self, error: BaseException) -> None:
+        if not self.outbox_error:
+            log.error("usage outbox cannot be written (%s): holding events in memory until it can", error)
+        self.outbox_error = str(error) or error.__class__.__name__
+        self._metrics.outbox_healthy.set(0)
+        self._metrics.errors.labels("outbox_write").inc()
+
+    def _outbox_recovered(self) -> None:
+        if self.outbox_error:
+            log.info("usage outbox writable again")
+        self.outbox_error = ""
+        self._metrics.outbox_healthy.set(1)
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                delivered = await self._deliver_once()
+            except Exception:  # the loop outlives any one failure: a bad row, a full disk, a bug
+                log.exception("usage sender failed a round; retrying")
+                self._metrics.errors.labels("sender").inc()
+                delivered = False
+            if delivered is None:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), _IDLE_POLL_SECONDS)
+                except TimeoutError:
+                    pass
+                continue
+            if delivered:
+                backoff = 0.1
+                continue
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, self._max_backoff)
+
+    async def _deliver_once(self) -> bool | None:
+        """One batch: True when it got final answers, False to retry later, None when there was nothing."""
+        if self._held:
+            events = list(self._held.values())[: self._batch_size]
+            answered = await self._send(events, from_disk=False)
+            if answered:
+                for event in events:
+                    self._held.pop(event.event_id, None)
+                self._metrics.spool_depth.set(self.pending)
+            return answered
+        rows = await self._disk(self._outbox.oldest, self._batch_size)
+        self._spooled = max(self._spooled, len(rows)) if rows else 0
+        if not rows:
+            self._metrics.spool_depth.set(self.pending)
+            return None
+        events: list[mpb.UsageEvent] = []
+        poison: list[tuple[str, str]] = []
+        for event_id, payload in rows:
+            try:
+                events.append(mpb.UsageEvent.FromString(payload))
+            except DecodeError as error:
+                poison.append((event_id, f"undecodable outbox row: {error}"))
+        if poison:
+            await self._bury(poison)
+            self._spooled = max(0, self._spooled - len(poison))
+        return await self._send(events, from_disk=True) if events else True
+
+    async def _send(self, events: list[mpb.UsageEvent], from_disk: bool) -> bool:
+        """True when every event got its final answer (recorded, duplicate or refused); False to retry."""
         try:
             acks = await self._client.record(events, timeout=self._send_timeout)
         except grpc.aio.AioRpcError as error:
             if error.code() in _RETRYABLE:
                 log.debug("metering unavailable (%s); will retry", error.code().name)
                 return False
-            log.error("metering refused a batch of %d: %s %s", len(events), error.code().name, error.details())
-            self._metrics.events.labels("rejected").inc(len(events))
-            return True
+            reason = f"metering refused the batch: {error.code().name}: {error.details()}"
+            refused = [(e.event_id, reason) for e in events]
+            acks = []
+        else:
+            refused = [(a.event_id, a.reason or "rejected") for a in acks if a.status == mpb.ACK_STATUS_REJECTED]
         for ack in acks:
             if ack.status == mpb.ACK_STATUS_RECORDED:
                 self._metrics.events.labels("sent").inc()
             elif ack.status == mpb.ACK_STATUS_DUPLICATE:
                 self._metrics.events.labels("duplicate").inc()
-            else:
-                log.error("metering rejected usage event %s: %s", ack.event_id, ack.reason)
-                self._metrics.events.labels("rejected").inc()
+        if refused:
+            if not from_disk:
+                # Held in memory because the disk failed: try to keep them as dead letters all the same.
+                by_id = {e.event_id: e for e in events}
+                await self._disk(self._outbox.add, [(i, by_id[i].SerializeToString()) for i, _ in refused])
+            await self._bury(refused)
+        if from_disk:
+            settled = [e.event_id for e in events if e.event_id not in {i for i, _ in refused}]
+            await self._disk(self._outbox.remove, settled)
+            self._spooled = max(0, self._spooled - len(events))
+            self._metrics.spool_depth.set(self.pending)
         return True
 
-    async def _send_spooled(self) -> bool:
-        rows = await self._disk(self._outbox.oldest, self._batch_size)
-        if not rows:
-            self._spooled = 0
-            self._metrics.spool_depth.set(0)
-            return True
-        events = [mpb.UsageEvent.FromString(payload) for _, payload in rows]
-        if not await self._send(events):
-            return False
-        await self._disk(self._outbox.remove, [event_id for event_id, _ in rows])
-        self._spooled = max(0, self._spooled - len(rows))
-        self._metrics.spool_depth.set(self._spooled)
-        return True
-
-    async def _run(self) -> None:
-        backoff = 0.1
-        while True:
-            if self._spooled:
-                ok = await self._send_spooled()
-            else:
-                batch = self._take_memory()
-                if not batch:
-                    batch = [await self._queue.get()]
-                    batch += self._take_memory()
-                self._in_flight = batch
-                ok = await self._send(batch)
-                if not ok:
-                    await self._spool(batch)
-                self._in_flight = []
-            if ok:
-                backoff = 0.1
-                continue
-            await self._wait_spooling(backoff * random.uniform(0.5, 1.0))
-            backoff = min(backoff * 2, self._max_backoff)
-
-    async def _wait_spooling(self, seconds: float) -> None:
-        """Backs off; what arrives meanwhile goes to disk, so memory stays small while metering is down."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        while (left := deadline - loop.time()) > 0:
-            try:
-                first = await asyncio.wait_for(self._queue.get(), left)
-            except TimeoutError:
-                return
-            await self._spool([first, *self._take_memory()])
+    async def _bury(self, failures: list[tuple[str, str]]) -> None:
+        for event_id, reason in failures:
+            log.error("usage event %s dead-lettered: %s", event_id, reason)
+        await self._disk(self._outbox.bury, failures)
+        self._metrics.events.labels("dead_lettered").inc(len(failures))
+        self._metrics.dead_letters.set(await self._disk(self._outbox.dead_letter_count))
 
     async def stop(self, grace_seconds: float) -> None:
-        """Delivers what it can within the grace period; the rest stays (or goes) on disk."""
+        """Delivers what it can within the grace period; the rest stays on disk for the next start."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_seconds
-        while self.pending and loop.time() < deadline:
+        while (self.pending or self._committing is not None) and loop.time() < deadline:
+            self._wake.set()
             await asyncio.sleep(0.05)
+        if self._committing is not None:
+            await self._committing
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        left = self._in_flight + self._take_memory()
-        self._in_flight = []
-        while left:
-            await self._spool(left)
-            left = self._take_memory()
+            results = await asyncio.gather(self._task, return_exceptions=True)
+            for result in results:
+                if isinstance(result, Exception):
+                    log.error("usage sender had failed: %r", result)
+        if self._held:
+            try:
+                await self._disk(self._outbox.add, [(e.event_id, e.SerializeToString()) for e in self._held.values()])
+                self._held.clear()
+            except Exception as error:  # noqa: BLE001 - the disk is still failing; say what is lost
+                log.error("%d usage event(s) could not be written at shutdown and are lost: %s", len(self._held), error)
         if self.pending:
             log.warning("%d usage event(s) kept in the outbox for the next start", self.pending)
         await self._disk(self._outbox.close)

@@ -107,3 +107,12 @@ def test_sliding_throughput_spreads_tokens_over_generation_time() -> None:
     window.add("m", NOW, 20.0, 100)
     assert window.rate("m", 10.0, NOW) == pytest.approx(10.0)
     assert window.rate("m", 10.0, NOW + 100) == 0.0
+
+
+def test_one_token_replies_count_in_the_window() -> None:
+    """A one-token reply has no generation interval; its token still falls in the window."""
+    window = SlidingThroughput()
+    for i in range(71):
+        window.add("m", finished_at=100.0 + i * 0.1, generation_seconds=0.0, tokens=1)
+    assert window.rate("m", 10.0, now=108.0) * 10.0 == 71
+    assert window.rate("m", 10.0, now=120.0) == 0.0

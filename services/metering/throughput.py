@@ -37,11 +37,15 @@ class SlidingThroughput:
         start = now - window
         tokens = 0.0
         for span in self._spans.get(model, ()):
-            overlap = min(span.end, now) - max(span.start, start)
-            if overlap <= 0:
-                continue
             length = span.end - span.start
-            tokens += span.tokens if length <= 0 else span.tokens * overlap / length
+            if length <= 0:
+                # All its tokens at one instant (a one-token reply): in the window or not.
+                if start < span.end <= now:
+                    tokens += span.tokens
+                continue
+            overlap = min(span.end, now) - max(span.start, start)
+            if overlap > 0:
+                tokens += span.tokens * overlap / length
         return tokens / window
 
     def models(self) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 from fastapi import Request, Response
@@ -17,6 +17,7 @@ from services.gateway.generation import Generation, Outcome
 from services.gateway.openai_stream import Kind, ResponseMeta, aggregate, stream_events
 from services.gateway.schemas import SamplingFields
 from services.gateway.telemetry import RequestSpan
+from services.gateway.usage_events import usage_context
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -42,10 +43,10 @@ def response_meta(kind: Kind, response_id: str, body: SamplingFields, logprobs: 
     )
 
 
-def _finish(span: RequestSpan, state: GatewayState) -> Callable[[Outcome], None]:
-    def sink(outcome: Outcome) -> None:
+def _finish(span: RequestSpan, state: GatewayState) -> Callable[[Outcome], Awaitable[None]]:
+    async def sink(outcome: Outcome) -> None:
         span.finish(outcome)
-        state.record(outcome)
+        await state.record(outcome)
 
     return sink
 
@@ -70,6 +71,11 @@ async def respond(
         trace_id=span.trace_id,
         span_id=span.span_id,
     )
+    if state.caller:
+        context = usage_context(outcome, state.usage_source).SerializeToString()
+        for request in requests:
+            request.caller = state.caller
+            request.usage_context = context
     gen = Generation(
         state.engine,
         requests,
@@ -78,11 +84,13 @@ async def respond(
         settle_timeout=state.settings.settle_timeout_seconds,
         sink=_finish(span, state),
         on_gap=state.metrics.gap_observer(meta.model),
+        open_generations=state.open_generations,
     )
-    await gen.start()
-    state.metrics.known_models.add(meta.model)
+    await gen.start(state.settling)
+    state.metrics.known_models.add(outcome.model)
+    http_request.state.model = outcome.model
     if body.stream:
         return StreamingResponse(
             stream_events(gen, meta, state.settling), media_type="text/event-stream", headers=SSE_HEADERS
         )
-    return Response(orjson.dumps(await aggregate(gen, meta)), media_type="application/json")
+    return Response(orjson.dumps(await aggregate(gen, meta, state.settling)), media_type="application/json")

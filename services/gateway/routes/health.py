@@ -1,6 +1,7 @@
-"""GET /health: 200 only when the engine answers its health check."""
+"""GET /health: 200 only when the engine answers its health check and usage can be recorded durably."""
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 
 from services.gateway.dependencies import State
 
@@ -8,6 +9,17 @@ router = APIRouter()
 
 
 @router.get("/health", include_in_schema=True)
-async def health(state: State) -> Response:
-    serving = await state.engine.serving(timeout=2.0)
-    return Response(status_code=200 if serving else 503)
+async def health(state: State) -> JSONResponse:
+    engine = await state.engine.serving(timeout=2.0)
+    body: dict[str, object] = {"engine": "serving" if engine else "unavailable"}
+    healthy = engine
+    if state.usage is not None:
+        usage_ok = state.usage.healthy
+        body["usage"] = {
+            "status": "ok" if usage_ok else "failing",
+            "pending": state.usage.pending,
+            **({"outbox_error": state.usage.outbox_error} if state.usage.outbox_error else {}),
+        }
+        healthy = healthy and usage_ok
+    body["status"] = "ok" if healthy else "unavailable"
+    return JSONResponse(body, status_code=200 if healthy else 503)

@@ -64,6 +64,16 @@ class EngineServiceStub:
                 request_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.GetLoadRequest.SerializeToString,
                 response_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.GetLoadResponse.FromString,
                 _registered_method=True)
+        self.ConfirmUsage = channel.unary_unary(
+                '/llmserve.engine.v1.EngineService/ConfirmUsage',
+                request_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.ConfirmUsageRequest.SerializeToString,
+                response_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.ConfirmUsageResponse.FromString,
+                _registered_method=True)
+        self.ClaimUsage = channel.unary_unary(
+                '/llmserve.engine.v1.EngineService/ClaimUsage',
+                request_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.ClaimUsageRequest.SerializeToString,
+                response_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.ClaimUsageResponse.FromString,
+                _registered_method=True)
 
 
 class EngineServiceServicer:
@@ -110,6 +120,21 @@ class EngineServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ConfirmUsage(self, request, context):
+        """The engine keeps the final usage of every request sent with a `caller` until that caller
+        confirms it recorded it durably. A caller that crashed claims, once restarted, what its earlier
+        incarnations never confirmed, so no request's usage is lost with a caller's memory.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimUsage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EngineServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -142,6 +167,16 @@ def add_EngineServiceServicer_to_server(servicer, server):
                     servicer.GetLoad,
                     request_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.GetLoadRequest.FromString,
                     response_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.GetLoadResponse.SerializeToString,
+            ),
+            'ConfirmUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmUsage,
+                    request_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.ConfirmUsageRequest.FromString,
+                    response_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.ConfirmUsageResponse.SerializeToString,
+            ),
+            'ClaimUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimUsage,
+                    request_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.ClaimUsageRequest.FromString,
+                    response_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.ClaimUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -306,6 +341,60 @@ class EngineService:
             '/llmserve.engine.v1.EngineService/GetLoad',
             llmserve_dot_engine_dot_v1_dot_engine__pb2.GetLoadRequest.SerializeToString,
             llmserve_dot_engine_dot_v1_dot_engine__pb2.GetLoadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.engine.v1.EngineService/ConfirmUsage',
+            llmserve_dot_engine_dot_v1_dot_engine__pb2.ConfirmUsageRequest.SerializeToString,
+            llmserve_dot_engine_dot_v1_dot_engine__pb2.ConfirmUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.engine.v1.EngineService/ClaimUsage',
+            llmserve_dot_engine_dot_v1_dot_engine__pb2.ClaimUsageRequest.SerializeToString,
+            llmserve_dot_engine_dot_v1_dot_engine__pb2.ClaimUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,91 @@
+"""Final usage the engine keeps until the caller that bills it confirms it is recorded durably.
+
+A caller (a gateway) names itself "<source>/<incarnation>": the source survives its restarts (its
+instance id), the incarnation is new at each start. When a gateway is killed, the requests it was
+streaming are aborted here and their usage would be known to nobody else; its next incarnation claims
+them by source. Confirmed entries are dropped at once, so only the usage of the last second or so (and
+that of crashed callers) is held; the bound keeps a caller that never confirms from growing it forever."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from services.engine.generation import FinishReason, Timings, Usage
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_ENTRIES = 100_000
+
+
+@dataclass(slots=True)
+class HeldUsage:
+    request_id: str
+    caller: str
+    usage_context: bytes
+    model: str
+    usage: Usage = field(default_factory=Usage)
+    finish_reasons: list[FinishReason] = field(default_factory=list)
+    timings: Timings | None = None
+    error: str | None = None
+    open: bool = True
+
+
+def _source(caller: str) -> tuple[str, str]:
+    source, _, incarnation = caller.rpartition("/")
+    return (source, incarnation) if source else (caller, "")
+
+
+class UnconfirmedUsage:
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+        self._held: OrderedDict[str, HeldUsage] = OrderedDict()
+        self._max_entries = max_entries
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def open(self, request_id: str, caller: str, usage_context: bytes, model: str) -> None:
+        self._held[request_id] = HeldUsage(request_id, caller, usage_context, model)
+        while len(self._held) > self._max_entries:
+            evicted_id, _ = self._held.popitem(last=False)
+            self.evicted += 1
+            log.error("unconfirmed usage of request %s evicted: over %d held", evicted_id, self._max_entries)
+
+    def finish(
+        self,
+        request_id: str,
+        usage: Usage,
+        finish_reasons: list[FinishReason],
+        timings: Timings | None,
+        error: str | None,
+    ) -> None:
+        held = self._held.get(request_id)
+        if held is None:
+            return
+        held.usage, held.finish_reasons, held.timings, held.error = usage, finish_reasons, timings, error
+        held.open = False
+
+    def discard(self, request_id: str) -> None:
+        """A request refused before it produced anything: it counts nowhere, nothing to bill."""
+        self._held.pop(request_id, None)
+
+    def confirm(self, request_ids: list[str]) -> None:
+        for request_id in request_ids:
+            self._held.pop(request_id, None)
+
+    def claim(self, source: str, exclude_incarnation: str) -> tuple[list[HeldUsage], int]:
+        """(finished entries of the source's other incarnations, how many of theirs are still open).
+        Claimed entries stay until confirmed: a claimer that crashes before recording claims them again."""
+        finished: list[HeldUsage] = []
+        still_open = 0
+        for held in self._held.values():
+            held_source, incarnation = _source(held.caller)
+            if held_source != source or incarnation == exclude_incarnation:
+                continue
+            if held.open:
+                still_open += 1
+            else:
+                finished.append(held)
+        return finished, still_open

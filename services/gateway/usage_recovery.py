@@ -1,0 +1,100 @@
+"""The gateway's half of the engine's hold on usage (services.engine.unconfirmed_usage).
+
+The gateway sends each engine call as "<source>/<incarnation>" with the event it would bill. Once the
+event is durable in the outbox, the call's id goes to the confirmer, which tells the engine in batches
+(the engine then forgets it). At start, a new incarnation claims from the engine what earlier ones never
+confirmed (their process died mid-stream, or between reading the final message and committing it),
+commits those events, and confirms them. Metering's idempotency on (source, event id) makes a replay of
+an event that did reach it count once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+import grpc
+
+from services.engine.client import EngineClient
+from services.gateway.usage_events import events_from_unconfirmed
+from services.gateway.usage_sender import UsageSender
+
+log = logging.getLogger(__name__)
+
+
+def new_incarnation() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class UsageConfirmer:
+    """Confirms engine request ids in batches; ids whose confirmation failed are tried again."""
+
+    def __init__(self, engine: EngineClient, interval: float = 0.5) -> None:
+        self._engine = engine
+        self._interval = interval
+        self._ids: list[str] = []
+        self._task: asyncio.Task | None = None
+
+    def add(self, request_ids: list[str]) -> None:
+        self._ids.extend(request_ids)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self._ids:
+            return
+        batch, self._ids = self._ids, []
+        try:
+            await self._engine.confirm_usage(batch, timeout=5.0)
+        except grpc.aio.AioRpcError as error:
+            # Kept by the engine meanwhile; confirmed later (or claimed by our next incarnation).
+            log.debug("could not confirm %d usage record(s) to the engine: %s", len(batch), error.code().name)
+            self._ids = batch + self._ids
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.flush()
+
+
+async def recover_unconfirmed(
+    engine: EngineClient, sender: UsageSender, confirmer: UsageConfirmer, source: str, incarnation: str,
+    patience_seconds: float = 60.0,
+) -> int:
+    """Claims and records what earlier incarnations of this source left unconfirmed; returns how many
+    events. Streams of theirs that the engine is still aborting are waited for, up to the patience."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience_seconds
+    recovered = 0
+    claimed: set[str] = set()
+    while True:
+        try:
+            answer = await engine.claim_usage(source, incarnation, timeout=10.0)
+        except grpc.aio.AioRpcError as error:
+            if loop.time() > deadline:
+                log.error("could not claim unconfirmed usage from the engine: %s", error.code().name)
+                return recovered
+            await asyncio.sleep(1.0)
+            continue
+        fresh = [held for held in answer.usage if held.request_id not in claimed]
+        for event, request_ids in events_from_unconfirmed(fresh):
+            await sender.persist(event)
+            confirmer.add(request_ids)
+            claimed.update(request_ids)
+            recovered += 1
+        await confirmer.flush()
+        if not answer.still_open or loop.time() > deadline:
+            if answer.still_open:
+                log.warning("%d stream(s) of an earlier incarnation still open; left for the next start", answer.still_open)
+            break
+        await asyncio.sleep(0.5)
+    if recovered:
+        log.info("recovered the usage of %d request(s) an earlier gateway process did not record", recovered)
+    return recovered

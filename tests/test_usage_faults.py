@@ -1,0 +1,240 @@
+"""Usage under faults, with the real engine, gateway and metering processes: clients that hang up at any
+moment, a gateway killed with SIGKILL mid-stream while metering is stalled, SIGTERM with streams in
+flight, and model names the engine does not serve. The assertion each time: the engine's own totals,
+metering's totals and what the clients saw (plus the partial usage of aborted requests) agree exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import signal
+from pathlib import Path
+
+import httpx
+from llmserve.metering.v1 import metering_pb2 as mpb
+
+from services.engine.client import EngineClient
+from services.metering.client import MeteringClient
+from tests.conftest import start_gateway, start_metering
+from tests.test_metering import MODEL, engine_served, metering_totals, wait_for, wait_idle
+from tools.processes import free_port
+
+FINISHER, CANCELLER = "sk-finisher", "sk-canceller"
+KEYS = f"finisher:{FINISHER},canceller:{CANCELLER}"
+
+
+async def stream_chat(
+    url: str, key: str, max_tokens: int, hang_up_after: float | None = None, text: str = "Count to ten."
+) -> tuple[int, int] | None:
+    """A streamed chat; the usage chunk's (prompt, completion), or None if it hung up (or was cut)."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens,
+            "stream": True, "ignore_eos": True}
+
+    async def read() -> tuple[int, int] | None:
+        async with httpx.AsyncClient(timeout=120, headers={"Authorization": f"Bearer {key}"}) as http:
+            async with http.stream("POST", f"{url}/v1/chat/completions", json=body) as reply:
+                assert reply.status_code == 200, await reply.aread()
+                usage = None
+                async for line in reply.aiter_lines():
+                    if line.startswith("data: {") and '"usage":{' in line:
+                        u = json.loads(line[6:])["usage"]
+                        usage = (u["prompt_tokens"], u["completion_tokens"])
+                return usage
+
+    if hang_up_after is None:
+        try:
+            return await read()
+        except httpx.HTTPError:
+            return None
+    try:
+        return await asyncio.wait_for(read(), hang_up_after)
+    except (TimeoutError, httpx.HTTPError):
+        return None
+
+
+async def metering_reaches_engine(
+    metering_address: str, engine_address: str, before: tuple[int, int], timeout: float
+) -> None:
+    """Waits until metering's (prompt, completion) totals equal what the engine counted since `before`."""
+    await wait_idle(engine_address)
+    after = await engine_served(engine_address)
+    engine_delta = (after[0] - before[0], after[1] - before[1])
+
+    async def reached() -> bool:
+        totals = await metering_totals(metering_address)
+        return (totals.prompt_tokens, totals.completion_tokens) == engine_delta
+
+    await wait_for(reached, timeout, f"metering to reach the engine's {engine_delta}")
+
+
+async def totals_by_key(address: str) -> dict[str, mpb.Totals]:
+    async with MeteringClient(address) as client:
+        rows = await client.totals(mpb.GetTotalsRequest(group_by_api_key=True))
+    return {row.api_key_id: row.totals for row in rows}
+
+
+async def test_clients_hanging_up_at_random_moments_agree_exactly(
+    log_dir: Path, tmp_path: Path, engine_address: str
+) -> None:
+    """240 hang-ups from 5 ms to 1.5 s after sending (many before the first token) among 40 finished streams."""
+    metering = await asyncio.to_thread(start_metering, log_dir, tmp_path / "m", None, "metering-hangups")
+    gateway = await asyncio.to_thread(
+        start_gateway, log_dir, engine_address, "gateway-hangups",
+        metering_addr=metering.address, data_dir=str(tmp_path / "g"), api_keys=KEYS,
+    )
+    rng = random.Random(7)
+    try:
+        await wait_idle(engine_address)
+        before = await engine_served(engine_address)
+        slots = asyncio.Semaphore(12)
+
+        async def one(i: int) -> tuple[str, tuple[int, int] | None]:
+            async with slots:
+                if i % 7 == 0:
+                    return "finisher", await stream_chat(gateway.address, FINISHER, 8)
+                return "canceller", await stream_chat(gateway.address, CANCELLER, 64, rng.uniform(0.005, 1.5))
+
+        results = await asyncio.gather(*(one(i) for i in range(280)))
+        finished = [u for who, u in results if who == "finisher"]
+        hung_up = [u for who, u in results if who == "canceller" and u is None]
+        assert len(finished) == 40 and all(finished)
+        assert len(hung_up) >= 200
+        await metering_reaches_engine(metering.address, engine_address, before, 60)
+        by_key = await totals_by_key(metering.address)
+        # What the finishing clients saw is exactly what metering holds for their key.
+        assert (by_key["finisher"].prompt_tokens, by_key["finisher"].completion_tokens) == tuple(map(sum, zip(*finished)))
+        assert by_key["finisher"].ok_requests == 40
+        # Every hang-up that reached the model is one aborted event with its partial usage.
+        assert by_key["canceller"].aborted_requests + by_key["canceller"].ok_requests <= 240
+        assert by_key["canceller"].aborted_requests >= 150
+        assert by_key["canceller"].completion_tokens < 240 * 64
+    finally:
+        gateway.stop()
+        metering.stop()
+
+
+async def test_gateway_killed_mid_stream_with_metering_stalled_loses_nothing(
+    log_dir: Path, tmp_path: Path, engine_address: str
+) -> None:
+    """SIGKILL of the gateway at random moments under streaming load while metering is frozen
+    (SIGSTOP); the gateway restarts on the same data folder; metering thaws."""
+    port = free_port()
+    metering = await asyncio.to_thread(start_metering, log_dir, tmp_path / "m", port, "metering-sigkill")
+    settings = dict(metering_addr=metering.address, data_dir=str(tmp_path / "g"), api_keys=KEYS)
+    gateway = await asyncio.to_thread(start_gateway, log_dir, engine_address, "gateway-sigkill", **settings)
+    rng = random.Random(11)
+    seen: list[tuple[int, int]] = []
+    try:
+        await wait_idle(engine_address)
+        before = await engine_served(engine_address)
+        for round_ in range(3):
+            load = [asyncio.create_task(stream_chat(gateway.address, FINISHER, rng.choice([4, 12, 40])))
+                    for _ in range(10)]
+            await asyncio.sleep(rng.uniform(0.3, 2.5))
+            metering.signal(signal.SIGSTOP)
+            gateway.signal(signal.SIGKILL)
+            seen += [u for u in await asyncio.gather(*load) if u is not None]
+            gateway.stop()
+            gateway = await asyncio.to_thread(
+                start_gateway, log_dir, engine_address, f"gateway-sigkill-{round_ + 2}", **settings
+            )
+            metering.signal(signal.SIGCONT)
+        seen += [u for u in await asyncio.gather(*(stream_chat(gateway.address, FINISHER, 4) for _ in range(3))) if u]
+        await metering_reaches_engine(metering.address, engine_address, before, 90)
+        totals = await metering_totals(metering.address)
+        # Every stream a client saw to its usage chunk is in metering, and the cut ones on top of it.
+        assert totals.ok_requests >= len(seen)
+        assert totals.completion_tokens >= sum(c for _, c in seen)
+        async with EngineClient(engine_address) as engine:
+            assert (await engine.load()).open_streams == 0
+    finally:
+        metering.signal(signal.SIGCONT)
+        gateway.stop()
+        metering.stop()
+
+
+async def test_sigterm_ends_streams_with_usage_and_meters_them(
+    log_dir: Path, tmp_path: Path, engine_address: str
+) -> None:
+    metering = await asyncio.to_thread(start_metering, log_dir, tmp_path / "m", None, "metering-sigterm")
+    gateway = await asyncio.to_thread(
+        start_gateway, log_dir, engine_address, "gateway-sigterm",
+        metering_addr=metering.address, data_dir=str(tmp_path / "g"), shutdown_grace_seconds="1",
+    )
+    try:
+        await wait_idle(engine_address)
+        before = await engine_served(engine_address)
+        bodies: list[list[str]] = []
+
+        async def long_stream() -> None:
+            lines: list[str] = []
+            bodies.append(lines)
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a long story."}],
+                    "max_tokens": 1500, "stream": True, "ignore_eos": True}
+            async with httpx.AsyncClient(timeout=60, headers={"Authorization": "Bearer sk-test-secret-1"}) as http:
+                async with http.stream("POST", f"{gateway.address}/v1/chat/completions", json=body) as reply:
+                    async for line in reply.aiter_lines():
+                        if line.startswith("data: "):
+                            lines.append(line[6:])
+
+        streams = [asyncio.create_task(long_stream()) for _ in range(3)]
+        await wait_for(lambda: _all_started(bodies, 3), 60, "three streams to start")
+        gateway.signal(signal.SIGTERM)
+        await asyncio.wait_for(asyncio.gather(*streams), 60)
+        assert gateway.proc.wait(30) == 0
+        for lines in bodies:
+            assert lines[-1] == "[DONE]"
+            assert "shutting down" in json.loads(lines[-2])["error"]["message"]
+            usage = json.loads(lines[-3])["usage"]
+            assert usage["completion_tokens"] < 1500
+        await wait_idle(engine_address)
+        after = await engine_served(engine_address)
+        totals = await metering_totals(metering.address)
+        assert (totals.prompt_tokens, totals.completion_tokens) == (after[0] - before[0], after[1] - before[1])
+        assert totals.aborted_requests == 3
+    finally:
+        gateway.stop()
+        metering.stop()
+
+
+async def _all_started(bodies: list[list[str]], count: int) -> bool:
+    return len(bodies) == count and all(len(lines) >= 3 for lines in bodies)
+
+
+async def test_model_names_the_engine_does_not_serve(
+    log_dir: Path, tmp_path: Path, engine_address: str
+) -> None:
+    """An empty model is billed under the engine's model; an unknown one is a 404 that leaves no
+    metering row and no Prometheus series behind."""
+    metering = await asyncio.to_thread(start_metering, log_dir, tmp_path / "m", None, "metering-models")
+    gateway = await asyncio.to_thread(
+        start_gateway, log_dir, engine_address, "gateway-models",
+        metering_addr=metering.address, data_dir=str(tmp_path / "g"), api_keys=KEYS,
+    )
+    try:
+        headers = {"Authorization": f"Bearer {FINISHER}"}
+        async with httpx.AsyncClient(timeout=60, headers=headers) as http:
+            empty = await http.post(f"{gateway.address}/v1/chat/completions", json={
+                "model": "", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3})
+            assert empty.status_code == 200 and empty.json()["model"] == MODEL
+            for name in ("nope", "nope-2", "x" * 300):
+                unknown = await http.post(f"{gateway.address}/v1/chat/completions", json={
+                    "model": name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3})
+                assert unknown.status_code == 404
+                assert unknown.json()["error"]["code"] == "model_not_found"
+
+        async def recorded() -> bool:
+            return (await metering_totals(metering.address)).requests >= 1
+
+        await wait_for(recorded, 30, "the empty-model request's event")
+        await asyncio.sleep(1.0)
+        async with MeteringClient(metering.address) as client:
+            rows = await client.totals(mpb.GetTotalsRequest(group_by_model=True))
+        assert [(r.model, r.totals.requests) for r in rows] == [(MODEL, 1)]
+        async with httpx.AsyncClient() as http:
+            exposition = (await http.get(metering.metrics_url)).text + (await http.get(f"{gateway.address}/metrics")).text
+        assert "nope" not in exposition
+    finally:
+        gateway.stop()
+        metering.stop()
