@@ -123,3 +123,20 @@ async def test_container_commands_start_their_services(compose: dict, tmp_path: 
     assert _local(compose["services"]["engine"]["command"])[1:] == ["-m", "services.engine"]
     async with EngineClient(engine_address) as engine:
         assert await engine.serving()
+
+
+def test_docker_waits_longer_than_each_service_drains(compose: dict) -> None:
+    """Docker's default 10 s would SIGKILL a gateway still delivering its usage."""
+    from services.engine.config import EngineSettings
+    from services.gateway.config import GatewaySettings
+    from services.metering.config import MeteringSettings
+
+    gateway, engine, metering = GatewaySettings(), EngineSettings(), MeteringSettings()
+    needs = {
+        "gateway": gateway.shutdown_grace_seconds + gateway.settle_timeout_seconds + gateway.usage_drain_seconds,
+        "engine": engine.shutdown_grace_seconds + 2.0,
+        "metering": metering.shutdown_grace_seconds,
+    }
+    for name, seconds in needs.items():
+        grace = compose["services"][name]["stop_grace_period"]
+        assert grace.endswith("s") and float(grace[:-1]) > seconds, (name, grace, seconds)

@@ -19,6 +19,8 @@ class MeteringSettings(BaseSettings):
     max_event_age_seconds: float = Field(7 * 24 * 3600, gt=0)
     max_future_seconds: float = Field(300, ge=0)
     shutdown_grace_seconds: float = Field(5.0, ge=0)
+    # Distinct model names that become Prometheus label values; later ones count under "other".
+    max_model_labels: int = Field(100, ge=1)
     log_level: str = "INFO"
 
     @property

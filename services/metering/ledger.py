@@ -138,7 +138,7 @@ class Ledger:
             self.counters.models.setdefault(model, ModelTotals()).totals.add(totals)
         for model, count in commit.duplicated_by_model.items():
             self.counters.models.setdefault(model, ModelTotals()).duplicated += count
-            self._metrics.duplicated.labels(model).inc(count)
+            self._metrics.duplicated.labels(self._metrics.model_label(model)).inc(count)
         for kind, count in rejected.items():
             self.counters.rejections[kind] = self.counters.rejections.get(kind, 0) + count
             self._metrics.rejected.labels(kind).inc(count)
@@ -150,9 +150,13 @@ class Ledger:
     async def _refresh_gauges(self, interval: float = 1.0) -> None:
         while True:
             now = self._clock()
+            rates: dict[tuple[str, float], float] = {}
             for model in self.throughput.models():
+                label = self._metrics.model_label(model)
                 for window in WINDOWS:
-                    self._metrics.throughput.labels(model, f"{window:.0f}s").set(self.throughput.rate(model, window, now))
+                    rates[label, window] = rates.get((label, window), 0.0) + self.throughput.rate(model, window, now)
+            for (label, window), rate in rates.items():
+                self._metrics.throughput.labels(label, f"{window:.0f}s").set(rate)
             await asyncio.sleep(interval)
 
     async def totals(self, query: Query, group_by: tuple[str, ...]) -> list[tuple[dict[str, str], Totals]]:

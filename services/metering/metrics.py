@@ -1,4 +1,7 @@
-"""The metering service's Prometheus metrics: labelled by model only (per-key usage is in the query API)."""
+"""The metering service's Prometheus metrics: labelled by model only (per-key usage is in the query API).
+The model label takes at most `max_models` values, the first seen; events of any model beyond them
+count under `other` (the store and the query API keep every name), so no sender can grow the series
+without bound."""
 
 from __future__ import annotations
 
@@ -11,8 +14,13 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
+OTHER_MODEL = "other"
+
+
 class MeteringMetrics:
-    def __init__(self) -> None:
+    def __init__(self, max_models: int = 100) -> None:
+        self._max_models = max_models
+        self._models: set[str] = set()
         self.registry = r = CollectorRegistry()
         self.prompt_tokens = Counter("metering_prompt_tokens", "Prompt tokens recorded", ["model"], registry=r)
         self.completion_tokens = Counter("metering_completion_tokens", "Completion tokens recorded", ["model"], registry=r)
@@ -44,9 +52,18 @@ class MeteringMetrics:
             "metering_output_tokens_per_second", "Output tokens per second over a sliding window", ["model", "window"], registry=r
         )
 
+    def model_label(self, model: str) -> str:
+        if model in self._models:
+            return model
+        if len(self._models) < self._max_models and model != OTHER_MODEL:
+            self._models.add(model)
+            return model
+        return OTHER_MODEL
+
     def reload(self, totals: dict[str, ModelTotals], rejections: dict[str, int]) -> None:
         """Counters continue from the store's totals after a restart."""
-        for model, m in totals.items():
+        for name, m in totals.items():
+            model = self.model_label(name)
             t = m.totals
             self.prompt_tokens.labels(model).inc(t.prompt_tokens)
             self.completion_tokens.labels(model).inc(t.completion_tokens)
@@ -61,7 +78,7 @@ class MeteringMetrics:
             self.rejected.labels(kind).inc(count)
 
     def recorded(self, event: UsageEvent) -> None:
-        model = event.model
+        model = self.model_label(event.model)
         self.prompt_tokens.labels(model).inc(event.prompt_tokens)
         self.completion_tokens.labels(model).inc(event.completion_tokens)
         self.cached_tokens.labels(model).inc(event.cached_tokens)

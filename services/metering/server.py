@@ -20,7 +20,7 @@ SERVICE_NAME = metering_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_
 
 
 async def serve(settings: MeteringSettings) -> None:
-    metrics = MeteringMetrics()
+    metrics = MeteringMetrics(settings.max_model_labels)
     ledger = Ledger(UsageStore(settings.database), metrics, settings.max_event_age_seconds, settings.max_future_seconds)
     await ledger.start()
     metering = build_server(

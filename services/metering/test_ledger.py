@@ -116,3 +116,15 @@ def test_one_token_replies_count_in_the_window() -> None:
         window.add("m", finished_at=100.0 + i * 0.1, generation_seconds=0.0, tokens=1)
     assert window.rate("m", 10.0, now=108.0) * 10.0 == 71
     assert window.rate("m", 10.0, now=120.0) == 0.0
+
+
+async def test_model_labels_are_bounded_and_the_store_keeps_every_name(tmp_path: Path) -> None:
+    metrics = MeteringMetrics(max_models=3)
+    ledger = Ledger(UsageStore(tmp_path / "u.db"), metrics, max_age_seconds=3600, max_future_seconds=60, clock=lambda: NOW)
+    await ledger.start()
+    await ledger.record([event(i, model=f"model-{i}") for i in range(50)])
+    labels = {s.labels["model"] for s in metrics.completion_tokens.collect()[0].samples}
+    assert labels == {"model-0", "model-1", "model-2", "other"}
+    assert metrics.registry.get_sample_value("metering_completion_tokens_total", {"model": "other"}) == 47 * 5
+    assert len(ledger.counters.models) == 50
+    await ledger.stop()
