@@ -11,6 +11,8 @@ import asyncio
 
 import grpc
 import uvloop
+from grpc_health.v1 import health_pb2_grpc
+from grpc_health.v1 import health
 from llmserve.engine.v1 import engine_pb2 as pb
 from llmserve.engine.v1 import engine_pb2_grpc
 
@@ -41,6 +43,7 @@ class ScriptedEngine(engine_pb2_grpc.EngineServiceServicer):
 async def serve(port: int) -> None:
     server = grpc.aio.server()
     engine_pb2_grpc.add_EngineServiceServicer_to_server(ScriptedEngine(), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()
