@@ -409,12 +409,17 @@ async def _translate_errors(outputs: AsyncIterator[Any], stream: "_StreamState")
 
 
 class _StreamState:
-    """Counts one request's tokens and times as its outputs arrive."""
+    """Counts one request's tokens and times as its outputs arrive.
+
+    With n > 1, vLLM runs one child request per choice, each with its own prefix-cache hits, while the
+    prompt is billed once: the cached tokens are those cached for every choice (the minimum), whatever
+    order the choices report in."""
 
     def __init__(self, prompt_tokens: int, started: float) -> None:
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = 0
         self.cached_tokens = 0
+        self.cached_by_choice: dict[int, int] = {}
         self.started = started
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
@@ -446,6 +451,7 @@ class _StreamState:
         now = time.monotonic()
         choices = []
         for completion in output.outputs:
+            self.cached_by_choice[completion.index] = output.num_cached_tokens or 0
             ids = list(completion.token_ids)
             if ids:
                 self.completion_tokens += len(ids)
@@ -460,7 +466,8 @@ class _StreamState:
                 self.unfinished_choices.discard(completion.index)
                 self.finished_choices.add(completion.index)
                 self.finish_reasons[completion.index] = delta.finish_reason
-        self.cached_tokens = output.num_cached_tokens or 0
+        if self.cached_by_choice:
+            self.cached_tokens = min(self.cached_by_choice.values())
         self.finished = bool(output.finished)
         timings = None
         if self.finished:

@@ -1,0 +1,35 @@
+"""The engine's per-request counting, fed vLLM-shaped outputs (no model)."""
+
+from types import SimpleNamespace
+
+from services.engine.vllm_backend import _StreamState
+
+
+def _output(index: int, token_ids: list[int], cached: int, finished: bool = False) -> SimpleNamespace:
+    completion = SimpleNamespace(
+        index=index, text="x" * len(token_ids), token_ids=token_ids, logprobs=None,
+        finish_reason="length" if finished else None, stop_reason=None,
+    )
+    return SimpleNamespace(outputs=[completion], num_cached_tokens=cached, finished=finished, metrics=None)
+
+
+def test_cached_tokens_with_several_choices_do_not_depend_on_report_order() -> None:
+    results = []
+    for order in ([(0, 0), (1, 16)], [(1, 16), (0, 0)]):
+        state = _StreamState(prompt_tokens=20, started=0.0)
+        for index, cached in order:
+            state.update(_output(index, [1, 2], cached), logprobs=None)
+        for index, cached in order:
+            state.update(_output(index, [3], cached, finished=True), logprobs=None)
+        results.append(state.usage())
+    assert results[0] == results[1]
+    assert results[0].cached_tokens == 0
+    assert results[0].completion_tokens == 6
+    assert results[0].prompt_tokens == 20
+
+
+def test_cached_tokens_of_one_choice() -> None:
+    state = _StreamState(prompt_tokens=20, started=0.0)
+    state.update(_output(0, [1], 16), logprobs=None)
+    state.update(_output(0, [2], 16, finished=True), logprobs=None)
+    assert state.usage().cached_tokens == 16
