@@ -1,0 +1,103 @@
+"""Where the CPU goes at a serving-bound load: CPU seconds of each process (benchmark client, HTTP
+frontend or gateway, our engine's gRPC frontend, vLLM's engine core and worker) during one c=32 run of
+vLLM's serving benchmark on the tiny model, for vLLM's server (engine core placed as ours places it) and
+for ours, in alternating rounds. When both sides keep every core busy, the machine is the limit, and the
+throughput ratio follows the CPU each side spends per output token.
+
+    .venv/bin/python -m benchmarks.cpu_split [--rounds 2] [--concurrency 32]
+
+The worker's share (its CPU seconds over the run's duration) says whether the serving path starves the
+model: near 1.0, the worker's core is the limit on either side, and no serving path can go faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+from pathlib import Path
+
+import psutil
+
+from benchmarks.serving_bench import ModelCase, load, our_stack, vllm_server
+from benchmarks.tiny_model import make_tiny_model
+from services.engine.cpu_placement import place_engine_core
+from services.engine.prepare_model import ensure_embedded_model
+from tools.processes import ROOT
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def _vllm_processes(frontend_pid: int, frontend_name: str) -> dict[str, psutil.Process]:
+    found = {frontend_name: psutil.Process(frontend_pid)}
+    for child in psutil.Process(frontend_pid).children(recursive=True):
+        name = (child.cmdline() or [""])[0]
+        if name.startswith("VLLM::EngineCore"):
+            found["engine core"] = child
+        elif name.startswith("VLLM::Worker"):
+            found["worker"] = child
+    return found
+
+
+def _pid_of(fragment: str) -> int:
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        if fragment in " ".join(process.info["cmdline"] or []):
+            return process.info["pid"]
+    raise LookupError(fragment)
+
+
+def measure(case: ModelCase, concurrency: int, url: str, processes: dict[str, psutil.Process]) -> dict:
+    before = {name: _cpu(p) for name, p in processes.items()}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = load(url, case, concurrency)
+    after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used = {name: _cpu(p) - before[name] for name, p in processes.items()}
+    used["benchmark client"] = (after_children.ru_utime + after_children.ru_stime) - (children.ru_utime + children.ru_stime)
+    tokens = result["total_output_tokens"]
+    return {
+        "output_throughput": result["output_throughput"],
+        "duration_s": result["duration"],
+        "cpu_seconds": {k: round(v, 2) for k, v in used.items()},
+        "cores_busy": sum(used.values()) / result["duration"],
+        "worker_busy": used["worker"] / result["duration"],
+        "cpu_ms_per_output_token": 1000 * sum(used.values()) / tokens,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-store", type=Path, default=ROOT / "var" / "models")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="default: bench-results/cpu-split-c<concurrency>.json")
+    args = parser.parse_args()
+    embedded = ensure_embedded_model(args.model_store)
+    case = ModelCase("tiny", make_tiny_model(embedded, args.model_store), True, 64, 128, {args.concurrency: 256})
+    runs: dict[str, list[dict]] = {"vllm-placed": [], "ours": []}
+    with tempfile.TemporaryDirectory() as tmp, vllm_server(case, Path(tmp)) as (theirs, vllm_pid), \
+            our_stack(case, Path(tmp)) as ours:
+        place_engine_core(vllm_pid)
+        engine_pid, gateway_pid = _pid_of("-m services.engine"), _pid_of("-m services.gateway")
+        for _ in range(args.rounds):
+            for side in runs:
+                if side == "ours":
+                    processes = {**_vllm_processes(engine_pid, "engine frontend"), "gateway": psutil.Process(gateway_pid)}
+                    url = ours
+                else:
+                    processes, url = _vllm_processes(vllm_pid, "vllm frontend"), theirs
+                run = measure(case, args.concurrency, url, processes)
+                runs[side].append(run)
+                print(f"{side:<12} {run['output_throughput']:7.0f} tok/s  cores busy {run['cores_busy']:.2f}  worker busy {run['worker_busy']:.2f}  "
+                      f"{run['cpu_ms_per_output_token']:.3f} CPU ms/token  {json.dumps(run['cpu_seconds'])}", flush=True)
+    out = args.out or ROOT / "bench-results" / f"cpu-split-c{args.concurrency}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"concurrency": args.concurrency, "cpus": psutil.cpu_count(), "runs": runs}, indent=2))
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
