@@ -10,7 +10,7 @@ MODEL_STORE ?= var/models
 PROTO_OUT := gen
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: setup deps protos model run engine test check-protos bench-engine bench-serving bench-metering bench-gateway bench-stalls clean
+.PHONY: setup deps protos model credentials run engine test check-protos bench-engine bench-serving bench-metering bench-gateway bench-stalls clean
 
 setup: deps protos model
 
@@ -46,11 +46,17 @@ $(PROTO_OUT)/.stamp: $(VENV)/.deps-stamp $(PROTOS) tools/gen_protos.py
 model:
 	$(PY) -m services.engine.prepare_model --store $(MODEL_STORE)
 
-engine: setup
-	$(PY) -m services.engine --model-store $(MODEL_STORE)
+CREDENTIALS ?= var/credentials
+
+# The internal plane's credentials, made once (mode 0600); `make run` makes them too.
+credentials: deps
+	$(PY) -m services.service_auth init --dir $(CREDENTIALS)
+
+engine: setup credentials
+	ENGINE_CALLERS_FILE=$(CREDENTIALS)/callers $(PY) -m services.engine --model-store $(MODEL_STORE)
 
 run: setup
-	$(PY) -m tools.run_stack --model-store $(MODEL_STORE)
+	$(PY) -m tools.run_stack --model-store $(MODEL_STORE) --credentials $(CREDENTIALS)
 
 test: setup
 	$(PY) -m pytest -q

@@ -7,7 +7,6 @@ as fast as gRPC takes them, with cumulative usage and a final message, as the re
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 import grpc
 import uvloop

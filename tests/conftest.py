@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.engine.client import EngineClient
-from services.metering.client import MeteringClient
+from tests.credentials import CALLERS_FILE, GATEWAY_TOKEN_FILE, engine_client, metering_client
 from tests.otlp_receiver import OtlpReceiver
 from tools.processes import ServiceProcess, engine_args, free_port, gateway_env, http_ok, metering_env
 
@@ -37,12 +36,15 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
 def engine_process(log_dir: Path, otlp_receiver: OtlpReceiver) -> Iterator[ServiceProcess]:
     """The session's engine exports its spans to the session's OTLP receiver."""
     port = free_port()
+    args = engine_args(port)
     process = ServiceProcess(
-        "engine", "services.engine", engine_args(port), log_dir, f"127.0.0.1:{port}", env=otlp_receiver.env("engine")
+        "engine", "services.engine", args, log_dir, f"127.0.0.1:{port}",
+        env={**otlp_receiver.env("engine"), "ENGINE_CALLERS_FILE": str(CALLERS_FILE)},
     )
+    process.metrics_url = f"http://127.0.0.1:{args[args.index('--metrics-port') + 1]}/metrics"
 
     async def serving() -> bool:
-        async with EngineClient(process.address) as client:
+        async with engine_client(process.address) as client:
             return await client.serving(timeout=2.0)
 
     try:
@@ -58,6 +60,9 @@ def engine_address(engine_process: ServiceProcess) -> str:
 
 
 API_KEY = "sk-test-secret-1"
+# May also read /metrics and the API docs.
+ADMIN_API_KEY = "sk-test-admin-1"
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_API_KEY}"}
 
 
 def start_gateway(
@@ -70,13 +75,15 @@ def start_gateway(
 ) -> ServiceProcess:
     """A gateway process; waits for /health to say 200 (or, with healthy=False, for it to answer at all)."""
     port = free_port()
-    settings.setdefault("api_keys", f"test-key:{API_KEY}")
+    settings.setdefault("api_keys", f"test-key:{API_KEY},test-admin:{ADMIN_API_KEY}")
+    settings.setdefault("admin_key_ids", "test-admin")
+    settings.setdefault("service_token_file", str(GATEWAY_TOKEN_FILE))
     process = ServiceProcess(
         name, "services.gateway", [], log_dir, f"http://127.0.0.1:{port}",
         env={**gateway_env(port, engine_address, **settings), **(env or {})},
     )
     url = f"{process.address}/health" if healthy else f"{process.address}/openapi.json"
-    process.wait_ready(lambda: http_ok(url), 60)
+    process.wait_ready(lambda: http_ok(url, ADMIN_HEADERS), 60)
     return process
 
 
@@ -102,12 +109,12 @@ def start_metering(
     metrics_port = free_port()
     process = ServiceProcess(
         name, "services.metering", [], log_dir, f"127.0.0.1:{port}",
-        env={**metering_env(port, metrics_port, data_dir), **(env or {})},
+        env={**metering_env(port, metrics_port, data_dir), "METERING_CALLERS_FILE": str(CALLERS_FILE), **(env or {})},
     )
     process.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
 
     async def serving() -> bool:
-        async with MeteringClient(process.address) as client:
+        async with metering_client(process.address) as client:
             return await client.serving(timeout=2.0)
 
     process.wait_ready(serving, 60)

@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.engine.client import EngineClient
-from services.metering.client import MeteringClient
+from tests.credentials import DIRECTORY as CREDENTIALS
+from tests.credentials import engine_client, metering_client
 from tools.processes import ROOT, ServiceProcess, free_port, http_ok
 
 OURS = ("engine", "metering", "gateway")
-
 
 def env_file() -> dict[str, str]:
     pairs = {}
@@ -26,17 +25,14 @@ def env_file() -> dict[str, str]:
             pairs[key.strip()] = value.strip()
     return pairs
 
-
 @pytest.fixture(scope="module")
 def compose() -> dict:
     return yaml.safe_load((ROOT / "compose.yaml").read_text())
-
 
 def test_every_variable_comes_from_env_file() -> None:
     text = (ROOT / "compose.yaml").read_text()
     used = set(re.findall(r"\$\{(\w+)\}", text))
     assert used <= set(env_file()), used - set(env_file())
-
 
 def test_our_services_are_complete(compose: dict) -> None:
     services = compose["services"]
@@ -49,21 +45,37 @@ def test_our_services_are_complete(compose: dict) -> None:
         assert dockerfile.is_file()
         assert f"services.{name}" in dockerfile.read_text()
         assert service["healthcheck"]["test"] and service["restart"] == "unless-stopped"
-        assert service["ports"]
         assert any(v.split(":")[0] in compose["volumes"] for v in service["volumes"]), "a named volume"
+        assert "credentials:/credentials:ro" in service["volumes"]
+        assert service["depends_on"]["credentials"] == {"condition": "service_completed_successfully"}
         assert service["environment"]["OTEL_SERVICE_NAME"] == name
     for name in ("engine", "metering"):
         assert "services.grpc_lifecycle.probe" in services[name]["healthcheck"]["test"]
-    assert services["engine"]["volumes"] == ["models:/models"]
+    assert services["engine"]["volumes"] == ["models:/models", "credentials:/credentials:ro"]
     assert services["engine"]["shm_size"] == "2gb"
     assert services["gateway"]["depends_on"] == {
+        "credentials": {"condition": "service_completed_successfully"},
         "engine": {"condition": "service_healthy"},
         "metering": {"condition": "service_healthy"},
     }
+    assert services["credentials"]["command"][:4] == ["python", "-m", "services.service_auth", "init"]
+
+
+def test_only_the_gateway_and_the_uis_are_published(compose: dict) -> None:
+    """Engine and metering (gRPC and metrics) and the collector stay on the compose network."""
+    env = env_file()
+    published = {
+        _expand(mapping, env).split(":")[0]
+        for service in compose["services"].values() for mapping in service.get("ports", [])
+    }
+    assert published == {env[k] for k in ("GATEWAY_PORT", "JAEGER_UI_PORT", "PROMETHEUS_PORT", "GRAFANA_PORT")}
+    for internal in ("ENGINE_PORT", "METERING_PORT", "ENGINE_METRICS_PORT", "METERING_METRICS_PORT"):
+        assert env[internal] not in published
+    debug = yaml.safe_load((ROOT / "compose.debug.yaml").read_text())["services"]
+    assert {_expand(p, env).split(":")[0] for p in debug["engine"]["ports"]} == {env["ENGINE_PORT"], env["ENGINE_METRICS_PORT"]}
     gpu = yaml.safe_load((ROOT / "compose.gpu.yaml").read_text())["services"]["engine"]
     assert gpu["build"]["args"]["VLLM_REQUIREMENTS"] == "requirements/gpu.txt"
     assert (ROOT / "requirements" / "gpu.txt").read_text().count("vllm==") == 1
-
 
 def test_prometheus_scrapes_the_three_services(compose: dict) -> None:
     config = yaml.safe_load((ROOT / "observability" / "prometheus.yml").read_text())
@@ -71,15 +83,12 @@ def test_prometheus_scrapes_the_three_services(compose: dict) -> None:
     env = env_file()
     assert targets == {f"gateway:{env['GATEWAY_PORT']}", f"metering:{env['METERING_METRICS_PORT']}", f"engine:{env['ENGINE_METRICS_PORT']}"}
 
-
 def _local(command: list[str]) -> list[str]:
     assert command[:2] == ["python", "-m"]
     return [sys.executable, *command[1:]]
 
-
 def _expand(value: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], str(value))
-
 
 async def test_container_commands_start_their_services(compose: dict, tmp_path: Path, log_dir: Path, engine_address: str) -> None:
     """Metering and gateway run their compose command and environment as local processes, with free
@@ -92,7 +101,10 @@ async def test_container_commands_start_their_services(compose: dict, tmp_path: 
     try:
         for name in ("metering", "gateway"):
             service = compose["services"][name]
-            service_env = {k: _expand(v, env) for k, v in service["environment"].items() if not k.startswith("OTEL_")}
+            service_env = {
+                k: _expand(v, env).replace("/credentials/", f"{CREDENTIALS}/")
+                for k, v in service["environment"].items() if not k.startswith("OTEL_")
+            }
             service_env.update({f"{name.upper()}_HOST": "127.0.0.1", f"{name.upper()}_DATA_DIR": str(tmp_path / name)})
             command = _local(service["command"])
             process = ServiceProcess(f"compose-{name}", command[2], command[3:], log_dir, name, env=service_env)
@@ -101,7 +113,7 @@ async def test_container_commands_start_their_services(compose: dict, tmp_path: 
                 address = f"127.0.0.1:{env['METERING_PORT']}"
 
                 async def ready(address: str = address) -> bool:
-                    async with MeteringClient(address) as client:
+                    async with metering_client(address) as client:
                         return await client.serving(timeout=2.0)
 
             else:
@@ -121,9 +133,8 @@ async def test_container_commands_start_their_services(compose: dict, tmp_path: 
             process.stop()
     # The engine's command is the one the session's engine was started with.
     assert _local(compose["services"]["engine"]["command"])[1:] == ["-m", "services.engine"]
-    async with EngineClient(engine_address) as engine:
+    async with engine_client(engine_address) as engine:
         assert await engine.serving()
-
 
 def test_docker_waits_longer_than_each_service_drains(compose: dict) -> None:
     """Docker's default 10 s would SIGKILL a gateway still delivering its usage."""

@@ -15,8 +15,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from llmserve.engine.v1 import engine_pb2 as pb
 from transformers import AutoTokenizer
 
-from services.engine.client import EngineClient
 from tools.processes import MODEL_STORE, ServiceProcess
+from services.engine.client import EngineClient
+from tests.credentials import engine_client
 
 QUESTION = "What is the capital of France?"
 
@@ -47,7 +48,7 @@ def finish_of(messages: list[pb.GenerateResponse], index: int = 0) -> pb.ChoiceD
 
 @pytest.fixture
 async def engine(engine_address: str):
-    async with EngineClient(engine_address) as client:
+    async with engine_client(engine_address) as client:
         yield client
 
 
@@ -266,7 +267,7 @@ async def test_bad_tokenize_and_detokenize(engine: EngineClient) -> None:
 
 @pytest.mark.stops_engine
 async def test_sigterm_drains_then_aborts_with_final_usage(engine_process: ServiceProcess) -> None:
-    async with EngineClient(engine_process.address) as engine:
+    async with engine_client(engine_process.address) as engine:
         req = request(max_tokens=1500, ignore_eos=True)
         messages: list[pb.GenerateResponse] = []
         async for message in engine.generate(req):

@@ -12,8 +12,8 @@ import httpx
 import openai
 import pytest
 
-from services.engine.client import EngineClient
-from tests.conftest import API_KEY, start_gateway
+from tests.conftest import ADMIN_HEADERS, API_KEY, start_gateway
+from tests.credentials import engine_client
 
 MODEL = "SmolLM2-135M-Instruct"
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
@@ -43,7 +43,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 async def scrape(gateway_url: str) -> str:
     async with httpx.AsyncClient() as http:
-        return (await http.get(f"{gateway_url}/metrics")).text
+        return (await http.get(f"{gateway_url}/metrics", headers=ADMIN_HEADERS)).text
 
 
 async def test_models(client: openai.AsyncOpenAI) -> None:
@@ -150,7 +150,7 @@ async def test_json_response_format(client: openai.AsyncOpenAI) -> None:
 
 
 async def wait_engine_idle(engine_address: str, timeout: float = 15.0) -> None:
-    async with EngineClient(engine_address) as engine:
+    async with engine_client(engine_address) as engine:
         deadline = time.monotonic() + timeout
         while (load := await engine.load()).unfinished_requests or load.open_streams:
             assert time.monotonic() < deadline, load
@@ -247,7 +247,8 @@ async def test_auth_errors(gateway_url: str) -> None:
     assert error["code"] == "invalid_api_key"
     async with httpx.AsyncClient() as http:
         assert (await http.get(f"{gateway_url}/health")).status_code == 200
-        assert (await http.get(f"{gateway_url}/metrics")).status_code == 200
+        assert (await http.get(f"{gateway_url}/metrics")).status_code == 401
+        assert (await http.get(f"{gateway_url}/metrics", headers=ADMIN_HEADERS)).status_code == 200
         assert (await http.get(f"{gateway_url}/v1/models")).status_code == 401
 
 
@@ -284,7 +285,7 @@ async def test_tokenize_detokenize_and_openapi(gateway_url: str) -> None:
         assert tokens["count"] == count == len(tokens["tokens"])
         text = (await http.post(f"{gateway_url}/detokenize", json={"model": MODEL, "tokens": tokens["tokens"]})).json()
         assert text == {"prompt": "Hello world"}
-        spec = (await http.get(f"{gateway_url}/openapi.json")).json()
+        spec = (await http.get(f"{gateway_url}/openapi.json", headers=ADMIN_HEADERS)).json()
         assert "/v1/chat/completions" in spec["paths"]
 
 

@@ -17,10 +17,10 @@ import httpx
 import pytest
 from llmserve.metering.v1 import metering_pb2 as mpb
 
-from services.engine.client import EngineClient
-from services.metering.client import MeteringClient
-from tests.conftest import API_KEY, start_gateway, start_metering
-from tools.processes import ROOT, ServiceProcess, free_port
+from tests.conftest import ADMIN_HEADERS, API_KEY, start_gateway, start_metering
+from tools.processes import ROOT, free_port
+from tests.credentials import DIRECTORY as CREDENTIALS
+from tests.credentials import engine_client, metering_client
 
 MODEL = "SmolLM2-135M-Instruct"
 
@@ -47,7 +47,7 @@ async def wait_for(predicate, timeout: float, what: str) -> None:
 async def test_same_event_sent_1000_times_counts_once(log_dir: Path, tmp_path: Path) -> None:
     metering = await asyncio.to_thread(start_metering, log_dir, tmp_path, None, "metering-dup")
     try:
-        async with MeteringClient(metering.address) as client:
+        async with metering_client(metering.address) as client:
             same = event(1)
             acks = []
             for _ in range(10):
@@ -67,7 +67,7 @@ async def test_kill_9_after_acks_loses_nothing_and_counts_nothing_twice(log_dir:
     port = free_port()
     metering = await asyncio.to_thread(start_metering, log_dir, tmp_path, port, "metering-kill")
     events = [event(i) for i in range(600)]
-    async with MeteringClient(metering.address) as client:
+    async with metering_client(metering.address) as client:
         replies = await asyncio.gather(*(client.record(events[i : i + 50]) for i in range(0, 600, 50)))
         assert all(a.status == mpb.ACK_STATUS_RECORDED for r in replies for a in r)
         before = await client.counters()
@@ -75,7 +75,7 @@ async def test_kill_9_after_acks_loses_nothing_and_counts_nothing_twice(log_dir:
     metering.stop()
     metering = await asyncio.to_thread(start_metering, log_dir, tmp_path, port, "metering-kill-2")
     try:
-        async with MeteringClient(metering.address) as client:
+        async with metering_client(metering.address) as client:
             after = await client.counters()
             assert after == before
             assert after.all.requests == 600
@@ -91,7 +91,7 @@ async def test_kill_9_after_acks_loses_nothing_and_counts_nothing_twice(log_dir:
 async def test_bad_events_are_invalid_argument_and_counted(log_dir: Path, tmp_path: Path) -> None:
     metering = await asyncio.to_thread(start_metering, log_dir, tmp_path, None, "metering-bad")
     try:
-        async with MeteringClient(metering.address) as client:
+        async with metering_client(metering.address) as client:
             old = event(1)
             old.occurred_at.FromSeconds(int(time.time()) - 30 * 24 * 3600)
             future = event(2)
@@ -119,16 +119,21 @@ async def test_bad_events_are_invalid_argument_and_counted(log_dir: Path, tmp_pa
 async def test_report_command_prints_totals(log_dir: Path, tmp_path: Path) -> None:
     metering = await asyncio.to_thread(start_metering, log_dir, tmp_path, None, "metering-report")
     try:
-        async with MeteringClient(metering.address) as client:
+        async with metering_client(metering.address) as client:
             await client.record([event(1), event(2, api_key_id="team-b")])
-        result = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "services.metering", "report", "--addr", metering.address, "--from", "1h"],
-            cwd=ROOT, capture_output=True, text=True, timeout=60,
-        )
+        command = [sys.executable, "-m", "services.metering", "report", "--addr", metering.address, "--from", "1h"]
+
+        def run(*extra: str) -> subprocess.CompletedProcess:
+            return subprocess.run([*command, *extra], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+        result = await asyncio.to_thread(run, "--token-file", str(CREDENTIALS / "admin.token"))
         assert result.returncode == 0, result.stderr
         assert "team-a" in result.stdout and "team-b" in result.stdout
         assert result.stdout.strip().splitlines()[-1].split()[1] == "2"
+        # The gateway's credential may record usage but not read it back.
+        refused = await asyncio.to_thread(run, "--token-file", str(CREDENTIALS / "gateway.token"))
+        assert refused.returncode != 0 and "PERMISSION_DENIED" in refused.stderr
+        assert "Traceback" not in refused.stderr
     finally:
         metering.stop()
 
@@ -159,14 +164,14 @@ async def chat(gateway: str, n_tokens: int, cancel_after: int | None = None) -> 
 
 
 async def engine_served(engine_address: str) -> tuple[int, int]:
-    async with EngineClient(engine_address) as engine:
+    async with engine_client(engine_address) as engine:
         load = await engine.load()
         return load.prompt_tokens, load.completion_tokens
 
 
 async def wait_idle(engine_address: str) -> None:
     async def idle() -> bool:
-        async with EngineClient(engine_address) as engine:
+        async with engine_client(engine_address) as engine:
             load = await engine.load()
             return load.unfinished_requests == 0 and load.open_streams == 0
 
@@ -175,13 +180,13 @@ async def wait_idle(engine_address: str) -> None:
 
 async def spool_depth(gateway: str) -> float:
     async with httpx.AsyncClient() as http:
-        text = (await http.get(f"{gateway}/metrics")).text
+        text = (await http.get(f"{gateway}/metrics", headers=ADMIN_HEADERS)).text
     line = next(line for line in text.splitlines() if line.startswith("gateway_usage_spool_depth "))
     return float(line.split()[1])
 
 
 async def metering_totals(address: str) -> mpb.Totals:
-    async with MeteringClient(address) as client:
+    async with metering_client(address) as client:
         return (await client.counters()).all
 
 

@@ -14,14 +14,13 @@ from pathlib import Path
 import httpx
 from llmserve.metering.v1 import metering_pb2 as mpb
 
-from services.engine.client import EngineClient
-from services.metering.client import MeteringClient
-from tests.conftest import start_gateway, start_metering
+from tests.conftest import ADMIN_API_KEY, ADMIN_HEADERS, start_gateway, start_metering
 from tests.test_metering import MODEL, engine_served, metering_totals, wait_for, wait_idle
 from tools.processes import free_port
+from tests.credentials import engine_client, metering_client
 
 FINISHER, CANCELLER = "sk-finisher", "sk-canceller"
-KEYS = f"finisher:{FINISHER},canceller:{CANCELLER}"
+KEYS = f"finisher:{FINISHER},canceller:{CANCELLER},test-admin:{ADMIN_API_KEY}"
 
 
 async def stream_chat(
@@ -69,7 +68,7 @@ async def metering_reaches_engine(
 
 
 async def totals_by_key(address: str) -> dict[str, mpb.Totals]:
-    async with MeteringClient(address) as client:
+    async with metering_client(address) as client:
         rows = await client.totals(mpb.GetTotalsRequest(group_by_api_key=True))
     return {row.api_key_id: row.totals for row in rows}
 
@@ -146,7 +145,7 @@ async def test_gateway_killed_mid_stream_with_metering_stalled_loses_nothing(
         # Every stream a client saw to its usage chunk is in metering, and the cut ones on top of it.
         assert totals.ok_requests >= len(seen)
         assert totals.completion_tokens >= sum(c for _, c in seen)
-        async with EngineClient(engine_address) as engine:
+        async with engine_client(engine_address) as engine:
             assert (await engine.load()).open_streams == 0
     finally:
         metering.signal(signal.SIGCONT)
@@ -231,11 +230,11 @@ async def test_model_names_the_engine_does_not_serve(
 
         await wait_for(recorded, 30, "the empty-model request's event")
         await asyncio.sleep(1.0)
-        async with MeteringClient(metering.address) as client:
+        async with metering_client(metering.address) as client:
             rows = await client.totals(mpb.GetTotalsRequest(group_by_model=True))
         assert [(r.model, r.totals.requests) for r in rows] == [(MODEL, 1)]
         async with httpx.AsyncClient() as http:
-            exposition = (await http.get(metering.metrics_url)).text + (await http.get(f"{gateway.address}/metrics")).text
+            exposition = (await http.get(metering.metrics_url)).text + (await http.get(f"{gateway.address}/metrics", headers=ADMIN_HEADERS)).text
         assert "nope" not in exposition
     finally:
         gateway.stop()

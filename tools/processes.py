@@ -111,12 +111,12 @@ def gateway_env(port: int, engine_address: str, **settings: str) -> dict[str, st
     return env
 
 
-async def http_ok(url: str) -> bool:
+async def http_ok(url: str, headers: dict[str, str] | None = None) -> bool:
     import httpx
 
     try:
         async with httpx.AsyncClient(timeout=2.0) as client:
-            return (await client.get(url)).status_code == 200
+            return (await client.get(url, headers=headers)).status_code == 200
     except httpx.HTTPError:
         return False
 

@@ -2,7 +2,8 @@
 healthy, prints the gateway URL and a request to try, and stops them all on Ctrl-C.
 
 Ports come from ENGINE_PORT, METERING_PORT, METERING_METRICS_PORT and GATEWAY_PORT (defaults
-50051, 50052, 9102, 8000); every other ENGINE_*, METERING_* and GATEWAY_* variable reaches its service."""
+50051, 50052, 9102, 8000); every other ENGINE_*, METERING_* and GATEWAY_* variable reaches its service.
+The internal credentials are made once in var/credentials (services.service_auth) and handed to all three."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from services.engine.client import EngineClient
 from services.metering.client import MeteringClient
+from services.service_auth.provision import ensure_credentials
 from tools.processes import http_ok
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +40,7 @@ async def _grpc_serving(client_type: type[EngineClient] | type[MeteringClient], 
         return await client.serving(timeout=2.0)
 
 
-def services(model_store: Path) -> tuple[list[Service], str]:
+def services(model_store: Path, credentials: Path) -> tuple[list[Service], str]:
     ports = {
         "engine": os.environ.get("ENGINE_PORT", "50051"),
         "metering": os.environ.get("METERING_PORT", "50052"),
@@ -49,17 +51,26 @@ def services(model_store: Path) -> tuple[list[Service], str]:
     metering_addr = f"127.0.0.1:{ports['metering']}"
     gateway_url = f"http://127.0.0.1:{ports['gateway']}"
     python = sys.executable
+    callers = str(ensure_credentials(credentials))
     stack = [
         Service(
             "engine",
             [python, "-m", "services.engine"],
-            {"ENGINE_PORT": ports["engine"], "ENGINE_MODEL_STORE": os.environ.get("ENGINE_MODEL_STORE", str(model_store))},
+            {
+                "ENGINE_PORT": ports["engine"],
+                "ENGINE_MODEL_STORE": os.environ.get("ENGINE_MODEL_STORE", str(model_store)),
+                "ENGINE_CALLERS_FILE": callers,
+            },
             lambda: _grpc_serving(EngineClient, engine_addr),
         ),
         Service(
             "metering",
             [python, "-m", "services.metering"],
-            {"METERING_PORT": ports["metering"], "METERING_METRICS_PORT": ports["metering_metrics"]},
+            {
+                "METERING_PORT": ports["metering"],
+                "METERING_METRICS_PORT": ports["metering_metrics"],
+                "METERING_CALLERS_FILE": callers,
+            },
             lambda: _grpc_serving(MeteringClient, metering_addr),
         ),
         Service(
@@ -69,6 +80,7 @@ def services(model_store: Path) -> tuple[list[Service], str]:
                 "GATEWAY_PORT": ports["gateway"],
                 "GATEWAY_ENGINE_ADDR": os.environ.get("GATEWAY_ENGINE_ADDR", engine_addr),
                 "GATEWAY_METERING_ADDR": os.environ.get("GATEWAY_METERING_ADDR", metering_addr),
+                "GATEWAY_SERVICE_TOKEN_FILE": str(credentials / "gateway.token"),
             },
             lambda: http_ok(f"{gateway_url}/health"),
         ),
@@ -77,6 +89,9 @@ def services(model_store: Path) -> tuple[list[Service], str]:
 
 
 def stop_all(stack: list[Service]) -> None:
+    # A second Ctrl-C (or SIGTERM) must not leave the services running half-stopped.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     running = [s for s in stack if s.proc is not None and s.proc.poll() is None]
     # The gateway first, so it drains its usage events while metering still listens.
     for service in reversed(running):
@@ -91,11 +106,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-store", type=Path, default=ROOT / "var" / "models")
     parser.add_argument("--start-timeout", type=float, default=900.0)
+    parser.add_argument("--credentials", type=Path, default=ROOT / "var" / "credentials")
     args = parser.parse_args()
     # Ctrl-C and SIGTERM both stop the stack, even when started from a shell that ignores SIGINT.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    stack, gateway_url = services(args.model_store)
+    stack, gateway_url = services(args.model_store, args.credentials)
     try:
         deadline = time.monotonic() + args.start_timeout
         for service in stack:

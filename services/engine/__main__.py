@@ -10,8 +10,9 @@ from prometheus_client import start_http_server
 
 from services.engine.config import EngineSettings
 from services.engine.prepare_model import ensure_embedded_model
-from services.engine.server import serve
+from services.engine.server import AUTH_FAILURES, POLICY, serve
 from services.engine.vllm_backend import VllmBackend
+from services.service_auth import interceptor_from_file
 from services.tracing import grpc_server_instrumentation, setup_logging, setup_tracing, shutdown_tracing
 
 
@@ -31,7 +32,10 @@ def main() -> None:
         # vLLM registers its own vllm:* metrics in the default registry.
         start_http_server(settings.metrics_port, addr=settings.host)
     # uvloop, as vLLM's own server runs: less event-loop overhead per streamed message.
-    code = uvloop.run(serve(backend, f"{settings.host}:{settings.port}", settings.shutdown_grace_seconds))
+    auth = interceptor_from_file(settings.callers_file, POLICY, AUTH_FAILURES, "engine")
+    code = uvloop.run(serve(
+        backend, f"{settings.host}:{settings.port}", settings.shutdown_grace_seconds, auth, settings.reflection
+    ))
     shutdown_tracing()
     if code:
         # A vLLM that failed or died can leave non-daemon threads behind that would keep the

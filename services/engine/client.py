@@ -12,44 +12,46 @@ from services.grpc_lifecycle.channel import ServiceChannel
 
 
 class EngineClient(ServiceChannel):
-    def __init__(self, address: str) -> None:
-        super().__init__(address)
+    def __init__(self, address: str, token: str | None = None) -> None:
+        super().__init__(address, token)
         self._stub = engine_pb2_grpc.EngineServiceStub(self._channel)
 
     def generate(
         self, request: pb.GenerateRequest, timeout: float | None = None
     ) -> grpc.aio.UnaryStreamCall[pb.GenerateRequest, pb.GenerateResponse]:
         """The streaming call; iterate it, or `cancel()` it to abort the request in the engine."""
-        return self._stub.Generate(request, timeout=timeout)
+        return self._stub.Generate(request, timeout=timeout, metadata=self.metadata)
 
     async def generate_all(self, request: pb.GenerateRequest, timeout: float | None = None) -> list[pb.GenerateResponse]:
         return [message async for message in self.generate(request, timeout=timeout)]
 
     async def abort(self, request_ids: Sequence[str], timeout: float | None = 10.0) -> list[str]:
-        response = await self._stub.Abort(pb.AbortRequest(request_ids=list(request_ids)), timeout=timeout)
+        request = pb.AbortRequest(request_ids=list(request_ids))
+        response = await self._stub.Abort(request, timeout=timeout, metadata=self.metadata)
         return list(response.aborted_ids)
 
     async def tokenize(self, request: pb.TokenizeRequest, timeout: float | None = 10.0) -> pb.TokenizeResponse:
-        return await self._stub.Tokenize(request, timeout=timeout)
+        return await self._stub.Tokenize(request, timeout=timeout, metadata=self.metadata)
 
     async def detokenize(self, model: str, token_ids: Sequence[int], timeout: float | None = 10.0) -> str:
         response = await self._stub.Detokenize(
-            pb.DetokenizeRequest(model=model, token_ids=list(token_ids)), timeout=timeout
+            pb.DetokenizeRequest(model=model, token_ids=list(token_ids)), timeout=timeout, metadata=self.metadata
         )
         return response.text
 
     async def list_models(self, timeout: float | None = 10.0) -> list[pb.ModelCard]:
-        response = await self._stub.ListModels(pb.ListModelsRequest(), timeout=timeout)
+        response = await self._stub.ListModels(pb.ListModelsRequest(), timeout=timeout, metadata=self.metadata)
         return list(response.models)
 
     async def load(self, timeout: float | None = 10.0) -> pb.GetLoadResponse:
-        return await self._stub.GetLoad(pb.GetLoadRequest(), timeout=timeout)
+        return await self._stub.GetLoad(pb.GetLoadRequest(), timeout=timeout, metadata=self.metadata)
 
     async def confirm_usage(self, request_ids: Sequence[str], timeout: float | None = 10.0) -> None:
-        await self._stub.ConfirmUsage(pb.ConfirmUsageRequest(request_ids=list(request_ids)), timeout=timeout)
+        request = pb.ConfirmUsageRequest(request_ids=list(request_ids))
+        await self._stub.ConfirmUsage(request, timeout=timeout, metadata=self.metadata)
 
     async def claim_usage(
         self, source: str, exclude_incarnation: str, timeout: float | None = 10.0
     ) -> pb.ClaimUsageResponse:
         request = pb.ClaimUsageRequest(source=source, exclude_incarnation=exclude_incarnation)
-        return await self._stub.ClaimUsage(request, timeout=timeout)
+        return await self._stub.ClaimUsage(request, timeout=timeout, metadata=self.metadata)

@@ -58,6 +58,10 @@ class EngineSettings(BaseSettings):
         True, description="keep vLLM's busy-waiting engine core on its CPU workers' cores (no effect on GPU)"
     )
     shutdown_grace_seconds: float = Field(10.0, ge=0)
+    callers_file: Path | None = Field(
+        None, description="who may call (`name roles sha256` lines, made by `make credentials`); unset: open"
+    )
+    reflection: bool = Field(True, description="gRPC server reflection (grpcurl without .proto files)")
     log_level: str = "INFO"
 
     def served_model(self, model_path: str) -> ServedModel:

@@ -6,28 +6,47 @@ import asyncio
 import logging
 
 from llmserve.engine.v1 import engine_pb2, engine_pb2_grpc
+from prometheus_client import Counter
 
 from services.engine.servicer import STATUS_BY_ERROR, EngineServicer
 from services.engine.vllm_backend import VllmBackend
 from services.grpc_lifecycle import GrpcServer, build_server, shut_down, wait_for_stop_signal
+from services.service_auth import ADMIN, GATEWAY, AuthInterceptor
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = engine_pb2.DESCRIPTOR.services_by_name["EngineService"].full_name
 
+# Only the gateway runs work (it meters it); an admin may read what the engine serves and its load.
+POLICY = {
+    **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY}) for method in (
+        "Generate", "Abort", "Tokenize", "Detokenize", "ConfirmUsage", "ClaimUsage")},
+    **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, ADMIN}) for method in ("ListModels", "GetLoad")},
+}
 
-def build_engine_server(backend: VllmBackend, address: str) -> GrpcServer:
+# In the default registry, which the engine's metrics port serves beside vLLM's own metrics.
+AUTH_FAILURES = Counter("engine_auth_failures", "gRPC calls refused for their credential", ["method", "reason"])
+
+
+def build_engine_server(
+    backend: VllmBackend, address: str, auth: AuthInterceptor | None = None, reflection: bool = True
+) -> GrpcServer:
     return build_server(
         address,
         lambda server: engine_pb2_grpc.add_EngineServiceServicer_to_server(EngineServicer(backend), server),
         [SERVICE_NAME],
         STATUS_BY_ERROR,
+        auth=auth,
+        reflection_enabled=reflection,
     )
 
 
-async def serve(backend: VllmBackend, address: str, grace_seconds: float) -> int:
+async def serve(
+    backend: VllmBackend, address: str, grace_seconds: float, auth: AuthInterceptor | None = None,
+    reflection: bool = True,
+) -> int:
     """Returns the exit code: 1 when vLLM died under us (so a supervisor restarts the engine)."""
-    engine = build_engine_server(backend, address)
+    engine = build_engine_server(backend, address, auth, reflection)
     await engine.set_serving(False)
     await engine.server.start()
     log.info("engine listening on port %d; starting vLLM", engine.port)

@@ -15,13 +15,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.engine.client import EngineClient
+from services.gateway.access import AccessPolicy
 from services.gateway.auth import ApiKeys
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import GatewayState
 from services.gateway.errors import ApiError
 from services.gateway.generation import Outcome
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.middleware import RequestLimits
+from services.gateway.middleware import InFlight, RequestLimits
 from services.gateway.routes import chat, completions, health, metrics, models, tokenize
 from services.gateway.outbox import OUTBOX_FILE, Outbox
 from services.gateway.schemas import InvalidText, UnsupportedFields
@@ -81,7 +82,7 @@ async def _start_usage_delivery(
     source = settings.source_id()
     incarnation = new_incarnation()
     sender = UsageSender(
-        MeteringClient(settings.metering_addr),
+        MeteringClient(settings.metering_addr, settings.service_token()),
         Outbox(settings.data_dir / OUTBOX_FILE),
         SenderMetrics(metrics_.registry),
         batch_size=settings.usage_batch_size,
@@ -114,18 +115,24 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
     keys = ApiKeys.parse(settings.api_keys, settings.api_keys_file)
     if keys.open:
         log.warning("no API keys configured: the gateway is open to anyone who can reach it")
+    access = AccessPolicy(keys, [k.strip() for k in settings.admin_key_ids.split(",") if k.strip()], settings.metrics_open)
     metrics_ = GatewayMetrics()
+    in_flight = InFlight(settings.max_in_flight, metrics_)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = engine or EngineClient(settings.engine_addr)
-        state = GatewayState(settings=settings, engine=client, keys=keys, metrics=metrics_)
+        client = engine or EngineClient(settings.engine_addr, settings.service_token())
+        state = GatewayState(settings=settings, engine=client, metrics=metrics_, in_flight=in_flight)
         app.state.gateway = state
         delivery = await _start_usage_delivery(settings, metrics_, state) if settings.metering_addr else None
         try:
             metrics_.known_models.update(m.id for m in await client.list_models(timeout=2.0))
-        except grpc.aio.AioRpcError:
-            log.info("engine at %s not answering yet; models are learned on first use", settings.engine_addr)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                log.error("the engine refused this gateway's credential (%s): check GATEWAY_SERVICE_TOKEN_FILE",
+                          error.code().name)
+            else:
+                log.info("engine at %s not answering yet; models are learned on first use", settings.engine_addr)
         _freeze_startup_heap()
         yield
         if state.settling:
@@ -150,7 +157,8 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
     app.add_middleware(
         RequestLimits,
         metrics=metrics_,
+        access=access,
         max_body_bytes=settings.max_body_bytes,
-        max_in_flight=settings.max_in_flight,
+        in_flight=in_flight,
     )
     return app

@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.service_auth import read_token
+
 
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_")
@@ -23,8 +25,13 @@ class GatewaySettings(BaseSettings):
     # Always end a stream with the usage chunk, as vLLM's --enable-force-include-usage does.
     # Off: the client's stream_options.include_usage decides.
     force_include_usage: bool = True
-    metrics_require_key: bool = False
+    # Key ids (of the API keys above) that may also read /metrics and the API docs.
+    admin_key_ids: str = ""
+    # /metrics without a key even when keys are configured (a scraper on a private network).
+    metrics_open: bool = False
+    # Generations in flight before 429; each prompt of a completions request counts as one.
     max_in_flight: int = Field(256, ge=1)
+    max_prompts_per_request: int = Field(64, ge=1)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     request_timeout_seconds: float = Field(600.0, gt=0)
     # On SIGTERM: time in-flight requests get to finish; then they end with their usage chunk, an error
@@ -34,6 +41,8 @@ class GatewaySettings(BaseSettings):
     settle_timeout_seconds: float = Field(15.0, gt=0)
     # Usage events go to the metering service at this address; empty: metering off.
     metering_addr: str = ""
+    # This gateway's credential on the engine and metering (services.service_auth; `make credentials`).
+    service_token_file: Path | None = None
     # The outbox of undelivered usage events and the instance id live here.
     data_dir: Path = Path("var/gateway")
     # Names this gateway in usage events (idempotency is per source + event id); default: made once
@@ -43,6 +52,9 @@ class GatewaySettings(BaseSettings):
     # On shutdown, time to deliver the outbox to metering before the rest stays on disk for the next start.
     usage_drain_seconds: float = Field(10.0, ge=0)
     log_level: str = "INFO"
+
+    def service_token(self) -> str | None:
+        return read_token(self.service_token_file) if self.service_token_file else None
 
     def source_id(self) -> str:
         """The configured instance id, or the one kept in the data directory (made once, atomically:

@@ -1,4 +1,4 @@
-"""FastAPI dependencies: the app's shared objects, and the API key check."""
+"""FastAPI dependencies: the app's shared objects, and the caller's key id."""
 
 from __future__ import annotations
 
@@ -9,22 +9,19 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from services.engine.client import EngineClient
-from services.gateway.auth import ApiKeys
 from services.gateway.config import GatewaySettings
-from services.gateway.errors import ApiError
 from services.gateway.generation import Generation, Outcome, OutcomeSink
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.middleware import InFlight
 from services.gateway.usage_sender import UsageSender
-
-OPEN_KEY_ID = "anonymous"
 
 
 @dataclass
 class GatewayState:
     settings: GatewaySettings
     engine: EngineClient
-    keys: ApiKeys
     metrics: GatewayMetrics
+    in_flight: InFlight
     # Requests whose client left, waiting for the engine's final usage.
     settling: set[asyncio.Task] = field(default_factory=set)
     extra_sinks: list[OutcomeSink] = field(default_factory=list)
@@ -56,28 +53,9 @@ async def get_state(request: Request) -> GatewayState:
 State = Annotated[GatewayState, Depends(get_state)]
 
 
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-
-async def require_key(request: Request, state: State) -> str:
-    """The caller's key id; 401 when keys are configured and the bearer token matches none."""
-    if state.keys.open:
-        return OPEN_KEY_ID
-    token = _bearer(request)
-    if token is None:
-        raise ApiError(401, "Missing API key: send `Authorization: Bearer <key>`.", code="invalid_api_key")
-    key_id = state.keys.key_id(token)
-    if key_id is None:
-        raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
-    return key_id
+async def require_key(request: Request) -> str:
+    """The caller's key id, checked by the middleware (services.gateway.access) before the body was read."""
+    return request.state.key_id
 
 
 KeyId = Annotated[str, Depends(require_key)]
-
-
-async def require_metrics_access(request: Request, state: State) -> None:
-    if state.settings.metrics_require_key:
-        await require_key(request, state)

@@ -1,4 +1,5 @@
-"""ASGI middleware: the body-size limit (413), the in-flight limit (429) and per-request accounting."""
+"""ASGI middleware: the API key check (401/403, from the headers alone, before the body is read), the
+body-size limit (413), the in-flight limit (429) and per-request accounting."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from services.gateway.access import AccessPolicy
 from services.gateway.errors import ApiError
 from services.gateway.metrics import GatewayMetrics
 
@@ -33,13 +35,47 @@ async def send_error(send: Send, error: ApiError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+SLOTS = "llmserve.in_flight_slots"
+
+
+class InFlight:
+    """Generations in flight: one slot per request, and one more per extra prompt of a completions
+    request (each becomes its own engine request)."""
+
+    def __init__(self, limit: int, metrics: GatewayMetrics) -> None:
+        self.limit = limit
+        self.count = 0
+        self._metrics = metrics
+
+    def take(self, scope: Scope, slots: int) -> bool:
+        if self.count + slots > self.limit:
+            return False
+        self.count += slots
+        self._metrics.in_flight.inc(slots)
+        scope[SLOTS] = scope.get(SLOTS, 0) + slots
+        return True
+
+    def release_all(self, scope: Scope) -> None:
+        slots = scope.pop(SLOTS, 0)
+        self.count -= slots
+        self._metrics.in_flight.dec(slots)
+
+    def busy_error(self) -> ApiError:
+        return ApiError(
+            429, f"The gateway is at its limit of {self.limit} requests in flight; retry shortly.",
+            code="rate_limit_exceeded",
+        )
+
+
 class RequestLimits:
-    def __init__(self, app: ASGIApp, metrics: GatewayMetrics, max_body_bytes: int, max_in_flight: int) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: GatewayMetrics, access: AccessPolicy, max_body_bytes: int, in_flight: InFlight
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.access = access
         self.max_body_bytes = max_body_bytes
-        self.max_in_flight = max_in_flight
-        self.in_flight = 0
+        self.in_flight = in_flight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,8 +92,17 @@ class RequestLimits:
                 status_seen.append(message["status"])
             await send(message)
 
+        headers = dict(scope.get("headers", []))
+        try:
+            authorization = headers.get(b"authorization")
+            key_id = self.access.key_id(path, authorization.decode("latin-1") if authorization else None)
+        except ApiError as refused:
+            await send_error(accounting_send, refused)
+            self._account(scope, endpoint, status_seen)
+            return
+        scope.setdefault("state", {})["key_id"] = key_id
         too_large = ApiError(413, f"The request body exceeds {self.max_body_bytes} bytes.", code="request_too_large")
-        declared = dict(scope.get("headers", [])).get(b"content-length")
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await send_error(accounting_send, too_large)
             self._account(scope, endpoint, status_seen)
@@ -77,23 +122,14 @@ class RequestLimits:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        generation = path in GENERATION_PATHS
-        if generation and self.in_flight >= self.max_in_flight:
-            await send_error(
-                accounting_send,
-                ApiError(429, f"The gateway is at its limit of {self.max_in_flight} requests in flight; retry shortly.", code="rate_limit_exceeded"),
-            )
+        if path in GENERATION_PATHS and not self.in_flight.take(scope, 1):
+            await send_error(accounting_send, self.in_flight.busy_error())
             self._account(scope, endpoint, status_seen)
             return
-        if generation:
-            self.in_flight += 1
-            self.metrics.in_flight.inc()
         try:
             await self.app(scope, replay_receive, accounting_send)
         finally:
-            if generation:
-                self.in_flight -= 1
-                self.metrics.in_flight.dec()
+            self.in_flight.release_all(scope)
             self._account(scope, endpoint, status_seen)
 
     async def _read_body(self, receive: Receive) -> tuple[bytes, bool]:

@@ -4,6 +4,7 @@ The real engine is exercised by tests/test_gateway_openai.py; these cover paths 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 
 import grpc
@@ -170,14 +171,42 @@ async def test_in_flight_limit(fake: FakeEngine) -> None:
         assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
 
 
-async def test_keys_file_and_metrics_guard(fake: FakeEngine, tmp_path) -> None:
+async def test_keys_hashed_keys_and_admin_paths(fake: FakeEngine, tmp_path) -> None:
     keys = tmp_path / "keys"
-    keys.write_text("# team keys\nalpha:sk-a\nbeta:sk-b\n")
-    async for client in gateway(fake, api_keys_file=keys, metrics_require_key=True):
-        assert (await client.get("/metrics")).status_code == 401
-        assert (await client.get("/metrics", headers={"Authorization": "Bearer sk-b"})).status_code == 200
-        ok = await client.post("/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer sk-a"})
-        assert ok.status_code == 200
+    hashed = hashlib.sha256(b"sk-b").hexdigest()
+    keys.write_text(f"# team keys\nalpha:sk-a\nbeta:sha256:{hashed}\n")
+    async for client in gateway(fake, api_keys_file=keys, admin_key_ids="beta"):
+        alpha, beta = {"Authorization": "Bearer sk-a"}, {"Authorization": "Bearer sk-b"}
+        assert (await client.post("/v1/chat/completions", json=CHAT, headers=alpha)).status_code == 200
+        assert (await client.post("/v1/chat/completions", json=CHAT, headers=beta)).status_code == 200
+        hashed_as_secret = {"Authorization": f"Bearer sha256:{hashed}"}
+        assert (await client.post("/v1/chat/completions", json=CHAT, headers=hashed_as_secret)).status_code == 401
+        for path in ("/metrics", "/docs", "/openapi.json"):
+            assert (await client.get(path)).status_code == 401
+            assert (await client.get(path, headers=alpha)).status_code == 403
+            assert (await client.get(path, headers=beta)).status_code == 200
+        health = await client.get("/health")  # open; the fake engine has no health service, hence 503
+        assert health.status_code == 503 and health.json()["engine"] == "unavailable"
+
+
+async def test_no_key_is_refused_before_the_body_is_read(fake: FakeEngine) -> None:
+    async for client in gateway(fake, api_keys="alpha:sk-a", max_body_bytes=1024):
+        for body in (b"{not json", b"x" * 4096):
+            reply = await client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+            assert reply.status_code == 401
+            assert reply.json()["error"]["code"] == "invalid_api_key"
+        assert not fake.started.is_set()
+
+
+async def test_prompt_list_limit_and_each_prompt_takes_a_slot(fake: FakeEngine) -> None:
+    async for client in gateway(fake, max_prompts_per_request=3, max_in_flight=2):
+        completion = {"model": "fake", "max_tokens": 2}
+        too_many = await client.post("/v1/completions", json={**completion, "prompt": ["a", "b", "c", "d"]})
+        assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "prompt"
+        over_slots = await client.post("/v1/completions", json={**completion, "prompt": ["a", "b", "c"]})
+        assert over_slots.status_code == 429
+        assert (await client.post("/v1/completions", json={**completion, "prompt": ["a", "b"]})).status_code == 200
+        assert (await client.post("/v1/completions", json={**completion, "prompt": ["a", "b"]})).status_code == 200
 
 
 async def test_client_gone_before_the_first_token_is_aborted_and_its_usage_read(fake: FakeEngine) -> None:

@@ -40,6 +40,8 @@ _RETRYABLE = {
     grpc.StatusCode.UNKNOWN,
     grpc.StatusCode.CANCELLED,
 }
+# Metering refused this gateway's credential: a configuration to fix, not events to bury; they wait.
+_CREDENTIAL_REFUSED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 _OUTCOMES = ("persisted", "held_in_memory", "sent", "duplicate", "dead_lettered")
 # With nothing to send, the sender still looks at the outbox this often (dead letters replayed by an operator).
 _IDLE_POLL_SECONDS = 5.0
@@ -210,6 +212,10 @@ class UsageSender:
         except grpc.aio.AioRpcError as error:
             if error.code() in _RETRYABLE:
                 log.debug("metering unavailable (%s); will retry", error.code().name)
+                return False
+            if error.code() in _CREDENTIAL_REFUSED:
+                log.error("metering refused this gateway's credential (%s); events stay in the outbox", error.code().name)
+                self._metrics.errors.labels("credential").inc()
                 return False
             reason = f"metering refused the batch: {error.code().name}: {error.details()}"
             refused = [(e.event_id, reason) for e in events]

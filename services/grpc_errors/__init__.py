@@ -73,4 +73,35 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream, handler.request_deserializer, handler.response_serializer
             )
+        if handler.stream_unary is not None:
+            client_stream_behavior = handler.stream_unary
+
+            async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await client_stream_behavior(requests, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as error:
+                    await self._abort(context, error, method)
+
+            return grpc.stream_unary_rpc_method_handler(
+                stream_unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_stream is not None:
+            bidi_behavior = handler.stream_stream
+
+            async def stream_stream(
+                requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                try:
+                    async for response in bidi_behavior(requests, context):
+                        yield response
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as error:
+                    await self._abort(context, error, method)
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream_stream, handler.request_deserializer, handler.response_serializer
+            )
         return handler

@@ -36,10 +36,13 @@ def build_server(
     register: Callable[[grpc.aio.Server], None],
     service_names: Sequence[str],
     status_table: StatusTable,
+    auth: grpc.aio.ServerInterceptor | None = None,
+    reflection_enabled: bool = True,
 ) -> GrpcServer:
-    """Must be called inside the running event loop (grpc.aio binds the server to it)."""
+    """Must be called inside the running event loop (grpc.aio binds the server to it). `auth` checks
+    each call's credential before anything else runs."""
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(status_table)],
+        interceptors=[*([auth] if auth else []), ErrorInterceptor(status_table)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -51,7 +54,8 @@ def build_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-    reflection.enable_server_reflection((*service_names, health_name, reflection.SERVICE_NAME), server)
+    if reflection_enabled:
+        reflection.enable_server_reflection((*service_names, health_name, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(address)
     return GrpcServer(server, health_servicer, tuple(service_names), port)
 

@@ -18,10 +18,12 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
 
 
 class ServiceChannel:
-    """Base of the typed clients: `async with Client(addr) as client:` or call `close()`."""
+    """Base of the typed clients: `async with Client(addr, token) as client:` or call `close()`.
+    With a token, each call carries it as `authorization: Bearer <token>` (services.service_auth)."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, token: str | None = None) -> None:
         self.address = address
+        self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 

@@ -21,6 +21,9 @@ class MeteringSettings(BaseSettings):
     shutdown_grace_seconds: float = Field(5.0, ge=0)
     # Distinct model names that become Prometheus label values; later ones count under "other".
     max_model_labels: int = Field(100, ge=1)
+    # Who may call (`name roles sha256` lines, made by `make credentials`); unset: open, with a warning.
+    callers_file: Path | None = None
+    reflection: bool = True
     log_level: str = "INFO"
 
     @property

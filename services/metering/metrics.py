@@ -35,6 +35,9 @@ class MeteringMetrics:
         self.ingested = Counter("metering_events_ingested", "Events recorded for the first time", ["model"], registry=r)
         self.duplicated = Counter("metering_events_duplicated", "Events received again and not counted", ["model"], registry=r)
         self.rejected = Counter("metering_events_rejected", "Events refused, by reason", ["reason"], registry=r)
+        self.auth_failures = Counter(
+            "metering_auth_failures", "gRPC calls refused for their credential", ["method", "reason"], registry=r
+        )
         self.ttft = Histogram(
             "metering_time_to_first_token_seconds", "Time to first token", ["model"], buckets=LATENCY_BUCKETS, registry=r
         )

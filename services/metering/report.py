@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
+import grpc
 from llmserve.metering.v1 import metering_pb2 as pb
 
 from services.metering.client import MeteringClient
+from services.service_auth import read_token
 
 
 def _when(text: str) -> datetime:
@@ -40,13 +44,15 @@ def render(rows: list[pb.TotalsRow]) -> str:
     return "\n".join(lines)
 
 
-async def report(address: str, start: datetime | None, end: datetime | None, model: str, key: str) -> str:
+async def report(
+    address: str, start: datetime | None, end: datetime | None, model: str, key: str, token: str | None = None
+) -> str:
     request = pb.GetTotalsRequest(model=model, api_key_id=key, group_by_model=True, group_by_api_key=True)
     if start is not None:
         getattr(request.range, "from").FromDatetime(start)
     if end is not None:
         request.range.to.FromDatetime(end)
-    async with MeteringClient(address) as client:
+    async with MeteringClient(address, token) as client:
         return render(await client.totals(request))
 
 
@@ -57,5 +63,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--to", dest="end", type=_when, help="ISO time (default: now)")
     parser.add_argument("--model", default="")
     parser.add_argument("--key", default="", help="an API key id")
+    parser.add_argument(
+        "--token-file", type=Path, default=Path(os.environ.get("METERING_ADMIN_TOKEN_FILE", "var/credentials/admin.token")),
+        help="an admin credential (default: $METERING_ADMIN_TOKEN_FILE or var/credentials/admin.token, if it exists)",
+    )
     args = parser.parse_args(argv)
-    print(asyncio.run(report(args.addr, args.start, args.end, args.model, args.key)))
+    token = read_token(args.token_file) if args.token_file.exists() else None
+    try:
+        print(asyncio.run(report(args.addr, args.start, args.end, args.model, args.key, token)))
+    except grpc.aio.AioRpcError as error:
+        raise SystemExit(f"metering at {args.addr} answered {error.code().name}: {error.details()}") from None

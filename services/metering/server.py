@@ -13,10 +13,18 @@ from services.metering.ledger import Ledger
 from services.metering.metrics import MeteringMetrics
 from services.metering.servicer import STATUS_BY_ERROR, MeteringServicer
 from services.metering.store import UsageStore
+from services.service_auth import ADMIN, GATEWAY, interceptor_from_file
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = metering_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name
+
+# The gateway records usage; only an admin reads it back (every tenant's totals are in there).
+POLICY = {
+    **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY}) for method in ("RecordUsage", "StreamUsage")},
+    **{f"/{SERVICE_NAME}/{method}": frozenset({ADMIN}) for method in (
+        "GetTotals", "GetUsageSeries", "GetCounters", "GetThroughput")},
+}
 
 
 async def serve(settings: MeteringSettings) -> None:
@@ -28,6 +36,8 @@ async def serve(settings: MeteringSettings) -> None:
         lambda server: metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(ledger), server),
         [SERVICE_NAME],
         STATUS_BY_ERROR,
+        auth=interceptor_from_file(settings.callers_file, POLICY, metrics.auth_failures, "metering"),
+        reflection_enabled=settings.reflection,
     )
     start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
     await metering.server.start()

@@ -21,4 +21,10 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
         engine_requests = completion_requests(body, response_id)
     except ValueError as error:
         raise ApiError(400, str(error), param="prompt") from error
+    limit = state.settings.max_prompts_per_request
+    if len(engine_requests) > limit:
+        raise ApiError(400, f"At most {limit} prompts per request; got {len(engine_requests)}.", param="prompt")
+    # Each prompt is its own engine request: the first holds the request's slot, the others take their own.
+    if len(engine_requests) > 1 and not state.in_flight.take(request.scope, len(engine_requests) - 1):
+        raise state.in_flight.busy_error()
     return await respond(state, request, engine_requests, meta, key_id, body, body.max_tokens)

@@ -1,0 +1,41 @@
+"""Who may reach which path, decided from the headers alone, before the body is read or parsed.
+
+API keys guard the OpenAI routes; the admin keys (a subset, by key id) also open /metrics and the API
+docs; /health is open. With no keys configured everything is open (a warning says so at start)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from services.gateway.auth import ApiKeys
+from services.gateway.errors import ApiError
+
+OPEN_KEY_ID = "anonymous"
+OPEN_PATHS = frozenset({"/health"})
+DOC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+
+
+class AccessPolicy:
+    def __init__(self, keys: ApiKeys, admin_key_ids: Iterable[str], metrics_open: bool) -> None:
+        self.keys = keys
+        self.admin_key_ids = frozenset(admin_key_ids)
+        unknown = self.admin_key_ids - keys.key_ids
+        if unknown:
+            raise ValueError(f"admin key ids {sorted(unknown)} are not configured API keys")
+        self.admin_paths = DOC_PATHS if metrics_open else DOC_PATHS | {"/metrics"}
+        self.open_paths = OPEN_PATHS | ({"/metrics"} if metrics_open else set())
+
+    def key_id(self, path: str, authorization: str | None) -> str:
+        """The caller's key id, or ApiError 401 (no or unknown key) / 403 (not an admin key)."""
+        if self.keys.open or path in self.open_paths:
+            return OPEN_KEY_ID
+        scheme, _, token = (authorization or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "Missing API key: send `Authorization: Bearer <key>`.", code="invalid_api_key")
+        key_id = self.keys.key_id(token)
+        if key_id is None:
+            raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+        if path in self.admin_paths and key_id not in self.admin_key_ids:
+            raise ApiError(403, f"{path} needs an admin API key.", code="permission_denied")
+        return key_id
