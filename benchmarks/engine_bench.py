@@ -1,7 +1,7 @@
 """Measures the engine alone over gRPC (output tokens/s, TTFT at concurrency 1 and 16) next to vLLM's
 offline `LLM.generate` with the same model, settings and prompts, in the same run.
 
-    .venv/bin/python -m benchmarks.engine_bench [--model DIR] [--requests-c1 4] [--requests-c16 32]
+    .venv/bin/python -m benchmarks.engine_bench [--model DIR] [--requests-c1 4] [--requests-c16 32] [--load-format dummy]
 """
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--requests-c16", type=int, default=32)
     parser.add_argument("--input-len", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=64)
+    parser.add_argument("--load-format", default="auto", help="dummy: random weights (benchmarks/tiny_model.py)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "engine.json")
     args = parser.parse_args()
 
@@ -98,6 +99,7 @@ def main() -> None:
         "enable_prefix_caching": True,
         "enable_chunked_prefill": False,
         "dtype": "float32",
+        "load_format": args.load_format,
     }
 
     from transformers import AutoTokenizer
