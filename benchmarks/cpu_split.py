@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 
 from benchmarks.serving_bench import ModelCase, load, our_stack, vllm_server
-from benchmarks.tiny_model import make_tiny_model
+from services.engine.builtin_models import make_tiny_model
 from services.engine.cpu_placement import place_engine_core
 from services.engine.prepare_model import ensure_embedded_model
 from tools.processes import ROOT

@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--requests-c16", type=int, default=32)
     parser.add_argument("--input-len", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=64)
-    parser.add_argument("--load-format", default="auto", help="dummy: random weights (benchmarks/tiny_model.py)")
+    parser.add_argument("--load-format", default="auto", help="dummy: random weights (services/engine/builtin_models.py)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "engine.json")
     args = parser.parse_args()
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from llmserve.metering.v1 import metering_pb2 as mpb
 
 from benchmarks.serving_bench import FIELDS, ModelCase, load, vllm_settings
-from benchmarks.tiny_model import make_tiny_model
+from services.engine.builtin_models import make_tiny_model
 from benchmarks.workload import percentile
 from services.engine.client import EngineClient
 from services.engine.prepare_model import ensure_embedded_model

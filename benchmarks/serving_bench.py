@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.tiny_model import make_tiny_model
+from services.engine.builtin_models import make_tiny_model
 from services.engine.cpu_placement import place_engine_core
 from services.engine.client import EngineClient
 from services.engine.prepare_model import ensure_embedded_model

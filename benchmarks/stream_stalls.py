@@ -27,7 +27,7 @@ from llmserve.engine.v1 import engine_pb2 as pb
 from llmserve.engine.v1 import engine_pb2_grpc
 
 from benchmarks.serving_bench import ModelCase, engine_process
-from benchmarks.tiny_model import make_tiny_model
+from services.engine.builtin_models import make_tiny_model
 from services.engine.prepare_model import ensure_embedded_model
 from tools.processes import ROOT, free_port
 

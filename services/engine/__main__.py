@@ -8,10 +8,11 @@ import os
 import uvloop
 from prometheus_client import start_http_server
 
+from services.engine.backend_factory import backend_factory
 from services.engine.config import EngineSettings
+from services.engine.model_host import LaunchSpec, ModelHost
 from services.engine.prepare_model import ensure_embedded_model
 from services.engine.server import AUTH_FAILURES, POLICY, serve
-from services.engine.vllm_backend import VllmBackend
 from services.service_auth import interceptor_from_file
 from services.tracing import grpc_server_instrumentation, setup_logging, setup_tracing, shutdown_tracing
 
@@ -21,20 +22,22 @@ def main() -> None:
     setup_logging(settings.log_level)
     setup_tracing("engine")
     grpc_server_instrumentation()
-    model_path = settings.model or str(ensure_embedded_model(settings.model_store))
+    first: LaunchSpec | None = None
+    if settings.start_model:
+        model_path = settings.model or str(ensure_embedded_model(settings.model_store))
+        name = settings.served_model(model_path).name
+        first = LaunchSpec(uid=name, model_name=name, source=model_path)
 
-    from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.platforms import current_platform
 
-    engine_args = AsyncEngineArgs(**settings.engine_args_for(model_path, on_cpu=current_platform.is_cpu()))
-    backend = VllmBackend(engine_args, settings.served_model(model_path), settings.place_engine_core)
+    host = ModelHost(backend_factory(settings, current_platform.is_cpu(), first.uid if first else None))
     if settings.metrics_port:
         # vLLM registers its own vllm:* metrics in the default registry.
         start_http_server(settings.metrics_port, addr=settings.host)
     # uvloop, as vLLM's own server runs: less event-loop overhead per streamed message.
     auth = interceptor_from_file(settings.callers_file, POLICY, AUTH_FAILURES, "engine")
     code = uvloop.run(serve(
-        backend, f"{settings.host}:{settings.port}", settings.shutdown_grace_seconds, auth, settings.reflection
+        host, first, f"{settings.host}:{settings.port}", settings.shutdown_grace_seconds, auth, settings.reflection
     ))
     shutdown_tracing()
     if code:

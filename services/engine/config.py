@@ -54,6 +54,12 @@ class EngineSettings(BaseSettings):
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="more AsyncEngineArgs fields, as JSON"
     )
+    start_model: bool = Field(
+        True, description="serve --model (or the embedded model) from the start; false: start empty, models come by LaunchModel"
+    )
+    launch_kv_cache_bytes: int = Field(
+        1 << 30, ge=1 << 20, description="on CPU: KV cache of a model launched at run time, unless its launch sets one"
+    )
     place_engine_core: bool = Field(
         True, description="keep vLLM's busy-waiting engine core on its CPU workers' cores (no effect on GPU)"
     )
@@ -68,14 +74,27 @@ class EngineSettings(BaseSettings):
         name = self.served_model_name or Path(model_path.rstrip("/")).name
         return ServedModel(name=name, root=model_path)
 
-    def engine_args_for(self, model_path: str, on_cpu: bool) -> dict[str, Any]:
-        """The keyword arguments of vLLM's AsyncEngineArgs; CPU and GPU differ only here."""
+    def engine_args_for(
+        self,
+        model_path: str,
+        on_cpu: bool,
+        served_name: str | None = None,
+        launched: bool = False,
+        overrides: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The keyword arguments of vLLM's AsyncEngineArgs; CPU and GPU differ only here.
+
+        A model launched at run time gets, over these settings, a small KV cache on CPU (the share of RAM
+        is the started model's) and no vLLM stats logger: vLLM's Prometheus logger unregisters every
+        vllm:* metric when it is made, which would take the started model's metrics away. Its launch's
+        own `overrides` come last."""
+        overrides = overrides or {}
         memory_share = self.gpu_memory_utilization
         if memory_share is None and on_cpu:
             memory_share = CPU_MEMORY_SHARE
         args: dict[str, Any] = {
             "model": model_path,
-            "served_model_name": [self.served_model(model_path).name],
+            "served_model_name": [served_name or self.served_model(model_path).name],
             "tokenizer": self.tokenizer,
             "dtype": self.dtype or (CPU_DTYPE if on_cpu else "auto"),
             "max_model_len": self.max_model_len,
@@ -92,6 +111,11 @@ class EngineSettings(BaseSettings):
         }
         if on_cpu:
             args["enable_chunked_prefill"] = CPU_CHUNKED_PREFILL
+        if launched:
+            args["disable_log_stats"] = True
+            if on_cpu and "gpu_memory_utilization" not in overrides:
+                args["kv_cache_memory_bytes"] = self.launch_kv_cache_bytes
         args = {k: v for k, v in args.items() if v is not None}
         args.update(self.engine_args)
+        args.update(overrides)
         return args

@@ -15,3 +15,11 @@ class InvalidRequestError(EngineError):
 
 class EngineUnavailableError(EngineError):
     """The engine is starting, draining for shutdown, or dead."""
+
+
+class ModelExistsError(EngineError):
+    """A launch named a uid this engine already runs or is loading."""
+
+
+class LaunchFailedError(EngineError):
+    """vLLM could not start a model (out of memory, an unsupported architecture, unreadable weights)."""

@@ -141,3 +141,4 @@ class ModelInfo:
     max_model_len: int
     dtype: str
     device: str
+    model_name: str = ""

@@ -8,8 +8,8 @@ import logging
 from llmserve.engine.v1 import engine_pb2, engine_pb2_grpc
 from prometheus_client import Counter
 
+from services.engine.model_host import LaunchSpec, ModelHost
 from services.engine.servicer import STATUS_BY_ERROR, EngineServicer
-from services.engine.vllm_backend import VllmBackend
 from services.grpc_lifecycle import GrpcServer, build_server, shut_down, wait_for_stop_signal
 from services.service_auth import ADMIN, GATEWAY, AuthInterceptor
 
@@ -21,6 +21,8 @@ SERVICE_NAME = engine_pb2.DESCRIPTOR.services_by_name["EngineService"].full_name
 POLICY = {
     **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY}) for method in (
         "Generate", "Abort", "Tokenize", "Detokenize", "ConfirmUsage", "ClaimUsage")},
+    # The gateway manages models for its admin-key holders; an operator may too.
+    **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, ADMIN}) for method in ("LaunchModel", "TerminateModel")},
     **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, ADMIN}) for method in ("ListModels", "GetLoad")},
 }
 
@@ -29,11 +31,11 @@ AUTH_FAILURES = Counter("engine_auth_failures", "gRPC calls refused for their cr
 
 
 def build_engine_server(
-    backend: VllmBackend, address: str, auth: AuthInterceptor | None = None, reflection: bool = True
+    host: ModelHost, address: str, auth: AuthInterceptor | None = None, reflection: bool = True
 ) -> GrpcServer:
     return build_server(
         address,
-        lambda server: engine_pb2_grpc.add_EngineServiceServicer_to_server(EngineServicer(backend), server),
+        lambda server: engine_pb2_grpc.add_EngineServiceServicer_to_server(EngineServicer(host), server),
         [SERVICE_NAME],
         STATUS_BY_ERROR,
         auth=auth,
@@ -42,15 +44,16 @@ def build_engine_server(
 
 
 async def serve(
-    backend: VllmBackend, address: str, grace_seconds: float, auth: AuthInterceptor | None = None,
-    reflection: bool = True,
+    host: ModelHost, first: LaunchSpec | None, address: str, grace_seconds: float,
+    auth: AuthInterceptor | None = None, reflection: bool = True,
 ) -> int:
-    """Returns the exit code: 1 when vLLM died under us (so a supervisor restarts the engine)."""
-    engine = build_engine_server(backend, address, auth, reflection)
+    """Serves once the first model (if any) is up. Returns the exit code: 1 when vLLM failed to start
+    the first model, or when every model's vLLM died (so a supervisor restarts the engine)."""
+    engine = build_engine_server(host, address, auth, reflection)
     await engine.set_serving(False)
     await engine.server.start()
     log.info("engine listening on port %d; starting vLLM", engine.port)
-    starting = asyncio.create_task(backend.start())
+    starting = asyncio.create_task(host.launch(first) if first is not None else asyncio.sleep(0))
     stopping = asyncio.create_task(wait_for_stop_signal())
     await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
     exit_code = 0
@@ -62,20 +65,23 @@ async def serve(
     if starting.done():
         await engine.set_serving(True)
         log.info("engine ready")
-        watching = asyncio.create_task(_watch_for_death(backend))
+        watching = asyncio.create_task(_watch_for_death(host))
         await asyncio.wait({stopping, watching}, return_when=asyncio.FIRST_COMPLETED)
         if watching.done():
-            log.error("vLLM died: leaving so that a supervisor restarts the engine")
+            log.error("every model's vLLM died: leaving so that a supervisor restarts the engine")
             exit_code = 1
         watching.cancel()
     else:
         starting.cancel()
     log.info("shutting down: draining for up to %.1f s", grace_seconds)
-    await shut_down(engine, lambda: backend.drain(grace_seconds), 1.0)
-    backend.shutdown()
+    await shut_down(engine, lambda: host.drain(grace_seconds), 1.0)
+    host.shutdown()
     return exit_code
 
 
-async def _watch_for_death(backend: VllmBackend, interval: float = 1.0) -> None:
-    while not backend.dead:
+async def _watch_for_death(host: ModelHost, interval: float = 1.0) -> None:
+    """Returns when a model died and none is left; a model that died beside others is only unlisted."""
+    while True:
         await asyncio.sleep(interval)
+        if host.reap_dead() and host.empty:
+            return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 
@@ -13,6 +14,8 @@ from llmserve.engine.v1 import engine_pb2_grpc
 from services.engine.errors import (
     EngineUnavailableError,
     InvalidRequestError,
+    LaunchFailedError,
+    ModelExistsError,
     ModelNotFoundError,
 )
 from services.engine.generation import (
@@ -24,16 +27,19 @@ from services.engine.generation import (
     Role,
     Sampling,
     StructuredOutput,
+    ModelInfo,
     Timings,
 )
+from services.engine.model_host import LaunchSpec, ModelHost
 from services.engine.unconfirmed_usage import HeldUsage
-from services.engine.vllm_backend import VllmBackend
 
 # The one place domain errors become gRPC statuses (applied by services.grpc_errors).
 STATUS_BY_ERROR: dict[type[Exception], grpc.StatusCode] = {
     ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
     InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
     EngineUnavailableError: grpc.StatusCode.UNAVAILABLE,
+    ModelExistsError: grpc.StatusCode.ALREADY_EXISTS,
+    LaunchFailedError: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 _ROLES = {
@@ -53,8 +59,8 @@ _FINISH = {
 
 
 class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
-    def __init__(self, backend: VllmBackend) -> None:
-        self._backend = backend
+    def __init__(self, host: ModelHost) -> None:
+        self._host = host
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -70,13 +76,13 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         )
         span = trace.get_current_span()
         if not span.is_recording():
-            async for update in self._backend.generate(domain):
+            async for update in self._host.generate(domain):
                 yield _response(request_id, update)
             return
         _request_attributes(span, domain)
         span.add_event("queued")
         waiting_first = True
-        async for update in self._backend.generate(domain):
+        async for update in self._host.generate(domain):
             if waiting_first and any(c.token_ids for c in update.choices):
                 span.add_event("first_token")
                 waiting_first = False
@@ -85,7 +91,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             yield _response(request_id, update)
 
     async def Abort(self, request: pb.AbortRequest, context: grpc.aio.ServicerContext) -> pb.AbortResponse:
-        aborted = await self._backend.abort(list(request.request_ids))
+        aborted = await self._host.abort(list(request.request_ids))
         return pb.AbortResponse(aborted_ids=aborted)
 
     async def Tokenize(
@@ -96,7 +102,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             raise InvalidRequestError("give text or chat messages to tokenize")
         prompt = Prompt(text=request.text) if which == "text" else Prompt(chat=_chat(request.chat))
         add_generation_prompt = request.add_generation_prompt if request.HasField("add_generation_prompt") else True
-        ids, max_model_len = await self._backend.tokenize(
+        ids, max_model_len = await self._host.tokenize(
             request.model, prompt, request.add_special_tokens, add_generation_prompt
         )
         return pb.TokenizeResponse(token_ids=ids, count=len(ids), max_model_len=max_model_len)
@@ -104,44 +110,68 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     async def Detokenize(
         self, request: pb.DetokenizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.DetokenizeResponse:
-        text = await self._backend.detokenize(request.model, list(request.token_ids))
+        text = await self._host.detokenize(request.model, list(request.token_ids))
         return pb.DetokenizeResponse(text=text)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        models = self._backend.models()
-        return pb.ListModelsResponse(
-            models=[
-                pb.ModelCard(id=m.id, root=m.root, max_model_len=m.max_model_len, dtype=m.dtype, device=m.device)
-                for m in models
-            ]
-        )
+        return pb.ListModelsResponse(models=[_card(info, streams) for info, streams in self._host.models()])
 
     async def GetLoad(self, request: pb.GetLoadRequest, context: grpc.aio.ServicerContext) -> pb.GetLoadResponse:
-        unfinished, open_streams = self._backend.load()
-        served = self._backend.served
+        load = self._host.load()
+        served = self._host.totals
         return pb.GetLoadResponse(
-            unfinished_requests=unfinished,
-            open_streams=open_streams,
+            unfinished_requests=load.unfinished_requests,
+            open_streams=load.open_streams,
             finished_streams=served.streams,
             prompt_tokens=served.prompt_tokens,
             completion_tokens=served.completion_tokens,
             cached_tokens=served.cached_tokens,
+            memory_total_bytes=load.memory_total_bytes,
+            memory_available_bytes=load.memory_available_bytes,
+            models=load.models,
         )
+
+    async def LaunchModel(
+        self, request: pb.LaunchModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LaunchModelResponse:
+        try:
+            engine_args = json.loads(request.engine_args_json) if request.engine_args_json else {}
+        except json.JSONDecodeError as exc:
+            raise InvalidRequestError(f"engine_args_json is not valid JSON: {exc}") from exc
+        if not isinstance(engine_args, dict):
+            raise InvalidRequestError("engine_args_json must be a JSON object")
+        if not request.source:
+            raise InvalidRequestError("source is required: a model folder or builtin:<name>")
+        spec = LaunchSpec(request.uid, request.model_name or request.uid, request.source, engine_args)
+        info = await self._host.launch(spec)
+        return pb.LaunchModelResponse(model=_card(info, 0))
+
+    async def TerminateModel(
+        self, request: pb.TerminateModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TerminateModelResponse:
+        return pb.TerminateModelResponse(aborted_streams=await self._host.terminate(request.uid))
 
 
     async def ConfirmUsage(
         self, request: pb.ConfirmUsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.ConfirmUsageResponse:
-        self._backend.unconfirmed.confirm(list(request.request_ids))
+        self._host.unconfirmed.confirm(list(request.request_ids))
         return pb.ConfirmUsageResponse()
 
     async def ClaimUsage(self, request: pb.ClaimUsageRequest, context: grpc.aio.ServicerContext) -> pb.ClaimUsageResponse:
         if not request.source:
             raise InvalidRequestError("source is required")
-        held, still_open = self._backend.unconfirmed.claim(request.source, request.exclude_incarnation)
+        held, still_open = self._host.unconfirmed.claim(request.source, request.exclude_incarnation)
         return pb.ClaimUsageResponse(usage=[_unconfirmed(h) for h in held], still_open=still_open)
+
+
+def _card(info: ModelInfo, open_streams: int) -> pb.ModelCard:
+    return pb.ModelCard(
+        id=info.id, root=info.root, max_model_len=info.max_model_len, dtype=info.dtype, device=info.device,
+        model_name=info.model_name, open_streams=open_streams,
+    )
 
 
 def _unconfirmed(held: HeldUsage) -> pb.UnconfirmedUsage:

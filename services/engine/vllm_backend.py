@@ -69,12 +69,24 @@ class ServedTotals:
 class ServedModel:
     name: str
     root: str
+    # The registered model it runs (a launch names it); the served name when the engine started with it.
+    model_name: str = ""
 
 
 class VllmBackend:
-    """Owns one AsyncLLM. Not ready until `start()` has returned."""
+    """Owns one AsyncLLM. Not ready until `start()` has returned.
 
-    def __init__(self, engine_args: Any, served: ServedModel, place_engine_core: bool = True) -> None:
+    The counters are passed in so that every model of one engine adds to the same totals and the same
+    held usage (a model's usage outlives the model)."""
+
+    def __init__(
+        self,
+        engine_args: Any,
+        served: ServedModel,
+        place_engine_core: bool = True,
+        totals: ServedTotals | None = None,
+        unconfirmed: UnconfirmedUsage | None = None,
+    ) -> None:
         self._engine_args = engine_args
         self._served = served
         self._place_engine_core = place_engine_core
@@ -83,8 +95,8 @@ class VllmBackend:
         self._info: ModelInfo | None = None
         self._draining = False
         self._open: set[str] = set()
-        self.served = ServedTotals()
-        self.unconfirmed = UnconfirmedUsage()
+        self.served = totals if totals is not None else ServedTotals()
+        self.unconfirmed = unconfirmed if unconfirmed is not None else UnconfirmedUsage()
         # The model's generation_config defaults, for fields a request leaves unset (as vLLM's server does).
         self._sampling_defaults: dict[str, Any] = {}
 
@@ -109,6 +121,7 @@ class VllmBackend:
             max_model_len=config.max_model_len,
             dtype=str(config.dtype).removeprefix("torch."),
             device=current_platform.device_type,
+            model_name=self._served.model_name or self._served.name,
         )
         if self._place_engine_core:
             place_engine_core()
@@ -119,6 +132,14 @@ class VllmBackend:
     @property
     def dead(self) -> bool:
         return self._llm is not None and self._llm.errored
+
+    @property
+    def name(self) -> str:
+        return self._served.name
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._open)
 
     def shutdown(self) -> None:
         if self._llm is not None:

@@ -310,18 +310,52 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelCard(_message.Message):
-    __slots__ = ("id", "root", "max_model_len", "dtype", "device")
+    __slots__ = ("id", "root", "max_model_len", "dtype", "device", "model_name", "open_streams")
     ID_FIELD_NUMBER: _ClassVar[int]
     ROOT_FIELD_NUMBER: _ClassVar[int]
     MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    OPEN_STREAMS_FIELD_NUMBER: _ClassVar[int]
     id: str
     root: str
     max_model_len: int
     dtype: str
     device: str
-    def __init__(self, id: _Optional[str] = ..., root: _Optional[str] = ..., max_model_len: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+    model_name: str
+    open_streams: int
+    def __init__(self, id: _Optional[str] = ..., root: _Optional[str] = ..., max_model_len: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., model_name: _Optional[str] = ..., open_streams: _Optional[int] = ...) -> None: ...
+
+class LaunchModelRequest(_message.Message):
+    __slots__ = ("uid", "model_name", "source", "engine_args_json")
+    UID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_ARGS_JSON_FIELD_NUMBER: _ClassVar[int]
+    uid: str
+    model_name: str
+    source: str
+    engine_args_json: str
+    def __init__(self, uid: _Optional[str] = ..., model_name: _Optional[str] = ..., source: _Optional[str] = ..., engine_args_json: _Optional[str] = ...) -> None: ...
+
+class LaunchModelResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: ModelCard
+    def __init__(self, model: _Optional[_Union[ModelCard, _Mapping]] = ...) -> None: ...
+
+class TerminateModelRequest(_message.Message):
+    __slots__ = ("uid",)
+    UID_FIELD_NUMBER: _ClassVar[int]
+    uid: str
+    def __init__(self, uid: _Optional[str] = ...) -> None: ...
+
+class TerminateModelResponse(_message.Message):
+    __slots__ = ("aborted_streams",)
+    ABORTED_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    aborted_streams: int
+    def __init__(self, aborted_streams: _Optional[int] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
@@ -334,17 +368,23 @@ class GetLoadRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetLoadResponse(_message.Message):
-    __slots__ = ("unfinished_requests", "open_streams", "finished_streams", "prompt_tokens", "completion_tokens", "cached_tokens")
+    __slots__ = ("unfinished_requests", "open_streams", "finished_streams", "prompt_tokens", "completion_tokens", "cached_tokens", "memory_total_bytes", "memory_available_bytes", "models")
     UNFINISHED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     OPEN_STREAMS_FIELD_NUMBER: _ClassVar[int]
     FINISHED_STREAMS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_AVAILABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
     unfinished_requests: int
     open_streams: int
     finished_streams: int
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
-    def __init__(self, unfinished_requests: _Optional[int] = ..., open_streams: _Optional[int] = ..., finished_streams: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ...) -> None: ...
+    memory_total_bytes: int
+    memory_available_bytes: int
+    models: int
+    def __init__(self, unfinished_requests: _Optional[int] = ..., open_streams: _Optional[int] = ..., finished_streams: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., models: _Optional[int] = ...) -> None: ...

@@ -74,6 +74,16 @@ class EngineServiceStub:
                 request_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.ClaimUsageRequest.SerializeToString,
                 response_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.ClaimUsageResponse.FromString,
                 _registered_method=True)
+        self.LaunchModel = channel.unary_unary(
+                '/llmserve.engine.v1.EngineService/LaunchModel',
+                request_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.LaunchModelRequest.SerializeToString,
+                response_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.LaunchModelResponse.FromString,
+                _registered_method=True)
+        self.TerminateModel = channel.unary_unary(
+                '/llmserve.engine.v1.EngineService/TerminateModel',
+                request_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.TerminateModelRequest.SerializeToString,
+                response_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.TerminateModelResponse.FromString,
+                _registered_method=True)
 
 
 class EngineServiceServicer:
@@ -135,6 +145,22 @@ class EngineServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LaunchModel(self, request, context):
+        """Loads one more model into this engine, with its own vLLM engine, and answers once it serves
+        (tens of seconds on CPU). A failed launch leaves the other models serving.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TerminateModel(self, request, context):
+        """Unloads a model and frees its memory. Its streams in flight are aborted and end with their
+        final usage, as any aborted request does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EngineServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +203,16 @@ def add_EngineServiceServicer_to_server(servicer, server):
                     servicer.ClaimUsage,
                     request_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.ClaimUsageRequest.FromString,
                     response_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.ClaimUsageResponse.SerializeToString,
+            ),
+            'LaunchModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LaunchModel,
+                    request_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.LaunchModelRequest.FromString,
+                    response_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.LaunchModelResponse.SerializeToString,
+            ),
+            'TerminateModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.TerminateModel,
+                    request_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.TerminateModelRequest.FromString,
+                    response_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.TerminateModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -395,6 +431,60 @@ class EngineService:
             '/llmserve.engine.v1.EngineService/ClaimUsage',
             llmserve_dot_engine_dot_v1_dot_engine__pb2.ClaimUsageRequest.SerializeToString,
             llmserve_dot_engine_dot_v1_dot_engine__pb2.ClaimUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LaunchModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.engine.v1.EngineService/LaunchModel',
+            llmserve_dot_engine_dot_v1_dot_engine__pb2.LaunchModelRequest.SerializeToString,
+            llmserve_dot_engine_dot_v1_dot_engine__pb2.LaunchModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TerminateModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.engine.v1.EngineService/TerminateModel',
+            llmserve_dot_engine_dot_v1_dot_engine__pb2.TerminateModelRequest.SerializeToString,
+            llmserve_dot_engine_dot_v1_dot_engine__pb2.TerminateModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

