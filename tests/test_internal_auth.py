@@ -32,6 +32,8 @@ ENGINE_CALLS = {
     "GetLoad": epb.GetLoadRequest(),
     "ConfirmUsage": epb.ConfirmUsageRequest(request_ids=["x"]),
     "ClaimUsage": epb.ClaimUsageRequest(source="s"),
+    "LaunchModel": epb.LaunchModelRequest(uid="x"),
+    "TerminateModel": epb.TerminateModelRequest(uid="not-running"),
 }
 METERING_CALLS = {
     "RecordUsage": mpb.RecordUsageRequest(),
@@ -42,7 +44,7 @@ METERING_CALLS = {
     "GetThroughput": mpb.GetThroughputRequest(),
 }
 # What each token may do, by role: the gateway runs work and records usage; the admin reads.
-ENGINE_ADMIN = {"ListModels", "GetLoad"}
+ENGINE_ADMIN = {"ListModels", "GetLoad", "LaunchModel", "TerminateModel"}
 METERING_ADMIN = {"GetTotals", "GetUsageSeries", "GetCounters", "GetThroughput"}
 
 

@@ -55,3 +55,13 @@ class EngineClient(ServiceChannel):
     ) -> pb.ClaimUsageResponse:
         request = pb.ClaimUsageRequest(source=source, exclude_incarnation=exclude_incarnation)
         return await self._stub.ClaimUsage(request, timeout=timeout, metadata=self.metadata)
+
+    async def launch_model(self, request: pb.LaunchModelRequest, timeout: float | None = 900.0) -> pb.ModelCard:
+        """Answers once the model serves (tens of seconds on CPU)."""
+        response = await self._stub.LaunchModel(request, timeout=timeout, metadata=self.metadata)
+        return response.model
+
+    async def terminate_model(self, uid: str, timeout: float | None = 120.0) -> int:
+        request = pb.TerminateModelRequest(uid=uid)
+        response = await self._stub.TerminateModel(request, timeout=timeout, metadata=self.metadata)
+        return response.aborted_streams

@@ -1,7 +1,8 @@
 """Who may reach which path, decided from the headers alone, before the body is read or parsed.
 
-API keys guard the OpenAI routes; the admin keys (a subset, by key id) also open /metrics and the API
-docs; /health is open. With no keys configured everything is open (a warning says so at start)."""
+API keys guard the OpenAI routes; the admin keys (a subset, by key id) also open /metrics, the API docs
+and the model management that changes something (launch, terminate, register, unregister); /health is
+open, and so is /v1/cluster/auth, where Xinference's client asks whether to send its key at all. With no keys configured everything is open (a warning says so at start)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from services.gateway.auth import ApiKeys
 from services.gateway.errors import ApiError
 
 OPEN_KEY_ID = "anonymous"
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/v1/cluster/auth"})
+MANAGEMENT_PREFIXES = ("/v1/models", "/v1/model_registrations")
 DOC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
@@ -25,7 +27,7 @@ class AccessPolicy:
         self.admin_paths = DOC_PATHS if metrics_open else DOC_PATHS | {"/metrics"}
         self.open_paths = OPEN_PATHS | ({"/metrics"} if metrics_open else set())
 
-    def key_id(self, path: str, authorization: str | None) -> str:
+    def key_id(self, path: str, authorization: str | None, method: str = "GET") -> str:
         """The caller's key id, or ApiError 401 (no or unknown key) / 403 (not an admin key)."""
         if self.keys.open or path in self.open_paths:
             return OPEN_KEY_ID
@@ -36,6 +38,8 @@ class AccessPolicy:
         key_id = self.keys.key_id(token)
         if key_id is None:
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
-        if path in self.admin_paths and key_id not in self.admin_key_ids:
-            raise ApiError(403, f"{path} needs an admin API key.", code="permission_denied")
+        if key_id not in self.admin_key_ids and (
+            path in self.admin_paths or (method != "GET" and path.startswith(MANAGEMENT_PREFIXES))
+        ):
+            raise ApiError(403, f"{method} {path} needs an admin API key.", code="permission_denied")
         return key_id

@@ -20,6 +20,9 @@ from services.gateway.auth import ApiKeys
 from services.gateway.config import GatewaySettings
 from services.gateway.dependencies import GatewayState
 from services.gateway.errors import ApiError
+from services.gateway.fleet import routes as model_management
+from services.gateway.fleet.catalog import CATALOG_FILE, Catalog
+from services.gateway.fleet.manager import ModelManager
 from services.gateway.generation import Outcome
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.middleware import InFlight, RequestLimits
@@ -122,11 +125,18 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = engine or EngineClient(settings.engine_addr, settings.service_token())
-        state = GatewayState(settings=settings, engine=client, metrics=metrics_, in_flight=in_flight)
+        manager = ModelManager(client, Catalog(settings.data_dir / CATALOG_FILE))
+        state = GatewayState(
+            settings=settings, engine=client, metrics=metrics_, in_flight=in_flight, models=manager,
+            keys_open=keys.open,
+        )
         app.state.gateway = state
         delivery = await _start_usage_delivery(settings, metrics_, state) if settings.metering_addr else None
         try:
             metrics_.known_models.update(m.id for m in await client.list_models(timeout=2.0))
+            await manager.reconcile()
+        except ApiError:
+            log.info("engine at %s not answering yet; recorded launches are reconciled later", settings.engine_addr)
         except grpc.aio.AioRpcError as error:
             if error.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                 log.error("the engine refused this gateway's credential (%s): check GATEWAY_SERVICE_TOKEN_FILE",
@@ -147,7 +157,8 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
             await client.close()
 
     app = FastAPI(title="llmserve gateway", version="1", lifespan=lifespan)
-    for module in (chat, completions, models, tokenize, health, metrics):
+    # Model management first: its DELETE /v1/models/{uid} and POST /v1/models sit beside the OpenAI GETs.
+    for module in (model_management, chat, completions, models, tokenize, health, metrics):
         app.include_router(module.router)
     _install_error_handlers(app)
     if tracing_configured():

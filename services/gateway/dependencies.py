@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from services.engine.client import EngineClient
 from services.gateway.config import GatewaySettings
+from services.gateway.fleet.manager import ModelManager
 from services.gateway.generation import Generation, Outcome, OutcomeSink
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.middleware import InFlight
@@ -22,6 +23,9 @@ class GatewayState:
     engine: EngineClient
     metrics: GatewayMetrics
     in_flight: InFlight
+    models: ModelManager
+    # No API keys configured: Xinference's client then sends none (GET /v1/cluster/auth).
+    keys_open: bool = False
     # Requests whose client left, waiting for the engine's final usage.
     settling: set[asyncio.Task] = field(default_factory=set)
     extra_sinks: list[OutcomeSink] = field(default_factory=list)

@@ -25,8 +25,13 @@ class ApiError(Exception):
         self.param = param
         self.code = code
 
-    def body(self) -> dict[str, dict[str, str | int | None]]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+    def body(self) -> dict[str, object]:
+        """OpenAI's error object; `detail` repeats the message where Xinference's client (and FastAPI's
+        own errors) put it."""
+        return {
+            "error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code},
+            "detail": self.message,
+        }
 
 
 ERROR_TYPES: dict[int, str] = {
@@ -48,6 +53,9 @@ HTTP_BY_GRPC: dict[grpc.StatusCode, tuple[int, str | None]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: (HTTPStatus.TOO_MANY_REQUESTS, "rate_limit_exceeded"),
     grpc.StatusCode.DEADLINE_EXCEEDED: (HTTPStatus.GATEWAY_TIMEOUT, "timeout"),
     grpc.StatusCode.CANCELLED: (HTTPStatus.SERVICE_UNAVAILABLE, "cancelled"),
+    # Model management: a uid already in use, and a launch vLLM could not start (its cause in the message).
+    grpc.StatusCode.ALREADY_EXISTS: (HTTPStatus.BAD_REQUEST, "model_exists"),
+    grpc.StatusCode.FAILED_PRECONDITION: (HTTPStatus.BAD_REQUEST, "launch_failed"),
 }
 
 

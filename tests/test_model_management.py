@@ -1,0 +1,180 @@
+"""Model management in Xinference's terms, against the real engine and gateway processes, driven by
+PyPI's `xinference-client` unchanged and by the openai SDK: registrations, launching the tiny model next
+to the embedded one at run time, chatting to both, terminating (streams in flight end with their usage
+chunk and [DONE]; the uid then answers 404), failed launches, and a gateway restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from xinference_client import RESTfulClient
+
+from services.engine.builtin_models import TINY_NAME, make_tiny_model
+from services.engine.prepare_model import EMBEDDED_MODEL_NAME, ensure_embedded_model
+from tests.conftest import ADMIN_API_KEY, ADMIN_HEADERS, API_KEY, start_gateway
+from tools.processes import MODEL_STORE, ServiceProcess
+
+TINY_UID = "tiny-1"
+CUSTOM = "my-tiny"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gateway-models")
+
+
+@pytest.fixture(scope="module")
+def gateway(log_dir: Path, engine_address: str, data_dir: Path) -> Iterator[ServiceProcess]:
+    process = start_gateway(log_dir, engine_address, name="gateway-models", data_dir=str(data_dir))
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def xinference(gateway: ServiceProcess) -> RESTfulClient:
+    return RESTfulClient(gateway.address, api_key=ADMIN_API_KEY)
+
+
+def chat(url: str, model: str, max_tokens: int = 4) -> openai.types.chat.ChatCompletion:
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY)
+    return client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hello"}], max_tokens=max_tokens
+    )
+
+
+def test_registrations_list_and_describe(xinference: RESTfulClient) -> None:
+    names = {r["model_name"]: r["is_builtin"] for r in xinference.list_model_registrations("LLM")}
+    assert names[EMBEDDED_MODEL_NAME] is True and names[TINY_NAME] is True
+    spec = xinference.get_model_registration("LLM", TINY_NAME)
+    assert spec["model_name"] == TINY_NAME and "chat" in spec["model_ability"]
+    assert xinference.list_model_registrations("embedding") == []
+    with pytest.raises(RuntimeError, match="LLM models only"):
+        xinference.register_model("embedding", json.dumps({"model_name": "e"}), persist=True)
+
+
+def test_launch_chat_generate_and_terminate_with_the_xinference_client(
+    xinference: RESTfulClient, gateway: ServiceProcess
+) -> None:
+    uid = xinference.launch_model(TINY_NAME, model_uid=TINY_UID)
+    assert uid == TINY_UID
+    running = xinference.list_models()
+    assert {TINY_UID, EMBEDDED_MODEL_NAME} <= set(running)
+    assert running[TINY_UID]["model_name"] == TINY_NAME
+    description = xinference.describe_model(TINY_UID)
+    assert description["model_type"] == "LLM" and "chat" in description["model_ability"]
+
+    handle = xinference.get_model(TINY_UID)
+    reply = handle.chat(messages=[{"role": "user", "content": "Hi"}], generate_config={"max_tokens": 3})
+    assert reply["model"] == TINY_UID and 1 <= reply["usage"]["completion_tokens"] <= 3
+    completion = handle.generate("Once upon", generate_config={"max_tokens": 3})
+    assert completion["usage"]["prompt_tokens"] > 0
+    chunks = list(handle.chat(messages=[{"role": "user", "content": "Hi"}],
+                              generate_config={"max_tokens": 3, "stream": True}))
+    assert chunks[-1]["usage"]["completion_tokens"] >= 1
+
+    # Both models answer through the OpenAI SDK, each under its own name.
+    assert chat(gateway.address, TINY_UID).model == TINY_UID
+    assert chat(gateway.address, EMBEDDED_MODEL_NAME).model == EMBEDDED_MODEL_NAME
+    openai_ids = [m.id for m in openai.OpenAI(base_url=f"{gateway.address}/v1", api_key=API_KEY).models.list()]
+    assert TINY_UID in openai_ids
+
+    xinference.terminate_model(TINY_UID)
+    assert TINY_UID not in xinference.list_models()
+    with pytest.raises(openai.NotFoundError) as gone:
+        chat(gateway.address, TINY_UID)
+    assert gone.value.body["code"] == "model_not_found"
+    # The other model kept serving.
+    assert chat(gateway.address, EMBEDDED_MODEL_NAME).usage.completion_tokens >= 1
+
+
+def test_custom_registration_launches_and_survives_a_gateway_restart(
+    xinference: RESTfulClient, gateway: ServiceProcess, log_dir: Path, engine_address: str, data_dir: Path
+) -> None:
+    tiny = make_tiny_model(ensure_embedded_model(MODEL_STORE), MODEL_STORE)
+    spec = {
+        "model_name": CUSTOM, "model_ability": ["generate", "chat"], "context_length": 2048,
+        "model_specs": [{"model_uri": f"file://{tiny.resolve()}"}], "engine_args": {"load_format": "dummy"},
+    }
+    xinference.register_model("LLM", json.dumps(spec), persist=True)
+    assert CUSTOM in {r["model_name"] for r in xinference.list_model_registrations("LLM")}
+    uid = xinference.launch_model(CUSTOM)
+    try:
+        assert uid == CUSTOM and chat(gateway.address, CUSTOM).usage.completion_tokens >= 1
+        # Another gateway process on the same data folder (as after a restart) knows both.
+        again = start_gateway(log_dir, engine_address, name="gateway-models-2", data_dir=str(data_dir))
+        try:
+            other = RESTfulClient(again.address, api_key=ADMIN_API_KEY)
+            assert CUSTOM in {r["model_name"] for r in other.list_model_registrations("LLM")}
+            assert other.list_models()[CUSTOM]["model_name"] == CUSTOM
+        finally:
+            again.stop()
+    finally:
+        xinference.terminate_model(CUSTOM)
+    xinference.unregister_model("LLM", CUSTOM)
+    assert CUSTOM not in {r["model_name"] for r in xinference.list_model_registrations("LLM")}
+
+
+def test_failed_launches_answer_clearly_and_leave_the_others_serving(
+    xinference: RESTfulClient, gateway: ServiceProcess
+) -> None:
+    with pytest.raises(RuntimeError, match="No registered model"):
+        xinference.launch_model("no-such-model")
+    xinference.register_model("LLM", json.dumps({
+        "model_name": "broken", "model_specs": [{"model_uri": "/nonexistent/folder"}],
+    }), persist=True)
+    try:
+        with pytest.raises(RuntimeError, match="not a Hugging Face model folder"):
+            xinference.launch_model("broken")
+    finally:
+        xinference.unregister_model("LLM", "broken")
+    with pytest.raises(RuntimeError, match="not a vLLM engine argument"):
+        xinference.launch_model(TINY_NAME, model_uid="tiny-bad-arg", no_such_vllm_argument=1)
+    with pytest.raises(RuntimeError, match="already running"):
+        xinference.launch_model(TINY_NAME, model_uid=EMBEDDED_MODEL_NAME)
+    assert set(xinference.list_models()) == {EMBEDDED_MODEL_NAME}
+    assert chat(gateway.address, EMBEDDED_MODEL_NAME).usage.completion_tokens >= 1
+
+
+async def test_terminating_a_model_ends_its_streams_with_usage_and_done(
+    xinference: RESTfulClient, gateway: ServiceProcess
+) -> None:
+    await asyncio.to_thread(xinference.launch_model, TINY_NAME, model_uid=TINY_UID)
+    body = {
+        "model": TINY_UID, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1500,
+        "ignore_eos": True, "stream": True,
+    }
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    lines: list[str] = []
+    async with httpx.AsyncClient(base_url=gateway.address, timeout=60) as client:
+        async with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as response:
+            assert response.status_code == 200
+            stream = response.aiter_lines()
+            while not any(line.startswith("data: {") and '"content"' in line for line in lines):
+                lines.append(await anext(stream))
+            terminated = asyncio.create_task(asyncio.to_thread(xinference.terminate_model, TINY_UID))
+            lines += [line async for line in stream]
+            await terminated
+    events = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    usage = json.loads(events[-2])["usage"]
+    assert 1 <= usage["completion_tokens"] < 1500
+
+
+def test_management_needs_an_admin_key_and_xinference_learns_to_send_one(gateway: ServiceProcess) -> None:
+    assert httpx.get(f"{gateway.address}/v1/cluster/auth").json() == {"auth": True}
+    user = {"Authorization": f"Bearer {API_KEY}"}
+    refused = httpx.post(f"{gateway.address}/v1/models", json={"model_name": TINY_NAME}, headers=user)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "permission_denied"
+    assert httpx.delete(f"{gateway.address}/v1/models/{EMBEDDED_MODEL_NAME}", headers=user).status_code == 403
+    assert httpx.get(f"{gateway.address}/v1/model_registrations/LLM", headers=user).status_code == 200
+    assert httpx.get(f"{gateway.address}/v1/model_registrations/LLM").status_code == 401
+    missing = httpx.delete(f"{gateway.address}/v1/models/not-running", headers=ADMIN_HEADERS)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
