@@ -8,7 +8,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -22,6 +21,7 @@ from services.gateway.dependencies import GatewayState
 from services.gateway.errors import ApiError
 from services.gateway.fleet import routes as model_management
 from services.gateway.fleet.catalog import CATALOG_FILE, Catalog
+from services.gateway.fleet.engines import EngineFleet, EngineMember, split_targets
 from services.gateway.fleet.manager import ModelManager
 from services.gateway.generation import Outcome
 from services.gateway.metrics import GatewayMetrics
@@ -79,7 +79,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 async def _start_usage_delivery(
     settings: GatewaySettings, metrics_: GatewayMetrics, state: GatewayState
-) -> tuple[UsageSender, UsageConfirmer, asyncio.Task]:
+) -> tuple[UsageSender, UsageConfirmer, set[asyncio.Task]]:
     """Usage goes to the outbox (durable), then to metering; the engine holds each request's usage
     until it is durable here, and what an earlier process of ours left unrecorded is claimed back."""
     source = settings.source_id()
@@ -91,7 +91,11 @@ async def _start_usage_delivery(
         batch_size=settings.usage_batch_size,
     )
     await sender.start()
-    confirmer = UsageConfirmer(state.engine)
+    def engine_at(address: str) -> EngineClient | None:
+        member = state.fleet.member(address)
+        return member.client if member is not None else None
+
+    confirmer = UsageConfirmer(engine_at)
     confirmer.start()
     state.usage = sender
     state.usage_source = source
@@ -99,12 +103,23 @@ async def _start_usage_delivery(
 
     async def persist(outcome: Outcome) -> None:
         await sender.persist(usage_event(outcome, source))
-        confirmer.add(outcome.engine_request_ids)
+        confirmer.add(outcome.engine_address, outcome.engine_request_ids)
 
     state.extra_sinks.append(persist)
-    recovery = asyncio.create_task(recover_unconfirmed(state.engine, sender, confirmer, source, incarnation))
+    recoveries: set[asyncio.Task] = set()
+
+    async def recover(member: EngineMember) -> None:
+        """Each engine, once reachable: what earlier incarnations of ours left unconfirmed there."""
+        task = asyncio.current_task()
+        recoveries.add(task)
+        try:
+            await recover_unconfirmed(member.client, sender, confirmer, source, incarnation)
+        finally:
+            recoveries.discard(task)
+
+    state.fleet.on_first_healthy.append(recover)
     log.info("usage events go to %s as source %s (incarnation %s)", settings.metering_addr, source, incarnation)
-    return sender, confirmer, recovery
+    return sender, confirmer, recoveries
 
 
 def _freeze_startup_heap() -> None:
@@ -114,7 +129,8 @@ def _freeze_startup_heap() -> None:
 
 
 def create_app(settings: GatewaySettings, engine: EngineClient | None = None) -> FastAPI:
-    """The engine client is created here (inside the app's lifetime) unless one is passed in."""
+    """The engine clients are created here (inside the app's lifetime); a passed-in one (tests) is used
+    for its address."""
     keys = ApiKeys.parse(settings.api_keys, settings.api_keys_file)
     if keys.open:
         log.warning("no API keys configured: the gateway is open to anyone who can reach it")
@@ -124,37 +140,36 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = engine or EngineClient(settings.engine_addr, settings.service_token())
-        manager = ModelManager(client, Catalog(settings.data_dir / CATALOG_FILE))
+        fleet = EngineFleet(
+            split_targets(settings.engine_addr), settings.service_token(), settings.engine_poll_seconds,
+            clients={engine.address: engine} if engine is not None else None,
+        )
+        manager = ModelManager(fleet, Catalog(settings.data_dir / CATALOG_FILE))
         state = GatewayState(
-            settings=settings, engine=client, metrics=metrics_, in_flight=in_flight, models=manager,
+            settings=settings, fleet=fleet, metrics=metrics_, in_flight=in_flight, models=manager,
             keys_open=keys.open,
         )
         app.state.gateway = state
         delivery = await _start_usage_delivery(settings, metrics_, state) if settings.metering_addr else None
-        try:
-            metrics_.known_models.update(m.id for m in await client.list_models(timeout=2.0))
+        # The first poll: which engines answer, and what they serve (and the recoveries it starts).
+        await fleet.start()
+        if any(m.healthy for m in fleet.members):
             await manager.reconcile()
-        except ApiError:
-            log.info("engine at %s not answering yet; recorded launches are reconciled later", settings.engine_addr)
-        except grpc.aio.AioRpcError as error:
-            if error.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                log.error("the engine refused this gateway's credential (%s): check GATEWAY_SERVICE_TOKEN_FILE",
-                          error.code().name)
-            else:
-                log.info("engine at %s not answering yet; models are learned on first use", settings.engine_addr)
+            metrics_.known_models.update(uid for m in fleet.members for uid in m.cards)
+        else:
+            log.info("no engine at %s answers yet; they join when they do", settings.engine_addr)
         _freeze_startup_heap()
         yield
         if state.settling:
             await asyncio.wait(state.settling, timeout=settings.settle_timeout_seconds)
         if delivery is not None:
-            sender, confirmer, recovery = delivery
-            recovery.cancel()
-            await asyncio.gather(recovery, return_exceptions=True)
+            sender, confirmer, recoveries = delivery
+            for task in list(recoveries):
+                task.cancel()
+            await asyncio.gather(*recoveries, return_exceptions=True)
             await confirmer.stop()
             await sender.stop(settings.usage_drain_seconds)
-        if engine is None:
-            await client.close()
+        await fleet.close()
 
     app = FastAPI(title="llmserve gateway", version="1", lifespan=lifespan)
     # Model management first: its DELETE /v1/models/{uid} and POST /v1/models sit beside the OpenAI GETs.

@@ -17,7 +17,11 @@ class GatewaySettings(BaseSettings):
 
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=0, le=65535)
+    # The engines, comma-separated `host:port`; a DNS name counts as every address it resolves to, looked
+    # up again at each poll (compose --scale, a Kubernetes headless Service).
     engine_addr: str = "127.0.0.1:50051"
+    # How often each engine is asked for its models and load (and an unhealthy one retried).
+    engine_poll_seconds: float = Field(2.0, gt=0)
     # Bearer keys as `key_id:secret` pairs, comma-separated, and/or a file with one pair per line.
     # None configured: the API is open (a warning says so at start).
     api_keys: str = ""

@@ -8,8 +8,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from services.engine.client import EngineClient
 from services.gateway.config import GatewaySettings
+from services.gateway.fleet.engines import EngineFleet
 from services.gateway.fleet.manager import ModelManager
 from services.gateway.generation import Generation, Outcome, OutcomeSink
 from services.gateway.metrics import GatewayMetrics
@@ -20,7 +20,7 @@ from services.gateway.usage_sender import UsageSender
 @dataclass
 class GatewayState:
     settings: GatewaySettings
-    engine: EngineClient
+    fleet: EngineFleet
     metrics: GatewayMetrics
     in_flight: InFlight
     models: ModelManager

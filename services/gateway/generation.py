@@ -45,8 +45,10 @@ class Outcome:
     duration_seconds: float = 0.0
     trace_id: str = ""
     span_id: str = ""
-    # The engine calls behind it: confirmed to the engine once the usage event is durable.
+    # The engine calls behind it, and the engine that ran them: confirmed to that engine once the usage
+    # event is durable.
     engine_request_ids: list[str] = field(default_factory=list)
+    engine_address: str = ""
 
 
 OutcomeSink = Callable[[Outcome], Awaitable[None]]
@@ -105,8 +107,11 @@ class Generation:
         sink: OutcomeSink,
         on_gap: GapObserver | None = None,
         open_generations: set[Generation] | None = None,
+        on_closed: Callable[[], None] | None = None,
     ) -> None:
         self._engine = engine
+        self._on_closed = on_closed
+        outcome.engine_address = engine.address
         self._open_generations = open_generations if open_generations is not None else set()
         self._interruption = ""
         outcome.engine_request_ids = [r.request_id for r in requests]
@@ -227,8 +232,7 @@ class Generation:
         """Records the outcome once (the sink makes it durable); the streams are over."""
         if self._closed:
             return
-        self._closed = True
-        self._open_generations.discard(self)
+        self._mark_closed()
         outcome = self.outcome
         outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens = self.usage()
         outcome.finish_reasons = finish_reasons
@@ -279,5 +283,11 @@ class Generation:
                 await self.close(reasons or ["abort"])
             else:
                 # Nothing reached the engine's model (refused, or unreachable): no tokens, no event.
-                self._closed = True
-                self._open_generations.discard(self)
+                self._mark_closed()
+
+    def _mark_closed(self) -> None:
+        self._closed = True
+        self._open_generations.discard(self)
+        if self._on_closed is not None:
+            self._on_closed()
+            self._on_closed = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 
 import grpc
 
@@ -27,16 +28,17 @@ def new_incarnation() -> str:
 
 
 class UsageConfirmer:
-    """Confirms engine request ids in batches; ids whose confirmation failed are tried again."""
+    """Confirms engine request ids in batches, each to the engine that ran it; ids whose confirmation
+    failed are tried again (the engine keeps them meanwhile)."""
 
-    def __init__(self, engine: EngineClient, interval: float = 0.5) -> None:
-        self._engine = engine
+    def __init__(self, engines: Callable[[str], EngineClient | None], interval: float = 0.5) -> None:
+        self._engines = engines
         self._interval = interval
-        self._ids: list[str] = []
+        self._ids: dict[str, list[str]] = {}
         self._task: asyncio.Task | None = None
 
-    def add(self, request_ids: list[str]) -> None:
-        self._ids.extend(request_ids)
+    def add(self, address: str, request_ids: list[str]) -> None:
+        self._ids.setdefault(address, []).extend(request_ids)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -47,15 +49,19 @@ class UsageConfirmer:
             await self.flush()
 
     async def flush(self) -> None:
-        if not self._ids:
-            return
-        batch, self._ids = self._ids, []
-        try:
-            await self._engine.confirm_usage(batch, timeout=5.0)
-        except grpc.aio.AioRpcError as error:
-            # Kept by the engine meanwhile; confirmed later (or claimed by our next incarnation).
-            log.debug("could not confirm %d usage record(s) to the engine: %s", len(batch), error.code().name)
-            self._ids = batch + self._ids
+        pending, self._ids = self._ids, {}
+        for address, batch in pending.items():
+            engine = self._engines(address)
+            if engine is None:
+                # The engine left the fleet; what it held is claimed if it comes back.
+                log.warning("engine %s is gone: %d usage confirmation(s) dropped", address, len(batch))
+                continue
+            try:
+                await engine.confirm_usage(batch, timeout=5.0)
+            except grpc.aio.AioRpcError as error:
+                # Kept by the engine meanwhile; confirmed later (or claimed by our next incarnation).
+                log.debug("could not confirm %d usage record(s) to %s: %s", len(batch), address, error.code().name)
+                self._ids.setdefault(address, [])[:0] = batch
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -86,7 +92,7 @@ async def recover_unconfirmed(
         fresh = [held for held in answer.usage if held.request_id not in claimed]
         for event, request_ids in events_from_unconfirmed(fresh):
             await sender.persist(event)
-            confirmer.add(request_ids)
+            confirmer.add(engine.address, request_ids)
             claimed.update(request_ids)
             recovered += 1
         await confirmer.flush()

@@ -1,10 +1,13 @@
-"""Launch, list, describe and terminate models on the engine, in Xinference's terms.
+"""Launch, list, describe and terminate models across the engines, in Xinference's terms.
 
-The engine is the truth about what runs; the catalog remembers how each model was launched and which
-registered model a uid runs."""
+The engines are the truth about what runs (as the fleet last polled them, updated at once by launches
+and terminations made here); the catalog remembers which registered model each uid runs and how it was
+launched. A launch places each replica on a different healthy engine, the one with the most free memory
+first (then the fewest models); if any replica fails, the others are terminated and the launch fails."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -14,9 +17,9 @@ from typing import Any
 import grpc
 from llmserve.engine.v1 import engine_pb2 as pb
 
-from services.engine.client import EngineClient
 from services.gateway.errors import ApiError, from_grpc
 from services.gateway.fleet.catalog import Catalog, Launch
+from services.gateway.fleet.engines import EngineFleet, EngineMember
 from services.gateway.fleet.registrations import SERVED_TYPE, Registration
 
 log = logging.getLogger(__name__)
@@ -30,7 +33,7 @@ class RunningModel:
     model_name: str
     card: pb.ModelCard
     registration: Registration | None
-    replica: int = 1
+    engines: tuple[str, ...]
 
     def description(self) -> dict[str, Any]:
         """OpenAI's model object (id, object, created, owned_by) and Xinference's description in one."""
@@ -53,26 +56,34 @@ class RunningModel:
             "context_length": self.card.max_model_len,
             "max_model_len": self.card.max_model_len,
             "root": self.card.root,
-            "replica": self.replica,
+            "replica": len(self.engines),
+            "address": ",".join(self.engines),
         }
 
 
 class ModelManager:
-    def __init__(self, engine: EngineClient, catalog: Catalog) -> None:
-        self._engine = engine
+    def __init__(self, fleet: EngineFleet, catalog: Catalog) -> None:
+        self._fleet = fleet
         self.catalog = catalog
 
+    def _healthy(self) -> list[EngineMember]:
+        healthy = [m for m in self._fleet.members if m.healthy]
+        if not healthy:
+            raise ApiError(503, "No engine is reachable.", code="engine_unavailable")
+        return healthy
+
     async def running(self) -> list[RunningModel]:
-        try:
-            cards = await self._engine.list_models(timeout=10.0)
-        except grpc.aio.AioRpcError as error:
-            raise from_grpc(error) from error
+        by_uid: dict[str, list[EngineMember]] = {}
+        for member in self._healthy():
+            for uid in member.cards:
+                by_uid.setdefault(uid, []).append(member)
         launches = self.catalog.launches()
         models = []
-        for card in cards:
-            launch = launches.get(card.id)
-            name = launch.model_name if launch else (card.model_name or card.id)
-            models.append(RunningModel(card.id, name, card, self.catalog.registration(name)))
+        for uid, members in by_uid.items():
+            card = members[0].cards[uid]
+            launch = launches.get(uid)
+            name = launch.model_name if launch else (card.model_name or uid)
+            models.append(RunningModel(uid, name, card, self.catalog.registration(name), tuple(m.address for m in members)))
         return models
 
     async def describe(self, uid: str) -> RunningModel:
@@ -86,33 +97,54 @@ class ModelManager:
         if registration is None:
             raise ApiError(404, f"No registered model `{model_name}`: see GET /v1/model_registrations/LLM.",
                            param="model_name", code="model_not_found")
-        if replica != 1:
-            raise ApiError(400, f"replica={replica}: this gateway has one engine, so one replica per model.",
-                           param="replica", code="invalid_value")
         uid = uid or model_name
+        healthy = self._healthy()
+        if any(m.serves(uid) for m in healthy):
+            raise ApiError(400, f"A model with uid `{uid}` is already running.", param="model_uid", code="model_exists")
+        if replica > len(healthy):
+            raise ApiError(400, f"replica={replica} needs as many healthy engines; {len(healthy)} answer now.",
+                           param="replica", code="invalid_value")
+        # Most free memory first, then the fewest models, then the least busy.
+        placed = sorted(healthy, key=lambda m: (-m.memory_available, len(m.cards), m.outstanding))[:replica]
         request = pb.LaunchModelRequest(
             uid=uid,
             model_name=model_name,
             source=registration.source,
             engine_args_json=json.dumps(registration.engine_args | engine_args),
         )
-        try:
-            await self._engine.launch_model(request)
-        except grpc.aio.AioRpcError as error:
-            raise from_grpc(error) from error
+        results = await asyncio.gather(*(m.client.launch_model(request) for m in placed), return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            started = [m for m, r in zip(placed, results) if not isinstance(r, BaseException)]
+            await asyncio.gather(*(m.client.terminate_model(uid) for m in started), return_exceptions=True)
+            error = failures[0]
+            if isinstance(error, grpc.aio.AioRpcError):
+                raise from_grpc(error) from error
+            raise error
+        for member, card in zip(placed, results):
+            member.set_card(uid, card)
         self.catalog.add_launch(Launch(uid, model_name, replica, engine_args))
-        log.info("launched %s (%s)", uid, model_name)
+        log.info("launched %s (%s) on %s", uid, model_name, [m.address for m in placed])
         return uid
 
     async def terminate(self, uid: str) -> None:
-        try:
-            aborted = await self._engine.terminate_model(uid)
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                self.catalog.remove_launches([uid])
-            raise from_grpc(error) from error
+        hosts = [m for m in self._fleet.members if m.serves(uid)]
+        if not hosts:
+            self.catalog.remove_launches([uid])
+            raise ApiError(404, f"The model `{uid}` does not exist.", param="model", code="model_not_found")
+        for member in hosts:
+            # Out of routing first, so no new request lands on a replica being stopped.
+            member.set_card(uid, None)
+        results = await asyncio.gather(*(m.client.terminate_model(uid) for m in hosts), return_exceptions=True)
+        for member in hosts:
+            member.set_card(uid, None)
         self.catalog.remove_launches([uid])
-        log.info("terminated %s (%d stream(s) in flight ended)", uid, aborted)
+        errors = [r for r in results if isinstance(r, grpc.aio.AioRpcError) and r.code() != grpc.StatusCode.NOT_FOUND]
+        if errors:
+            # That engine is unreachable: it no longer serves through us; a poll shows it if it still runs.
+            log.warning("terminating %s: %d engine(s) did not answer (%s)", uid, len(errors), errors[0].code().name)
+        aborted = sum(r for r in results if isinstance(r, int))
+        log.info("terminated %s on %s (%d stream(s) in flight ended)", uid, [m.address for m in hosts], aborted)
 
     async def reconcile(self) -> None:
         """Drops recorded launches that no engine runs any more (an engine restarted, a model died)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -51,6 +52,42 @@ def _finish(span: RequestSpan, state: GatewayState) -> Callable[[Outcome], Await
     return sink
 
 
+async def _start_on_an_engine(
+    state: GatewayState, requests: list[pb.GenerateRequest], outcome: Outcome, span: RequestSpan, model: str
+) -> Generation:
+    """Opens the request on the engine with the fewest outstanding requests that serves the model. An
+    engine that refuses it as unavailable before its first token (down, draining) leaves rotation, and
+    another replica gets the request; after the first token there is no retry."""
+    tried: list[str] = []
+    while True:
+        member = state.fleet.pick(model, exclude=tried)
+        member.outstanding += 1
+
+        def release(member=member) -> None:
+            member.outstanding -= 1
+
+        gen = Generation(
+            member.client,
+            requests,
+            # Each attempt its own: a refused attempt's settling must not touch the next one's outcome.
+            dataclasses.replace(outcome),
+            timeout=state.settings.request_timeout_seconds,
+            settle_timeout=state.settings.settle_timeout_seconds,
+            sink=_finish(span, state),
+            on_gap=state.metrics.gap_observer(model),
+            open_generations=state.open_generations,
+            on_closed=release,
+        )
+        try:
+            await gen.start(state.settling)
+            return gen
+        except ApiError as refused:
+            tried.append(member.address)
+            if refused.status != 503 or not state.fleet.alternatives(model, tried):
+                raise
+            state.fleet.mark_down(member)
+
+
 async def respond(
     state: GatewayState,
     http_request: Request,
@@ -76,19 +113,9 @@ async def respond(
         for request in requests:
             request.caller = state.caller
             request.usage_context = context
-    gen = Generation(
-        state.engine,
-        requests,
-        outcome,
-        timeout=state.settings.request_timeout_seconds,
-        settle_timeout=state.settings.settle_timeout_seconds,
-        sink=_finish(span, state),
-        on_gap=state.metrics.gap_observer(meta.model),
-        open_generations=state.open_generations,
-    )
-    await gen.start(state.settling)
-    state.metrics.known_models.add(outcome.model)
-    http_request.state.model = outcome.model
+    gen = await _start_on_an_engine(state, requests, outcome, span, meta.model)
+    state.metrics.known_models.add(gen.outcome.model)
+    http_request.state.model = gen.outcome.model
     if body.stream:
         return StreamingResponse(
             stream_events(gen, meta, state.settling), media_type="text/event-stream", headers=SSE_HEADERS

@@ -1,4 +1,6 @@
-"""GET /health: 200 only when the engine answers its health check and usage can be recorded durably."""
+"""GET /health: 200 only when an engine answers its health check and usage can be recorded durably."""
+
+import asyncio
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -10,8 +12,13 @@ router = APIRouter()
 
 @router.get("/health", include_in_schema=True)
 async def health(state: State) -> JSONResponse:
-    engine = await state.engine.serving(timeout=2.0)
-    body: dict[str, object] = {"engine": "serving" if engine else "unavailable"}
+    members = state.fleet.members
+    answers = await asyncio.gather(*(m.client.serving(timeout=2.0) for m in members))
+    engine = any(answers)
+    body: dict[str, object] = {
+        "engine": "serving" if engine else "unavailable",
+        "engines": {m.address: "serving" if ok else "unavailable" for m, ok in zip(members, answers)},
+    }
     healthy = engine
     if state.usage is not None:
         usage_ok = state.usage.healthy

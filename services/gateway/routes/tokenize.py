@@ -24,7 +24,7 @@ async def tokenize(body: TokenizeRequest, state: State, key_id: KeyId) -> dict:
         request.text = body.prompt or ""
         request.add_special_tokens = body.add_special_tokens
     try:
-        reply = await state.engine.tokenize(request)
+        reply = await state.fleet.pick(request.model).client.tokenize(request)
     except grpc.aio.AioRpcError as error:
         raise from_grpc(error) from error
     return {"count": reply.count, "max_model_len": reply.max_model_len, "tokens": list(reply.token_ids), "token_strs": None}
@@ -33,7 +33,7 @@ async def tokenize(body: TokenizeRequest, state: State, key_id: KeyId) -> dict:
 @router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, state: State, key_id: KeyId) -> dict:
     try:
-        text = await state.engine.detokenize(body.model or "", body.tokens)
+        text = await state.fleet.pick(body.model or "").client.detokenize(body.model or "", body.tokens)
     except grpc.aio.AioRpcError as error:
         raise from_grpc(error) from error
     return {"prompt": text}

@@ -1,0 +1,129 @@
+"""Several engine processes behind one gateway: two replicas of the tiny model placed on two engines,
+requests balanced across them, one engine killed (traffic goes on on the other, a request that picked
+the dead one is retried before its first token), and the engine taken back into rotation when it
+returns. The session's engine is one of the two; the other starts empty (ENGINE_START_MODEL=false)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from xinference_client import RESTfulClient
+
+from services.engine.builtin_models import TINY_NAME
+from tests.conftest import ADMIN_API_KEY, API_KEY, start_gateway
+from tests.credentials import CALLERS_FILE, engine_client
+from tools.processes import ServiceProcess, engine_args, free_port
+
+UID = "tiny-replicated"
+
+
+def start_empty_engine(log_dir: Path, port: int, name: str) -> ServiceProcess:
+    process = ServiceProcess(
+        name, "services.engine", engine_args(port), log_dir, f"127.0.0.1:{port}",
+        env={"ENGINE_START_MODEL": "false", "ENGINE_CALLERS_FILE": str(CALLERS_FILE)},
+    )
+
+    async def serving() -> bool:
+        async with engine_client(process.address) as client:
+            return await client.serving(timeout=2.0)
+
+    process.wait_ready(serving, 120)
+    return process
+
+
+@pytest.fixture(scope="module")
+def second_engine_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def second_engine(log_dir: Path, second_engine_port: int) -> Iterator[ServiceProcess]:
+    process = start_empty_engine(log_dir, second_engine_port, "engine-b")
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(log_dir: Path, engine_address: str, second_engine: ServiceProcess, tmp_path_factory) -> Iterator[ServiceProcess]:
+    process = start_gateway(
+        log_dir, f"{engine_address},{second_engine.address}", name="gateway-fleet",
+        data_dir=str(tmp_path_factory.mktemp("gateway-fleet")), engine_poll_seconds="0.5",
+    )
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+async def streams_served(address: str) -> int:
+    async with engine_client(address) as client:
+        return (await client.load()).finished_streams
+
+
+async def chat_many(url: str, count: int) -> list[int]:
+    body = {"model": UID, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        return [(await client.post("/v1/chat/completions", json=body, headers=headers)).status_code for _ in range(count)]
+
+
+async def wait_until(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_replicas_balance_fail_over_and_rejoin(
+    gateway: ServiceProcess, engine_address: str, second_engine: ServiceProcess, second_engine_port: int,
+    log_dir: Path,
+) -> None:
+    xinference = RESTfulClient(gateway.address, api_key=ADMIN_API_KEY)
+    await asyncio.to_thread(xinference.launch_model, TINY_NAME, model_uid=UID, replica=2)
+    try:
+        description = xinference.describe_model(UID)
+        assert description["replica"] == 2
+        assert set(description["address"].split(",")) == {engine_address, second_engine.address}
+
+        before = [await streams_served(a) for a in (engine_address, second_engine.address)]
+        assert await chat_many(gateway.address, 12) == [200] * 12
+        after = [await streams_served(a) for a in (engine_address, second_engine.address)]
+        served = [b - a for a, b in zip(before, after)]
+        assert sum(served) == 12 and min(served) >= 3, served
+
+        # The second engine's host dies, its vLLM processes with it.
+        os.killpg(second_engine.proc.pid, signal.SIGKILL)
+        assert await chat_many(gateway.address, 8) == [200] * 8
+
+        async def out_of_rotation() -> bool:
+            health = httpx.get(f"{gateway.address}/health").json()
+            return health["engines"][second_engine.address] == "unavailable"
+
+        await wait_until(out_of_rotation, 10, "the dead engine to leave rotation")
+        assert xinference.describe_model(UID)["replica"] == 1
+    finally:
+        await asyncio.to_thread(xinference.terminate_model, UID)
+    assert UID not in xinference.list_models()
+
+    # The engine comes back (empty, as a restarted engine is): it rejoins the rotation.
+    second_engine.stop()
+    back = await asyncio.to_thread(start_empty_engine, log_dir, second_engine_port, "engine-b-again")
+    try:
+        async def rejoined() -> bool:
+            health = httpx.get(f"{gateway.address}/health").json()
+            return health["engines"][back.address] == "serving"
+
+        await wait_until(rejoined, 20, "the engine to rejoin")
+    finally:
+        back.stop()
