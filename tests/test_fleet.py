@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from xinference_client import RESTfulClient
 from services.engine.builtin_models import TINY_NAME
 from tests.conftest import ADMIN_API_KEY, API_KEY, start_gateway
 from tests.credentials import CALLERS_FILE, engine_client
+from tests.test_metering import wait_for
 from tools.processes import ServiceProcess, engine_args, free_port
 
 UID = "tiny-replicated"
@@ -76,15 +76,6 @@ async def chat_many(url: str, count: int) -> list[int]:
         return [(await client.post("/v1/chat/completions", json=body, headers=headers)).status_code for _ in range(count)]
 
 
-async def wait_until(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def test_replicas_balance_fail_over_and_rejoin(
     gateway: ServiceProcess, engine_address: str, second_engine: ServiceProcess, second_engine_port: int,
     log_dir: Path,
@@ -110,7 +101,7 @@ async def test_replicas_balance_fail_over_and_rejoin(
             health = httpx.get(f"{gateway.address}/health").json()
             return health["engines"][second_engine.address] == "unavailable"
 
-        await wait_until(out_of_rotation, 10, "the dead engine to leave rotation")
+        await wait_for(out_of_rotation, 10, "the dead engine to leave rotation")
         assert xinference.describe_model(UID)["replica"] == 1
     finally:
         await asyncio.to_thread(xinference.terminate_model, UID)
@@ -124,6 +115,6 @@ async def test_replicas_balance_fail_over_and_rejoin(
             health = httpx.get(f"{gateway.address}/health").json()
             return health["engines"][back.address] == "serving"
 
-        await wait_until(rejoined, 20, "the engine to rejoin")
+        await wait_for(rejoined, 20, "the engine to rejoin")
     finally:
         back.stop()

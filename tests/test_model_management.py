@@ -7,17 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
+from llmserve.metering.v1 import metering_pb2 as mpb
 from xinference_client import RESTfulClient
 
 from services.engine.builtin_models import TINY_NAME, make_tiny_model
 from services.engine.prepare_model import EMBEDDED_MODEL_NAME, ensure_embedded_model
-from tests.conftest import ADMIN_API_KEY, ADMIN_HEADERS, API_KEY, start_gateway
+from tests.conftest import ADMIN_API_KEY, ADMIN_HEADERS, API_KEY, start_gateway, start_metering
+from tests.credentials import metering_client
+from tests.test_metering import wait_for
 from tools.processes import MODEL_STORE, ServiceProcess
 
 TINY_UID = "tiny-1"
@@ -178,3 +183,60 @@ def test_management_needs_an_admin_key_and_xinference_learns_to_send_one(gateway
     assert httpx.get(f"{gateway.address}/v1/model_registrations/LLM").status_code == 401
     missing = httpx.delete(f"{gateway.address}/v1/models/not-running", headers=ADMIN_HEADERS)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+
+
+def test_the_cli_mirrors_xinference_verbs(gateway: ServiceProcess) -> None:
+    def cli(*args: str) -> str:
+        command = [sys.executable, "-m", "services.gateway.fleet", "-e", gateway.address, "--api-key", ADMIN_API_KEY, *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert TINY_NAME in cli("registrations")
+    assert cli("launch", "-n", TINY_NAME, "-u", "tiny-cli", "--engine-arg", "max_model_len=512").strip() == "tiny-cli"
+    listed = cli("list")
+    assert "tiny-cli" in listed and "512" in listed
+    assert "terminated tiny-cli" in cli("terminate", "-u", "tiny-cli")
+    assert "tiny-cli" not in cli("list")
+    refused = subprocess.run(
+        [sys.executable, "-m", "services.gateway.fleet", "-e", gateway.address, "--api-key", API_KEY, "terminate", "-u", "x"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert refused.returncode != 0 and "403" in refused.stderr
+
+
+async def test_usage_is_metered_under_the_uid_and_the_registered_name(
+    log_dir: Path, engine_address: str, tmp_path: Path
+) -> None:
+    metering = await asyncio.to_thread(start_metering, log_dir, tmp_path / "m", None, "metering-models")
+    billed = await asyncio.to_thread(
+        start_gateway, log_dir, engine_address, "gateway-models-billing",
+        data_dir=str(tmp_path / "g"), metering_addr=metering.address,
+    )
+    xinference = RESTfulClient(billed.address, api_key=ADMIN_API_KEY)
+    try:
+        await asyncio.to_thread(xinference.launch_model, TINY_NAME, model_uid="tiny-billed")
+        try:
+            replies = [await asyncio.to_thread(chat, billed.address, "tiny-billed") for _ in range(2)]
+        finally:
+            await asyncio.to_thread(xinference.terminate_model, "tiny-billed")
+        completion = sum(r.usage.completion_tokens for r in replies)
+
+        async def totals(**query: str) -> list:
+            async with metering_client(metering.address) as client:
+                return await client.totals(mpb.GetTotalsRequest(**query))
+
+        async def metered() -> bool:
+            rows = await totals(model_name=TINY_NAME)
+            return bool(rows) and rows[0].totals.requests == 2
+
+        await wait_for(metered, 30, "metering to hold both requests")
+        by_uid = await totals(model="tiny-billed")
+        assert by_uid[0].totals.completion_tokens == completion
+        grouped = await totals(group_by_model=True, group_by_model_name=True)
+        assert ("tiny-billed", TINY_NAME, completion) in [
+            (r.model, r.model_name, r.totals.completion_tokens) for r in grouped
+        ]
+    finally:
+        billed.stop()
+        metering.stop()

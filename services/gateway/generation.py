@@ -35,6 +35,9 @@ class Outcome:
     model: str
     api_key_id: str
     streamed: bool
+    # The registered model the served `model` (a launch's uid) runs; "" when unknown (metering then
+    # takes `model`).
+    model_name: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0

@@ -36,6 +36,7 @@ def usage_context(outcome: Outcome, source: str) -> mpb.UsageEvent:
         event_id=outcome.request_id,
         source=source,
         model=outcome.model,
+        model_name=outcome.model_name,
         api_key_id=outcome.api_key_id,
         endpoint=outcome.endpoint,
         streamed=outcome.streamed,

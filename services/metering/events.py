@@ -26,6 +26,8 @@ class UsageEvent:
     generation_seconds: float
     request_seconds: float
     trace_id: str = ""
+    # The registered model `model` runs (a launch's uid runs one); empty: `model` itself.
+    model_name: str = ""
 
 
 class Rejection(ValueError):

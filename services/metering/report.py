@@ -45,9 +45,12 @@ def render(rows: list[pb.TotalsRow]) -> str:
 
 
 async def report(
-    address: str, start: datetime | None, end: datetime | None, model: str, key: str, token: str | None = None
+    address: str, start: datetime | None, end: datetime | None, model: str, key: str, token: str | None = None,
+    model_name: str = "",
 ) -> str:
-    request = pb.GetTotalsRequest(model=model, api_key_id=key, group_by_model=True, group_by_api_key=True)
+    request = pb.GetTotalsRequest(
+        model=model, model_name=model_name, api_key_id=key, group_by_model=True, group_by_api_key=True
+    )
     if start is not None:
         getattr(request.range, "from").FromDatetime(start)
     if end is not None:
@@ -61,7 +64,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--addr", default="127.0.0.1:50052", help="the metering service")
     parser.add_argument("--from", dest="start", type=_when, help="ISO time or 15m / 2h / 7d ago (default: the beginning)")
     parser.add_argument("--to", dest="end", type=_when, help="ISO time (default: now)")
-    parser.add_argument("--model", default="")
+    parser.add_argument("--model", default="", help="a served model (a launch's uid)")
+    parser.add_argument("--model-name", default="", help="a registered model: every uid that runs it")
     parser.add_argument("--key", default="", help="an API key id")
     parser.add_argument(
         "--token-file", type=Path, default=Path(os.environ.get("METERING_ADMIN_TOKEN_FILE", "var/credentials/admin.token")),
@@ -70,6 +74,6 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     token = read_token(args.token_file) if args.token_file.exists() else None
     try:
-        print(asyncio.run(report(args.addr, args.start, args.end, args.model, args.key, token)))
+        print(asyncio.run(report(args.addr, args.start, args.end, args.model, args.key, token, args.model_name)))
     except grpc.aio.AioRpcError as error:
         raise SystemExit(f"metering at {args.addr} answered {error.code().name}: {error.details()}") from None

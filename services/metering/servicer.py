@@ -53,6 +53,7 @@ def to_event(message: pb.UsageEvent) -> UsageEvent:
         generation_seconds=message.generation_seconds,
         request_seconds=message.request_seconds,
         trace_id=message.trace_id,
+        model_name=message.model_name,
     )
 
 
@@ -73,12 +74,12 @@ def _seconds(ts: Timestamp) -> float:
     return ts.seconds + ts.nanos / 1e9
 
 
-def _query(time_range: pb.TimeRange, model: str, api_key_id: str) -> Query:
+def _query(time_range: pb.TimeRange, model: str, api_key_id: str, model_name: str = "") -> Query:
     start = _seconds(getattr(time_range, "from")) if time_range.HasField("from") else None
     end = _seconds(time_range.to) if time_range.HasField("to") else None
     if start is not None and end is not None and end < start:
         raise InvalidQuery("the time range ends before it starts")
-    return Query(start=start, end=end, model=model, api_key_id=api_key_id)
+    return Query(start=start, end=end, model=model, api_key_id=api_key_id, model_name=model_name)
 
 
 def _acks(acks: list[Ack]) -> pb.RecordUsageResponse:
@@ -143,12 +144,23 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
 
     async def GetTotals(self, request: pb.GetTotalsRequest, context: grpc.aio.ServicerContext) -> pb.GetTotalsResponse:
         group_by = tuple(
-            name for name, wanted in (("model", request.group_by_model), ("api_key_id", request.group_by_api_key)) if wanted
+            name
+            for name, wanted in (
+                ("model", request.group_by_model),
+                ("model_name", request.group_by_model_name),
+                ("api_key_id", request.group_by_api_key),
+            )
+            if wanted
         )
-        rows = await self._ledger.totals(_query(request.range, request.model, request.api_key_id), group_by)
+        rows = await self._ledger.totals(_query(request.range, request.model, request.api_key_id, request.model_name), group_by)
         return pb.GetTotalsResponse(
             rows=[
-                pb.TotalsRow(model=labels.get("model", ""), api_key_id=labels.get("api_key_id", ""), totals=_totals(t))
+                pb.TotalsRow(
+                    model=labels.get("model", ""),
+                    model_name=labels.get("model_name", ""),
+                    api_key_id=labels.get("api_key_id", ""),
+                    totals=_totals(t),
+                )
                 for labels, t in rows
             ]
         )
@@ -159,7 +171,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         bucket = _BUCKET_SECONDS.get(request.bucket)
         if bucket is None:
             raise InvalidQuery("bucket must be MINUTE, HOUR or DAY")
-        points = await self._ledger.series(_query(request.range, request.model, request.api_key_id), bucket)
+        points = await self._ledger.series(_query(request.range, request.model, request.api_key_id, request.model_name), bucket)
         response = pb.GetUsageSeriesResponse()
         for start, totals in points:
             point = response.points.add(totals=_totals(totals))

@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS events (
     generation_seconds REAL NOT NULL,
     request_seconds REAL NOT NULL,
     trace_id TEXT NOT NULL,
+    model_name TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (source, event_id)
 );
 CREATE INDEX IF NOT EXISTS events_by_time ON events (occurred_at);
@@ -108,6 +109,16 @@ class Query:
     end: float | None = None
     model: str = ""
     api_key_id: str = ""
+    model_name: str = ""
+
+
+# What each grouping key selects; the registered model name of rows stored before it was recorded is
+# their served model's.
+_GROUP_COLUMNS = {
+    "model": "model",
+    "api_key_id": "api_key_id",
+    "model_name": "CASE WHEN model_name = '' THEN model ELSE model_name END",
+}
 
 
 class UsageStore:
@@ -118,6 +129,10 @@ class UsageStore:
         # An acknowledged event must survive power loss, not just a killed process.
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
+        if "model_name" not in columns:
+            # A store made before events carried the registered model name.
+            self._db.execute("ALTER TABLE events ADD COLUMN model_name TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         self._db.close()
@@ -133,12 +148,12 @@ class UsageStore:
         try:
             for e in events:
                 cursor = db.execute(
-                    "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         e.source, e.event_id, e.occurred_at, received_at, e.model, e.api_key_id, e.endpoint,
                         int(e.streamed), e.finish_reason, e.status, e.prompt_tokens, e.completion_tokens,
                         e.cached_tokens, e.time_to_first_token_seconds, e.generation_seconds, e.request_seconds,
-                        e.trace_id,
+                        e.trace_id, e.model_name or e.model,
                     ),
                 )
                 fresh = cursor.rowcount == 1
@@ -196,6 +211,9 @@ class UsageStore:
         if query.api_key_id:
             clauses.append("api_key_id = ?")
             params.append(query.api_key_id)
+        if query.model_name:
+            clauses.append(f"{_GROUP_COLUMNS['model_name']} = ?")
+            params.append(query.model_name)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
     _SUMS = (
@@ -204,12 +222,14 @@ class UsageStore:
     )
 
     def totals(self, query: Query, group_by: tuple[str, ...]) -> list[tuple[dict[str, str], Totals]]:
-        """group_by: any of "model", "api_key_id"."""
+        """group_by: any of "model", "model_name", "api_key_id"."""
         where, params = self._where(query)
-        keys = ", ".join(group_by)
+        keys = ", ".join(f"{_GROUP_COLUMNS[key]} AS {key}" for key in group_by)
         select = f"SELECT {keys + ', ' if keys else ''}{self._SUMS} FROM events{where}"
         if keys:
-            select += f" GROUP BY {keys} ORDER BY {keys}"
+            # By position: a column named like an alias would win over the alias in GROUP BY.
+            positions = ", ".join(str(i + 1) for i in range(len(group_by)))
+            select += f" GROUP BY {positions} ORDER BY {positions}"
         rows = self._db.execute(select, params).fetchall()
         out = []
         for row in rows:

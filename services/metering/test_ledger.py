@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -127,4 +128,36 @@ async def test_model_labels_are_bounded_and_the_store_keeps_every_name(tmp_path:
     assert labels == {"model-0", "model-1", "model-2", "other"}
     assert metrics.registry.get_sample_value("metering_completion_tokens_total", {"model": "other"}) == 47 * 5
     assert len(ledger.counters.models) == 50
+    await ledger.stop()
+
+
+async def test_totals_by_registered_model_name_and_an_older_store(tmp_path: Path) -> None:
+    """Two uids running one registered model sum under its name; an event without a name is its own
+    model's. A store made before events carried the name opens, and its rows count under their model."""
+    path = tmp_path / "u.db"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE events (source TEXT NOT NULL, event_id TEXT NOT NULL, occurred_at REAL NOT NULL,"
+        " received_at REAL NOT NULL, model TEXT NOT NULL, api_key_id TEXT NOT NULL, endpoint TEXT NOT NULL,"
+        " streamed INTEGER NOT NULL, finish_reason TEXT NOT NULL, status TEXT NOT NULL,"
+        " prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL,"
+        " ttft_seconds REAL NOT NULL, generation_seconds REAL NOT NULL, request_seconds REAL NOT NULL,"
+        " trace_id TEXT NOT NULL, PRIMARY KEY (source, event_id))"
+    )
+    old.execute(f"INSERT INTO events VALUES ('gw-0','old',{NOW - 30},{NOW - 30},'tiny','k','/v1/completions',0,"
+                "'stop','ok',1,1,0,0,0,0,'')")
+    old.commit()
+    old.close()
+    ledger = await open_ledger(path)
+    await ledger.record([
+        event(1, model="tiny-a", model_name="tiny"),
+        event(2, model="tiny-b", model_name="tiny"),
+        event(3, model="m1"),
+    ])
+    rows = await ledger.totals(Query(), ("model_name",))
+    assert [(labels["model_name"], t.requests) for labels, t in rows] == [("m1", 1), ("tiny", 3)]
+    by_uid = await ledger.totals(Query(model="tiny-b"), ())
+    assert by_uid[0][1].requests == 1
+    by_name = await ledger.totals(Query(model_name="tiny"), ("model",))
+    assert [(labels["model"], t.requests) for labels, t in by_name] == [("tiny", 1), ("tiny-a", 1), ("tiny-b", 1)]
     await ledger.stop()

@@ -194,6 +194,14 @@ class EngineFleet:
         excluded = set(exclude)
         return any(m.healthy and m.address not in excluded and (not model or m.serves(model)) for m in self.members)
 
+    def model_name(self, uid: str) -> str:
+        """The registered model `uid` runs, as its engines report it ("" when no engine serves it)."""
+        for member in self._members.values():
+            card = member.cards.get(uid)
+            if card is not None:
+                return card.model_name
+        return ""
+
     def mark_down(self, member: EngineMember) -> None:
         if member.healthy:
             log.warning("engine %s out of rotation: it refused a request as unavailable", member.address)

@@ -105,6 +105,7 @@ async def respond(
         model=meta.model,
         api_key_id=key_id,
         streamed=body.stream,
+        model_name=state.fleet.model_name(meta.model),
         trace_id=span.trace_id,
         span_id=span.span_id,
     )
