@@ -23,15 +23,16 @@ from services.gateway.fleet import routes as model_management
 from services.gateway.fleet.catalog import CATALOG_FILE, Catalog
 from services.gateway.fleet.engines import EngineFleet, EngineMember, split_targets
 from services.gateway.fleet.manager import ModelManager
-from services.gateway.generation import Outcome
+from services.gateway.streaming.generation import Outcome
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.middleware import InFlight, RequestLimits
-from services.gateway.routes import chat, completions, health, metrics, models, tokenize
-from services.gateway.outbox import OUTBOX_FILE, Outbox
-from services.gateway.schemas import InvalidText, UnsupportedFields
-from services.gateway.usage_events import usage_event
-from services.gateway.usage_recovery import UsageConfirmer, new_incarnation, recover_unconfirmed
-from services.gateway.usage_sender import SenderMetrics, UsageSender
+from services.gateway.openai_api import chat, completions, models, tokenize
+from services.gateway.ops import health, metrics
+from services.gateway.usage.outbox import OUTBOX_FILE, Outbox
+from services.gateway.openai_api.schemas import InvalidText, UnsupportedFields
+from services.gateway.usage.events import usage_event
+from services.gateway.usage.recovery import UsageConfirmer, new_incarnation, recover_unconfirmed
+from services.gateway.usage.sender import SenderMetrics, UsageSender
 from services.metering.client import MeteringClient
 from services.tracing import tracing_configured
 

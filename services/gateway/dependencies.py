@@ -11,10 +11,10 @@ from fastapi import Depends, Request
 from services.gateway.config import GatewaySettings
 from services.gateway.fleet.engines import EngineFleet
 from services.gateway.fleet.manager import ModelManager
-from services.gateway.generation import Generation, Outcome, OutcomeSink
+from services.gateway.streaming.generation import Generation, Outcome, OutcomeSink
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.middleware import InFlight
-from services.gateway.usage_sender import UsageSender
+from services.gateway.usage.sender import UsageSender
 
 
 @dataclass

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from opentelemetry import trace
 
-from services.gateway.generation import Outcome
-from services.gateway.openai_stream import ResponseMeta
+from services.gateway.streaming.generation import Outcome
+from services.gateway.streaming.sse import ResponseMeta
 
 
 class RequestSpan:

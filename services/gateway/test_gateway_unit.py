@@ -17,7 +17,7 @@ from llmserve.engine.v1 import engine_pb2_grpc
 from services.engine.client import EngineClient
 from services.gateway.app import create_app
 from services.gateway.config import GatewaySettings
-from services.gateway.generation import Outcome
+from services.gateway.streaming.generation import Outcome
 
 
 class FakeEngine(engine_pb2_grpc.EngineServiceServicer):

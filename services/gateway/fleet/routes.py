@@ -1,6 +1,6 @@
 """Xinference's model-management REST API (what `xinference-client`'s RESTfulClient calls):
 registrations, launch, terminate, and whether the cluster wants a key. Listing and describing running
-models share `/v1/models` with the OpenAI routes (services.gateway.routes.models)."""
+models share `/v1/models` with the OpenAI routes (services.gateway.openai_api.models)."""
 
 from __future__ import annotations
 

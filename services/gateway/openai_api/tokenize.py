@@ -8,8 +8,8 @@ from llmserve.engine.v1 import engine_pb2 as pb
 
 from services.gateway.dependencies import KeyId, State
 from services.gateway.errors import from_grpc
-from services.gateway.schemas import DetokenizeRequest, TokenizeRequest
-from services.gateway.translate import chat_messages
+from services.gateway.openai_api.schemas import DetokenizeRequest, TokenizeRequest
+from services.gateway.openai_api.translate import chat_messages
 
 router = APIRouter()
 

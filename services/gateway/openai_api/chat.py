@@ -6,9 +6,9 @@ from fastapi import APIRouter, Request, Response
 
 from services.gateway.dependencies import KeyId, State
 from services.gateway.errors import ApiError
-from services.gateway.routes.generate import new_id, respond, response_meta
-from services.gateway.schemas import ChatCompletionRequest
-from services.gateway.translate import chat_request
+from services.gateway.openai_api.respond import new_id, respond, response_meta
+from services.gateway.openai_api.schemas import ChatCompletionRequest
+from services.gateway.openai_api.translate import chat_request
 
 router = APIRouter(prefix="/v1")
 

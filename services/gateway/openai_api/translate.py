@@ -6,7 +6,7 @@ import json
 
 from llmserve.engine.v1 import engine_pb2 as pb
 
-from services.gateway.schemas import (
+from services.gateway.openai_api.schemas import (
     ChatCompletionRequest,
     ChatMessage,
     CompletionRequest,

@@ -1,8 +1,8 @@
 """Operator commands on the gateway's usage outbox (safe while the gateway runs: SQLite WAL).
 
-    python -m services.gateway.usage_admin status       [--data-dir var/gateway]
-    python -m services.gateway.usage_admin dead-letters [--data-dir var/gateway]
-    python -m services.gateway.usage_admin replay [EVENT_ID ...]   # all when none given
+    python -m services.gateway.usage.admin status       [--data-dir var/gateway]
+    python -m services.gateway.usage.admin dead-letters [--data-dir var/gateway]
+    python -m services.gateway.usage.admin replay [EVENT_ID ...]   # all when none given
 
 A replayed dead letter goes back to the outbox; the running gateway sends it within seconds."""
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from llmserve.metering.v1 import metering_pb2 as mpb
 
-from services.gateway.outbox import OUTBOX_FILE, Outbox
+from services.gateway.usage.outbox import OUTBOX_FILE, Outbox
 
 
 def _describe(payload: bytes) -> str:
@@ -27,7 +27,7 @@ def _describe(payload: bytes) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m services.gateway.usage_admin", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m services.gateway.usage.admin", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["status", "dead-letters", "replay"])
     parser.add_argument("event_ids", nargs="*")

@@ -4,8 +4,8 @@
 after that, so a gateway killed at any moment after it answered still has the event. Events that arrive
 while a commit is under way are committed together by the next one (group commit: one fsync for many).
 One sender task sends the outbox's oldest events in batches and removes each once metering acknowledged
-it; events metering refuses for good go to the dead-letter table (metric, log line, `usage_admin` lists
-and replays them). Metering down means retries with backoff; nothing is dropped.
+it; events metering refuses for good go to the dead-letter table (metric, log line;
+`python -m services.gateway.usage.admin` lists and replays them). Metering down means retries with backoff; nothing is dropped.
 
 If the outbox cannot be written (disk full, I/O error), events are held in memory and sent from there,
 and /health and `gateway_usage_outbox_healthy` say so until a write succeeds again."""
@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 from llmserve.metering.v1 import metering_pb2 as mpb
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from services.gateway.outbox import Outbox
+from services.gateway.usage.outbox import Outbox
 from services.metering.client import MeteringClient
 
 log = logging.getLogger(__name__)

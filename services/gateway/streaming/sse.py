@@ -10,8 +10,8 @@ from typing import Literal
 import orjson
 
 from services.gateway.errors import ApiError
-from services.gateway.generation import Generation
-from services.gateway.openai_format import (
+from services.gateway.streaming.generation import Generation
+from services.gateway.streaming.chunks import (
     ChoiceAccumulator,
     CompletionLogprobs,
     Json,

@@ -17,8 +17,8 @@ from collections.abc import Callable
 import grpc
 
 from services.engine.client import EngineClient
-from services.gateway.usage_events import events_from_unconfirmed
-from services.gateway.usage_sender import UsageSender
+from services.gateway.usage.events import events_from_unconfirmed
+from services.gateway.usage.sender import UsageSender
 
 log = logging.getLogger(__name__)
 

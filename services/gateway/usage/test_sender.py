@@ -13,10 +13,10 @@ from llmserve.metering.v1 import metering_pb2_grpc
 from llmserve.engine.v1 import engine_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from services.gateway.generation import Outcome
-from services.gateway.outbox import Outbox
-from services.gateway.usage_events import usage_event
-from services.gateway.usage_sender import SenderMetrics, UsageSender
+from services.gateway.streaming.generation import Outcome
+from services.gateway.usage.outbox import Outbox
+from services.gateway.usage.events import usage_event
+from services.gateway.usage.sender import SenderMetrics, UsageSender
 from services.grpc_lifecycle import build_server
 from services.metering.client import MeteringClient
 from services.metering.ledger import Ledger

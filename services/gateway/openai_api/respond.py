@@ -14,11 +14,11 @@ from llmserve.engine.v1 import engine_pb2 as pb
 
 from services.gateway.dependencies import GatewayState
 from services.gateway.errors import ApiError
-from services.gateway.generation import Generation, Outcome
-from services.gateway.openai_stream import Kind, ResponseMeta, aggregate, stream_events
-from services.gateway.schemas import SamplingFields
+from services.gateway.streaming.generation import Generation, Outcome
+from services.gateway.streaming.sse import Kind, ResponseMeta, aggregate, stream_events
+from services.gateway.openai_api.schemas import SamplingFields
 from services.gateway.telemetry import RequestSpan
-from services.gateway.usage_events import usage_context
+from services.gateway.usage.events import usage_context
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 

@@ -1,0 +1,1 @@
+"""Operations: the health probe and the Prometheus exposition."""
