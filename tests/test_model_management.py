@@ -148,29 +148,37 @@ def test_failed_launches_answer_clearly_and_leave_the_others_serving(
     assert chat(gateway.address, EMBEDDED_MODEL_NAME).usage.completion_tokens >= 1
 
 
-async def test_terminating_a_model_ends_its_streams_with_usage_and_done(
-    xinference: RESTfulClient, gateway: ServiceProcess
-) -> None:
-    await asyncio.to_thread(xinference.launch_model, TINY_NAME, model_uid=TINY_UID)
+async def stream_until_terminated(gateway: str, xinference: RESTfulClient, uid: str) -> dict:
+    """Streams from `uid`, terminates it after the first content chunk, reads to the end; returns the
+    usage chunk, after checking the stream ended with it and [DONE]."""
     body = {
-        "model": TINY_UID, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1500,
+        "model": uid, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1500,
         "ignore_eos": True, "stream": True,
     }
     headers = {"Authorization": f"Bearer {API_KEY}"}
     lines: list[str] = []
-    async with httpx.AsyncClient(base_url=gateway.address, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=gateway, timeout=60) as client:
         async with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as response:
             assert response.status_code == 200
             stream = response.aiter_lines()
             while not any(line.startswith("data: {") and '"content"' in line for line in lines):
                 lines.append(await anext(stream))
-            terminated = asyncio.create_task(asyncio.to_thread(xinference.terminate_model, TINY_UID))
+            terminated = asyncio.create_task(asyncio.to_thread(xinference.terminate_model, uid))
             lines += [line async for line in stream]
             await terminated
     events = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     usage = json.loads(events[-2])["usage"]
     assert 1 <= usage["completion_tokens"] < 1500
+    return usage
+
+
+async def test_terminating_a_model_ends_its_streams_with_usage_and_done(
+    xinference: RESTfulClient, gateway: ServiceProcess
+) -> None:
+    await asyncio.to_thread(xinference.launch_model, TINY_NAME, model_uid=TINY_UID)
+    await stream_until_terminated(gateway.address, xinference, TINY_UID)
+    assert TINY_UID not in xinference.list_models()
 
 
 def test_management_needs_an_admin_key_and_xinference_learns_to_send_one(gateway: ServiceProcess) -> None:
@@ -216,11 +224,10 @@ async def test_usage_is_metered_under_the_uid_and_the_registered_name(
     xinference = RESTfulClient(billed.address, api_key=ADMIN_API_KEY)
     try:
         await asyncio.to_thread(xinference.launch_model, TINY_NAME, model_uid="tiny-billed")
-        try:
-            replies = [await asyncio.to_thread(chat, billed.address, "tiny-billed") for _ in range(2)]
-        finally:
-            await asyncio.to_thread(xinference.terminate_model, "tiny-billed")
-        completion = sum(r.usage.completion_tokens for r in replies)
+        replies = [await asyncio.to_thread(chat, billed.address, "tiny-billed") for _ in range(2)]
+        # The model is terminated under a third request's stream: that one is billed as well.
+        cut = await stream_until_terminated(billed.address, xinference, "tiny-billed")
+        completion = sum(r.usage.completion_tokens for r in replies) + cut["completion_tokens"]
 
         async def totals(**query: str) -> list:
             async with metering_client(metering.address) as client:
@@ -228,9 +235,9 @@ async def test_usage_is_metered_under_the_uid_and_the_registered_name(
 
         async def metered() -> bool:
             rows = await totals(model_name=TINY_NAME)
-            return bool(rows) and rows[0].totals.requests == 2
+            return bool(rows) and rows[0].totals.requests == 3
 
-        await wait_for(metered, 30, "metering to hold both requests")
+        await wait_for(metered, 30, "metering to hold the three requests")
         by_uid = await totals(model="tiny-billed")
         assert by_uid[0].totals.completion_tokens == completion
         grouped = await totals(group_by_model=True, group_by_model_name=True)
