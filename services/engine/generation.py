@@ -14,11 +14,21 @@ class Role(str, Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class ImageInput:
+    """An encoded image, as the client sent it."""
+
+    data: bytes
+    media_type: str
+
+
+@dataclass(frozen=True, slots=True)
 class ChatTurn:
     role: Role
     content: str
     name: str | None = None
     tool_call_id: str | None = None
+    # Text (str) and images in order; None: the message is `content` alone.
+    parts: tuple[str | ImageInput, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

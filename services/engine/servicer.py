@@ -23,6 +23,7 @@ from services.engine.generation import (
     FinishReason,
     GenerationRequest,
     GenerationUpdate,
+    ImageInput,
     Prompt,
     Role,
     Sampling,
@@ -236,12 +237,19 @@ def _chat(chat: pb.Chat) -> tuple[ChatTurn, ...]:
         role = _ROLES.get(message.role)
         if role is None:
             raise InvalidRequestError(f"messages[{i}] has no role (system, user, assistant or tool)")
+        parts = None
+        if message.parts:
+            parts = tuple(
+                ImageInput(p.image.data, p.image.media_type) if p.WhichOneof("kind") == "image" else p.text
+                for p in message.parts
+            )
         turns.append(
             ChatTurn(
                 role=role,
                 content=message.content,
                 name=message.name or None,
                 tool_call_id=message.tool_call_id or None,
+                parts=parts,
             )
         )
     if not turns:

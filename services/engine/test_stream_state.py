@@ -5,12 +5,17 @@ from types import SimpleNamespace
 from services.engine.vllm_backend import _StreamState
 
 
-def _output(index: int, token_ids: list[int], cached: int, finished: bool = False) -> SimpleNamespace:
+def _output(
+    index: int, token_ids: list[int], cached: int, finished: bool = False, prompt_token_ids: list[int] | None = None
+) -> SimpleNamespace:
     completion = SimpleNamespace(
         index=index, text="x" * len(token_ids), token_ids=token_ids, logprobs=None,
         finish_reason="length" if finished else None, stop_reason=None,
     )
-    return SimpleNamespace(outputs=[completion], num_cached_tokens=cached, finished=finished, metrics=None)
+    return SimpleNamespace(
+        outputs=[completion], num_cached_tokens=cached, finished=finished, metrics=None,
+        prompt_token_ids=prompt_token_ids,
+    )
 
 
 def test_cached_tokens_with_several_choices_do_not_depend_on_report_order() -> None:
@@ -33,3 +38,11 @@ def test_cached_tokens_of_one_choice() -> None:
     state.update(_output(0, [1], 16), logprobs=None)
     state.update(_output(0, [2], 16, finished=True), logprobs=None)
     assert state.usage().cached_tokens == 16
+
+
+def test_prompt_tokens_are_vllm_s_count_once_it_reports_one() -> None:
+    """With images, vLLM's processor inserts placeholder tokens: its count is the one billed."""
+    state = _StreamState(prompt_tokens=12, started=0.0)
+    state.update(_output(0, [1], 0, prompt_token_ids=list(range(57))), logprobs=None)
+    state.update(_output(0, [2], 0, finished=True), logprobs=None)
+    assert state.usage().prompt_tokens == 57

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import time
@@ -22,6 +23,7 @@ from services.engine.generation import (
     FinishReason,
     GenerationRequest,
     GenerationUpdate,
+    ImageInput,
     ModelInfo,
     Prompt,
     Sampling,
@@ -92,6 +94,8 @@ class VllmBackend:
         self._place_engine_core = place_engine_core
         self._llm: Any = None
         self._tokenizer: Any = None
+        # The model's Hugging Face processor, loaded at the first request with images.
+        self._processor: Any = None
         self._info: ModelInfo | None = None
         self._draining = False
         self._open: set[str] = set()
@@ -176,7 +180,7 @@ class VllmBackend:
         self, model: str, prompt: Prompt, add_special_tokens: bool, add_generation_prompt: bool
     ) -> tuple[list[int], int]:
         info = self._check_model(model)
-        ids = await self._prompt_token_ids(prompt, add_special_tokens, add_generation_prompt)
+        ids, _ = await self._prepare(prompt, add_special_tokens, add_generation_prompt)
         return ids, info.max_model_len
 
     async def detokenize(self, model: str, token_ids: list[int]) -> str:
@@ -210,18 +214,14 @@ class VllmBackend:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationUpdate]:
         """Streams updates; the last has `finished` set and the final usage, whatever ended the request."""
         info = self._check_model(request.model)
-        prompt_ids = await self._prompt_token_ids(request.prompt, True, True)
+        prompt_ids, engine_prompt = await self._prepare(request.prompt, True, True)
         params = self._sampling_params(request.sampling, len(prompt_ids), info.max_model_len)
-        from vllm.inputs import TokensPrompt
-
         stream = _StreamState(prompt_tokens=len(prompt_ids), started=time.monotonic())
         self._open.add(request.request_id)
         if request.caller:
             self.unconfirmed.open(request.request_id, request.caller, request.usage_context, info.id)
         try:
-            outputs = self._llm.generate(
-                TokensPrompt(prompt_token_ids=prompt_ids), params, request.request_id
-            )
+            outputs = self._llm.generate(engine_prompt, params, request.request_id)
             async for output in _translate_errors(outputs, stream):
                 update = stream.update(output, request.sampling.logprobs)
                 if update.finished or not stream.announced:
@@ -261,6 +261,47 @@ class VllmBackend:
             request_id, stream.usage(), [reasons[i] for i in sorted(reasons)], stream.timings(), stream.error
         )
 
+    async def _prepare(
+        self, prompt: Prompt, add_special_tokens: bool, add_generation_prompt: bool
+    ) -> tuple[list[int], Any]:
+        """(the prompt's token ids as the model sees them, the prompt to hand vLLM). A chat with images
+        goes to vLLM as the templated text plus the decoded images, which vLLM's processor for the model
+        expands into image placeholder tokens; the ids counted here come from the model's own processor,
+        the one vLLM runs, so /tokenize and the usage agree."""
+        images = [
+            (f"messages[{i}].content[{j}].image_url", part)
+            for i, turn in enumerate(prompt.chat or ())
+            for j, part in enumerate(turn.parts or ())
+            if isinstance(part, ImageInput)
+        ]
+        if not images:
+            from vllm.inputs import TokensPrompt
+
+            ids = await self._prompt_token_ids(prompt, add_special_tokens, add_generation_prompt)
+            return ids, TokensPrompt(prompt_token_ids=ids)
+        config = self._llm.model_config
+        if not config.is_multimodal_model:
+            raise InvalidRequestError(f"The model `{self._served.name}` takes no images: send text only.")
+        limit = config.multimodal_config.get_limit_per_prompt("image")
+        if len(images) > limit:
+            raise InvalidRequestError(
+                f"At most {limit} image(s) per request for the model `{self._served.name}`; got {len(images)}."
+            )
+        decoded = await asyncio.to_thread(_decode_images, images)
+        text = await self._chat_text(prompt.chat, add_generation_prompt)
+        ids = await asyncio.to_thread(self._count_with_processor, text, decoded)
+        return ids, {"prompt": text, "multi_modal_data": {"image": decoded}}
+
+    def _count_with_processor(self, text: str, images: list[Any]) -> list[int]:
+        if self._processor is None:
+            from transformers import AutoProcessor
+
+            self._processor = AutoProcessor.from_pretrained(self._served.root)
+        try:
+            return list(self._processor(text=text, images=images)["input_ids"][0])
+        except (ValueError, TypeError) as exc:
+            raise InvalidRequestError(f"the model's processor rejected the images: {exc}") from exc
+
     async def _prompt_token_ids(
         self, prompt: Prompt, add_special_tokens: bool, add_generation_prompt: bool
     ) -> list[int]:
@@ -285,12 +326,17 @@ class VllmBackend:
         return ids
 
     async def _chat_token_ids(self, chat: tuple[ChatTurn, ...], add_generation_prompt: bool) -> list[int]:
+        text = await self._chat_text(chat, add_generation_prompt)
+        # The template already wrote the special tokens (as vLLM's chat path does).
+        return await _off_loop(len(text), self._tokenizer.encode, text, add_special_tokens=False)
+
+    async def _chat_text(self, chat: tuple[ChatTurn, ...], add_generation_prompt: bool) -> str:
         if not chat:
             raise InvalidRequestError("messages must hold at least one message")
         messages = [_chat_message(turn) for turn in chat]
         size = sum(len(turn.content) for turn in chat)
         try:
-            text = await _off_loop(
+            return await _off_loop(
                 size,
                 self._tokenizer.apply_chat_template,
                 messages,
@@ -299,8 +345,6 @@ class VllmBackend:
             )
         except Exception as exc:  # jinja raises TemplateError and friends on bad conversations
             raise InvalidRequestError(f"the chat template rejected the messages: {exc}") from exc
-        # The template already wrote the special tokens (as vLLM's chat path does).
-        return await _off_loop(len(text), self._tokenizer.encode, text, add_special_tokens=False)
 
     def _sampling_params(self, sampling: Sampling, prompt_len: int, max_model_len: int) -> Any:
         from vllm.exceptions import VLLMClientError
@@ -383,8 +427,28 @@ def _structured_kwargs(structured: Any) -> dict[str, Any]:
     raise InvalidRequestError("structured_output is set but names no constraint")
 
 
-def _chat_message(turn: ChatTurn) -> dict[str, str]:
-    message = {"role": turn.role.value, "content": turn.content}
+def _decode_images(images: list[tuple[str, ImageInput]]) -> list[Any]:
+    """(where in the request, image) pairs -> RGB images, or InvalidRequestError naming the part."""
+    from PIL import Image, UnidentifiedImageError
+
+    decoded = []
+    for where, image in images:
+        try:
+            with Image.open(io.BytesIO(image.data)) as opened:
+                decoded.append(opened.convert("RGB"))
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise InvalidRequestError(
+                f"{where}: the image ({image.media_type or 'no media type'}) could not be decoded: {exc}"
+            ) from exc
+    return decoded
+
+
+def _chat_message(turn: ChatTurn) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": turn.role.value, "content": turn.content}
+    if turn.parts is not None:
+        message["content"] = [
+            {"type": "text", "text": part} if isinstance(part, str) else {"type": "image"} for part in turn.parts
+        ]
     if turn.name:
         message["name"] = turn.name
     if turn.tool_call_id:
@@ -468,6 +532,9 @@ class _StreamState:
         )
 
     def update(self, output: Any, logprobs: int | None) -> GenerationUpdate:
+        if not self.started_output and output.prompt_token_ids:
+            # vLLM's own count (with images: after its processor inserted their placeholder tokens).
+            self.prompt_tokens = len(output.prompt_token_ids)
         self.started_output = True
         now = time.monotonic()
         choices = []

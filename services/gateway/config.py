@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.gateway.openai_api.images import ImagePolicy
 from services.service_auth import read_token
 
 
@@ -55,7 +56,26 @@ class GatewaySettings(BaseSettings):
     usage_batch_size: int = Field(500, ge=1)
     # On shutdown, time to deliver the outbox to metering before the rest stays on disk for the next start.
     usage_drain_seconds: float = Field(10.0, ge=0)
+    # Images in chat (`image_url` parts): data: URIs always; http(s) URLs only when fetching is on, to
+    # the allowed hosts (comma-separated; empty: any public host), never to non-public addresses unless
+    # allowed.
+    image_max_bytes: int = Field(8 * 1024 * 1024, ge=1)
+    image_fetch: bool = False
+    image_allowed_hosts: str = ""
+    image_allow_private_addresses: bool = False
+    image_fetch_timeout_seconds: float = Field(10.0, gt=0)
+    image_max_redirects: int = Field(3, ge=0)
     log_level: str = "INFO"
+
+    def image_policy(self) -> ImagePolicy:
+        return ImagePolicy(
+            max_bytes=self.image_max_bytes,
+            fetch=self.image_fetch,
+            allowed_hosts=frozenset(h.strip().lower() for h in self.image_allowed_hosts.split(",") if h.strip()),
+            allow_private=self.image_allow_private_addresses,
+            timeout_seconds=self.image_fetch_timeout_seconds,
+            max_redirects=self.image_max_redirects,
+        )
 
     def service_token(self) -> str | None:
         return read_token(self.service_token_file) if self.service_token_file else None

@@ -13,10 +13,11 @@ from typing import Any
 
 from services.engine.builtin_models import BUILTIN_PREFIX, TINY_NAME
 from services.engine.prepare_model import EMBEDDED_MODEL_NAME
+from services.engine.tiny_vlm import TINY_VLM_NAME
 
 MODEL_TYPES = ("LLM", "embedding", "image", "audio", "rerank", "video")
 SERVED_TYPE = "LLM"
-ABILITIES = frozenset({"generate", "chat"})
+ABILITIES = frozenset({"generate", "chat", "vision"})
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
@@ -78,6 +79,11 @@ BUILTINS: dict[str, Registration] = {
             TINY_NAME, f"{BUILTIN_PREFIX}{TINY_NAME}", context_length=8192,
             model_description="SmolLM2's tokenizer on a tiny random-weights body: noise, fast, cheap to launch",
             model_family="SmolLM2", is_builtin=True,
+        ),
+        Registration(
+            TINY_VLM_NAME, f"{BUILTIN_PREFIX}{TINY_VLM_NAME}", model_ability=("chat", "vision"), context_length=2048,
+            model_description="A tiny random-weights Idefics3 (SmolVLM architecture): images in, noise out",
+            model_family="SmolVLM", is_builtin=True,
         ),
     )
 }

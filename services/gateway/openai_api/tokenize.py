@@ -8,6 +8,7 @@ from llmserve.engine.v1 import engine_pb2 as pb
 
 from services.gateway.dependencies import KeyId, State
 from services.gateway.errors import from_grpc
+from services.gateway.openai_api.images import load_images
 from services.gateway.openai_api.schemas import DetokenizeRequest, TokenizeRequest
 from services.gateway.openai_api.translate import chat_messages
 
@@ -18,7 +19,8 @@ router = APIRouter()
 async def tokenize(body: TokenizeRequest, state: State, key_id: KeyId) -> dict:
     request = pb.TokenizeRequest(model=body.model or "")
     if body.messages is not None:
-        request.chat.CopyFrom(chat_messages(body.messages))
+        images = await load_images(body.messages, state.settings.image_policy())
+        request.chat.CopyFrom(chat_messages(body.messages, images))
         request.add_generation_prompt = body.add_generation_prompt
     else:
         request.text = body.prompt or ""

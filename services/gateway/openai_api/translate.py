@@ -12,6 +12,7 @@ from services.gateway.openai_api.schemas import (
     CompletionRequest,
     ResponseFormat,
     SamplingFields,
+    TextPart,
 )
 
 _ROLES = {
@@ -23,15 +24,18 @@ _ROLES = {
 }
 
 
-def chat_messages(messages: list[ChatMessage]) -> pb.Chat:
-    return pb.Chat(
-        messages=[
-            pb.ChatMessage(
-                role=_ROLES[m.role], content=m.text(), name=m.name or "", tool_call_id=m.tool_call_id or ""
-            )
-            for m in messages
-        ]
-    )
+def chat_messages(messages: list[ChatMessage], images: dict[tuple[int, int], pb.Image] | None = None) -> pb.Chat:
+    """`images`: the image parts' bytes by (message, part) index (services.gateway.openai_api.images)."""
+    chat = pb.Chat()
+    for i, m in enumerate(messages):
+        message = chat.messages.add(role=_ROLES[m.role], content=m.text(), name=m.name or "", tool_call_id=m.tool_call_id or "")
+        if m.has_images:
+            for j, part in enumerate(m.content):
+                if isinstance(part, TextPart):
+                    message.parts.add(text=part.text)
+                else:
+                    message.parts.add(image=(images or {})[(i, j)])
+    return chat
 
 
 def _structured(response_format: ResponseFormat | None) -> pb.StructuredOutput | None:
@@ -74,12 +78,14 @@ def _sampling(body: SamplingFields, max_tokens: int | None, logprobs: int | None
     return params
 
 
-def chat_request(body: ChatCompletionRequest, request_id: str) -> pb.GenerateRequest:
+def chat_request(
+    body: ChatCompletionRequest, request_id: str, images: dict[tuple[int, int], pb.Image] | None = None
+) -> pb.GenerateRequest:
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     return pb.GenerateRequest(
         request_id=request_id,
         model=body.model,
-        chat=chat_messages(body.messages),
+        chat=chat_messages(body.messages, images),
         sampling=_sampling(body, body.max_completion_tokens or body.max_tokens, logprobs, body.response_format),
     )
 

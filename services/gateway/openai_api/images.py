@@ -1,0 +1,127 @@
+"""Images in chat messages (`image_url` parts): `data:` URIs decoded here, and, when enabled, http(s)
+URLs the gateway fetches itself within limits, so that the engine gets bytes and fetches nothing.
+
+A fetch goes only to an allowed host (when an allowlist is set), never to a loopback, link-local,
+private or otherwise non-public address unless explicitly allowed (checked for every address the name
+resolves to, at every redirect), follows a bounded number of redirects, and stops at the size and time
+limits. What fails becomes a 400 naming the part (`messages[i].content[j].image_url`)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+from llmserve.engine.v1 import engine_pb2 as pb
+
+from services.gateway.errors import ApiError
+from services.gateway.openai_api.schemas import ChatMessage, ImagePart
+
+MEDIA_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    max_bytes: int = 8 * 1024 * 1024
+    fetch: bool = False
+    # Empty: any public host.
+    allowed_hosts: frozenset[str] = frozenset()
+    allow_private: bool = False
+    timeout_seconds: float = 10.0
+    max_redirects: int = 3
+
+
+def _refuse(param: str, message: str) -> ApiError:
+    return ApiError(400, f"{param}: {message}", param=param, code="invalid_image")
+
+
+def _media_type(value: str, param: str) -> str:
+    media = value.split(";", 1)[0].strip().lower()
+    if media not in MEDIA_TYPES:
+        raise _refuse(param, f"unsupported media type {media or '(none)'!r}; send one of {', '.join(sorted(MEDIA_TYPES))}")
+    return media
+
+
+def _from_data_uri(url: str, policy: ImagePolicy, param: str) -> pb.Image:
+    header, comma, payload = url.partition(",")
+    if not comma or not header.endswith(";base64"):
+        raise _refuse(param, "a data: URI must be `data:<media type>;base64,<data>`")
+    media = _media_type(header.removeprefix("data:").removesuffix(";base64"), param)
+    if len(payload) > policy.max_bytes * 4 // 3 + 4:
+        raise _refuse(param, f"the image is larger than {policy.max_bytes} bytes")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise _refuse(param, f"the base64 data does not decode ({exc})") from exc
+    if not data:
+        raise _refuse(param, "the image is empty")
+    return pb.Image(data=data, media_type=media)
+
+
+async def _check_host(url: str, policy: ImagePolicy, param: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _refuse(param, "only data:, http: and https: URLs are accepted")
+    host = parts.hostname.lower()
+    if policy.allowed_hosts and host not in policy.allowed_hosts:
+        raise _refuse(param, f"the host {host!r} is not on this gateway's image host allowlist")
+    if policy.allow_private:
+        return
+    try:
+        infos = await asyncio.to_thread(socket.getaddrinfo, host, parts.port or (443 if parts.scheme == "https" else 80))
+    except OSError as exc:
+        raise _refuse(param, f"the host {host!r} does not resolve") from exc
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if not address.is_global:
+            raise _refuse(param, f"the host {host!r} resolves to a non-public address; images are not fetched from there")
+
+
+async def _fetch(url: str, policy: ImagePolicy, param: str) -> pb.Image:
+    if not policy.fetch:
+        raise _refuse(param, "this gateway does not fetch image URLs; send the image as a data: URI")
+    async with httpx.AsyncClient(timeout=policy.timeout_seconds, follow_redirects=False) as client:
+        for _ in range(policy.max_redirects + 1):
+            await _check_host(url, policy, param)
+            try:
+                async with client.stream("GET", url) as response:
+                    if response.is_redirect:
+                        url = urljoin(url, response.headers.get("location", ""))
+                        continue
+                    if response.status_code != 200:
+                        raise _refuse(param, f"fetching the image answered HTTP {response.status_code}")
+                    media = _media_type(response.headers.get("content-type", ""), param)
+                    data = bytearray()
+                    async for chunk in response.aiter_bytes():
+                        data += chunk
+                        if len(data) > policy.max_bytes:
+                            raise _refuse(param, f"the image is larger than {policy.max_bytes} bytes")
+                    return pb.Image(data=bytes(data), media_type=media)
+            except httpx.HTTPError as exc:
+                raise _refuse(param, f"fetching the image failed ({exc.__class__.__name__})") from exc
+    raise _refuse(param, f"more than {policy.max_redirects} redirects")
+
+
+async def load_images(messages: list[ChatMessage], policy: ImagePolicy) -> dict[tuple[int, int], pb.Image]:
+    """Every image part's bytes, by (message index, part index)."""
+    images: dict[tuple[int, int], pb.Image] = {}
+    fetches: dict[tuple[int, int], tuple[str, str]] = {}
+    for i, message in enumerate(messages):
+        if not isinstance(message.content, list):
+            continue
+        for j, part in enumerate(message.content):
+            if isinstance(part, ImagePart):
+                param = f"messages[{i}].content[{j}].image_url"
+                if part.image_url.url.startswith("data:"):
+                    images[(i, j)] = _from_data_uri(part.image_url.url, policy, param)
+                else:
+                    fetches[(i, j)] = (part.image_url.url, param)
+    if fetches:
+        fetched = await asyncio.gather(*(_fetch(url, policy, param) for url, param in fetches.values()))
+        images.update(zip(fetches, fetched))
+    return images

@@ -1,0 +1,104 @@
+"""Image parts before they reach the engine: data: URIs decoded, URLs refused unless fetching is on, and
+never fetched from non-public addresses or hosts off the allowlist."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from services.gateway.errors import ApiError
+from services.gateway.openai_api.images import ImagePolicy, load_images
+from services.gateway.openai_api.schemas import ChatMessage
+
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+)
+
+
+def message(url: str) -> list[ChatMessage]:
+    return [ChatMessage.model_validate(
+        {"role": "user", "content": [{"type": "text", "text": "what is it?"}, {"type": "image_url", "image_url": {"url": url}}]}
+    )]
+
+
+async def refusal(url: str, policy: ImagePolicy = ImagePolicy()) -> ApiError:
+    with pytest.raises(ApiError) as refused:
+        await load_images(message(url), policy)
+    assert refused.value.status == 400 and refused.value.param == "messages[0].content[1].image_url"
+    return refused.value
+
+
+async def test_a_data_uri_becomes_bytes_with_its_media_type() -> None:
+    images = await load_images(message("data:image/png;base64," + base64.b64encode(PNG).decode()), ImagePolicy())
+    assert images[(0, 1)].data == PNG and images[(0, 1)].media_type == "image/png"
+
+
+@pytest.mark.parametrize(("url", "words"), [
+    ("data:image/png;base64,not base64!", "does not decode"),
+    ("data:image/bmp;base64,AAAA", "unsupported media type"),
+    ("data:image/png,rawbytes", "base64"),
+    ("http://example.com/cat.png", "does not fetch"),
+    ("ftp://example.com/cat.png", "does not fetch"),
+])
+async def test_bad_images_are_refused_naming_the_part(url: str, words: str) -> None:
+    assert words in (await refusal(url)).message
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:9/x.png", "http://localhost:9/x.png", "http://169.254.169.254/latest/meta-data",
+    "http://10.0.0.1/x.png", "http://[::1]:9/x.png",
+])
+async def test_fetching_never_reaches_internal_addresses(url: str) -> None:
+    assert "non-public" in (await refusal(url, ImagePolicy(fetch=True))).message
+
+
+async def test_fetching_keeps_to_the_allowlist_and_the_size_limit() -> None:
+    off_list = await refusal("http://example.com/x.png", ImagePolicy(fetch=True, allowed_hosts=frozenset({"images.example.org"})))
+    assert "allowlist" in off_list.message
+    big = "data:image/png;base64," + base64.b64encode(b"x" * 2000).decode()
+    assert "larger than" in (await refusal(big, ImagePolicy(max_bytes=1000))).message
+
+
+class _Images(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/cat.png":
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.end_headers()
+            self.wfile.write(PNG)
+        elif self.path == "/loop":
+            self.send_response(302)
+            self.send_header("Location", "/loop")
+            self.end_headers()
+        else:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html></html>")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def image_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Images)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+async def test_a_fetch_allowed_to_reach_a_host_gets_the_image_and_its_limits_hold(image_server: str) -> None:
+    """Loopback is allowed here only because the policy says so (the test's server is on 127.0.0.1)."""
+    policy = ImagePolicy(fetch=True, allow_private=True, max_redirects=2)
+    images = await load_images(message(f"{image_server}/cat.png"), policy)
+    assert images[(0, 1)].data == PNG and images[(0, 1)].media_type == "image/png"
+    assert "redirects" in (await refusal(f"{image_server}/loop", policy)).message
+    assert "unsupported media type" in (await refusal(f"{image_server}/page", policy)).message

@@ -1,0 +1,145 @@
+"""Image inputs end to end, with real processes: the built-in tiny vision-language model launched beside
+the embedded one, chats with one and two images (streamed and not) whose usage equals /tokenize's count,
+and each bad input answered with an OpenAI-shaped 400."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from llmserve.metering.v1 import metering_pb2 as mpb
+from PIL import Image
+from xinference_client import RESTfulClient
+
+from services.engine.prepare_model import EMBEDDED_MODEL_NAME
+from services.engine.tiny_vlm import TINY_VLM_NAME
+from tests.conftest import ADMIN_API_KEY, API_KEY, start_gateway, start_metering
+from tests.credentials import metering_client
+from tests.otlp_receiver import OtlpReceiver
+from tests.test_metering import wait_for
+from tools.processes import ServiceProcess
+
+UID = "vlm"
+HEADERS = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def data_uri(color: tuple[int, int, int], size: tuple[int, int] = (40, 30), fmt: str = "PNG") -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, fmt)
+    return f"data:image/{fmt.lower()};base64,{base64.b64encode(buffer.getvalue()).decode()}"
+
+
+def messages(*urls: str) -> list[dict]:
+    parts = [{"type": "text", "text": "What is in the picture?"}]
+    parts += [{"type": "image_url", "image_url": {"url": url}} for url in urls]
+    return [{"role": "user", "content": parts}]
+
+
+@pytest.fixture(scope="module")
+def gateway(log_dir: Path, engine_address: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    process = start_gateway(log_dir, engine_address, name="gateway-images",
+                            data_dir=str(tmp_path_factory.mktemp("gateway-images")))
+    xinference = RESTfulClient(process.address, api_key=ADMIN_API_KEY)
+    xinference.launch_model(TINY_VLM_NAME, model_uid=UID)
+    try:
+        yield process
+    finally:
+        xinference.terminate_model(UID)
+        process.stop()
+
+
+def tokenize_count(gateway: ServiceProcess, chat: list[dict]) -> int:
+    reply = httpx.post(f"{gateway.address}/tokenize", json={"model": UID, "messages": chat}, headers=HEADERS)
+    assert reply.status_code == 200, reply.text
+    return reply.json()["count"]
+
+
+def test_one_and_two_images_count_their_placeholder_tokens(gateway: ServiceProcess) -> None:
+    client = openai.OpenAI(base_url=f"{gateway.address}/v1", api_key=API_KEY)
+    one = messages(data_uri((200, 10, 10)))
+    reply = client.chat.completions.create(model=UID, messages=one, max_tokens=3)
+    assert reply.usage.prompt_tokens == tokenize_count(gateway, one)
+    text_only = tokenize_count(gateway, [{"role": "user", "content": [{"type": "text", "text": "What is in the picture?"}]}])
+    assert reply.usage.prompt_tokens > text_only + 4, "the image's placeholder tokens are counted"
+
+    two = messages(data_uri((0, 200, 0)), data_uri((0, 0, 200), (64, 48), "JPEG"))
+    chunks = list(client.chat.completions.create(model=UID, messages=two, max_tokens=3, stream=True))
+    usage = chunks[-1].usage
+    assert usage.prompt_tokens == tokenize_count(gateway, two) > reply.usage.prompt_tokens
+    assert usage.completion_tokens >= 1
+
+
+def post_chat(gateway: ServiceProcess, model: str, chat: list[dict]) -> httpx.Response:
+    body = {"model": model, "messages": chat, "max_tokens": 2}
+    return httpx.post(f"{gateway.address}/v1/chat/completions", json=body, headers=HEADERS, timeout=60)
+
+
+@pytest.mark.parametrize(("model", "urls", "words", "param"), [
+    (UID, ["data:image/png;base64," + base64.b64encode(b"not an image").decode()], "could not be decoded", None),
+    (UID, ["data:image/bmp;base64,Qk0="], "unsupported media type", "messages[0].content[1].image_url"),
+    (UID, ["data:image/png;base64,%%%"], "does not decode", "messages[0].content[1].image_url"),
+    (UID, ["https://example.com/cat.png"], "does not fetch", "messages[0].content[1].image_url"),
+    (UID, [data_uri((1, 1, 1))] * 3, "At most 2 image(s)", None),
+    (EMBEDDED_MODEL_NAME, [data_uri((1, 1, 1))], "takes no images", None),
+])
+def test_bad_image_inputs_get_a_400_that_says_why(
+    gateway: ServiceProcess, model: str, urls: list[str], words: str, param: str | None
+) -> None:
+    reply = post_chat(gateway, model, messages(*urls))
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert words in error["message"] and error["type"] == "invalid_request_error"
+    if param:
+        assert error["param"] == param
+    # The server keeps serving.
+    assert post_chat(gateway, UID, messages(data_uri((5, 5, 5)))).status_code == 200
+
+
+async def test_an_image_request_is_traced_and_metered_with_its_image_tokens(
+    gateway: ServiceProcess, log_dir: Path, tmp_path: Path, engine_address: str, otlp_receiver: OtlpReceiver
+) -> None:
+    metering = await asyncio.to_thread(
+        start_metering, log_dir, tmp_path / "m", None, "metering-images", otlp_receiver.env("metering")
+    )
+    traced = await asyncio.to_thread(
+        start_gateway, log_dir, engine_address, "gateway-images-traced", True, otlp_receiver.env("gateway"),
+        metering_addr=metering.address, data_dir=str(tmp_path / "g"),
+    )
+    trace_id, parent = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    try:
+        body = {"model": UID, "messages": messages(data_uri((9, 90, 180))), "max_tokens": 3}
+        headers = {**HEADERS, "traceparent": f"00-{trace_id}-{parent}-01"}
+        async with httpx.AsyncClient(timeout=120) as http:
+            reply = await http.post(f"{traced.address}/v1/chat/completions", json=body, headers=headers)
+        assert reply.status_code == 200, reply.text
+        usage = reply.json()["usage"]
+
+        async def all_spans() -> bool:
+            return {s.service for s in otlp_receiver.spans(trace_id)} == {"gateway", "engine", "metering"}
+
+        await wait_for(all_spans, 30, "the request's spans from all three services")
+        spans = otlp_receiver.spans(trace_id)
+        gateway_span = next(s for s in spans if s.service == "gateway" and s.parent_span_id == parent)
+        engine_span = next(s for s in spans if s.service == "engine")
+        for span in (gateway_span, engine_span):
+            assert span.attributes["gen_ai.usage.input_tokens"] == usage["prompt_tokens"]
+
+        async def metered() -> bool:
+            async with metering_client(metering.address) as client:
+                rows = await client.totals(mpb.GetTotalsRequest(model=UID, group_by_model_name=True))
+            return bool(rows) and rows[0].totals.prompt_tokens == usage["prompt_tokens"]
+
+        await wait_for(metered, 30, "metering to hold the image request's prompt tokens")
+        async with metering_client(metering.address) as client:
+            rows = await client.totals(mpb.GetTotalsRequest(model=UID, group_by_model_name=True))
+        assert rows[0].model_name == TINY_VLM_NAME
+    finally:
+        traced.stop()
+        metering.stop()
