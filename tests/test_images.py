@@ -76,6 +76,21 @@ def test_one_and_two_images_count_their_placeholder_tokens(gateway: ServiceProce
     assert usage.completion_tokens >= 1
 
 
+def test_an_image_tokenized_or_refused_first_is_still_served(gateway: ServiceProcess) -> None:
+    """The engine renders images (through vLLM's processor and its cache) before it knows the request
+    will run: an image seen only by /tokenize, or by a request refused as too long, is then served, with
+    the count /tokenize gave."""
+    tokenized = messages(data_uri((77, 33, 11)))
+    count = tokenize_count(gateway, tokenized)
+    reply = post_chat(gateway, UID, tokenized)
+    assert reply.status_code == 200 and reply.json()["usage"]["prompt_tokens"] == count, reply.text
+
+    refused = messages(data_uri((12, 34, 56)))
+    too_long = {"model": UID, "messages": refused, "max_tokens": 1_000_000}
+    assert httpx.post(f"{gateway.address}/v1/chat/completions", json=too_long, headers=HEADERS).status_code == 400
+    assert post_chat(gateway, UID, refused).status_code == 200
+
+
 def post_chat(gateway: ServiceProcess, model: str, chat: list[dict]) -> httpx.Response:
     body = {"model": model, "messages": chat, "max_tokens": 2}
     return httpx.post(f"{gateway.address}/v1/chat/completions", json=body, headers=HEADERS, timeout=60)

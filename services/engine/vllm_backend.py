@@ -94,8 +94,6 @@ class VllmBackend:
         self._place_engine_core = place_engine_core
         self._llm: Any = None
         self._tokenizer: Any = None
-        # The model's Hugging Face processor, loaded at the first request with images.
-        self._processor: Any = None
         self._info: ModelInfo | None = None
         self._draining = False
         self._open: set[str] = set()
@@ -180,7 +178,7 @@ class VllmBackend:
         self, model: str, prompt: Prompt, add_special_tokens: bool, add_generation_prompt: bool
     ) -> tuple[list[int], int]:
         info = self._check_model(model)
-        ids, _ = await self._prepare(prompt, add_special_tokens, add_generation_prompt)
+        ids, _ = await self._prepare(prompt, add_special_tokens, add_generation_prompt, for_generation=False)
         return ids, info.max_model_len
 
     async def detokenize(self, model: str, token_ids: list[int]) -> str:
@@ -214,7 +212,7 @@ class VllmBackend:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationUpdate]:
         """Streams updates; the last has `finished` set and the final usage, whatever ended the request."""
         info = self._check_model(request.model)
-        prompt_ids, engine_prompt = await self._prepare(request.prompt, True, True)
+        prompt_ids, engine_prompt = await self._prepare(request.prompt, True, True, for_generation=True)
         params = self._sampling_params(request.sampling, len(prompt_ids), info.max_model_len)
         stream = _StreamState(prompt_tokens=len(prompt_ids), started=time.monotonic())
         self._open.add(request.request_id)
@@ -262,12 +260,12 @@ class VllmBackend:
         )
 
     async def _prepare(
-        self, prompt: Prompt, add_special_tokens: bool, add_generation_prompt: bool
+        self, prompt: Prompt, add_special_tokens: bool, add_generation_prompt: bool, *, for_generation: bool
     ) -> tuple[list[int], Any]:
         """(the prompt's token ids as the model sees them, the prompt to hand vLLM). A chat with images
-        goes to vLLM as the templated text plus the decoded images, which vLLM's processor for the model
-        expands into image placeholder tokens; the ids counted here come from the model's own processor,
-        the one vLLM runs, so /tokenize and the usage agree."""
+        is rendered here by vLLM's own renderer, as its OpenAI server does: the templated text plus the
+        decoded images go through the model's processor once, which inserts the image placeholder
+        tokens; the ids counted (and billed, and returned by /tokenize) are the ones vLLM then runs."""
         images = [
             (f"messages[{i}].content[{j}].image_url", part)
             for i, turn in enumerate(prompt.chat or ())
@@ -289,18 +287,24 @@ class VllmBackend:
             )
         decoded = await asyncio.to_thread(_decode_images, images)
         text = await self._chat_text(prompt.chat, add_generation_prompt)
-        ids = await asyncio.to_thread(self._count_with_processor, text, decoded)
-        return ids, {"prompt": text, "multi_modal_data": {"image": decoded}}
+        engine_input = await self._render_with_images(text, decoded, for_generation)
+        return list(engine_input["prompt_token_ids"]), engine_input
 
-    def _count_with_processor(self, text: str, images: list[Any]) -> list[int]:
-        if self._processor is None:
-            from transformers import AutoProcessor
+    async def _render_with_images(self, text: str, images: list[Any], for_generation: bool) -> Any:
+        from vllm.renderers.inputs.preprocess import parse_model_prompt
 
-            self._processor = AutoProcessor.from_pretrained(self._served.root)
+        renderer = self._llm.renderer
+        prompt = parse_model_prompt(self._llm.model_config, {"prompt": text, "multi_modal_data": {"image": images}})
         try:
-            return list(self._processor(text=text, images=images)["input_ids"][0])
+            # vLLM's processor cache here mirrors its engine core's: only what is sent may be cached, so
+            # /tokenize skips it, as vLLM's own /tokenize does. (A request refused after rendering leaves
+            # an entry the engine core never got; vLLM then has the item resent, as in its own server.)
+            (engine_input,) = await renderer.render_cmpl_async(
+                [prompt], renderer.default_cmpl_tok_params, skip_mm_cache=not for_generation
+            )
         except (ValueError, TypeError) as exc:
             raise InvalidRequestError(f"the model's processor rejected the images: {exc}") from exc
+        return engine_input
 
     async def _prompt_token_ids(
         self, prompt: Prompt, add_special_tokens: bool, add_generation_prompt: bool

@@ -3,8 +3,8 @@ URLs the gateway fetches itself within limits, so that the engine gets bytes and
 
 A fetch goes only to an allowed host (when an allowlist is set), never to a loopback, link-local,
 private or otherwise non-public address unless explicitly allowed (checked for every address the name
-resolves to, at every redirect), follows a bounded number of redirects, and stops at the size and time
-limits. What fails becomes a 400 naming the part (`messages[i].content[j].image_url`)."""
+resolves to, at every redirect, and the connection goes to an address checked), follows a bounded number
+of redirects, and stops at the size and time limits. What fails becomes a 400 naming the part (`messages[i].content[j].image_url`)."""
 
 from __future__ import annotations
 
@@ -63,48 +63,73 @@ def _from_data_uri(url: str, policy: ImagePolicy, param: str) -> pb.Image:
     return pb.Image(data=data, media_type=media)
 
 
-async def _check_host(url: str, policy: ImagePolicy, param: str) -> None:
+@dataclass(frozen=True)
+class _Target:
+    """Where one fetch connects: the address checked, not the name, so that a second lookup (DNS
+    rebinding) cannot send the request somewhere the check did not see."""
+
+    url: str
+    host_header: str
+    hostname: str
+
+
+async def _checked_target(url: str, policy: ImagePolicy, param: str) -> _Target:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise _refuse(param, "only data:, http: and https: URLs are accepted")
     host = parts.hostname.lower()
     if policy.allowed_hosts and host not in policy.allowed_hosts:
         raise _refuse(param, f"the host {host!r} is not on this gateway's image host allowlist")
-    if policy.allow_private:
-        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        infos = await asyncio.to_thread(socket.getaddrinfo, host, parts.port or (443 if parts.scheme == "https" else 80))
+        infos = await asyncio.to_thread(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise _refuse(param, f"the host {host!r} does not resolve") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            raise _refuse(param, f"the host {host!r} resolves to a non-public address; images are not fetched from there")
+    addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+    if not policy.allow_private and not all(address.is_global for address in addresses):
+        raise _refuse(param, f"the host {host!r} resolves to a non-public address; images are not fetched from there")
+    address = addresses[0]
+    literal = f"[{address}]" if address.version == 6 else str(address)
+    pinned = parts._replace(netloc=f"{literal}:{port}").geturl()
+    host_header = host if parts.port is None else f"{host}:{parts.port}"
+    return _Target(url=pinned, host_header=host_header, hostname=host)
 
 
 async def _fetch(url: str, policy: ImagePolicy, param: str) -> pb.Image:
     if not policy.fetch:
         raise _refuse(param, "this gateway does not fetch image URLs; send the image as a data: URI")
-    async with httpx.AsyncClient(timeout=policy.timeout_seconds, follow_redirects=False) as client:
+    async with httpx.AsyncClient(timeout=policy.timeout_seconds, follow_redirects=False, trust_env=False) as client:
         for _ in range(policy.max_redirects + 1):
-            await _check_host(url, policy, param)
+            target = await _checked_target(url, policy, param)
             try:
-                async with client.stream("GET", url) as response:
+                # TLS still verifies the certificate against the name (sni_hostname), not the address.
+                request = client.build_request(
+                    "GET", target.url, headers={"Host": target.host_header},
+                    extensions={"sni_hostname": target.hostname},
+                )
+                response = await client.send(request, stream=True)
+                try:
                     if response.is_redirect:
                         url = urljoin(url, response.headers.get("location", ""))
                         continue
-                    if response.status_code != 200:
-                        raise _refuse(param, f"fetching the image answered HTTP {response.status_code}")
-                    media = _media_type(response.headers.get("content-type", ""), param)
-                    data = bytearray()
-                    async for chunk in response.aiter_bytes():
-                        data += chunk
-                        if len(data) > policy.max_bytes:
-                            raise _refuse(param, f"the image is larger than {policy.max_bytes} bytes")
-                    return pb.Image(data=bytes(data), media_type=media)
+                    return await _image_from(response, policy, param)
+                finally:
+                    await response.aclose()
             except httpx.HTTPError as exc:
                 raise _refuse(param, f"fetching the image failed ({exc.__class__.__name__})") from exc
     raise _refuse(param, f"more than {policy.max_redirects} redirects")
+
+
+async def _image_from(response: httpx.Response, policy: ImagePolicy, param: str) -> pb.Image:
+    if response.status_code != 200:
+        raise _refuse(param, f"fetching the image answered HTTP {response.status_code}")
+    media = _media_type(response.headers.get("content-type", ""), param)
+    data = bytearray()
+    async for chunk in response.aiter_bytes():
+        data += chunk
+        if len(data) > policy.max_bytes:
+            raise _refuse(param, f"the image is larger than {policy.max_bytes} bytes")
+    return pb.Image(data=bytes(data), media_type=media)
 
 
 async def load_images(messages: list[ChatMessage], policy: ImagePolicy) -> dict[tuple[int, int], pb.Image]:

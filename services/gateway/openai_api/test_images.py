@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import base64
 import http.server
+import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -64,7 +65,10 @@ async def test_fetching_keeps_to_the_allowlist_and_the_size_limit() -> None:
 
 
 class _Images(http.server.BaseHTTPRequestHandler):
+    hosts: list[str] = []
+
     def do_GET(self) -> None:  # noqa: N802
+        _Images.hosts.append(self.headers.get("Host", ""))
         if self.path == "/cat.png":
             self.send_response(200)
             self.send_header("Content-Type", "image/png")
@@ -102,3 +106,35 @@ async def test_a_fetch_allowed_to_reach_a_host_gets_the_image_and_its_limits_hol
     assert images[(0, 1)].data == PNG and images[(0, 1)].media_type == "image/png"
     assert "redirects" in (await refusal(f"{image_server}/loop", policy)).message
     assert "unsupported media type" in (await refusal(f"{image_server}/page", policy)).message
+
+
+def _resolver(names: dict[str, list[str]], answers: int = 100) -> Callable[..., list[tuple]]:
+    """A name service that knows only `names`, and answers at most `answers` lookups."""
+    asked = []
+
+    def getaddrinfo(host: str, port: int, *args: object, **kwargs: object) -> list[tuple]:
+        asked.append(host)
+        if host not in names or len(asked) > answers:
+            raise socket.gaierror(f"{host} is not known here")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port)) for address in names[host]]
+
+    return getaddrinfo
+
+
+async def test_a_fetch_connects_to_the_address_it_checked_not_to_a_second_lookup(
+    image_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`images.test` answers one lookup only, the check's: the request reaches the server anyway, with
+    the name in its Host header, so nothing looked the name up again (a rebinding DNS server has no
+    second lookup to answer with another address)."""
+    port = image_server.rsplit(":", 1)[1]
+    monkeypatch.setattr(socket, "getaddrinfo", _resolver({"images.test": ["127.0.0.1"]}, answers=1))
+    _Images.hosts.clear()
+    images = await load_images(message(f"http://images.test:{port}/cat.png"), ImagePolicy(fetch=True, allow_private=True))
+    assert images[(0, 1)].data == PNG
+    assert _Images.hosts == [f"images.test:{port}"]
+
+
+async def test_a_name_with_any_non_public_address_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket, "getaddrinfo", _resolver({"mixed.test": ["93.184.215.14", "10.1.2.3"]}))
+    assert "non-public" in (await refusal("https://mixed.test/x.png", ImagePolicy(fetch=True))).message
