@@ -9,6 +9,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import httpx
 import openai
 import pytest
 from llmserve.metering.v1 import metering_pb2 as mpb
+from prometheus_client.parser import text_string_to_metric_families
 from xinference_client import RESTfulClient
 
 from services.engine.builtin_models import TINY_NAME, make_tiny_model
@@ -55,6 +57,21 @@ def chat(url: str, model: str, max_tokens: int = 4) -> openai.types.chat.ChatCom
     )
 
 
+def vllm_requests_by_model(metrics_url: str) -> dict[str, float]:
+    """vLLM's finished-request counter by model from the engine's metrics port; every series once."""
+    seen: set[tuple] = set()
+    finished: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(metrics_url).text):
+        for sample in family.samples:
+            series = (sample.name, tuple(sorted(sample.labels.items())))
+            assert series not in seen, f"{series} is exposed twice"
+            seen.add(series)
+            if sample.name == "vllm:request_success_total":
+                model = sample.labels["model_name"]
+                finished[model] = finished.get(model, 0.0) + sample.value
+    return finished
+
+
 def test_registrations_list_and_describe(xinference: RESTfulClient) -> None:
     names = {r["model_name"]: r["is_builtin"] for r in xinference.list_model_registrations("LLM")}
     assert names[EMBEDDED_MODEL_NAME] is True and names[TINY_NAME] is True
@@ -66,7 +83,7 @@ def test_registrations_list_and_describe(xinference: RESTfulClient) -> None:
 
 
 def test_launch_chat_generate_and_terminate_with_the_xinference_client(
-    xinference: RESTfulClient, gateway: ServiceProcess
+    xinference: RESTfulClient, gateway: ServiceProcess, engine_process: ServiceProcess
 ) -> None:
     uid = xinference.launch_model(TINY_NAME, model_uid=TINY_UID)
     assert uid == TINY_UID
@@ -90,9 +107,17 @@ def test_launch_chat_generate_and_terminate_with_the_xinference_client(
     assert chat(gateway.address, EMBEDDED_MODEL_NAME).model == EMBEDDED_MODEL_NAME
     openai_ids = [m.id for m in openai.OpenAI(base_url=f"{gateway.address}/v1", api_key=API_KEY).models.list()]
     assert TINY_UID in openai_ids
+    # vLLM's own metrics cover both models, the launched one included (counted as vLLM's output
+    # handler records each step, so shortly after the replies).
+    deadline = time.monotonic() + 10
+    while (finished := vllm_requests_by_model(engine_process.metrics_url)).get(TINY_UID, 0) < 4:
+        assert time.monotonic() < deadline, f"vLLM's metrics count {finished} finished requests"
+        time.sleep(0.2)
+    assert finished[EMBEDDED_MODEL_NAME] >= 1
 
     xinference.terminate_model(TINY_UID)
     assert TINY_UID not in xinference.list_models()
+    assert TINY_UID not in vllm_requests_by_model(engine_process.metrics_url)
     with pytest.raises(openai.NotFoundError) as gone:
         chat(gateway.address, TINY_UID)
     assert gone.value.body["code"] == "model_not_found"

@@ -32,7 +32,7 @@ def main() -> None:
 
     host = ModelHost(backend_factory(settings, current_platform.is_cpu(), first.uid if first else None))
     if settings.metrics_port:
-        # vLLM registers its own vllm:* metrics in the default registry.
+        # vLLM's vllm:* metrics of every hosted model are in the default registry (vllm_metrics.py).
         start_http_server(settings.metrics_port, addr=settings.host)
     # uvloop, as vLLM's own server runs: less event-loop overhead per streamed message.
     auth = interceptor_from_file(settings.callers_file, POLICY, AUTH_FAILURES, "engine")

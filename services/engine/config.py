@@ -85,9 +85,7 @@ class EngineSettings(BaseSettings):
         """The keyword arguments of vLLM's AsyncEngineArgs; CPU and GPU differ only here.
 
         A model launched at run time gets, over these settings, a small KV cache on CPU (the share of RAM
-        is the started model's) and no vLLM stats logger: vLLM's Prometheus logger unregisters every
-        vllm:* metric when it is made, which would take the started model's metrics away. Its launch's
-        own `overrides` come last."""
+        is the started model's). Its launch's own `overrides` come last."""
         overrides = overrides or {}
         memory_share = self.gpu_memory_utilization
         if memory_share is None and on_cpu:
@@ -111,10 +109,8 @@ class EngineSettings(BaseSettings):
         }
         if on_cpu:
             args["enable_chunked_prefill"] = CPU_CHUNKED_PREFILL
-        if launched:
-            args["disable_log_stats"] = True
-            if on_cpu and "gpu_memory_utilization" not in overrides:
-                args["kv_cache_memory_bytes"] = self.launch_kv_cache_bytes
+        if launched and on_cpu and "gpu_memory_utilization" not in overrides:
+            args["kv_cache_memory_bytes"] = self.launch_kv_cache_bytes
         args = {k: v for k, v in args.items() if v is not None}
         args.update(self.engine_args)
         args.update(overrides)

@@ -33,6 +33,7 @@ from services.engine.generation import (
     Usage,
 )
 from services.engine.unconfirmed_usage import UnconfirmedUsage
+from services.engine.vllm_metrics import VLLM_METRICS
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +108,11 @@ class VllmBackend:
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        # The API-server context gives vLLM's serving defaults (batch sizes), as its own server gets.
-        self._llm = await asyncio.to_thread(
-            AsyncLLM.from_engine_args, self._engine_args, usage_context=UsageContext.OPENAI_API_SERVER
-        )
+        def make() -> Any:
+            # The API-server context gives vLLM's serving defaults (batch sizes), as its own server gets.
+            return AsyncLLM.from_engine_args(self._engine_args, usage_context=UsageContext.OPENAI_API_SERVER)
+
+        self._llm = await asyncio.to_thread(VLLM_METRICS.make_engine, self._served.name, make)
         self._tokenizer = self._llm.get_tokenizer()
         config = self._llm.model_config
         self._sampling_defaults = config.get_diff_sampling_param()
@@ -144,6 +146,7 @@ class VllmBackend:
         return len(self._open)
 
     def shutdown(self) -> None:
+        VLLM_METRICS.forget(self._served.name)
         if self._llm is not None:
             self._llm.shutdown()
             # Dropped now, so AsyncLLM.__del__ runs while the interpreter is whole, not at exit.
