@@ -33,12 +33,13 @@ class HostedVllmMetrics(Collector):
         """Runs `make` (which builds a vLLM engine for `model`, in this thread) and keeps the `vllm:*`
         collectors it registered as that model's."""
         with self._making:
-            for collector in _vllm_collectors():
-                REGISTRY.unregister(collector)
-            engine = make()
-            collectors = _vllm_collectors()
-            for collector in collectors:
-                REGISTRY.unregister(collector)
+            try:
+                engine = make()
+            finally:
+                # Taken out of vLLM's registry whatever happened: a failed make's would be exposed twice.
+                collectors = _vllm_collectors()
+                for collector in collectors:
+                    REGISTRY.unregister(collector)
             self._by_model[model] = collectors
             return engine
 

@@ -4,7 +4,8 @@ URLs the gateway fetches itself within limits, so that the engine gets bytes and
 A fetch goes only to an allowed host (when an allowlist is set), never to a loopback, link-local,
 private or otherwise non-public address unless explicitly allowed (checked for every address the name
 resolves to, at every redirect, and the connection goes to an address checked), follows a bounded number
-of redirects, and stops at the size and time limits. What fails becomes a 400 naming the part (`messages[i].content[j].image_url`)."""
+of redirects, and stops at the size and time limits. What fails becomes a 400 naming the part
+(`messages[i].content[j].image_url`)."""
 
 from __future__ import annotations
 
