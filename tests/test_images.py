@@ -86,13 +86,12 @@ def test_an_image_tokenized_or_refused_first_is_still_served(gateway: ServicePro
     assert reply.status_code == 200 and reply.json()["usage"]["prompt_tokens"] == count, reply.text
 
     refused = messages(data_uri((12, 34, 56)))
-    too_long = {"model": UID, "messages": refused, "max_tokens": 1_000_000}
-    assert httpx.post(f"{gateway.address}/v1/chat/completions", json=too_long, headers=HEADERS).status_code == 400
+    assert post_chat(gateway, UID, refused, max_tokens=1_000_000).status_code == 400
     assert post_chat(gateway, UID, refused).status_code == 200
 
 
-def post_chat(gateway: ServiceProcess, model: str, chat: list[dict]) -> httpx.Response:
-    body = {"model": model, "messages": chat, "max_tokens": 2}
+def post_chat(gateway: ServiceProcess, model: str, chat: list[dict], max_tokens: int = 2) -> httpx.Response:
+    body = {"model": model, "messages": chat, "max_tokens": max_tokens}
     return httpx.post(f"{gateway.address}/v1/chat/completions", json=body, headers=HEADERS, timeout=60)
 
 
