@@ -18,7 +18,7 @@ from pathlib import Path
 from llmserve.engine.v1 import engine_pb2 as pb
 
 from benchmarks.workload import RunResult, Workload, prompts, summarize
-from services.engine.client import EngineClient
+from services.contracts.engine_client import EngineClient
 from services.engine.prepare_model import ensure_embedded_model
 from tools.processes import ROOT, ServiceProcess, free_port
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from services.engine.client import EngineClient
+from services.contracts.engine_client import EngineClient
 from tools.processes import ROOT, ServiceProcess, free_port, gateway_env, http_ok
 
 async def _stream(client: httpx.AsyncClient, tokens: int, continuous: bool) -> int:

@@ -22,9 +22,9 @@ from llmserve.metering.v1 import metering_pb2 as mpb
 from benchmarks.serving_bench import FIELDS, ModelCase, load, vllm_settings
 from services.engine.builtin_models import make_tiny_model
 from benchmarks.workload import percentile
-from services.engine.client import EngineClient
+from services.contracts.engine_client import EngineClient
 from services.engine.prepare_model import ensure_embedded_model
-from services.metering.client import MeteringClient
+from services.contracts.metering_client import MeteringClient
 from tools.processes import ROOT, ServiceProcess, free_port, gateway_env, http_ok, metering_env
 
 

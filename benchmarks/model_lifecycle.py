@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 from llmserve.engine.v1 import engine_pb2 as pb
 
-from services.engine.client import EngineClient
+from services.contracts.engine_client import EngineClient
 from tools.processes import ROOT, ServiceProcess, engine_args, free_port
 
 

@@ -27,7 +27,7 @@ import psutil
 
 from services.engine.builtin_models import make_tiny_model
 from services.engine.cpu_placement import place_engine_core
-from services.engine.client import EngineClient
+from services.contracts.engine_client import EngineClient
 from services.engine.prepare_model import ensure_embedded_model
 from tools.processes import ROOT, ServiceProcess, free_port, gateway_env, http_ok
 

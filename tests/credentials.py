@@ -6,8 +6,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from services.engine.client import EngineClient
-from services.metering.client import MeteringClient
+from services.contracts.engine_client import EngineClient
+from services.contracts.metering_client import MeteringClient
 from services.service_auth import ADMIN, GATEWAY, read_token
 from services.service_auth.provision import DEFAULT_CALLERS, ensure_credentials
 

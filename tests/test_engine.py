@@ -16,7 +16,7 @@ from llmserve.engine.v1 import engine_pb2 as pb
 from transformers import AutoTokenizer
 
 from tools.processes import MODEL_STORE, ServiceProcess
-from services.engine.client import EngineClient
+from services.contracts.engine_client import EngineClient
 from tests.credentials import engine_client
 
 QUESTION = "What is the capital of France?"
@@ -274,8 +274,10 @@ async def test_sigterm_drains_then_aborts_with_final_usage(engine_process: Servi
             messages.append(message)
             if len(messages) == 2:
                 engine_process.signal(signal.SIGTERM)
-                await asyncio.sleep(0.5)
-                assert not await engine.serving()
+                deadline = time.monotonic() + 10
+                while await engine.serving():
+                    assert time.monotonic() < deadline, "the engine still reports serving after SIGTERM"
+                    await asyncio.sleep(0.05)
                 with pytest.raises(grpc.aio.AioRpcError) as raised:
                     await engine.generate_all(request(max_tokens=2), timeout=10)
                 assert raised.value.code() == grpc.StatusCode.UNAVAILABLE

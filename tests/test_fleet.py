@@ -15,7 +15,7 @@ import httpx
 import pytest
 from xinference_client import RESTfulClient
 
-from services.engine.builtin_models import TINY_NAME
+from services.contracts.builtin_models import TINY_NAME
 from tests.conftest import ADMIN_API_KEY, API_KEY, start_gateway
 from tests.credentials import CALLERS_FILE, engine_client
 from tests.test_metering import wait_for

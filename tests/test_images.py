@@ -18,8 +18,8 @@ from llmserve.metering.v1 import metering_pb2 as mpb
 from PIL import Image
 from xinference_client import RESTfulClient
 
-from services.engine.prepare_model import EMBEDDED_MODEL_NAME
-from services.engine.tiny_vlm import TINY_VLM_NAME
+from services.contracts.builtin_models import EMBEDDED_MODEL_NAME
+from services.contracts.builtin_models import TINY_VLM_NAME
 from tests.conftest import ADMIN_API_KEY, API_KEY, start_gateway, start_metering
 from tests.credentials import metering_client
 from tests.otlp_receiver import OtlpReceiver

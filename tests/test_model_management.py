@@ -20,8 +20,10 @@ from llmserve.metering.v1 import metering_pb2 as mpb
 from prometheus_client.parser import text_string_to_metric_families
 from xinference_client import RESTfulClient
 
-from services.engine.builtin_models import TINY_NAME, make_tiny_model
-from services.engine.prepare_model import EMBEDDED_MODEL_NAME, ensure_embedded_model
+from services.contracts.builtin_models import TINY_NAME
+from services.engine.builtin_models import make_tiny_model
+from services.contracts.builtin_models import EMBEDDED_MODEL_NAME
+from services.engine.prepare_model import ensure_embedded_model
 from tests.conftest import ADMIN_API_KEY, ADMIN_HEADERS, API_KEY, start_gateway, start_metering
 from tests.credentials import metering_client
 from tests.test_metering import wait_for

@@ -228,8 +228,14 @@ async def test_model_names_the_engine_does_not_serve(
         async def recorded() -> bool:
             return (await metering_totals(metering.address)).requests >= 1
 
+        async def delivered() -> bool:
+            async with httpx.AsyncClient() as http:
+                health = (await http.get(f"{gateway.address}/health")).json()
+            return health["usage"]["pending"] == 0
+
         await wait_for(recorded, 30, "the empty-model request's event")
-        await asyncio.sleep(1.0)
+        # Everything the gateway recorded has reached metering: the rows below are all there will be.
+        await wait_for(delivered, 30, "the gateway's outbox to empty")
         async with metering_client(metering.address) as client:
             rows = await client.totals(mpb.GetTotalsRequest(group_by_model=True))
         assert [(r.model, r.totals.requests) for r in rows] == [(MODEL, 1)]

@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.engine.client import EngineClient
-from services.metering.client import MeteringClient
+from services.contracts.engine_client import EngineClient
+from services.contracts.metering_client import MeteringClient
 from services.service_auth.provision import ensure_credentials
 from tools.processes import http_ok
 

@@ -8,7 +8,8 @@ from services.engine.config import EngineSettings
 from services.engine.errors import InvalidRequestError
 from services.engine.model_host import BackendFactory, LaunchSpec
 from services.engine.unconfirmed_usage import UnconfirmedUsage
-from services.engine.vllm_backend import ServedModel, ServedTotals, VllmBackend
+from services.engine.served import ServedModel, ServedTotals
+from services.engine.vllm_adapter import VllmBackend
 
 
 def backend_factory(settings: EngineSettings, on_cpu: bool, started_uid: str | None) -> BackendFactory:

@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.engine.prepare_model import EMBEDDED_MODEL_NAME, ensure_embedded_model
-from services.engine.tiny_vlm import TINY_VLM_NAME, make_tiny_vlm
+from services.contracts.builtin_models import BUILTIN_PREFIX, EMBEDDED_MODEL_NAME, TINY_NAME, TINY_VLM_NAME
+from services.engine.prepare_model import ensure_embedded_model
+from services.engine.tiny_vlm import make_tiny_vlm
 
-BUILTIN_PREFIX = "builtin:"
-TINY_NAME = "SmolLM2-tiny-random"
 _SHAPE = {
     "hidden_size": 128,
     "intermediate_size": 256,

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.engine.vllm_backend import ServedModel
+from services.engine.served import ServedModel
 
 # On vLLM's CPU backend gpu_memory_utilization is the share of RAM for the KV cache;
 # vLLM's GPU default (0.92) does not fit beside the OS and the other services.

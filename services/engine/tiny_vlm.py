@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from services.contracts.builtin_models import TINY_VLM_NAME
 from services.engine.prepare_model import write_model_folder
-
-TINY_VLM_NAME = "SmolVLM-tiny-random"
 
 _SPECIAL = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<fake_token_around_image>", "<global-img>",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -13,27 +12,26 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.engine.client import EngineClient
+from services.contracts.engine_client import EngineClient
 from services.gateway.access import AccessPolicy
 from services.gateway.auth import ApiKeys
 from services.gateway.config import GatewaySettings
-from services.gateway.dependencies import GatewayState
 from services.gateway.errors import ApiError
-from services.gateway.fleet import routes as model_management
 from services.gateway.fleet.catalog import CATALOG_FILE, Catalog
-from services.gateway.fleet.engines import EngineFleet, EngineMember, split_targets
+from services.gateway.fleet.engines import EngineFleet, split_targets
 from services.gateway.fleet.manager import ModelManager
-from services.gateway.streaming.generation import Outcome
+from services.gateway.fleet.router import RequestRouter
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.middleware import InFlight, RequestLimits
 from services.gateway.openai_api import chat, completions, models, tokenize
-from services.gateway.ops import health, metrics
-from services.gateway.usage.outbox import OUTBOX_FILE, Outbox
+from services.gateway.openai_api.images import ImagePolicy
+from services.gateway.openai_api.respond import Responder
 from services.gateway.openai_api.schemas import InvalidText, UnsupportedFields
-from services.gateway.usage.events import usage_event
-from services.gateway.usage.recovery import UsageConfirmer, new_incarnation, recover_unconfirmed
-from services.gateway.usage.sender import SenderMetrics, UsageSender
-from services.metering.client import MeteringClient
+from services.gateway.ops import exposition, health
+from services.gateway.streaming.open_generations import OpenGenerations
+from services.gateway.usage.delivery import DeliverySettings, UsageDelivery
+from services.gateway.usage.recorder import OutcomeRecorder
+from services.gateway.xinference_api import model_management
 from services.tracing import tracing_configured
 
 log = logging.getLogger(__name__)
@@ -78,49 +76,31 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error.body(), status_code=500)
 
 
-async def _start_usage_delivery(
-    settings: GatewaySettings, metrics_: GatewayMetrics, state: GatewayState
-) -> tuple[UsageSender, UsageConfirmer, set[asyncio.Task]]:
-    """Usage goes to the outbox (durable), then to metering; the engine holds each request's usage
-    until it is durable here, and what an earlier process of ours left unrecorded is claimed back."""
-    source = settings.source_id()
-    incarnation = new_incarnation()
-    sender = UsageSender(
-        MeteringClient(settings.metering_addr, settings.service_token()),
-        Outbox(settings.data_dir / OUTBOX_FILE),
-        SenderMetrics(metrics_.registry),
-        batch_size=settings.usage_batch_size,
-    )
-    await sender.start()
+def _usage_delivery(settings: GatewaySettings, metrics: GatewayMetrics, fleet: EngineFleet) -> UsageDelivery:
     def engine_at(address: str) -> EngineClient | None:
-        member = state.fleet.member(address)
+        member = fleet.member(address)
         return member.client if member is not None else None
 
-    confirmer = UsageConfirmer(engine_at)
-    confirmer.start()
-    state.usage = sender
-    state.usage_source = source
-    state.caller = f"{source}/{incarnation}"
+    delivery_settings = DeliverySettings(
+        metering_addr=settings.metering_addr,
+        token=settings.service_token(),
+        data_dir=settings.data_dir,
+        source=settings.source_id(),
+        batch_size=settings.usage_batch_size,
+        drain_seconds=settings.usage_drain_seconds,
+    )
+    return UsageDelivery(delivery_settings, metrics.registry, engine_at)
 
-    async def persist(outcome: Outcome) -> None:
-        await sender.persist(usage_event(outcome, source))
-        confirmer.add(outcome.engine_address, outcome.engine_request_ids)
 
-    state.extra_sinks.append(persist)
-    recoveries: set[asyncio.Task] = set()
-
-    async def recover(member: EngineMember) -> None:
-        """Each engine, once reachable: what earlier incarnations of ours left unconfirmed there."""
-        task = asyncio.current_task()
-        recoveries.add(task)
-        try:
-            await recover_unconfirmed(member.client, sender, confirmer, source, incarnation)
-        finally:
-            recoveries.discard(task)
-
-    state.fleet.on_first_healthy.append(recover)
-    log.info("usage events go to %s as source %s (incarnation %s)", settings.metering_addr, source, incarnation)
-    return sender, confirmer, recoveries
+def _image_policy(settings: GatewaySettings) -> ImagePolicy:
+    return ImagePolicy(
+        max_bytes=settings.image_max_bytes,
+        fetch=settings.image_fetch,
+        allowed_hosts=frozenset(h.strip().lower() for h in settings.image_allowed_hosts.split(",") if h.strip()),
+        allow_private=settings.image_allow_private_addresses,
+        timeout_seconds=settings.image_fetch_timeout_seconds,
+        max_redirects=settings.image_max_redirects,
+    )
 
 
 def _freeze_startup_heap() -> None:
@@ -146,12 +126,25 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
             clients={engine.address: engine} if engine is not None else None,
         )
         manager = ModelManager(fleet, Catalog(settings.data_dir / CATALOG_FILE))
-        state = GatewayState(
-            settings=settings, fleet=fleet, metrics=metrics_, in_flight=in_flight, models=manager,
-            keys_open=keys.open,
-        )
-        app.state.gateway = state
-        delivery = await _start_usage_delivery(settings, metrics_, state) if settings.metering_addr else None
+        delivery = _usage_delivery(settings, metrics_, fleet) if settings.metering_addr else None
+        generations = OpenGenerations()
+        router = RequestRouter(fleet, generations, settings.request_timeout_seconds, settings.settle_timeout_seconds)
+        recorder = OutcomeRecorder(metrics_, delivery)
+        app.state.settings = settings
+        app.state.access = access
+        app.state.metrics = metrics_
+        app.state.in_flight = in_flight
+        app.state.image_policy = _image_policy(settings)
+        app.state.fleet = fleet
+        app.state.models = manager
+        app.state.usage = delivery
+        app.state.recorder = recorder
+        app.state.generations = generations
+        app.state.responder = Responder(router, recorder, metrics_, generations, settings.force_include_usage)
+        if delivery is not None:
+            await delivery.start()
+            # Each engine, once reachable: what earlier incarnations of this gateway left unconfirmed there.
+            fleet.on_first_healthy.append(lambda member: delivery.recover(member.client))
         # The first poll: which engines answer, and what they serve (and the recoveries it starts).
         await fleet.start()
         if any(m.healthy for m in fleet.members):
@@ -161,20 +154,14 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
             log.info("no engine at %s answers yet; they join when they do", settings.engine_addr)
         _freeze_startup_heap()
         yield
-        if state.settling:
-            await asyncio.wait(state.settling, timeout=settings.settle_timeout_seconds)
+        await generations.wait_settled(settings.settle_timeout_seconds)
         if delivery is not None:
-            sender, confirmer, recoveries = delivery
-            for task in list(recoveries):
-                task.cancel()
-            await asyncio.gather(*recoveries, return_exceptions=True)
-            await confirmer.stop()
-            await sender.stop(settings.usage_drain_seconds)
+            await delivery.stop()
         await fleet.close()
 
     app = FastAPI(title="llmserve gateway", version="1", lifespan=lifespan)
     # Model management first: its DELETE /v1/models/{uid} and POST /v1/models sit beside the OpenAI GETs.
-    for module in (model_management, chat, completions, models, tokenize, health, metrics):
+    for module in (model_management, chat, completions, models, tokenize, health, exposition):
         app.include_router(module.router)
     _install_error_handlers(app)
     if tracing_configured():

@@ -9,7 +9,6 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.gateway.openai_api.images import ImagePolicy
 from services.service_auth import read_token
 
 
@@ -66,16 +65,6 @@ class GatewaySettings(BaseSettings):
     image_fetch_timeout_seconds: float = Field(10.0, gt=0)
     image_max_redirects: int = Field(3, ge=0)
     log_level: str = "INFO"
-
-    def image_policy(self) -> ImagePolicy:
-        return ImagePolicy(
-            max_bytes=self.image_max_bytes,
-            fetch=self.image_fetch,
-            allowed_hosts=frozenset(h.strip().lower() for h in self.image_allowed_hosts.split(",") if h.strip()),
-            allow_private=self.image_allow_private_addresses,
-            timeout_seconds=self.image_fetch_timeout_seconds,
-            max_redirects=self.image_max_redirects,
-        )
 
     def service_token(self) -> str | None:
         return read_token(self.service_token_file) if self.service_token_file else None

@@ -34,6 +34,6 @@ class DrainingServer(uvicorn.Server):
 
     async def _interrupt_after_grace(self) -> None:
         await asyncio.sleep(self._grace)
-        state = getattr(self._app.state, "gateway", None)
-        if state is not None and (count := state.interrupt_all(SHUTDOWN_REASON)):
+        generations = getattr(self._app.state, "generations", None)
+        if generations is not None and (count := generations.interrupt_all(SHUTDOWN_REASON)):
             log.info("drain period over: interrupted %d request(s); their usage is recorded", count)

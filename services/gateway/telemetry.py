@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from opentelemetry import trace
 
-from services.gateway.streaming.generation import Outcome
+from services.gateway.outcome import Outcome
 from services.gateway.streaming.sse import ResponseMeta
 
 

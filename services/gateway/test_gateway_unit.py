@@ -14,10 +14,10 @@ import pytest
 from llmserve.engine.v1 import engine_pb2 as pb
 from llmserve.engine.v1 import engine_pb2_grpc
 
-from services.engine.client import EngineClient
+from services.contracts.engine_client import EngineClient
 from services.gateway.app import create_app
 from services.gateway.config import GatewaySettings
-from services.gateway.streaming.generation import Outcome
+from services.gateway.outcome import Outcome
 
 
 class FakeEngine(engine_pb2_grpc.EngineServiceServicer):
@@ -94,12 +94,9 @@ async def gateway(fake: FakeEngine, recorded: list[Outcome] | None = None, **set
     transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app):
         if recorded is not None:
-
-            async def record(outcome: Outcome) -> None:
-                recorded.append(outcome)
-
-            app.state.gateway.extra_sinks.append(record)
+            app.state.recorder.observers.append(recorded.append)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            client.gateway_app = app
             yield client
 
 
@@ -162,7 +159,8 @@ async def test_in_flight_limit(fake: FakeEngine) -> None:
     fake.hold.clear()
     async for client in gateway(fake, max_in_flight=1):
         first = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
-        await asyncio.sleep(0.2)
+        # The engine has the request, so its in-flight slot is taken.
+        await asyncio.wait_for(fake.started.wait(), 5)
         second = await client.post("/v1/chat/completions", json=CHAT)
         assert second.status_code == 429
         assert second.json()["error"]["type"] == "rate_limit_error"
@@ -244,7 +242,11 @@ async def test_refused_request_records_nothing(fake: FakeEngine) -> None:
     recorded: list[Outcome] = []
     async for client in gateway(fake, recorded):
         assert (await client.post("/v1/chat/completions", json={**CHAT, "model": "missing"})).status_code == 404
-        await asyncio.sleep(0.1)
+        # A refusal is settled in the background: wait until nothing is left to settle.
+        generations = client.gateway_app.state.generations
+        async with asyncio.timeout(5):
+            while generations.settling or generations.open:
+                await asyncio.sleep(0.01)
         assert recorded == []
 
 

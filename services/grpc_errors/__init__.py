@@ -14,6 +14,8 @@ import grpc
 
 log = logging.getLogger(__name__)
 
+_HANDLER_KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+
 StatusTable = Mapping[type[BaseException], grpc.StatusCode]
 
 
@@ -43,65 +45,36 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-        method = details.method
-        if handler.unary_unary is not None:
-            behavior = handler.unary_unary
-
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    return await behavior(request, context)
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as error:
-                    await self._abort(context, error, method)
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.unary_stream is not None:
-            stream_behavior = handler.unary_stream
-
-            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                try:
-                    async for response in stream_behavior(request, context):
-                        yield response
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as error:
-                    await self._abort(context, error, method)
-
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.stream_unary is not None:
-            client_stream_behavior = handler.stream_unary
-
-            async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    return await client_stream_behavior(requests, context)
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as error:
-                    await self._abort(context, error, method)
-
-            return grpc.stream_unary_rpc_method_handler(
-                stream_unary, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.stream_stream is not None:
-            bidi_behavior = handler.stream_stream
-
-            async def stream_stream(
-                requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
-            ) -> AsyncIterator[Any]:
-                try:
-                    async for response in bidi_behavior(requests, context):
-                        yield response
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as error:
-                    await self._abort(context, error, method)
-
-            return grpc.stream_stream_rpc_method_handler(
-                stream_stream, handler.request_deserializer, handler.response_serializer
-            )
+        for kind in _HANDLER_KINDS:
+            behavior = getattr(handler, kind)
+            if behavior is not None:
+                guarded = self._guard(behavior, details.method, streams=handler.response_streaming)
+                # grpc's method handlers are named tuples: the same handler, its behavior guarded.
+                return handler._replace(**{kind: guarded})
         return handler
+
+    def _guard(self, behavior: Callable[..., Any], method: str, streams: bool) -> Callable[..., Any]:
+        """The same call shape as `behavior` (the request argument is passed through, a message or an
+        iterator): a coroutine for a unary response, an async generator for a streamed one."""
+        if streams:
+
+            async def streamed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                try:
+                    async for response in behavior(request, context):
+                        yield response
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as error:
+                    await self._abort(context, error, method)
+
+            return streamed
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await behavior(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                await self._abort(context, error, method)
+
+        return unary

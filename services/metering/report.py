@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 from llmserve.metering.v1 import metering_pb2 as pb
 
-from services.metering.client import MeteringClient
+from services.contracts.metering_client import MeteringClient
 from services.service_auth import read_token
 
 

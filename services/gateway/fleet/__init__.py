@@ -1,2 +1,3 @@
-"""Model management in Xinference's terms: what can be launched (registrations), what runs (launches on
-the engines), and the REST routes and CLI over them."""
+"""The engines behind the gateway: which answer and what they serve (engines), which one a request goes
+to (router), and model management in Xinference's terms (registrations, catalog, manager, the CLI).
+No HTTP here: the routes are in openai_api/ and xinference_api/."""

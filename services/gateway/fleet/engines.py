@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import grpc
 from llmserve.engine.v1 import engine_pb2 as pb
 
-from services.engine.client import EngineClient
+from services.contracts.engine_client import EngineClient
 
 log = logging.getLogger(__name__)
 

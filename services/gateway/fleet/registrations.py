@@ -11,9 +11,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from services.engine.builtin_models import BUILTIN_PREFIX, TINY_NAME
-from services.engine.prepare_model import EMBEDDED_MODEL_NAME
-from services.engine.tiny_vlm import TINY_VLM_NAME
+from services.contracts.builtin_models import BUILTIN_PREFIX, EMBEDDED_MODEL_NAME, TINY_NAME, TINY_VLM_NAME
 
 MODEL_TYPES = ("LLM", "embedding", "image", "audio", "rerank", "video")
 SERVED_TYPE = "LLM"

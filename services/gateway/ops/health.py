@@ -5,14 +5,14 @@ import asyncio
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from services.gateway.dependencies import State
+from services.gateway.dependencies import Fleet, Usage
 
 router = APIRouter()
 
 
 @router.get("/health", include_in_schema=True)
-async def health(state: State) -> JSONResponse:
-    members = state.fleet.members
+async def health(fleet: Fleet, usage: Usage) -> JSONResponse:
+    members = fleet.members
     answers = await asyncio.gather(*(m.client.serving(timeout=2.0) for m in members))
     engine = any(answers)
     body: dict[str, object] = {
@@ -20,12 +20,12 @@ async def health(state: State) -> JSONResponse:
         "engines": {m.address: "serving" if ok else "unavailable" for m, ok in zip(members, answers)},
     }
     healthy = engine
-    if state.usage is not None:
-        usage_ok = state.usage.healthy
+    if usage is not None:
+        usage_ok = usage.healthy
         body["usage"] = {
             "status": "ok" if usage_ok else "failing",
-            "pending": state.usage.pending,
-            **({"outbox_error": state.usage.outbox_error} if state.usage.outbox_error else {}),
+            "pending": usage.pending,
+            **({"outbox_error": usage.outbox_error} if usage.outbox_error else {}),
         }
         healthy = healthy and usage_ok
     body["status"] = "ok" if healthy else "unavailable"

@@ -7,7 +7,7 @@ from typing import Any
 
 from llmserve.engine.v1 import engine_pb2 as pb
 
-from services.gateway.streaming.generation import FINISH_REASONS
+from services.gateway.outcome import FINISH_REASONS
 
 Json = dict[str, Any]
 

@@ -9,7 +9,7 @@ from collections import defaultdict
 from llmserve.engine.v1 import engine_pb2 as pb
 from llmserve.metering.v1 import metering_pb2 as mpb
 
-from services.gateway.streaming.generation import FINISH_REASONS, Outcome
+from services.gateway.outcome import FINISH_REASONS, Outcome
 
 _STATUS = {"ok": mpb.REQUEST_STATUS_OK, "abort": mpb.REQUEST_STATUS_ABORT, "error": mpb.REQUEST_STATUS_ERROR}
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import grpc
 
-from services.engine.client import EngineClient
+from services.contracts.engine_client import EngineClient
 from services.gateway.usage.events import events_from_unconfirmed
 from services.gateway.usage.sender import UsageSender
 

@@ -25,7 +25,7 @@ from llmserve.metering.v1 import metering_pb2 as mpb
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.gateway.usage.outbox import Outbox
-from services.metering.client import MeteringClient
+from services.contracts.metering_client import MeteringClient
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")

@@ -13,12 +13,12 @@ from llmserve.metering.v1 import metering_pb2_grpc
 from llmserve.engine.v1 import engine_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from services.gateway.streaming.generation import Outcome
+from services.gateway.outcome import Outcome
 from services.gateway.usage.outbox import Outbox
 from services.gateway.usage.events import usage_event
 from services.gateway.usage.sender import SenderMetrics, UsageSender
 from services.grpc_lifecycle import build_server
-from services.metering.client import MeteringClient
+from services.contracts.metering_client import MeteringClient
 from services.metering.ledger import Ledger
 from services.metering.metrics import MeteringMetrics
 from services.metering.servicer import STATUS_BY_ERROR, MeteringServicer

@@ -4,13 +4,13 @@
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services.gateway.dependencies import State
+from services.gateway.dependencies import Metrics
 
 router = APIRouter()
 
 
 @router.get("/metrics")
-async def metrics(state: State) -> Response:
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(gateway_metrics: Metrics) -> Response:
+    return Response(generate_latest(gateway_metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

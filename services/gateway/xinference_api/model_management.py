@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.gateway.dependencies import KeyId, State
+from services.gateway.dependencies import Access, KeyId, Metrics, Models
 from services.gateway.errors import ApiError
 from services.gateway.fleet.registrations import MODEL_TYPES, SERVED_TYPE, RegistrationError, parse_custom
 
@@ -52,25 +52,25 @@ def _model_type(model_type: str) -> None:
 
 
 @router.get("/cluster/auth")
-async def cluster_auth(state: State) -> dict:
-    return {"auth": not state.keys_open}
+async def cluster_auth(access: Access) -> dict:
+    return {"auth": not access.keys.open}
 
 
 @router.get("/model_registrations/{model_type}")
-async def list_registrations(model_type: str, state: State, key_id: KeyId, detailed: bool = False) -> list[dict]:
+async def list_registrations(model_type: str, models: Models, key_id: KeyId, detailed: bool = False) -> list[dict]:
     _model_type(model_type)
     if model_type != SERVED_TYPE:
         return []
-    registrations = state.models.catalog.registrations()
+    registrations = models.catalog.registrations()
     if detailed:
         return [r.spec() for r in registrations]
     return [{"model_name": r.model_name, "is_builtin": r.is_builtin} for r in registrations]
 
 
 @router.get("/model_registrations/{model_type}/{model_name}")
-async def get_registration(model_type: str, model_name: str, state: State, key_id: KeyId) -> dict:
+async def get_registration(model_type: str, model_name: str, models: Models, key_id: KeyId) -> dict:
     _model_type(model_type)
-    registration = state.models.catalog.registration(model_name) if model_type == SERVED_TYPE else None
+    registration = models.catalog.registration(model_name) if model_type == SERVED_TYPE else None
     if registration is None:
         raise ApiError(404, f"No {model_type} model registered as `{model_name}`.", param="model_name",
                        code="model_not_found")
@@ -78,19 +78,19 @@ async def get_registration(model_type: str, model_name: str, state: State, key_i
 
 
 @router.post("/model_registrations/{model_type}")
-async def register(model_type: str, body: RegisterBody, state: State, key_id: KeyId) -> None:
+async def register(model_type: str, body: RegisterBody, models: Models, key_id: KeyId) -> None:
     _model_type(model_type)
     try:
         registration = parse_custom(model_type, body.model)
     except RegistrationError as exc:
         raise ApiError(400, str(exc), param="model", code="invalid_value") from exc
-    state.models.catalog.register(registration)
+    models.catalog.register(registration)
 
 
 @router.delete("/model_registrations/{model_type}/{model_name}")
-async def unregister(model_type: str, model_name: str, state: State, key_id: KeyId) -> None:
+async def unregister(model_type: str, model_name: str, models: Models, key_id: KeyId) -> None:
     _model_type(model_type)
-    catalog = state.models.catalog
+    catalog = models.catalog
     if catalog.registration(model_name) is not None and catalog.registration(model_name).is_builtin:
         raise ApiError(400, f"`{model_name}` is a built-in model.", param="model_name", code="invalid_value")
     if not catalog.unregister(model_name):
@@ -99,15 +99,15 @@ async def unregister(model_type: str, model_name: str, state: State, key_id: Key
 
 
 @router.post("/models")
-async def launch(body: LaunchBody, state: State, key_id: KeyId) -> dict:
+async def launch(body: LaunchBody, models: Models, metrics: Metrics, key_id: KeyId) -> dict:
     if body.model_type != SERVED_TYPE:
         raise ApiError(400, f"model_type {body.model_type!r}: this stack serves {SERVED_TYPE} models only",
                        param="model_type", code="invalid_value")
-    uid = await state.models.launch(body.model_name, body.model_uid, body.replica, body.engine_args())
-    state.metrics.known_models.add(uid)
+    uid = await models.launch(body.model_name, body.model_uid, body.replica, body.engine_args())
+    metrics.known_models.add(uid)
     return {"model_uid": uid}
 
 
 @router.delete("/models/{model_uid}")
-async def terminate(model_uid: str, state: State, key_id: KeyId) -> None:
-    await state.models.terminate(model_uid)
+async def terminate(model_uid: str, models: Models, key_id: KeyId) -> None:
+    await models.terminate(model_uid)

@@ -1,0 +1,200 @@
+"""One model's AsyncLLM: its lifecycle (start, drain, shutdown) and its requests (generate, abort,
+tokenize, detokenize), with every request's usage counted into the engine's totals and held usage."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from services.engine.cpu_placement import place_engine_core
+from services.engine.errors import EngineUnavailableError, ModelNotFoundError
+from services.engine.generation import GenerationRequest, GenerationUpdate, ModelInfo, Prompt
+from services.engine.served import ServedModel, ServedTotals
+from services.engine.unconfirmed_usage import UnconfirmedUsage
+from services.engine.vllm_adapter.failures import FailedAfterStart, translate_errors
+from services.engine.vllm_adapter.prompts import PromptRenderer
+from services.engine.vllm_adapter.sampling import sampling_params
+from services.engine.vllm_adapter.stream_state import StreamState
+from services.engine.vllm_metrics import VLLM_METRICS
+
+log = logging.getLogger(__name__)
+
+
+class VllmBackend:
+    """Owns one AsyncLLM. Not ready until `start()` has returned.
+
+    The counters are passed in so that every model of one engine adds to the same totals and the same
+    held usage (a model's usage outlives the model)."""
+
+    def __init__(
+        self,
+        engine_args: Any,
+        served: ServedModel,
+        place_engine_core: bool = True,
+        totals: ServedTotals | None = None,
+        unconfirmed: UnconfirmedUsage | None = None,
+    ) -> None:
+        self._engine_args = engine_args
+        self._served = served
+        self._place_engine_core = place_engine_core
+        self._llm: Any = None
+        self._prompts: PromptRenderer | None = None
+        self._info: ModelInfo | None = None
+        self._draining = False
+        self._open: set[str] = set()
+        self.served = totals if totals is not None else ServedTotals()
+        self.unconfirmed = unconfirmed if unconfirmed is not None else UnconfirmedUsage()
+        # The model's generation_config defaults, for fields a request leaves unset (as vLLM's server does).
+        self._sampling_defaults: dict[str, Any] = {}
+
+    async def start(self) -> None:
+        """Builds the AsyncLLM (tens of seconds on CPU) in a thread so the gRPC server answers meanwhile."""
+        from vllm.platforms import current_platform
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.utils.gc_utils import freeze_gc_heap
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        def make() -> Any:
+            # The API-server context gives vLLM's serving defaults (batch sizes), as its own server gets.
+            return AsyncLLM.from_engine_args(self._engine_args, usage_context=UsageContext.OPENAI_API_SERVER)
+
+        self._llm = await asyncio.to_thread(VLLM_METRICS.make_engine, self._served.name, make)
+        self._prompts = PromptRenderer(self._llm, self._served.name)
+        config = self._llm.model_config
+        self._sampling_defaults = config.get_diff_sampling_param()
+        self._info = ModelInfo(
+            id=self._served.name,
+            root=self._served.root,
+            max_model_len=config.max_model_len,
+            dtype=str(config.dtype).removeprefix("torch."),
+            device=current_platform.device_type,
+            model_name=self._served.model_name or self._served.name,
+        )
+        if self._place_engine_core:
+            place_engine_core()
+        # As vLLM's API server does: the startup heap (torch, vLLM, the model) is static; left to the
+        # collector, each full collection walks ~600k objects and stalls every stream for ~0.5 s.
+        freeze_gc_heap()
+
+    @property
+    def dead(self) -> bool:
+        return self._llm is not None and self._llm.errored
+
+    @property
+    def name(self) -> str:
+        return self._served.name
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._open)
+
+    def shutdown(self) -> None:
+        VLLM_METRICS.forget(self._served.name)
+        if self._llm is not None:
+            self._llm.shutdown()
+            # Dropped now, so AsyncLLM.__del__ runs while the interpreter is whole, not at exit.
+            self._llm = None
+
+    async def drain(self, grace_seconds: float) -> None:
+        """Refuses new requests, waits up to the grace period, then aborts what still runs."""
+        self._draining = True
+        deadline = time.monotonic() + grace_seconds
+        while self._open and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self._open:
+            log.info("grace period over: aborting %d request(s)", len(self._open))
+            await self.abort(list(self._open))
+            # Let the aborted streams deliver their final message.
+            deadline = time.monotonic() + 2.0
+            while self._open and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+
+    def _check_ready(self) -> ModelInfo:
+        if self._info is None:
+            raise EngineUnavailableError("the engine is still starting; retry shortly")
+        if self._draining:
+            raise EngineUnavailableError("the engine is shutting down")
+        if self._llm.errored:
+            raise EngineUnavailableError(f"the engine is dead: {self._llm.dead_error}")
+        return self._info
+
+    def _check_model(self, model: str) -> tuple[ModelInfo, PromptRenderer]:
+        info = self._check_ready()
+        if model and model != info.id:
+            raise ModelNotFoundError(f"The model `{model}` does not exist; this engine serves `{info.id}`.")
+        assert self._prompts is not None
+        return info, self._prompts
+
+    def models(self) -> list[ModelInfo]:
+        return [self._check_ready()]
+
+    def load(self) -> tuple[int, int]:
+        """(requests unfinished inside vLLM, streams open here)."""
+        unfinished = self._llm.get_num_unfinished_requests() if self._llm is not None else 0
+        return unfinished, len(self._open)
+
+    async def tokenize(
+        self, model: str, prompt: Prompt, add_special_tokens: bool, add_generation_prompt: bool
+    ) -> tuple[list[int], int]:
+        info, prompts = self._check_model(model)
+        ids, _ = await prompts.render(prompt, add_special_tokens, add_generation_prompt, for_generation=False)
+        return ids, info.max_model_len
+
+    async def detokenize(self, model: str, token_ids: list[int]) -> str:
+        _, prompts = self._check_model(model)
+        return await prompts.decode(token_ids)
+
+    async def abort(self, request_ids: Iterable[str]) -> list[str]:
+        running = [r for r in request_ids if r in self._open]
+        if running and self._llm is not None:
+            await self._llm.abort(running)
+        return running
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationUpdate]:
+        """Streams updates; the last has `finished` set and the final usage, whatever ended the request."""
+        info, prompts = self._check_model(request.model)
+        prompt_ids, engine_prompt = await prompts.render(request.prompt, True, True, for_generation=True)
+        params = sampling_params(request.sampling, len(prompt_ids), info.max_model_len, self._sampling_defaults)
+        stream = StreamState(prompt_tokens=len(prompt_ids), started=time.monotonic())
+        self._open.add(request.request_id)
+        if request.caller:
+            self.unconfirmed.open(request.request_id, request.caller, request.usage_context, info.id)
+        try:
+            outputs = self._llm.generate(engine_prompt, params, request.request_id)
+            async for output in translate_errors(outputs, stream):
+                update = stream.update(output, request.sampling.logprobs)
+                if update.finished or not stream.announced:
+                    update.model = info.id
+                    stream.announced = True
+                yield update
+            if not stream.finished:
+                yield stream.failure("the engine ended the stream without a final output", info.id)
+        except FailedAfterStart as failure:
+            yield stream.failure(str(failure), info.id)
+        finally:
+            self._open.discard(request.request_id)
+            self._count(request, stream)
+
+    def _count(self, request: GenerationRequest, stream: StreamState) -> None:
+        # The one rule every counter follows: a request counts once vLLM produced output for it (an
+        # abort's final output included); one refused before that counts nothing anywhere.
+        if stream.started_output:
+            self.served.add(stream.usage())
+        if request.caller:
+            if stream.started_output:
+                self.unconfirmed.finish(
+                    request.request_id, stream.usage(), stream.final_reasons(), stream.timings(), stream.error
+                )
+            else:
+                self.unconfirmed.discard(request.request_id)
+        log.info(
+            "request %s done: prompt=%d completion=%d cached=%d finished=%s",
+            request.request_id,
+            stream.prompt_tokens,
+            stream.completion_tokens,
+            stream.cached_tokens,
+            stream.finished,
+        )

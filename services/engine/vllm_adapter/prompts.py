@@ -1,0 +1,155 @@
+"""A prompt as the model sees it: text, chat messages (with the model's chat template) or token ids,
+rendered to the token ids vLLM runs; a chat with images goes through vLLM's own renderer once."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from services.engine.errors import InvalidRequestError
+from services.engine.generation import ChatTurn, ImageInput, Prompt
+
+_T = TypeVar("_T")
+
+# Tokenizing or templating more than this many characters goes to a thread, off the event loop.
+_INLINE_TOKENIZE_CHARS = 4096
+
+
+class PromptRenderer:
+    """Bound to one model's AsyncLLM and tokenizer."""
+
+    def __init__(self, llm: Any, model_name: str) -> None:
+        self._llm = llm
+        self._tokenizer = llm.get_tokenizer()
+        self._model_name = model_name
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._tokenizer)
+
+    async def render(
+        self, prompt: Prompt, add_special_tokens: bool, add_generation_prompt: bool, *, for_generation: bool
+    ) -> tuple[list[int], Any]:
+        """(the prompt's token ids as the model sees them, the prompt to hand vLLM). A chat with images
+        is rendered by vLLM's own renderer, as its OpenAI server does: the templated text plus the
+        decoded images go through the model's processor once, which inserts the image placeholder
+        tokens; the ids counted (and billed, and returned by /tokenize) are the ones vLLM then runs."""
+        images = [
+            (f"messages[{i}].content[{j}].image_url", part)
+            for i, turn in enumerate(prompt.chat or ())
+            for j, part in enumerate(turn.parts or ())
+            if isinstance(part, ImageInput)
+        ]
+        if not images:
+            from vllm.inputs import TokensPrompt
+
+            ids = await self._token_ids(prompt, add_special_tokens, add_generation_prompt)
+            return ids, TokensPrompt(prompt_token_ids=ids)
+        config = self._llm.model_config
+        if not config.is_multimodal_model:
+            raise InvalidRequestError(f"The model `{self._model_name}` takes no images: send text only.")
+        limit = config.multimodal_config.get_limit_per_prompt("image")
+        if len(images) > limit:
+            raise InvalidRequestError(
+                f"At most {limit} image(s) per request for the model `{self._model_name}`; got {len(images)}."
+            )
+        decoded = await asyncio.to_thread(_decode_images, images)
+        text = await self._chat_text(prompt.chat, add_generation_prompt)
+        engine_input = await self._render_with_images(text, decoded, for_generation)
+        return list(engine_input["prompt_token_ids"]), engine_input
+
+    async def decode(self, token_ids: list[int]) -> str:
+        vocab = self.vocab_size
+        bad = [t for t in token_ids if t >= vocab]
+        if bad:
+            raise InvalidRequestError(f"token ids out of the vocabulary (size {vocab}): {bad[:5]}")
+        return await _off_loop(len(token_ids), self._tokenizer.decode, token_ids)
+
+    async def _render_with_images(self, text: str, images: list[Any], for_generation: bool) -> Any:
+        from vllm.renderers.inputs.preprocess import parse_model_prompt
+
+        renderer = self._llm.renderer
+        prompt = parse_model_prompt(self._llm.model_config, {"prompt": text, "multi_modal_data": {"image": images}})
+        try:
+            # vLLM's processor cache here mirrors its engine core's: only what is sent may be cached, so
+            # /tokenize skips it, as vLLM's own /tokenize does. (A request refused after rendering leaves
+            # an entry the engine core never got; vLLM then has the item resent, as in its own server.)
+            (engine_input,) = await renderer.render_cmpl_async(
+                [prompt], renderer.default_cmpl_tok_params, skip_mm_cache=not for_generation
+            )
+        except (ValueError, TypeError) as exc:
+            raise InvalidRequestError(f"the model's processor rejected the images: {exc}") from exc
+        return engine_input
+
+    async def _token_ids(self, prompt: Prompt, add_special_tokens: bool, add_generation_prompt: bool) -> list[int]:
+        if prompt.token_ids is not None:
+            ids = list(prompt.token_ids)
+            vocab = self.vocab_size
+            if any(t >= vocab for t in ids):
+                raise InvalidRequestError(f"prompt token ids must be below the vocabulary size {vocab}")
+        elif prompt.chat is not None:
+            text = await self._chat_text(prompt.chat, add_generation_prompt)
+            # The template already wrote the special tokens (as vLLM's chat path does).
+            ids = await _off_loop(len(text), self._tokenizer.encode, text, add_special_tokens=False)
+        elif prompt.text is not None:
+            ids = await _off_loop(
+                len(prompt.text), self._tokenizer.encode, prompt.text, add_special_tokens=add_special_tokens
+            )
+        else:
+            raise InvalidRequestError("the request has no prompt: give text, chat messages or token ids")
+        if not ids:
+            raise InvalidRequestError("the prompt is empty")
+        return ids
+
+    async def _chat_text(self, chat: tuple[ChatTurn, ...] | None, add_generation_prompt: bool) -> str:
+        if not chat:
+            raise InvalidRequestError("messages must hold at least one message")
+        messages = [_chat_message(turn) for turn in chat]
+        size = sum(len(turn.content) for turn in chat)
+        try:
+            return await _off_loop(
+                size,
+                self._tokenizer.apply_chat_template,
+                messages,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+            )
+        except Exception as exc:  # jinja raises TemplateError and friends on bad conversations
+            raise InvalidRequestError(f"the chat template rejected the messages: {exc}") from exc
+
+
+def _decode_images(images: list[tuple[str, ImageInput]]) -> list[Any]:
+    """(where in the request, image) pairs -> RGB images, or InvalidRequestError naming the part."""
+    from PIL import Image, UnidentifiedImageError
+
+    decoded = []
+    for where, image in images:
+        try:
+            with Image.open(io.BytesIO(image.data)) as opened:
+                decoded.append(opened.convert("RGB"))
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise InvalidRequestError(
+                f"{where}: the image ({image.media_type or 'no media type'}) could not be decoded: {exc}"
+            ) from exc
+    return decoded
+
+
+def _chat_message(turn: ChatTurn) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": turn.role.value, "content": turn.content}
+    if turn.parts is not None:
+        message["content"] = [
+            {"type": "text", "text": part} if isinstance(part, str) else {"type": "image"} for part in turn.parts
+        ]
+    if turn.name:
+        message["name"] = turn.name
+    if turn.tool_call_id:
+        message["tool_call_id"] = turn.tool_call_id
+    return message
+
+
+async def _off_loop(size: int, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    if size <= _INLINE_TOKENIZE_CHARS:
+        return fn(*args, **kwargs)
+    return await asyncio.to_thread(fn, *args, **kwargs)

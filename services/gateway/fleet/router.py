@@ -1,0 +1,66 @@
+"""Which engine serves a request: the least-outstanding healthy replica of its model; a refusal as
+unavailable before the first token takes that engine out of rotation and tries another replica, and
+after the first token there is no retry."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from llmserve.engine.v1 import engine_pb2 as pb
+
+from services.gateway.errors import ApiError
+from services.gateway.fleet.engines import EngineFleet
+from services.gateway.outcome import Outcome, OutcomeSink
+from services.gateway.streaming.generation import GapObserver, Generation
+from services.gateway.streaming.open_generations import OpenGenerations
+
+
+class RequestRouter:
+    def __init__(
+        self, fleet: EngineFleet, generations: OpenGenerations, timeout: float, settle_timeout: float
+    ) -> None:
+        self._fleet = fleet
+        self._generations = generations
+        self._timeout = timeout
+        self._settle_timeout = settle_timeout
+
+    def model_name(self, uid: str) -> str:
+        return self._fleet.model_name(uid)
+
+    async def open(
+        self,
+        requests: list[pb.GenerateRequest],
+        outcome: Outcome,
+        sink: OutcomeSink,
+        on_gap: GapObserver | None = None,
+    ) -> Generation:
+        """The request, started on an engine that serves `outcome.model` (its first message read)."""
+        model = outcome.model
+        tried: list[str] = []
+        while True:
+            member = self._fleet.pick(model, exclude=tried)
+            member.outstanding += 1
+
+            def release(member=member) -> None:
+                member.outstanding -= 1
+
+            generation = Generation(
+                member.client,
+                requests,
+                # Each attempt its own: a refused attempt's settling must not touch the next one's outcome.
+                dataclasses.replace(outcome),
+                timeout=self._timeout,
+                settle_timeout=self._settle_timeout,
+                sink=sink,
+                on_gap=on_gap,
+                open_generations=self._generations.open,
+                on_closed=release,
+            )
+            try:
+                await generation.start(self._generations.settling)
+                return generation
+            except ApiError as refused:
+                tried.append(member.address)
+                if refused.status != 503 or not self._fleet.alternatives(model, tried):
+                    raise
+                self._fleet.mark_down(member)

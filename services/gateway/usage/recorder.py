@@ -1,0 +1,25 @@
+"""Where every finished request goes, once: its metrics, then its usage event (durable before the
+response's last byte, when metering is configured)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.outcome import Outcome
+from services.gateway.usage.delivery import UsageDelivery
+
+
+class OutcomeRecorder:
+    def __init__(self, metrics: GatewayMetrics, delivery: UsageDelivery | None) -> None:
+        self._metrics = metrics
+        self.delivery = delivery
+        # Called with each outcome before it is delivered (tests and benchmarks watch here).
+        self.observers: list[Callable[[Outcome], None]] = []
+
+    async def record(self, outcome: Outcome) -> None:
+        self._metrics.outcome(outcome)
+        for observe in self.observers:
+            observe(outcome)
+        if self.delivery is not None:
+            await self.delivery.record(outcome)
