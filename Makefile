@@ -10,7 +10,7 @@ MODEL_STORE ?= var/models
 PROTO_OUT := gen
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: setup deps protos model credentials run engine test check-protos bench-engine bench-serving bench-metering bench-gateway bench-stalls clean
+.PHONY: setup deps protos model credentials run engine test fuzz check-protos bench-engine bench-serving bench-metering bench-gateway bench-stalls clean
 
 setup: deps protos model
 
@@ -60,6 +60,10 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The gateway's OpenAPI schema fuzzed with schemathesis against real processes (about 10 minutes at most).
+fuzz: setup
+	$(PY) -m tools.fuzz_gateway
 
 check-protos:
 	$(PY) tools/gen_protos.py --check $(PROTO_OUT)

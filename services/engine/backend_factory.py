@@ -10,6 +10,7 @@ from services.engine.model_host import BackendFactory, LaunchSpec
 from services.engine.unconfirmed_usage import UnconfirmedUsage
 from services.engine.served import ServedModel, ServedTotals
 from services.engine.vllm_adapter import VllmBackend
+from services.engine.vllm_adapter.prompts import ImageLimits
 
 
 def backend_factory(settings: EngineSettings, on_cpu: bool, started_uid: str | None) -> BackendFactory:
@@ -35,6 +36,7 @@ def backend_factory(settings: EngineSettings, on_cpu: bool, started_uid: str | N
         except TypeError as exc:
             raise InvalidRequestError(f"not a vLLM engine argument: {exc}") from exc
         served = ServedModel(name=spec.uid, root=source.path, model_name=spec.model_name)
-        return VllmBackend(engine_args, served, settings.place_engine_core, totals, unconfirmed)
+        limits = ImageLimits(settings.image_max_pixels, settings.image_max_side)
+        return VllmBackend(engine_args, served, settings.place_engine_core, totals, unconfirmed, limits)
 
     return build

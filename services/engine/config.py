@@ -63,6 +63,10 @@ class EngineSettings(BaseSettings):
     place_engine_core: bool = Field(
         True, description="keep vLLM's busy-waiting engine core on its CPU workers' cores (no effect on GPU)"
     )
+    image_max_pixels: int = Field(
+        16 * 1024 * 1024, ge=1, description="an image's pixels, read from its header before it is decoded"
+    )
+    image_max_side: int = Field(8192, ge=1, description="an image's width and height, each")
     shutdown_grace_seconds: float = Field(10.0, ge=0)
     callers_file: Path | None = Field(
         None, description="who may call (`name roles sha256` lines, made by `make credentials`); unset: open"

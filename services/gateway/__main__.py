@@ -6,6 +6,7 @@ import uvicorn
 
 from services.gateway.app import create_app
 from services.gateway.config import GatewaySettings
+from services.gateway.connections import head_deadline_protocol
 from services.gateway.shutdown import DrainingServer
 from services.tracing import grpc_client_instrumentation, setup_logging, setup_tracing, shutdown_tracing
 
@@ -26,6 +27,10 @@ def main() -> None:
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds + settings.settle_timeout_seconds) + 1,
         access_log=False,
         log_config=None,
+        http=head_deadline_protocol(settings.header_timeout_seconds),
+        timeout_keep_alive=settings.keep_alive_seconds,
+        # Beyond this many open connections (or requests in progress), uvicorn answers 503.
+        limit_concurrency=settings.max_connections,
     )
     DrainingServer(config, app, settings.shutdown_grace_seconds).run()
     shutdown_tracing()

@@ -27,6 +27,10 @@ class AccessPolicy:
         self.admin_paths = DOC_PATHS if metrics_open else DOC_PATHS | {"/metrics"}
         self.open_paths = OPEN_PATHS | ({"/metrics"} if metrics_open else set())
 
+    def is_operator(self, key_id: str) -> bool:
+        """An admin key, or anyone on an open gateway."""
+        return self.keys.open or key_id in self.admin_key_ids
+
     def key_id(self, path: str, authorization: str | None, method: str = "GET") -> str:
         """The caller's key id, or ApiError 401 (no or unknown key) / 403 (not an admin key)."""
         if self.keys.open or path in self.open_paths:

@@ -100,6 +100,8 @@ def _image_policy(settings: GatewaySettings) -> ImagePolicy:
         allow_private=settings.image_allow_private_addresses,
         timeout_seconds=settings.image_fetch_timeout_seconds,
         max_redirects=settings.image_max_redirects,
+        max_pixels=settings.image_max_pixels,
+        max_side=settings.image_max_side,
     )
 
 
@@ -160,6 +162,8 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
         await fleet.close()
 
     app = FastAPI(title="llmserve gateway", version="1", lifespan=lifespan)
+    # No redirect to the slashed path: its Location would echo the client's Host header.
+    app.router.redirect_slashes = False
     # Model management first: its DELETE /v1/models/{uid} and POST /v1/models sit beside the OpenAI GETs.
     for module in (model_management, chat, completions, models, tokenize, health, exposition):
         app.include_router(module.router)
@@ -174,5 +178,6 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
         access=access,
         max_body_bytes=settings.max_body_bytes,
         in_flight=in_flight,
+        body_timeout_seconds=settings.body_timeout_seconds,
     )
     return app

@@ -37,6 +37,13 @@ class GatewaySettings(BaseSettings):
     max_in_flight: int = Field(256, ge=1)
     max_prompts_per_request: int = Field(64, ge=1)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # The whole body must arrive within this, or 408 (a body trickled in a byte a second holds a slot).
+    body_timeout_seconds: float = Field(30.0, gt=0)
+    # Connections: HTTP keep-alive idle time, the time a request's headers may take (from the connection's
+    # start or the previous response), and the open connections (beyond them uvicorn answers 503).
+    keep_alive_seconds: float = Field(5.0, gt=0)
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    max_connections: int = Field(2048, ge=1)
     request_timeout_seconds: float = Field(600.0, gt=0)
     # On SIGTERM: time in-flight requests get to finish; then they end with their usage chunk, an error
     # event and [DONE]. The process needs about this plus settle_timeout_seconds (give Docker more).
@@ -64,6 +71,9 @@ class GatewaySettings(BaseSettings):
     image_allow_private_addresses: bool = False
     image_fetch_timeout_seconds: float = Field(10.0, gt=0)
     image_max_redirects: int = Field(3, ge=0)
+    # Read from the image's header before anything decodes it (a small file can declare 100 M pixels).
+    image_max_pixels: int = Field(16 * 1024 * 1024, ge=1)
+    image_max_side: int = Field(8192, ge=1)
     log_level: str = "INFO"
 
     def service_token(self) -> str | None:

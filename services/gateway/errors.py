@@ -37,7 +37,11 @@ class ApiError(Exception):
 ERROR_TYPES: dict[int, str] = {
     HTTPStatus.BAD_REQUEST: "invalid_request_error",
     HTTPStatus.UNAUTHORIZED: "invalid_request_error",
+    HTTPStatus.FORBIDDEN: "invalid_request_error",
     HTTPStatus.NOT_FOUND: "invalid_request_error",
+    HTTPStatus.METHOD_NOT_ALLOWED: "invalid_request_error",
+    HTTPStatus.REQUEST_TIMEOUT: "invalid_request_error",
+    HTTPStatus.UNPROCESSABLE_ENTITY: "invalid_request_error",
     HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "invalid_request_error",
     HTTPStatus.TOO_MANY_REQUESTS: "rate_limit_error",
     HTTPStatus.SERVICE_UNAVAILABLE: "service_unavailable_error",
@@ -50,7 +54,9 @@ HTTP_BY_GRPC: dict[grpc.StatusCode, tuple[int, str | None]] = {
     grpc.StatusCode.INVALID_ARGUMENT: (HTTPStatus.BAD_REQUEST, None),
     grpc.StatusCode.NOT_FOUND: (HTTPStatus.NOT_FOUND, "model_not_found"),
     grpc.StatusCode.UNAVAILABLE: (HTTPStatus.SERVICE_UNAVAILABLE, "engine_unavailable"),
-    grpc.StatusCode.RESOURCE_EXHAUSTED: (HTTPStatus.TOO_MANY_REQUESTS, "rate_limit_exceeded"),
+    # gRPC's own size limits (a message or metadata too large), never a rate limit: the engine answers
+    # UNAVAILABLE when it cannot take a request, and a 429 would make OpenAI's SDK retry the same request.
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (HTTPStatus.BAD_REQUEST, "request_too_large"),
     grpc.StatusCode.DEADLINE_EXCEEDED: (HTTPStatus.GATEWAY_TIMEOUT, "timeout"),
     grpc.StatusCode.CANCELLED: (HTTPStatus.SERVICE_UNAVAILABLE, "cancelled"),
     # Model management: a uid already in use, and a launch vLLM could not start (its cause in the message).
@@ -65,4 +71,8 @@ def from_grpc(error: grpc.aio.AioRpcError) -> ApiError:
         return ApiError(status, "The engine failed to handle the request.", code="engine_error")
     if error.code() == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (error.details() or "").lower():
         return ApiError(status, "The engine is unreachable.", code=code)
-    return ApiError(status, error.details() or status.phrase, code=code)
+    details = error.details() or status.phrase
+    if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+        # OpenAI's code for the refusal clients most often handle; the rest are invalid values.
+        code = "context_length_exceeded" if "maximum context length" in details else "invalid_value"
+    return ApiError(status, details, code=code)

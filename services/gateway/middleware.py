@@ -1,8 +1,9 @@
 """ASGI middleware: the API key check (401/403, from the headers alone, before the body is read), the
-body-size limit (413), the in-flight limit (429) and per-request accounting."""
+body-size limit (413) and read deadline (408), the in-flight limit (429) and per-request accounting."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -19,8 +20,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+# Paths that take engine time: each request holds an in-flight slot.
+ENGINE_PATHS = GENERATION_PATHS | {"/tokenize", "/detokenize"}
 # Request paths become metric labels only when they are routes of ours.
-ENDPOINTS = GENERATION_PATHS | {"/v1/models", "/tokenize", "/detokenize"}
+ENDPOINTS = ENGINE_PATHS | {"/v1/models"}
 
 
 async def send_error(send: Send, error: ApiError) -> None:
@@ -69,9 +72,16 @@ class InFlight:
 
 class RequestLimits:
     def __init__(
-        self, app: ASGIApp, metrics: GatewayMetrics, access: AccessPolicy, max_body_bytes: int, in_flight: InFlight
+        self,
+        app: ASGIApp,
+        metrics: GatewayMetrics,
+        access: AccessPolicy,
+        max_body_bytes: int,
+        in_flight: InFlight,
+        body_timeout_seconds: float = 30.0,
     ) -> None:
         self.app = app
+        self.body_timeout_seconds = body_timeout_seconds
         self.metrics = metrics
         self.access = access
         self.max_body_bytes = max_body_bytes
@@ -92,8 +102,12 @@ class RequestLimits:
                 status_seen.append(message["status"])
             await send(message)
 
-        headers = dict(scope.get("headers", []))
+        raw_headers = scope.get("headers", [])
+        headers = dict(raw_headers)
         try:
+            if sum(1 for name, _ in raw_headers if name == b"authorization") > 1:
+                # A proxy that checks the first and a server that takes the last would disagree on who pays.
+                raise ApiError(400, "Send one Authorization header.", code="invalid_api_key")
             authorization = headers.get(b"authorization")
             key_id = self.access.key_id(
                 path, authorization.decode("latin-1") if authorization else None, scope.get("method", "GET")
@@ -109,7 +123,14 @@ class RequestLimits:
             await send_error(accounting_send, too_large)
             self._account(scope, endpoint, status_seen)
             return
-        body, complete = await self._read_body(receive)
+        try:
+            async with asyncio.timeout(self.body_timeout_seconds):
+                body, complete = await self._read_body(receive)
+        except TimeoutError:
+            await send_error(accounting_send, ApiError(
+                408, f"The request body did not arrive within {self.body_timeout_seconds:g} s.", code="request_timeout"))
+            self._account(scope, endpoint, status_seen)
+            return
         if not complete:
             await send_error(accounting_send, too_large)
             self._account(scope, endpoint, status_seen)
@@ -124,7 +145,7 @@ class RequestLimits:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        if path in GENERATION_PATHS and not self.in_flight.take(scope, 1):
+        if path in ENGINE_PATHS and not self.in_flight.take(scope, 1):
             await send_error(accounting_send, self.in_flight.busy_error())
             self._account(scope, endpoint, status_seen)
             return

@@ -76,6 +76,9 @@ class FakeEngine(engine_pb2_grpc.EngineServiceServicer):
     async def ListModels(self, request, context):
         return pb.ListModelsResponse(models=[pb.ModelCard(id="fake", max_model_len=128)])
 
+    async def GetLoad(self, request, context):
+        return pb.GetLoadResponse(memory_total_bytes=1 << 30, memory_available_bytes=1 << 29)
+
 
 @pytest.fixture
 async def fake():
@@ -268,3 +271,64 @@ async def test_values_the_engine_contract_cannot_carry_are_400s_naming_the_field
             assert reply.json()["error"]["param"].startswith(param), (param, reply.json())
         # And the gateway goes on serving.
         assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
+
+
+# Hostile input (issue 18): each of these failed on the stack before the fix.
+
+
+async def test_two_authorization_headers_are_refused(fake: FakeEngine) -> None:
+    async for client in gateway(fake, api_keys="alpha:sk-a,beta:sk-b"):
+        headers = [("Authorization", "Bearer sk-a"), ("Authorization", "Bearer sk-b")]
+        reply = await client.post("/v1/chat/completions", json=CHAT, headers=headers)
+        assert reply.status_code == 400 and reply.json()["error"]["code"] == "invalid_api_key"
+        assert not fake.started.is_set()
+
+
+async def test_client_errors_are_typed_as_such_and_no_redirect_echoes_the_host(fake: FakeEngine) -> None:
+    async for client in gateway(fake, api_keys="alpha:sk-a,root:sk-r", admin_key_ids="root"):
+        forbidden = await client.get("/metrics", headers={"Authorization": "Bearer sk-a"})
+        assert forbidden.status_code == 403 and forbidden.json()["error"]["type"] == "invalid_request_error"
+        wrong_method = await client.put("/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer sk-a"})
+        assert wrong_method.status_code == 405 and wrong_method.json()["error"]["type"] == "invalid_request_error"
+        slashed = await client.get("/metrics/", headers={"Authorization": "Bearer sk-r", "Host": "evil.example"})
+        assert slashed.status_code == 404 and "evil.example" not in slashed.headers.get("location", "")
+
+
+async def test_where_models_live_is_for_admin_keys_and_health_names_no_address(fake: FakeEngine) -> None:
+    async for client in gateway(fake, api_keys="alpha:sk-a,root:sk-r", admin_key_ids="root"):
+        user, admin = {"Authorization": "Bearer sk-a"}, {"Authorization": "Bearer sk-r"}
+        [seen_by_user] = (await client.get("/v1/models", headers=user)).json()["data"]
+        [seen_by_admin] = (await client.get("/v1/models", headers=admin)).json()["data"]
+        assert "address" not in seen_by_user and "root" not in seen_by_user
+        assert seen_by_admin["address"] == fake.address
+        detailed = (await client.get("/v1/model_registrations/LLM?detailed=true", headers=user)).json()
+        assert all(r["model_specs"][0]["model_uri"] == "" and r["engine_args"] == {} for r in detailed)
+        health = (await client.get("/health")).text
+        assert fake.address not in health
+
+
+async def test_tokenize_and_each_choice_take_in_flight_slots(fake: FakeEngine) -> None:
+    fake.hold.clear()
+    async for client in gateway(fake, max_in_flight=2):
+        assert (await client.post("/v1/chat/completions", json={**CHAT, "n": 3})).status_code == 429
+        first = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
+        await asyncio.wait_for(fake.started.wait(), 5)
+        second = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
+        async with asyncio.timeout(5):
+            while client.gateway_app.state.in_flight.count < 2:
+                await asyncio.sleep(0.01)
+        assert (await client.post("/tokenize", json={"model": "fake", "prompt": "x"})).status_code == 429
+        fake.hold.set()
+        assert [(await t).status_code for t in (first, second)] == [200, 200]
+
+
+async def test_a_trickled_body_gets_408(fake: FakeEngine) -> None:
+    async def trickle():
+        yield b'{"model": "fake",'
+        await asyncio.sleep(1.0)
+        yield b'"messages": []}'
+
+    async for client in gateway(fake, body_timeout_seconds=0.3):
+        reply = await client.post("/v1/chat/completions", content=trickle(), headers={"content-type": "application/json"})
+        assert reply.status_code == 408 and reply.json()["error"]["code"] == "request_timeout"
+        assert not fake.started.is_set()

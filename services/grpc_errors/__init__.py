@@ -19,6 +19,19 @@ _HANDLER_KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream"
 StatusTable = Mapping[type[BaseException], grpc.StatusCode]
 
 
+# Status details travel in a header; past the caller's metadata limit (16 KiB in grpc-python) the call
+# fails with RESOURCE_EXHAUSTED instead, which a client would take for a rate limit. Errors that quote
+# the request (a 20,000-character model name, a list of 3,000 ids) are cut well below it.
+MAX_DETAILS_CHARS = 2048
+
+
+def bounded_details(message: str) -> str:
+    if len(message) <= MAX_DETAILS_CHARS:
+        return message
+    cut = len(message) - MAX_DETAILS_CHARS
+    return f"{message[:MAX_DETAILS_CHARS]}... ({cut} more characters)"
+
+
 def status_for(error: BaseException, table: StatusTable) -> grpc.StatusCode | None:
     for kind in type(error).__mro__:
         if kind in table:
@@ -35,7 +48,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if code is None:
             log.exception("bug in %s", method, exc_info=error)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
-        await context.abort(code, str(error))
+        await context.abort(code, bounded_details(str(error)))
 
     async def intercept_service(
         self,

@@ -6,6 +6,13 @@ import math
 from dataclasses import dataclass
 
 STATUSES = ("ok", "abort", "error")
+# Bounds of one event's fields. No request comes near them (a context is at most millions of tokens,
+# a request at most hours), and they keep every sum exact: int64 totals would need more than 2^31
+# events at the token bound to overflow.
+MAX_TOKENS = 2**32 - 1
+MAX_SECONDS = 7 * 24 * 3600.0
+MAX_TEXT = 1024
+_TEXT_FIELDS = ("event_id", "source", "model", "api_key_id", "endpoint", "finish_reason", "trace_id", "model_name")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +58,20 @@ def check(event: UsageEvent, now: float, max_age_seconds: float, max_future_seco
         raise Rejection("too_old", f"occurred_at is more than {max_age_seconds:.0f} s in the past")
     if event.occurred_at > now + max_future_seconds:
         raise Rejection("in_future", f"occurred_at is more than {max_future_seconds:.0f} s in the future")
+    for name in _TEXT_FIELDS:
+        if len(getattr(event, name)) > MAX_TEXT:
+            raise Rejection("out_of_range", f"{name} is longer than {MAX_TEXT} characters")
     for name in ("prompt_tokens", "completion_tokens", "cached_tokens"):
-        if getattr(event, name) < 0:
+        value = getattr(event, name)
+        if value < 0:
             raise Rejection("negative", f"{name} is negative")
+        if value > MAX_TOKENS:
+            raise Rejection("out_of_range", f"{name} is {value}, above the bound {MAX_TOKENS}")
     if event.cached_tokens > event.prompt_tokens:
         raise Rejection("inconsistent", "cached_tokens exceeds prompt_tokens")
     for name in ("time_to_first_token_seconds", "generation_seconds", "request_seconds"):
         value = getattr(event, name)
         if value < 0 or not math.isfinite(value):
             raise Rejection("negative", f"{name} must be a finite, non-negative number")
+        if value > MAX_SECONDS:
+            raise Rejection("out_of_range", f"{name} is {value}, above the bound {MAX_SECONDS:.0f} s")

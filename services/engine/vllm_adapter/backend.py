@@ -15,7 +15,7 @@ from services.engine.generation import GenerationRequest, GenerationUpdate, Mode
 from services.engine.served import ServedModel, ServedTotals
 from services.engine.unconfirmed_usage import UnconfirmedUsage
 from services.engine.vllm_adapter.failures import FailedAfterStart, translate_errors
-from services.engine.vllm_adapter.prompts import PromptRenderer
+from services.engine.vllm_adapter.prompts import ImageLimits, PromptRenderer
 from services.engine.vllm_adapter.sampling import sampling_params
 from services.engine.vllm_adapter.stream_state import StreamState
 from services.engine.vllm_metrics import VLLM_METRICS
@@ -36,7 +36,9 @@ class VllmBackend:
         place_engine_core: bool = True,
         totals: ServedTotals | None = None,
         unconfirmed: UnconfirmedUsage | None = None,
+        image_limits: ImageLimits = ImageLimits(),
     ) -> None:
+        self._image_limits = image_limits
         self._engine_args = engine_args
         self._served = served
         self._place_engine_core = place_engine_core
@@ -62,7 +64,7 @@ class VllmBackend:
             return AsyncLLM.from_engine_args(self._engine_args, usage_context=UsageContext.OPENAI_API_SERVER)
 
         self._llm = await asyncio.to_thread(VLLM_METRICS.make_engine, self._served.name, make)
-        self._prompts = PromptRenderer(self._llm, self._served.name)
+        self._prompts = PromptRenderer(self._llm, self._served.name, self._image_limits)
         config = self._llm.model_config
         self._sampling_defaults = config.get_diff_sampling_param()
         self._info = ModelInfo(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from services.engine.errors import InvalidRequestError
@@ -17,10 +18,20 @@ _T = TypeVar("_T")
 _INLINE_TOKENIZE_CHARS = 4096
 
 
+@dataclass(frozen=True)
+class ImageLimits:
+    """Checked from an image's header before it is decoded: a few KB of PNG can declare 100 M pixels,
+    which decoding and the model's processor turn into gigabytes."""
+
+    max_pixels: int = 16 * 1024 * 1024
+    max_side: int = 8192
+
+
 class PromptRenderer:
     """Bound to one model's AsyncLLM and tokenizer."""
 
-    def __init__(self, llm: Any, model_name: str) -> None:
+    def __init__(self, llm: Any, model_name: str, image_limits: ImageLimits = ImageLimits()) -> None:
+        self._image_limits = image_limits
         self._llm = llm
         self._tokenizer = llm.get_tokenizer()
         self._model_name = model_name
@@ -55,7 +66,7 @@ class PromptRenderer:
             raise InvalidRequestError(
                 f"At most {limit} image(s) per request for the model `{self._model_name}`; got {len(images)}."
             )
-        decoded = await asyncio.to_thread(_decode_images, images)
+        decoded = await asyncio.to_thread(_decode_images, images, self._image_limits)
         text = await self._chat_text(prompt.chat, add_generation_prompt)
         engine_input = await self._render_with_images(text, decoded, for_generation)
         return list(engine_input["prompt_token_ids"]), engine_input
@@ -120,7 +131,7 @@ class PromptRenderer:
             raise InvalidRequestError(f"the chat template rejected the messages: {exc}") from exc
 
 
-def _decode_images(images: list[tuple[str, ImageInput]]) -> list[Any]:
+def _decode_images(images: list[tuple[str, ImageInput]], limits: ImageLimits) -> list[Any]:
     """(where in the request, image) pairs -> RGB images, or InvalidRequestError naming the part."""
     from PIL import Image, UnidentifiedImageError
 
@@ -128,12 +139,23 @@ def _decode_images(images: list[tuple[str, ImageInput]]) -> list[Any]:
     for where, image in images:
         try:
             with Image.open(io.BytesIO(image.data)) as opened:
+                _check_size(where, opened.size, limits)
                 decoded.append(opened.convert("RGB"))
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
             raise InvalidRequestError(
                 f"{where}: the image ({image.media_type or 'no media type'}) could not be decoded: {exc}"
             ) from exc
     return decoded
+
+
+def _check_size(where: str, size: tuple[int, int], limits: ImageLimits) -> None:
+    width, height = size
+    if width > limits.max_side or height > limits.max_side:
+        raise InvalidRequestError(f"{where}: the image is {width}x{height}; each side may be at most {limits.max_side} pixels")
+    if width * height > limits.max_pixels:
+        raise InvalidRequestError(
+            f"{where}: the image is {width}x{height} = {width * height} pixels; at most {limits.max_pixels} are accepted"
+        )
 
 
 def _chat_message(turn: ChatTurn) -> dict[str, Any]:

@@ -35,10 +35,11 @@ class RunningModel:
     registration: Registration | None
     engines: tuple[str, ...]
 
-    def description(self) -> dict[str, Any]:
-        """OpenAI's model object (id, object, created, owned_by) and Xinference's description in one."""
+    def description(self, operator: bool = True) -> dict[str, Any]:
+        """OpenAI's model object (id, object, created, owned_by) and Xinference's description in one.
+        Where it lives (folder, engine addresses) is for operators only."""
         registration = self.registration
-        return {
+        described = {
             "id": self.uid,
             "object": "model",
             "created": _CREATED,
@@ -59,6 +60,9 @@ class RunningModel:
             "replica": len(self.engines),
             "address": ",".join(self.engines),
         }
+        if not operator:
+            del described["root"], described["address"]
+        return described
 
 
 class ModelManager:

@@ -36,9 +36,10 @@ class Registration:
     engine_args: dict[str, Any] = field(default_factory=dict)
     is_builtin: bool = False
 
-    def spec(self) -> dict[str, Any]:
-        """Xinference's registration JSON (what `GET /v1/model_registrations/LLM/{name}` answers)."""
-        return {
+    def spec(self, operator: bool = True) -> dict[str, Any]:
+        """Xinference's registration JSON (what `GET /v1/model_registrations/LLM/{name}` answers). Its
+        folder and engine arguments are for operators only."""
+        spec = {
             "version": 2,
             "model_type": SERVED_TYPE,
             "model_name": self.model_name,
@@ -51,11 +52,12 @@ class Registration:
                 "model_format": "pytorch",
                 "model_size_in_billions": 0,
                 "quantization": "none",
-                "model_uri": self.source,
+                "model_uri": self.source if operator else "",
             }],
-            "engine_args": self.engine_args,
+            "engine_args": self.engine_args if operator else {},
             "is_builtin": self.is_builtin,
         }
+        return spec
 
     def to_record(self) -> dict[str, Any]:
         return asdict(self)

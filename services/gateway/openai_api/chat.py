@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from services.gateway.dependencies import Generate, Images, KeyId
+from services.gateway.dependencies import Generate, Images, KeyId, Limits
 from services.gateway.errors import ApiError
 from services.gateway.openai_api.images import load_images
 from services.gateway.openai_api.schemas import ChatCompletionRequest
@@ -15,9 +15,17 @@ router = APIRouter(prefix="/v1")
 
 @router.post("/chat/completions", response_model=None)
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, responder: Generate, image_policy: Images, key_id: KeyId
+    body: ChatCompletionRequest,
+    request: Request,
+    responder: Generate,
+    image_policy: Images,
+    in_flight: Limits,
+    key_id: KeyId,
 ) -> Response:
     meta = responder.meta("chat", body, body.logprobs)
+    # Each of n choices is its own sequence in the engine: the request's slot holds one, the others take theirs.
+    if body.n > 1 and not in_flight.take(request.scope, body.n - 1):
+        raise in_flight.busy_error()
     images = await load_images(body.messages, image_policy)
     try:
         engine_request = chat_request(body, meta.id, images)

@@ -24,7 +24,9 @@ async def create_completion(
     limit = settings.max_prompts_per_request
     if len(engine_requests) > limit:
         raise ApiError(400, f"At most {limit} prompts per request; got {len(engine_requests)}.", param="prompt")
-    # Each prompt is its own engine request: the first holds the request's slot, the others take their own.
-    if len(engine_requests) > 1 and not in_flight.take(request.scope, len(engine_requests) - 1):
+    # Each prompt is its own engine request, and each of its n choices its own sequence: the request's
+    # slot holds one, the others take their own.
+    sequences = len(engine_requests) * body.n
+    if sequences > 1 and not in_flight.take(request.scope, sequences - 1):
         raise in_flight.busy_error()
     return await responder.respond(request, engine_requests, meta, key_id, body, body.max_tokens)

@@ -4,8 +4,10 @@ URLs the gateway fetches itself within limits, so that the engine gets bytes and
 A fetch goes only to an allowed host (when an allowlist is set), never to a loopback, link-local,
 private or otherwise non-public address unless explicitly allowed (checked for every address the name
 resolves to, at every redirect, and the connection goes to an address checked), follows a bounded number
-of redirects, and stops at the size and time limits. What fails becomes a 400 naming the part
-(`messages[i].content[j].image_url`)."""
+of redirects, and stops at the size and time limits. An image's dimensions are read from its header
+(nothing is decoded here) and refused above the pixel and side limits: a few KB of PNG can declare
+100 M pixels, which the model's processor would decode into gigabytes. What fails becomes a 400 naming
+the part (`messages[i].content[j].image_url`)."""
 
 from __future__ import annotations
 
@@ -13,12 +15,14 @@ import asyncio
 import base64
 import binascii
 import ipaddress
+import io
 import socket
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 from llmserve.engine.v1 import engine_pb2 as pb
+from PIL import Image, UnidentifiedImageError
 
 from services.gateway.errors import ApiError
 from services.gateway.openai_api.schemas import ChatMessage, ImagePart
@@ -35,6 +39,36 @@ class ImagePolicy:
     allow_private: bool = False
     timeout_seconds: float = 10.0
     max_redirects: int = 3
+    max_pixels: int = 16 * 1024 * 1024
+    max_side: int = 8192
+
+
+# Address translation and multicast ranges that `is_global` lets through: NAT64 and 6to4 addresses
+# carry an IPv4 address (possibly a private one) inside.
+_NOT_FETCHED = tuple(
+    ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "2001::/32")
+)
+
+
+def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if not address.is_global or address.is_multicast:
+        return False
+    return not any(address.version == net.version and address in net for net in _NOT_FETCHED)
+
+
+def check_dimensions(data: bytes, policy: ImagePolicy, param: str) -> None:
+    """Reads the image's declared size from its header (no pixel is decoded) and refuses it above the limits."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Image.DecompressionBombError as exc:
+        raise _refuse(param, f"the image declares too many pixels ({exc})") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise _refuse(param, "the image could not be decoded: it is not a PNG, JPEG, WebP or GIF image") from exc
+    if width > policy.max_side or height > policy.max_side:
+        raise _refuse(param, f"the image is {width}x{height}; each side may be at most {policy.max_side} pixels")
+    if width * height > policy.max_pixels:
+        raise _refuse(param, f"the image is {width}x{height} = {width * height} pixels; at most {policy.max_pixels} are accepted")
 
 
 def _refuse(param: str, message: str) -> ApiError:
@@ -61,6 +95,7 @@ def _from_data_uri(url: str, policy: ImagePolicy, param: str) -> pb.Image:
         raise _refuse(param, f"the base64 data does not decode ({exc})") from exc
     if not data:
         raise _refuse(param, "the image is empty")
+    check_dimensions(data, policy, param)
     return pb.Image(data=data, media_type=media)
 
 
@@ -75,24 +110,28 @@ class _Target:
 
 
 async def _checked_target(url: str, policy: ImagePolicy, param: str) -> _Target:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        explicit_port = parts.port
+    except ValueError as exc:
+        raise _refuse(param, f"the URL is malformed ({exc})") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise _refuse(param, "only data:, http: and https: URLs are accepted")
     host = parts.hostname.lower()
     if policy.allowed_hosts and host not in policy.allowed_hosts:
         raise _refuse(param, f"the host {host!r} is not on this gateway's image host allowlist")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    port = explicit_port or (443 if parts.scheme == "https" else 80)
     try:
         infos = await asyncio.to_thread(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
+    except (OSError, UnicodeError) as exc:
         raise _refuse(param, f"the host {host!r} does not resolve") from exc
-    addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
-    if not policy.allow_private and not all(address.is_global for address in addresses):
+    addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+    if not policy.allow_private and not all(_public(address) for address in addresses):
         raise _refuse(param, f"the host {host!r} resolves to a non-public address; images are not fetched from there")
     address = addresses[0]
     literal = f"[{address}]" if address.version == 6 else str(address)
     pinned = parts._replace(netloc=f"{literal}:{port}").geturl()
-    host_header = host if parts.port is None else f"{host}:{parts.port}"
+    host_header = host if explicit_port is None else f"{host}:{explicit_port}"
     return _Target(url=pinned, host_header=host_header, hostname=host)
 
 
@@ -130,6 +169,7 @@ async def _image_from(response: httpx.Response, policy: ImagePolicy, param: str)
         data += chunk
         if len(data) > policy.max_bytes:
             raise _refuse(param, f"the image is larger than {policy.max_bytes} bytes")
+    check_dimensions(bytes(data), policy, param)
     return pb.Image(data=bytes(data), media_type=media)
 
 

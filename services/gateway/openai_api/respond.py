@@ -3,6 +3,7 @@ answer as a stream or as one response; the finished request goes to its span and
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -22,6 +23,8 @@ from services.gateway.telemetry import RequestSpan
 from services.gateway.usage.recorder import OutcomeRecorder
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# nginx's name for it: nobody reads the answer, but the access accounting sees why the request ended.
+CLIENT_CLOSED_REQUEST = 499
 
 
 class Responder:
@@ -92,4 +95,26 @@ class Responder:
             return StreamingResponse(
                 stream_events(gen, meta, settling), media_type="text/event-stream", headers=SSE_HEADERS
             )
-        return Response(orjson.dumps(await aggregate(gen, meta, settling)), media_type="application/json")
+        body_task = asyncio.ensure_future(aggregate(gen, meta, settling))
+        hang_up = asyncio.ensure_future(_client_gone(http_request))
+        try:
+            await asyncio.wait((body_task, hang_up), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hang_up.cancel()
+            if not body_task.done():
+                # The client left before the body was ready: as with a stream, the engine aborts the
+                # request and its usage so far is billed (aggregate settles it in the background).
+                body_task.cancel()
+        try:
+            body_json = await body_task
+        except asyncio.CancelledError:
+            if hang_up.cancelled() or not hang_up.done():
+                raise
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        return Response(orjson.dumps(body_json), media_type="application/json")
+
+
+async def _client_gone(http_request: Request) -> None:
+    """Returns when the client disconnects (the body was read already: only a disconnect can come)."""
+    while (await http_request.receive())["type"] != "http.disconnect":
+        pass

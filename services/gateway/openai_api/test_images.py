@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import base64
 import http.server
+import ipaddress
 import socket
+import struct
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from services.gateway.errors import ApiError
-from services.gateway.openai_api.images import ImagePolicy, load_images
+from services.gateway.openai_api.images import ImagePolicy, _public, load_images
 from services.gateway.openai_api.schemas import ChatMessage
 
 PNG = base64.b64decode(
@@ -138,3 +141,40 @@ async def test_a_fetch_connects_to_the_address_it_checked_not_to_a_second_lookup
 async def test_a_name_with_any_non_public_address_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "getaddrinfo", _resolver({"mixed.test": ["93.184.215.14", "10.1.2.3"]}))
     assert "non-public" in (await refusal("https://mixed.test/x.png", ImagePolicy(fetch=True))).message
+
+
+def declared_png(width: int, height: int) -> bytes:
+    """A 1-bit greyscale PNG header declaring these dimensions (a few KB of real PNG can: 14 KB declared
+    11000x11000 and cost the engine 2.6 GB); the size check reads no further."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def as_data_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+async def test_an_image_declaring_too_many_pixels_or_too_long_a_side_is_refused_from_its_header() -> None:
+    policy = ImagePolicy(max_pixels=4_000_000, max_side=4000)
+    too_many = await refusal(as_data_uri(declared_png(2500, 2500)), policy)
+    assert "2500x2500" in too_many.message and "4000000" in too_many.message
+    too_long = await refusal(as_data_uri(declared_png(4001, 10)), policy)
+    assert "at most 4000 pixels" in too_long.message
+    bomb = await refusal(as_data_uri(declared_png(11000, 11000)), ImagePolicy())
+    assert "11000x11000" in bomb.message
+    accepted = await load_images(message(as_data_uri(declared_png(2000, 2000))), policy)
+    assert accepted[(0, 1)].media_type == "image/png"
+
+
+async def test_malformed_urls_are_400s_not_500s() -> None:
+    for url in ("http://127.0.0.1:99999/x.png", "http://[::1:18766/x.png", "http://exa mple.com\x00/x.png"):
+        assert (await refusal(url, ImagePolicy(fetch=True))).status == 400
+
+
+@pytest.mark.parametrize("address", ["64:ff9b::7f00:1", "2002:7f00:1::1", "224.0.0.1", "ff02::1", "::ffff:10.0.0.1"])
+def test_translated_and_multicast_addresses_are_not_public(address: str) -> None:
+    assert not _public(ipaddress.ip_address(address))
+    assert _public(ipaddress.ip_address("93.184.216.34"))

@@ -188,7 +188,8 @@ async def test_full_outbox_holds_events_in_memory_and_says_so(tmp_path: Path) ->
     sender._outbox._db.execute(f"PRAGMA max_page_count={pages}")
     big = [usage_event(outcome(i), "gw") for i in range(1, 41)]
     for event in big:
-        event.trace_id = "x" * 4000  # fills a page or more each
+        # About a page each, in fields metering accepts (each at most 1024 characters).
+        event.trace_id = event.finish_reason = event.api_key_id = event.endpoint = "x" * 1000
     await asyncio.gather(*(sender.persist(e) for e in big))
     assert not sender.healthy and "full" in sender.outbox_error
     assert sample(registry, "gateway_usage_outbox_healthy") == 0

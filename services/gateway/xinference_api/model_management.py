@@ -57,24 +57,26 @@ async def cluster_auth(access: Access) -> dict:
 
 
 @router.get("/model_registrations/{model_type}")
-async def list_registrations(model_type: str, models: Models, key_id: KeyId, detailed: bool = False) -> list[dict]:
+async def list_registrations(
+    model_type: str, models: Models, access: Access, key_id: KeyId, detailed: bool = False
+) -> list[dict]:
     _model_type(model_type)
     if model_type != SERVED_TYPE:
         return []
     registrations = models.catalog.registrations()
     if detailed:
-        return [r.spec() for r in registrations]
+        return [r.spec(access.is_operator(key_id)) for r in registrations]
     return [{"model_name": r.model_name, "is_builtin": r.is_builtin} for r in registrations]
 
 
 @router.get("/model_registrations/{model_type}/{model_name}")
-async def get_registration(model_type: str, model_name: str, models: Models, key_id: KeyId) -> dict:
+async def get_registration(model_type: str, model_name: str, models: Models, access: Access, key_id: KeyId) -> dict:
     _model_type(model_type)
     registration = models.catalog.registration(model_name) if model_type == SERVED_TYPE else None
     if registration is None:
         raise ApiError(404, f"No {model_type} model registered as `{model_name}`.", param="model_name",
                        code="model_not_found")
-    return registration.spec()
+    return registration.spec(access.is_operator(key_id))
 
 
 @router.post("/model_registrations/{model_type}")
