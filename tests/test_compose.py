@@ -52,7 +52,7 @@ def test_our_services_are_complete(compose: dict) -> None:
         assert service["environment"]["OTEL_SERVICE_NAME"] == name
     for name in ("engine", "metering"):
         assert "services.grpc_lifecycle.probe" in services[name]["healthcheck"]["test"]
-    assert services["engine"]["volumes"] == ["models:/models", "credentials:/credentials:ro"]
+    assert services["engine"]["volumes"] == ["models:/models", "engine-data:/data", "credentials:/credentials:ro"]
     assert services["engine"]["shm_size"] == "2gb"
     assert services["gateway"]["depends_on"] == {
         "credentials": {"condition": "service_completed_successfully"},

@@ -26,8 +26,8 @@ from tools.processes import MODEL_STORE, ROOT, ServiceProcess, engine_args, free
 KEY, ADMIN = "sk-fuzz-user", "sk-fuzz-admin"
 
 
-async def _serving(client: EngineClient | MeteringClient) -> bool:
-    async with client:
+async def _serving(kind: type[EngineClient] | type[MeteringClient], address: str) -> bool:
+    async with kind(address) as client:
         return await client.serving(timeout=2.0)
 
 
@@ -72,8 +72,8 @@ def main() -> None:
     )
     processes = [engine, metering]
     try:
-        engine.wait_ready(lambda: _serving(EngineClient(engine.address)), 600)
-        metering.wait_ready(lambda: _serving(MeteringClient(metering.address)), 60)
+        engine.wait_ready(lambda: _serving(EngineClient, engine.address), 600)
+        metering.wait_ready(lambda: _serving(MeteringClient, metering.address), 60)
         gateway = ServiceProcess(
             "gateway", "services.gateway", [], logs, f"http://127.0.0.1:{gateway_port}",
             env=gateway_env(

@@ -60,6 +60,8 @@ def services(model_store: Path, credentials: Path) -> tuple[list[Service], str]:
                 "ENGINE_PORT": ports["engine"],
                 "ENGINE_MODEL_STORE": os.environ.get("ENGINE_MODEL_STORE", str(model_store)),
                 "ENGINE_CALLERS_FILE": callers,
+                "ENGINE_METERING_ADDR": os.environ.get("ENGINE_METERING_ADDR", metering_addr),
+                "ENGINE_SERVICE_TOKEN_FILE": str(credentials / "engine.token"),
             },
             lambda: _grpc_serving(EngineClient, engine_addr),
         ),

@@ -51,9 +51,11 @@ class EngineClient(ServiceChannel):
         await self._stub.ConfirmUsage(request, timeout=timeout, metadata=self.metadata)
 
     async def claim_usage(
-        self, source: str, exclude_incarnation: str, timeout: float | None = 10.0
+        self, source: str, exclude_incarnation: str, timeout: float | None = 10.0, request_ids: Sequence[str] = ()
     ) -> pb.ClaimUsageResponse:
-        request = pb.ClaimUsageRequest(source=source, exclude_incarnation=exclude_incarnation)
+        request = pb.ClaimUsageRequest(
+            source=source, exclude_incarnation=exclude_incarnation, request_ids=list(request_ids)
+        )
         return await self._stub.ClaimUsage(request, timeout=timeout, metadata=self.metadata)
 
     async def launch_model(self, request: pb.LaunchModelRequest, timeout: float | None = 900.0) -> pb.ModelCard:

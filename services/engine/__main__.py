@@ -13,8 +13,11 @@ from services.engine.config import EngineSettings
 from services.engine.model_host import LaunchSpec, ModelHost
 from services.engine.prepare_model import ensure_embedded_model
 from services.engine.server import AUTH_FAILURES, POLICY, serve
-from services.service_auth import interceptor_from_file
+from services.engine.caller_usage import CallerUsage
+from services.service_auth import interceptor_from_file, read_token
 from services.tracing import grpc_server_instrumentation, setup_logging, setup_tracing, shutdown_tracing
+
+log = logging.getLogger("services.engine")
 
 
 def main() -> None:
@@ -30,14 +33,21 @@ def main() -> None:
 
     from vllm.platforms import current_platform
 
-    host = ModelHost(backend_factory(settings, current_platform.is_cpu(), first.uid if first else None))
+    caller_usage = None
+    if settings.metering_addr:
+        token = read_token(settings.service_token_file) if settings.service_token_file else None
+        caller_usage = CallerUsage(settings.metering_addr, token, settings.data_dir, settings.usage_drain_seconds)
+    else:
+        log.warning("no metering configured: requests of callers that do not bill their own are not metered")
+    host = ModelHost(backend_factory(settings, current_platform.is_cpu(), first.uid if first else None, caller_usage))
     if settings.metrics_port:
         # vLLM's vllm:* metrics of every hosted model are in the default registry (vllm_metrics.py).
         start_http_server(settings.metrics_port, addr=settings.host)
     # uvloop, as vLLM's own server runs: less event-loop overhead per streamed message.
     auth = interceptor_from_file(settings.callers_file, POLICY, AUTH_FAILURES, "engine")
     code = uvloop.run(serve(
-        host, first, f"{settings.host}:{settings.port}", settings.shutdown_grace_seconds, auth, settings.reflection
+        host, first, f"{settings.host}:{settings.port}", settings.shutdown_grace_seconds, auth, settings.reflection,
+        caller_usage,
     ))
     shutdown_tracing()
     if code:

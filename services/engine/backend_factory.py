@@ -4,6 +4,7 @@ the engine's settings, the source's needs and the launch's own overrides."""
 from __future__ import annotations
 
 from services.engine.builtin_models import resolve_source
+from services.engine.caller_usage import CallerUsage
 from services.engine.config import EngineSettings
 from services.engine.errors import InvalidRequestError
 from services.engine.model_host import BackendFactory, LaunchSpec
@@ -13,7 +14,9 @@ from services.engine.vllm_adapter import VllmBackend
 from services.engine.vllm_adapter.prompts import ImageLimits
 
 
-def backend_factory(settings: EngineSettings, on_cpu: bool, started_uid: str | None) -> BackendFactory:
+def backend_factory(
+    settings: EngineSettings, on_cpu: bool, started_uid: str | None, caller_usage: CallerUsage | None = None
+) -> BackendFactory:
     """`started_uid` is the model the engine starts with: it gets the engine's settings as they are; the
     others are launched at run time (see EngineSettings.engine_args_for)."""
 
@@ -37,6 +40,6 @@ def backend_factory(settings: EngineSettings, on_cpu: bool, started_uid: str | N
             raise InvalidRequestError(f"not a vLLM engine argument: {exc}") from exc
         served = ServedModel(name=spec.uid, root=source.path, model_name=spec.model_name)
         limits = ImageLimits(settings.image_max_pixels, settings.image_max_side)
-        return VllmBackend(engine_args, served, settings.place_engine_core, totals, unconfirmed, limits)
+        return VllmBackend(engine_args, served, settings.place_engine_core, totals, unconfirmed, limits, caller_usage)
 
     return build

@@ -72,6 +72,12 @@ class EngineSettings(BaseSettings):
         None, description="who may call (`name roles sha256` lines, made by `make credentials`); unset: open"
     )
     reflection: bool = Field(True, description="gRPC server reflection (grpcurl without .proto files)")
+    metering_addr: str = Field(
+        "", description="metering: the engine meters there the requests of callers that do not bill their own; empty: off"
+    )
+    service_token_file: Path | None = Field(None, description="the engine's credential on metering (engine.token)")
+    data_dir: Path = Field(Path("var/engine"), description="the engine's usage outbox (internal callers' usage)")
+    usage_drain_seconds: float = Field(10.0, ge=0, description="on shutdown, time to deliver the outbox")
     log_level: str = "INFO"
 
     def served_model(self, model_path: str) -> ServedModel:

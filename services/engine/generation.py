@@ -81,6 +81,8 @@ class GenerationRequest:
     # Who bills it ("<source>/<incarnation>"); the engine holds its final usage until confirmed.
     caller: str = ""
     usage_context: bytes = b""
+    # Nobody bills it: the engine meters it itself under this internal caller's name.
+    meter_as: str = ""
 
 
 class FinishReason(str, Enum):

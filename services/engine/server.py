@@ -8,22 +8,25 @@ import logging
 from llmserve.engine.v1 import engine_pb2, engine_pb2_grpc
 from prometheus_client import Counter
 
+from services.engine.caller_usage import CallerUsage
 from services.engine.model_host import LaunchSpec, ModelHost
 from services.engine.servicer import STATUS_BY_ERROR, EngineServicer
 from services.grpc_lifecycle import GrpcServer, build_server, shut_down, wait_for_stop_signal
-from services.service_auth import ADMIN, GATEWAY, AuthInterceptor
+from services.service_auth import ADMIN, GATEWAY, GENERATE, AuthInterceptor
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = engine_pb2.DESCRIPTOR.services_by_name["EngineService"].full_name
 
-# Only the gateway runs work (it meters it); an admin may read what the engine serves and its load.
+# The gateway runs work and bills it itself (its bookkeeping: ConfirmUsage, ClaimUsage, Abort); an
+# internal caller (generate) runs work the engine meters for it; an admin reads the load and manages models.
 POLICY = {
-    **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY}) for method in (
-        "Generate", "Abort", "Tokenize", "Detokenize", "ConfirmUsage", "ClaimUsage")},
+    **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, GENERATE}) for method in ("Generate", "Tokenize", "Detokenize")},
+    **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY}) for method in ("Abort", "ConfirmUsage", "ClaimUsage")},
     # The gateway manages models for its admin-key holders; an operator may too.
     **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, ADMIN}) for method in ("LaunchModel", "TerminateModel")},
-    **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, ADMIN}) for method in ("ListModels", "GetLoad")},
+    **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, ADMIN, GENERATE}) for method in ("ListModels",)},
+    **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, ADMIN}) for method in ("GetLoad",)},
 }
 
 # In the default registry, which the engine's metrics port serves beside vLLM's own metrics.
@@ -45,10 +48,24 @@ def build_engine_server(
 
 async def serve(
     host: ModelHost, first: LaunchSpec | None, address: str, grace_seconds: float,
-    auth: AuthInterceptor | None = None, reflection: bool = True,
+    auth: AuthInterceptor | None = None, reflection: bool = True, caller_usage: CallerUsage | None = None,
 ) -> int:
     """Serves once the first model (if any) is up. Returns the exit code: 1 when vLLM failed to start
     the first model, or when every model's vLLM died (so a supervisor restarts the engine)."""
+    if caller_usage is not None:
+        await caller_usage.start()
+    try:
+        return await _serve(host, first, address, grace_seconds, auth, reflection)
+    finally:
+        if caller_usage is not None:
+            # After the drain: the aborted streams' usage is in the outbox; deliver what can be.
+            await caller_usage.stop()
+
+
+async def _serve(
+    host: ModelHost, first: LaunchSpec | None, address: str, grace_seconds: float,
+    auth: AuthInterceptor | None, reflection: bool,
+) -> int:
     engine = build_engine_server(host, address, auth, reflection)
     await engine.set_serving(False)
     await engine.server.start()

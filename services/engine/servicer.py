@@ -33,6 +33,10 @@ from services.engine.generation import (
 )
 from services.engine.model_host import LaunchSpec, ModelHost
 from services.engine.unconfirmed_usage import HeldUsage
+from services.service_auth import GATEWAY, Caller, current_caller
+
+# What the engine meters a request under when the server checks no credentials (no callers file).
+ANONYMOUS_CALLER = "anonymous"
 
 # The one place domain errors become gRPC statuses (applied by services.grpc_errors).
 STATUS_BY_ERROR: dict[type[Exception], grpc.StatusCode] = {
@@ -67,13 +71,15 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
         request_id = request.request_id or f"gen-{uuid.uuid4().hex}"
+        bills_own, meter_as = _billing(request, current_caller())
         domain = GenerationRequest(
             request_id=request_id,
             model=request.model,
             prompt=_prompt(request),
             sampling=_sampling(request.sampling),
-            caller=request.caller,
-            usage_context=request.usage_context,
+            caller=request.caller if bills_own else "",
+            usage_context=request.usage_context if bills_own else b"",
+            meter_as=meter_as,
         )
         span = trace.get_current_span()
         if not span.is_recording():
@@ -164,8 +170,22 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     async def ClaimUsage(self, request: pb.ClaimUsageRequest, context: grpc.aio.ServicerContext) -> pb.ClaimUsageResponse:
         if not request.source:
             raise InvalidRequestError("source is required")
-        held, still_open = self._host.unconfirmed.claim(request.source, request.exclude_incarnation)
+        held, still_open = self._host.unconfirmed.claim(
+            request.source, request.exclude_incarnation, frozenset(request.request_ids)
+        )
         return pb.ClaimUsageResponse(usage=[_unconfirmed(h) for h in held], still_open=still_open)
+
+
+def _billing(request: pb.GenerateRequest, caller: Caller | None) -> tuple[bool, str]:
+    """(whether the request's caller bills it itself, else the name the engine meters it under).
+    Only a gateway bills its own requests (it names itself in `caller`); anyone else is metered here,
+    whatever it sends, so that no token goes unbilled."""
+    if caller is None:
+        # A server without a callers file: who calls is unknown.
+        return (True, "") if request.caller else (False, ANONYMOUS_CALLER)
+    if GATEWAY in caller.roles and request.caller:
+        return True, ""
+    return False, caller.name
 
 
 def _card(info: ModelInfo, open_streams: int) -> pb.ModelCard:

@@ -75,14 +75,18 @@ class UnconfirmedUsage:
         for request_id in request_ids:
             self._held.pop(request_id, None)
 
-    def claim(self, source: str, exclude_incarnation: str) -> tuple[list[HeldUsage], int]:
-        """(finished entries of the source's other incarnations, how many of theirs are still open).
-        Claimed entries stay until confirmed: a claimer that crashes before recording claims them again."""
+    def claim(
+        self, source: str, exclude_incarnation: str, request_ids: frozenset[str] = frozenset()
+    ) -> tuple[list[HeldUsage], int]:
+        """(finished entries of the source's other incarnations, how many of theirs are still open); with
+        `request_ids`, those requests of the source whatever their incarnation. Claimed entries stay until
+        confirmed: a claimer that crashes before recording claims them again."""
         finished: list[HeldUsage] = []
         still_open = 0
-        for held in self._held.values():
+        candidates = (self._held[r] for r in request_ids if r in self._held) if request_ids else self._held.values()
+        for held in candidates:
             held_source, incarnation = _source(held.caller)
-            if held_source != source or incarnation == exclude_incarnation:
+            if held_source != source or (not request_ids and incarnation == exclude_incarnation):
                 continue
             if held.open:
                 still_open += 1

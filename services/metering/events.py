@@ -12,7 +12,7 @@ STATUSES = ("ok", "abort", "error")
 MAX_TOKENS = 2**32 - 1
 MAX_SECONDS = 7 * 24 * 3600.0
 MAX_TEXT = 1024
-_TEXT_FIELDS = ("event_id", "source", "model", "api_key_id", "endpoint", "finish_reason", "trace_id", "model_name")
+_TEXT_FIELDS = ("event_id", "source", "model", "api_key_id", "endpoint", "finish_reason", "trace_id", "model_name", "caller")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +35,8 @@ class UsageEvent:
     trace_id: str = ""
     # The registered model `model` runs (a launch's uid runs one); empty: `model` itself.
     model_name: str = ""
+    # The internal caller of a request that did not come through a gateway (metered by the engine).
+    caller: str = ""
 
 
 class Rejection(ValueError):

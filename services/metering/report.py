@@ -25,13 +25,13 @@ def _when(text: str) -> datetime:
 
 
 def render(rows: list[pb.TotalsRow]) -> str:
-    header = f"{'model':<28} {'api key':<16} {'requests':>9} {'ok':>7} {'abort':>6} {'error':>6} {'prompt':>10} {'completion':>11} {'cached':>9}"
+    header = f"{'model':<28} {'key / caller':<16} {'requests':>9} {'ok':>7} {'abort':>6} {'error':>6} {'prompt':>10} {'completion':>11} {'cached':>9}"
     lines = [header, "-" * len(header)]
     sums = pb.Totals()
     for row in rows:
         t = row.totals
         lines.append(
-            f"{row.model:<28} {row.api_key_id:<16} {t.requests:>9} {t.ok_requests:>7} {t.aborted_requests:>6}"
+            f"{row.model:<28} {row.api_key_id or f'caller:{row.caller}':<16} {t.requests:>9} {t.ok_requests:>7} {t.aborted_requests:>6}"
             f" {t.failed_requests:>6} {t.prompt_tokens:>10} {t.completion_tokens:>11} {t.cached_tokens:>9}"
         )
         for name in ("requests", "ok_requests", "aborted_requests", "failed_requests", "prompt_tokens", "completion_tokens", "cached_tokens"):
@@ -49,7 +49,8 @@ async def report(
     model_name: str = "",
 ) -> str:
     request = pb.GetTotalsRequest(
-        model=model, model_name=model_name, api_key_id=key, group_by_model=True, group_by_api_key=True
+        model=model, model_name=model_name, api_key_id=key, group_by_model=True, group_by_api_key=True,
+        group_by_caller=True,
     )
     if start is not None:
         getattr(request.range, "from").FromDatetime(start)

@@ -13,7 +13,7 @@ from services.metering.ledger import Ledger
 from services.metering.metrics import MeteringMetrics
 from services.metering.servicer import STATUS_BY_ERROR, MeteringServicer
 from services.metering.store import UsageStore
-from services.service_auth import ADMIN, GATEWAY, interceptor_from_file
+from services.service_auth import ADMIN, ENGINE, GATEWAY, interceptor_from_file
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,8 @@ SERVICE_NAME = metering_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_
 
 # The gateway records usage; only an admin reads it back (every tenant's totals are in there).
 POLICY = {
-    **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY}) for method in ("RecordUsage", "StreamUsage")},
+    # Gateways record their requests' usage; the engine records that of callers that do not bill their own.
+    **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, ENGINE}) for method in ("RecordUsage", "StreamUsage")},
     **{f"/{SERVICE_NAME}/{method}": frozenset({ADMIN}) for method in (
         "GetTotals", "GetUsageSeries", "GetCounters", "GetThroughput")},
 }

@@ -54,6 +54,7 @@ def to_event(message: pb.UsageEvent) -> UsageEvent:
         request_seconds=message.request_seconds,
         trace_id=message.trace_id,
         model_name=message.model_name,
+        caller=message.caller,
     )
 
 
@@ -74,12 +75,12 @@ def _seconds(ts: Timestamp) -> float:
     return ts.seconds + ts.nanos / 1e9
 
 
-def _query(time_range: pb.TimeRange, model: str, api_key_id: str, model_name: str = "") -> Query:
+def _query(time_range: pb.TimeRange, model: str, api_key_id: str, model_name: str = "", caller: str = "") -> Query:
     start = _seconds(getattr(time_range, "from")) if time_range.HasField("from") else None
     end = _seconds(time_range.to) if time_range.HasField("to") else None
     if start is not None and end is not None and end < start:
         raise InvalidQuery("the time range ends before it starts")
-    return Query(start=start, end=end, model=model, api_key_id=api_key_id, model_name=model_name)
+    return Query(start=start, end=end, model=model, api_key_id=api_key_id, model_name=model_name, caller=caller)
 
 
 def _acks(acks: list[Ack]) -> pb.RecordUsageResponse:
@@ -149,16 +150,19 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
                 ("model", request.group_by_model),
                 ("model_name", request.group_by_model_name),
                 ("api_key_id", request.group_by_api_key),
+                ("caller", request.group_by_caller),
             )
             if wanted
         )
-        rows = await self._ledger.totals(_query(request.range, request.model, request.api_key_id, request.model_name), group_by)
+        query = _query(request.range, request.model, request.api_key_id, request.model_name, request.caller)
+        rows = await self._ledger.totals(query, group_by)
         return pb.GetTotalsResponse(
             rows=[
                 pb.TotalsRow(
                     model=labels.get("model", ""),
                     model_name=labels.get("model_name", ""),
                     api_key_id=labels.get("api_key_id", ""),
+                    caller=labels.get("caller", ""),
                     totals=_totals(t),
                 )
                 for labels, t in rows
@@ -171,7 +175,8 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         bucket = _BUCKET_SECONDS.get(request.bucket)
         if bucket is None:
             raise InvalidQuery("bucket must be MINUTE, HOUR or DAY")
-        points = await self._ledger.series(_query(request.range, request.model, request.api_key_id, request.model_name), bucket)
+        query = _query(request.range, request.model, request.api_key_id, request.model_name, request.caller)
+        points = await self._ledger.series(query, bucket)
         response = pb.GetUsageSeriesResponse()
         for start, totals in points:
             point = response.points.add(totals=_totals(totals))

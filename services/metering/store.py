@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS events (
     request_seconds REAL NOT NULL,
     trace_id TEXT NOT NULL,
     model_name TEXT NOT NULL DEFAULT '',
+    caller TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (source, event_id)
 );
 CREATE INDEX IF NOT EXISTS events_by_time ON events (occurred_at);
@@ -110,6 +111,7 @@ class Query:
     model: str = ""
     api_key_id: str = ""
     model_name: str = ""
+    caller: str = ""
 
 
 # What each grouping key selects; the registered model name of rows stored before it was recorded is
@@ -117,6 +119,7 @@ class Query:
 _GROUP_COLUMNS = {
     "model": "model",
     "api_key_id": "api_key_id",
+    "caller": "caller",
     "model_name": "CASE WHEN model_name = '' THEN model ELSE model_name END",
 }
 
@@ -133,6 +136,9 @@ class UsageStore:
         if "model_name" not in columns:
             # A store made before events carried the registered model name.
             self._db.execute("ALTER TABLE events ADD COLUMN model_name TEXT NOT NULL DEFAULT ''")
+        if "caller" not in columns:
+            # A store made before the engine metered internal callers.
+            self._db.execute("ALTER TABLE events ADD COLUMN caller TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         self._db.close()
@@ -148,12 +154,12 @@ class UsageStore:
         try:
             for e in events:
                 cursor = db.execute(
-                    "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         e.source, e.event_id, e.occurred_at, received_at, e.model, e.api_key_id, e.endpoint,
                         int(e.streamed), e.finish_reason, e.status, e.prompt_tokens, e.completion_tokens,
                         e.cached_tokens, e.time_to_first_token_seconds, e.generation_seconds, e.request_seconds,
-                        e.trace_id, e.model_name or e.model,
+                        e.trace_id, e.model_name or e.model, e.caller,
                     ),
                 )
                 fresh = cursor.rowcount == 1
@@ -214,6 +220,9 @@ class UsageStore:
         if query.model_name:
             clauses.append(f"{_GROUP_COLUMNS['model_name']} = ?")
             params.append(query.model_name)
+        if query.caller:
+            clauses.append("caller = ?")
+            params.append(query.caller)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
     _SUMS = (
@@ -222,7 +231,7 @@ class UsageStore:
     )
 
     def totals(self, query: Query, group_by: tuple[str, ...]) -> list[tuple[dict[str, str], Totals]]:
-        """group_by: any of "model", "model_name", "api_key_id"."""
+        """group_by: any of "model", "model_name", "api_key_id", "caller"."""
         where, params = self._where(query)
         keys = ", ".join(f"{_GROUP_COLUMNS[key]} AS {key}" for key in group_by)
         select = f"SELECT {keys + ', ' if keys else ''}{self._SUMS} FROM events{where}"

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from prometheus_client import Counter
 
-from services.service_auth.callers import CallerRegistry
+from services.service_auth.callers import Caller, ReloadingCallers
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +20,43 @@ log = logging.getLogger(__name__)
 MethodPolicy = Mapping[str, frozenset[str]]
 
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
+
+
+_CALLER: ContextVar[Caller | None] = ContextVar("llmserve_caller", default=None)
+
+
+def current_caller() -> Caller | None:
+    """The authenticated caller of the RPC being handled; None on a server without a callers file."""
+    return _CALLER.get()
+
+
+class Callers(Protocol):
+    def __len__(self) -> int: ...
+
+    def identify(self, token: str) -> Caller | None: ...
+
+
+def _as_caller(handler: grpc.RpcMethodHandler, caller: Caller) -> grpc.RpcMethodHandler:
+    """The same handler, run with `caller` as the current caller."""
+    for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+        behavior = getattr(handler, kind)
+        if behavior is None:
+            continue
+        if handler.response_streaming:
+
+            async def streamed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                _CALLER.set(caller)
+                async for response in behavior(request, context):
+                    yield response
+
+            return handler._replace(**{kind: streamed})
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            _CALLER.set(caller)
+            return await behavior(request, context)
+
+        return handler._replace(**{kind: unary})
+    return handler
 
 
 def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
@@ -45,7 +83,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     """UNAUTHENTICATED without a known token, PERMISSION_DENIED for a caller that lacks the method's role.
     Each refusal is counted (`failures`, labelled by method and reason) and logged without the token."""
 
-    def __init__(self, callers: CallerRegistry, policy: MethodPolicy, failures: Counter) -> None:
+    def __init__(self, callers: Callers, policy: MethodPolicy, failures: Counter) -> None:
         self._callers = callers
         self._policy = policy
         self._failures = failures
@@ -57,17 +95,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 return token.strip() if scheme.lower() == "bearer" else None
         return None
 
-    def _check(self, method: str, token: str | None) -> tuple[grpc.StatusCode, str] | None:
+    def _check(self, method: str, token: str | None) -> Caller | tuple[grpc.StatusCode, str]:
         if token is None:
             return grpc.StatusCode.UNAUTHENTICATED, "a service credential is required (authorization: Bearer <token>)"
         caller = self._callers.identify(token)
         if caller is None:
-            return grpc.StatusCode.UNAUTHENTICATED, "unknown service credential"
+            return grpc.StatusCode.UNAUTHENTICATED, "unknown (or expired) service credential"
         allowed = self._policy.get(method, frozenset())
         if not caller.roles & allowed:
             log.warning("caller %s refused %s: lacks role %s", caller.name, method, "/".join(sorted(allowed)) or "-")
             return grpc.StatusCode.PERMISSION_DENIED, f"caller {caller.name} may not call {method}"
-        return None
+        return caller
 
     async def intercept_service(
         self,
@@ -78,10 +116,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or method.startswith(OPEN_SERVICES):
             return handler
-        refused = self._check(method, self._token(details))
-        if refused is None:
-            return handler
-        code, message = refused
+        checked = self._check(method, self._token(details))
+        if isinstance(checked, Caller):
+            return _as_caller(handler, checked)
+        code, message = checked
         if code is grpc.StatusCode.UNAUTHENTICATED:
             log.info("unauthenticated call to %s refused: %s", method, message)
         self._failures.labels(method, code.name.lower()).inc()
@@ -95,6 +133,6 @@ def interceptor_from_file(
     if callers_file is None:
         log.warning("%s: no callers file configured: every gRPC call is allowed (see `make credentials`)", service)
         return None
-    callers = CallerRegistry.from_file(callers_file)
+    callers = ReloadingCallers(callers_file)
     log.info("%s: %d service callers from %s", service, len(callers), callers_file)
     return AuthInterceptor(callers, policy, failures)

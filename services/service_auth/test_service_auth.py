@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import stat
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter
 
 from services.grpc_errors import ErrorInterceptor
-from services.service_auth import ADMIN, GATEWAY, AuthInterceptor, CallerRegistry, read_token
+from services.service_auth import ADMIN, GATEWAY, AuthInterceptor, Caller, CallerRegistry, ReloadingCallers, read_token
 from services.service_auth.provision import ensure_credentials
 
 POLICY = {
@@ -122,3 +123,22 @@ def test_bad_callers_file_stops_the_start(tmp_path: Path, text: str) -> None:
     path.write_text(text)
     with pytest.raises(ValueError):
         CallerRegistry.from_file(path)
+
+
+def test_callers_are_added_rotated_with_a_grace_period_and_removed(tmp_path) -> None:
+    from services.service_auth.provision import add_caller, ensure_credentials, list_callers, remove_caller, rotate_caller
+
+    ensure_credentials(tmp_path)
+    token = add_caller(tmp_path, "batch", ["generate"])
+    assert not (tmp_path / "batch.token").exists(), "an added caller's token is shown once, never stored"
+    callers = ReloadingCallers(tmp_path / "callers", check_every_seconds=0)
+    assert callers.identify(token) == Caller("batch", frozenset({"generate"}))
+    new = rotate_caller(tmp_path, "batch", grace_seconds=60)
+    assert callers.identify(token) is not None and callers.identify(new) is not None
+    assert CallerRegistry.from_file(tmp_path / "callers").identify(token, now=time.time() + 61) is None
+    ensure_credentials(tmp_path)  # init again keeps the added caller
+    assert {e.name for e in list_callers(tmp_path)} == {"gateway", "admin", "engine", "batch"}
+    remove_caller(tmp_path, "batch")
+    assert callers.identify(new) is None and callers.identify(token) is None
+    with pytest.raises(ValueError):
+        add_caller(tmp_path, "x", ["root"])

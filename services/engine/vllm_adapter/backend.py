@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+from services.engine.caller_usage import CallerUsage, Metered
 from services.engine.cpu_placement import place_engine_core
 from services.engine.errors import EngineUnavailableError, ModelNotFoundError
 from services.engine.generation import GenerationRequest, GenerationUpdate, ModelInfo, Prompt
@@ -37,8 +38,10 @@ class VllmBackend:
         totals: ServedTotals | None = None,
         unconfirmed: UnconfirmedUsage | None = None,
         image_limits: ImageLimits = ImageLimits(),
+        caller_usage: CallerUsage | None = None,
     ) -> None:
         self._image_limits = image_limits
+        self._caller_usage = caller_usage
         self._engine_args = engine_args
         self._served = served
         self._place_engine_core = place_engine_core
@@ -164,6 +167,7 @@ class VllmBackend:
         self._open.add(request.request_id)
         if request.caller:
             self.unconfirmed.open(request.request_id, request.caller, request.usage_context, info.id)
+        metered = False
         try:
             outputs = self._llm.generate(engine_prompt, params, request.request_id)
             async for output in translate_errors(outputs, stream):
@@ -171,14 +175,34 @@ class VllmBackend:
                 if update.finished or not stream.announced:
                     update.model = info.id
                     stream.announced = True
+                if update.finished:
+                    # An internal caller's usage is durable before its stream's final message leaves.
+                    metered = await self._meter(request, stream, info)
                 yield update
             if not stream.finished:
-                yield stream.failure("the engine ended the stream without a final output", info.id)
+                update = stream.failure("the engine ended the stream without a final output", info.id)
+                metered = await self._meter(request, stream, info)
+                yield update
         except FailedAfterStart as failure:
-            yield stream.failure(str(failure), info.id)
+            update = stream.failure(str(failure), info.id)
+            metered = await self._meter(request, stream, info)
+            yield update
         finally:
             self._open.discard(request.request_id)
             self._count(request, stream)
+            if not metered and request.meter_as and stream.started_output and self._caller_usage is not None:
+                # Cut short (the caller went away): vLLM aborted it; its usage so far is committed with the next group.
+                self._caller_usage.record_soon(self._metered(request, stream, info))
+
+    async def _meter(self, request: GenerationRequest, stream: StreamState, info: ModelInfo) -> bool:
+        if not request.meter_as or self._caller_usage is None:
+            return False
+        await self._caller_usage.record(self._metered(request, stream, info))
+        return True
+
+    @staticmethod
+    def _metered(request: GenerationRequest, stream: StreamState, info: ModelInfo) -> Metered:
+        return Metered(request.meter_as, info, stream.usage(), stream.final_reasons(), stream.timings(), stream.error)
 
     def _count(self, request: GenerationRequest, stream: StreamState) -> None:
         # The one rule every counter follows: a request counts once vLLM produced output for it (an

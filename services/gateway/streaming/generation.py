@@ -199,6 +199,9 @@ class Generation:
             return
         self._mark_closed()
         outcome = self.outcome
+        if not outcome.model:
+            # The model the engine resolved, from any call's last message (the first one may have been refused).
+            outcome.model = next((s.last.model for s in self._streams if s.last is not None and s.last.model), "")
         outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens = self.usage()
         outcome.finish_reasons = finish_reasons
         if self._interruption:
@@ -238,6 +241,8 @@ class Generation:
             log.warning("could not settle request %s: %s", self.outcome.request_id, error)
             for stream in open_streams:
                 stream.call.cancel()
+        try:
+            await self._held_usage_of_unseen_streams()
         finally:
             reasons = list(finish_reasons)
             for stream in open_streams:
@@ -249,6 +254,31 @@ class Generation:
             else:
                 # Nothing reached the engine's model (refused, or unreachable): no tokens, no event.
                 self._mark_closed()
+
+    async def _held_usage_of_unseen_streams(self) -> None:
+        """A call cut before its first message reached us (the client left while it queued) may still
+        have been counted by the engine, which holds its final usage for us: ask for it, so the event
+        bills what the engine counted."""
+        unseen = {r.request_id: s for r, s in zip(self._requests, self._streams) if s.last is None and r.caller}
+        if not unseen:
+            return
+        source = next(iter(self._requests)).caller.rpartition("/")[0]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settle_timeout
+        try:
+            while True:
+                answer = await self._engine.claim_usage(source, "", timeout=self._settle_timeout, request_ids=list(unseen))
+                if not answer.still_open or loop.time() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+        except grpc.aio.AioRpcError as error:
+            log.warning("could not ask the engine for the usage of request %s: %s", self.outcome.request_id, error)
+            return
+        for held in answer.usage:
+            unseen[held.request_id].last = pb.GenerateResponse(
+                request_id=held.request_id, model=held.model, usage=held.usage, finished=True,
+                choices=[pb.ChoiceDelta(index=i, finish_reason=r) for i, r in enumerate(held.finish_reasons)],
+            )
 
     def _mark_closed(self) -> None:
         self._closed = True

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from llmserve.metering.v1 import metering_pb2 as mpb
 
-from services.gateway.usage.outbox import OUTBOX_FILE, Outbox
+from services.usage_outbox.outbox import OUTBOX_FILE, Outbox
 
 
 def _describe(payload: bytes) -> str:

@@ -18,9 +18,9 @@ from services.contracts.engine_client import EngineClient
 from services.contracts.metering_client import MeteringClient
 from services.gateway.outcome import Outcome
 from services.gateway.usage.events import usage_context, usage_event
-from services.gateway.usage.outbox import OUTBOX_FILE, Outbox
+from services.usage_outbox.outbox import OUTBOX_FILE, Outbox
 from services.gateway.usage.recovery import UsageConfirmer, new_incarnation, recover_unconfirmed
-from services.gateway.usage.sender import SenderMetrics, UsageSender
+from services.usage_outbox.sender import SenderMetrics, UsageSender
 
 log = logging.getLogger(__name__)
 

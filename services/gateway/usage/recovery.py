@@ -18,7 +18,7 @@ import grpc
 
 from services.contracts.engine_client import EngineClient
 from services.gateway.usage.events import events_from_unconfirmed
-from services.gateway.usage.sender import UsageSender
+from services.usage_outbox.sender import UsageSender
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from llmserve.engine.v1 import engine_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from services.gateway.outcome import Outcome
-from services.gateway.usage.outbox import Outbox
+from services.usage_outbox.outbox import Outbox
 from services.gateway.usage.events import usage_event
-from services.gateway.usage.sender import SenderMetrics, UsageSender
+from services.usage_outbox.sender import SenderMetrics, UsageSender
 from services.grpc_lifecycle import build_server
 from services.contracts.metering_client import MeteringClient
 from services.metering.ledger import Ledger

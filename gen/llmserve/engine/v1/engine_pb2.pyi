@@ -106,12 +106,14 @@ class ConfirmUsageResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ClaimUsageRequest(_message.Message):
-    __slots__ = ("source", "exclude_incarnation")
+    __slots__ = ("source", "exclude_incarnation", "request_ids")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     source: str
     exclude_incarnation: str
-    def __init__(self, source: _Optional[str] = ..., exclude_incarnation: _Optional[str] = ...) -> None: ...
+    request_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, source: _Optional[str] = ..., exclude_incarnation: _Optional[str] = ..., request_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UnconfirmedUsage(_message.Message):
     __slots__ = ("request_id", "usage_context", "usage", "finish_reasons", "model", "timings", "error")

@@ -44,7 +44,7 @@ BUCKET_HOUR: Bucket
 BUCKET_DAY: Bucket
 
 class UsageEvent(_message.Message):
-    __slots__ = ("event_id", "source", "occurred_at", "model", "api_key_id", "endpoint", "streamed", "finish_reason", "status", "prompt_tokens", "completion_tokens", "cached_tokens", "time_to_first_token_seconds", "generation_seconds", "request_seconds", "trace_id", "span_id", "model_name")
+    __slots__ = ("event_id", "source", "occurred_at", "model", "api_key_id", "endpoint", "streamed", "finish_reason", "status", "prompt_tokens", "completion_tokens", "cached_tokens", "time_to_first_token_seconds", "generation_seconds", "request_seconds", "trace_id", "span_id", "model_name", "caller")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class UsageEvent(_message.Message):
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     SPAN_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     source: str
     occurred_at: _timestamp_pb2.Timestamp
@@ -81,7 +82,8 @@ class UsageEvent(_message.Message):
     trace_id: str
     span_id: str
     model_name: str
-    def __init__(self, event_id: _Optional[str] = ..., source: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., api_key_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., streamed: _Optional[bool] = ..., finish_reason: _Optional[str] = ..., status: _Optional[_Union[RequestStatus, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., time_to_first_token_seconds: _Optional[float] = ..., generation_seconds: _Optional[float] = ..., request_seconds: _Optional[float] = ..., trace_id: _Optional[str] = ..., span_id: _Optional[str] = ..., model_name: _Optional[str] = ...) -> None: ...
+    caller: str
+    def __init__(self, event_id: _Optional[str] = ..., source: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., api_key_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., streamed: _Optional[bool] = ..., finish_reason: _Optional[str] = ..., status: _Optional[_Union[RequestStatus, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., time_to_first_token_seconds: _Optional[float] = ..., generation_seconds: _Optional[float] = ..., request_seconds: _Optional[float] = ..., trace_id: _Optional[str] = ..., span_id: _Optional[str] = ..., model_name: _Optional[str] = ..., caller: _Optional[str] = ...) -> None: ...
 
 class RecordUsageRequest(_message.Message):
     __slots__ = ("events",)
@@ -133,7 +135,7 @@ class Totals(_message.Message):
     def __init__(self, requests: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., ok_requests: _Optional[int] = ..., aborted_requests: _Optional[int] = ..., failed_requests: _Optional[int] = ..., generation_seconds: _Optional[float] = ...) -> None: ...
 
 class GetTotalsRequest(_message.Message):
-    __slots__ = ("range", "model", "api_key_id", "group_by_model", "group_by_api_key", "model_name", "group_by_model_name")
+    __slots__ = ("range", "model", "api_key_id", "group_by_model", "group_by_api_key", "model_name", "group_by_model_name", "caller", "group_by_caller")
     RANGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +143,8 @@ class GetTotalsRequest(_message.Message):
     GROUP_BY_API_KEY_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     GROUP_BY_MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_CALLER_FIELD_NUMBER: _ClassVar[int]
     range: TimeRange
     model: str
     api_key_id: str
@@ -148,19 +152,23 @@ class GetTotalsRequest(_message.Message):
     group_by_api_key: bool
     model_name: str
     group_by_model_name: bool
-    def __init__(self, range: _Optional[_Union[TimeRange, _Mapping]] = ..., model: _Optional[str] = ..., api_key_id: _Optional[str] = ..., group_by_model: _Optional[bool] = ..., group_by_api_key: _Optional[bool] = ..., model_name: _Optional[str] = ..., group_by_model_name: _Optional[bool] = ...) -> None: ...
+    caller: str
+    group_by_caller: bool
+    def __init__(self, range: _Optional[_Union[TimeRange, _Mapping]] = ..., model: _Optional[str] = ..., api_key_id: _Optional[str] = ..., group_by_model: _Optional[bool] = ..., group_by_api_key: _Optional[bool] = ..., model_name: _Optional[str] = ..., group_by_model_name: _Optional[bool] = ..., caller: _Optional[str] = ..., group_by_caller: _Optional[bool] = ...) -> None: ...
 
 class TotalsRow(_message.Message):
-    __slots__ = ("model", "api_key_id", "totals", "model_name")
+    __slots__ = ("model", "api_key_id", "totals", "model_name", "caller")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     TOTALS_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
     model: str
     api_key_id: str
     totals: Totals
     model_name: str
-    def __init__(self, model: _Optional[str] = ..., api_key_id: _Optional[str] = ..., totals: _Optional[_Union[Totals, _Mapping]] = ..., model_name: _Optional[str] = ...) -> None: ...
+    caller: str
+    def __init__(self, model: _Optional[str] = ..., api_key_id: _Optional[str] = ..., totals: _Optional[_Union[Totals, _Mapping]] = ..., model_name: _Optional[str] = ..., caller: _Optional[str] = ...) -> None: ...
 
 class GetTotalsResponse(_message.Message):
     __slots__ = ("rows",)
@@ -169,18 +177,20 @@ class GetTotalsResponse(_message.Message):
     def __init__(self, rows: _Optional[_Iterable[_Union[TotalsRow, _Mapping]]] = ...) -> None: ...
 
 class GetUsageSeriesRequest(_message.Message):
-    __slots__ = ("range", "bucket", "model", "api_key_id", "model_name")
+    __slots__ = ("range", "bucket", "model", "api_key_id", "model_name", "caller")
     RANGE_FIELD_NUMBER: _ClassVar[int]
     BUCKET_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
     range: TimeRange
     bucket: Bucket
     model: str
     api_key_id: str
     model_name: str
-    def __init__(self, range: _Optional[_Union[TimeRange, _Mapping]] = ..., bucket: _Optional[_Union[Bucket, str]] = ..., model: _Optional[str] = ..., api_key_id: _Optional[str] = ..., model_name: _Optional[str] = ...) -> None: ...
+    caller: str
+    def __init__(self, range: _Optional[_Union[TimeRange, _Mapping]] = ..., bucket: _Optional[_Union[Bucket, str]] = ..., model: _Optional[str] = ..., api_key_id: _Optional[str] = ..., model_name: _Optional[str] = ..., caller: _Optional[str] = ...) -> None: ...
 
 class SeriesPoint(_message.Message):
     __slots__ = ("start", "totals")

@@ -1,4 +1,4 @@
-"""The gateway's durable outbox (SQLite in its data directory). Every usage event is committed here
+"""A service's durable outbox of usage events (SQLite in its data directory). Every usage event is committed here
 before its response ends; the sender removes it once metering acknowledged it. Events metering refused
 for good move to the dead-letter table, where an operator can list them and send them again."""
 
@@ -22,7 +22,7 @@ class DeadLetter:
 
 
 class Outbox:
-    """Not thread-safe: the gateway uses it from one thread; the admin CLI from its own process."""
+    """Not thread-safe: the sender uses it from one thread; the admin CLI from its own process."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

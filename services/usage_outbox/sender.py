@@ -1,14 +1,15 @@
 """Delivers usage events to the metering service, durably and without dropping any.
 
-`persist()` returns once the event is committed to the on-disk outbox: a response's last byte leaves only
-after that, so a gateway killed at any moment after it answered still has the event. Events that arrive
+`persist()` returns once the event is committed to the on-disk outbox: a response's last byte (the
+gateway's) or a stream's final message (the engine's) leaves only after that, so a process killed at any
+moment after it answered still has the event. Events that arrive
 while a commit is under way are committed together by the next one (group commit: one fsync for many).
 One sender task sends the outbox's oldest events in batches and removes each once metering acknowledged
 it; events metering refuses for good go to the dead-letter table (metric, log line;
 `python -m services.gateway.usage.admin` lists and replays them). Metering down means retries with backoff; nothing is dropped.
 
 If the outbox cannot be written (disk full, I/O error), events are held in memory and sent from there,
-and /health and `gateway_usage_outbox_healthy` say so until a write succeeds again."""
+and `<prefix>_usage_outbox_healthy` (and the gateway's /health) say so until a write succeeds again."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from google.protobuf.message import DecodeError
 from llmserve.metering.v1 import metering_pb2 as mpb
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from services.gateway.usage.outbox import Outbox
+from services.usage_outbox.outbox import Outbox
 from services.contracts.metering_client import MeteringClient
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ _RETRYABLE = {
     grpc.StatusCode.UNKNOWN,
     grpc.StatusCode.CANCELLED,
 }
-# Metering refused this gateway's credential: a configuration to fix, not events to bury; they wait.
+# Metering refused this service's credential: a configuration to fix, not events to bury; they wait.
 _CREDENTIAL_REFUSED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 _OUTCOMES = ("persisted", "held_in_memory", "sent", "duplicate", "dead_lettered")
 # With nothing to send, the sender still looks at the outbox this often (dead letters replayed by an operator).
@@ -48,19 +49,21 @@ _IDLE_POLL_SECONDS = 5.0
 
 
 class SenderMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    """Named `<prefix>_usage_*`: `gateway_usage_*` in the gateway, `engine_usage_*` in the engine."""
+
+    def __init__(self, registry: CollectorRegistry, prefix: str = "gateway") -> None:
         self.events = Counter(
-            "gateway_usage_events",
+            f"{prefix}_usage_events",
             "Usage events by what happened to them: persisted, held_in_memory (outbox failing), sent, duplicate, dead_lettered",
             ["outcome"],
             registry=registry,
         )
         self.spool_depth = Gauge(
-            "gateway_usage_spool_depth", "Usage events in the outbox (or held in memory) not yet acknowledged", registry=registry
+            f"{prefix}_usage_spool_depth", "Usage events in the outbox (or held in memory) not yet acknowledged", registry=registry
         )
-        self.dead_letters = Gauge("gateway_usage_dead_letters", "Usage events metering refused, kept for replay", registry=registry)
-        self.outbox_healthy = Gauge("gateway_usage_outbox_healthy", "1 while the outbox accepts writes", registry=registry)
-        self.errors = Counter("gateway_usage_sender_errors", "Failures of the outbox or the sender loop, by kind", ["kind"], registry=registry)
+        self.dead_letters = Gauge(f"{prefix}_usage_dead_letters", "Usage events metering refused, kept for replay", registry=registry)
+        self.outbox_healthy = Gauge(f"{prefix}_usage_outbox_healthy", "1 while the outbox accepts writes", registry=registry)
+        self.errors = Counter(f"{prefix}_usage_sender_errors", "Failures of the outbox or the sender loop, by kind", ["kind"], registry=registry)
         for outcome in _OUTCOMES:
             self.events.labels(outcome)
         self.outbox_healthy.set(1)
@@ -113,12 +116,17 @@ class UsageSender:
 
     async def persist(self, event: mpb.UsageEvent) -> None:
         """Returns once the event is committed to the outbox (or, with the outbox failing, held in memory)."""
+        # Shielded: a caller cancelled meanwhile does not cancel the commit its event is part of.
+        await asyncio.shield(self.submit(event))
+
+    def submit(self, event: mpb.UsageEvent) -> asyncio.Future[None]:
+        """Queues the event for the next commit and returns at once (for a caller that cannot wait: one
+        being cancelled); the future is done once it is committed."""
         done = asyncio.get_running_loop().create_future()
         self._waiting.append((event, done))
         if self._committing is None:
             self._committing = asyncio.create_task(self._commit_waiting())
-        # Shielded: a caller cancelled meanwhile does not cancel the commit its event is part of.
-        await asyncio.shield(done)
+        return done
 
     async def _commit_waiting(self) -> None:
         try:
@@ -214,7 +222,7 @@ class UsageSender:
                 log.debug("metering unavailable (%s); will retry", error.code().name)
                 return False
             if error.code() in _CREDENTIAL_REFUSED:
-                log.error("metering refused this gateway's credential (%s); events stay in the outbox", error.code().name)
+                log.error("metering refused this service's credential (%s); events stay in the outbox", error.code().name)
                 self._metrics.errors.labels("credential").inc()
                 return False
             reason = f"metering refused the batch: {error.code().name}: {error.details()}"

@@ -1,0 +1,181 @@
+"""Internal gRPC callers as users: their own credentials (added, rotated and removed while the servers
+run), a role that may generate but not do the gateway's bookkeeping, and every token they generate
+metered under their name, durably: the engine's totals equal metering's for a mix of gateway traffic and
+direct callers with cancellations, and a direct stream that ended is metered even when the engine is
+SIGKILLed before metering could take it."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from llmserve.engine.v1 import engine_pb2 as pb
+from llmserve.metering.v1 import metering_pb2 as mpb
+
+from services.contracts.builtin_models import TINY_NAME
+from services.contracts.engine_client import EngineClient
+from services.contracts.metering_client import MeteringClient
+from services.engine.builtin_models import make_tiny_model
+from services.engine.prepare_model import ensure_embedded_model
+from services.service_auth.provision import add_caller, remove_caller, rotate_caller
+from tests.conftest import API_KEY, start_gateway, start_metering
+from tests.credentials import CALLERS_FILE, DIRECTORY, metering_client
+from tests.test_metering import metering_totals, wait_for
+from tools.processes import MODEL_STORE, ServiceProcess, engine_args, free_port
+
+CALLER = "batch-job"
+
+
+def start_engine(log_dir: Path, port: int, metering_address: str, data_dir: Path, name: str) -> ServiceProcess:
+    tiny = make_tiny_model(ensure_embedded_model(MODEL_STORE), MODEL_STORE)
+    process = ServiceProcess(
+        name, "services.engine",
+        [*engine_args(port), "--model", str(tiny), "--served-model-name", TINY_NAME, "--load-format", "dummy"],
+        log_dir, f"127.0.0.1:{port}",
+        env={
+            "ENGINE_CALLERS_FILE": str(CALLERS_FILE), "ENGINE_METERING_ADDR": metering_address,
+            "ENGINE_SERVICE_TOKEN_FILE": str(DIRECTORY / "engine.token"), "ENGINE_DATA_DIR": str(data_dir),
+        },
+    )
+
+    async def serving() -> bool:
+        async with EngineClient(process.address) as client:
+            return await client.serving(timeout=2.0)
+
+    process.wait_ready(serving, 600)
+    return process
+
+
+@pytest.fixture
+def caller_token() -> Iterator[str]:
+    token = add_caller(DIRECTORY, CALLER, ["generate"])
+    yield token
+    try:
+        remove_caller(DIRECTORY, CALLER)
+    except ValueError:
+        pass
+
+
+def direct(max_tokens: int, caller: str = "") -> pb.GenerateRequest:
+    return pb.GenerateRequest(
+        request_id=f"direct-{uuid.uuid4().hex[:8]}", model=TINY_NAME, text="Once upon a time", caller=caller,
+        sampling=pb.SamplingParams(max_tokens=max_tokens, ignore_eos=True),
+    )
+
+
+async def stream_direct(address: str, token: str, max_tokens: int, cut_after: int | None = None, caller: str = "") -> pb.Usage | None:
+    """A direct Generate; its final usage, or None when it was cut (cancelled) after `cut_after` messages."""
+    async with EngineClient(address, token) as engine:
+        call = engine.generate(direct(max_tokens, caller), timeout=120)
+        seen = 0
+        async for message in call:
+            seen += 1
+            if cut_after is not None and seen >= cut_after:
+                call.cancel()
+                return None
+            if message.finished:
+                return message.usage
+    return None
+
+
+async def served(address: str) -> tuple[int, int]:
+    async with EngineClient(address, (DIRECTORY / "admin.token").read_text().strip()) as engine:
+        load = await engine.load()
+        return load.prompt_tokens, load.completion_tokens
+
+
+async def caller_totals(address: str) -> tuple[int, int]:
+    async with metering_client(address) as client:
+        rows = await client.totals(mpb.GetTotalsRequest(caller=CALLER))
+    return sum(r.totals.prompt_tokens for r in rows), sum(r.totals.completion_tokens for r in rows)
+
+
+async def test_callers_are_managed_like_keys_and_every_token_they_generate_is_metered(
+    log_dir: Path, tmp_path: Path, caller_token: str
+) -> None:
+    metering = await asyncio.to_thread(start_metering, log_dir, tmp_path / "m", None, "metering-callers")
+    port = free_port()
+    engine = await asyncio.to_thread(start_engine, log_dir, port, metering.address, tmp_path / "e", "engine-callers")
+    gateway = await asyncio.to_thread(
+        start_gateway, log_dir, engine.address, "gateway-callers", metering_addr=metering.address, data_dir=str(tmp_path / "g"),
+    )
+    try:
+        # The caller's role: generate, tokenize, list; not the gateway's bookkeeping, not the load, not metering.
+        async with EngineClient(engine.address, caller_token) as own:
+            assert [m.id for m in await own.list_models()] == [TINY_NAME]
+            assert (await own.tokenize(pb.TokenizeRequest(model=TINY_NAME, text="hi"))).count > 0
+            for refused in (own.confirm_usage(["x"]), own.claim_usage("gw", ""), own.load()):
+                with pytest.raises(grpc.aio.AioRpcError) as denied:
+                    await refused
+                assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        async with MeteringClient(metering.address, caller_token) as as_metering:
+            with pytest.raises(grpc.aio.AioRpcError) as denied:
+                await as_metering.record([mpb.UsageEvent(event_id="x", source="x", model="x")])
+            assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+        # A mix: gateway streams and direct callers, some cut short, some claiming to bill their own.
+        body = {"model": TINY_NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 40,
+                "ignore_eos": True, "stream": True}
+
+        async def through_gateway(hang_up: float | None) -> None:
+            async with httpx.AsyncClient(timeout=60, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+                try:
+                    await asyncio.wait_for(http.post(f"{gateway.address}/v1/chat/completions", json=body), hang_up)
+                except TimeoutError:
+                    pass
+
+        await asyncio.gather(
+            *(through_gateway(h) for h in (None, None, 0.3, None)),
+            *(stream_direct(engine.address, caller_token, 40, cut) for cut in (None, None, 3, 8)),
+            stream_direct(engine.address, caller_token, 20, caller="someone-else/1"),
+        )
+
+        async def agree() -> bool:
+            totals = await metering_totals(metering.address)
+            return (totals.prompt_tokens, totals.completion_tokens) == await served(engine.address)
+
+        await wait_for(agree, 30, "metering's totals to equal the engine's")
+        before = await caller_totals(metering.address)
+        assert before[1] > 0, "the direct caller's tokens are metered under its name"
+
+        # A direct stream ends while metering is stalled, then the engine is killed: the event was durable.
+        metering.signal(signal.SIGSTOP)
+        try:
+            final = await stream_direct(engine.address, caller_token, 16)
+            engine.proc.send_signal(signal.SIGKILL)
+            engine.stop()
+        finally:
+            metering.signal(signal.SIGCONT)
+        assert final is not None and final.completion_tokens == 16
+        engine = await asyncio.to_thread(start_engine, log_dir, port, metering.address, tmp_path / "e", "engine-callers-2")
+
+        async def delivered() -> bool:
+            got = await caller_totals(metering.address)
+            return got == (before[0] + final.prompt_tokens, before[1] + final.completion_tokens)
+
+        await wait_for(delivered, 60, "the killed engine's outbox to reach metering after its restart")
+
+        # Rotation without a grace period, then removal: the servers read the callers file again.
+        new_token = rotate_caller(DIRECTORY, CALLER, 0)
+
+        async def refused(token: str) -> bool:
+            try:
+                await stream_direct(engine.address, token, 1)
+            except grpc.aio.AioRpcError as error:
+                return error.code() == grpc.StatusCode.UNAUTHENTICATED
+            return False
+
+        await wait_for(lambda: refused(caller_token), 10, "the old token to be refused")
+        assert (await stream_direct(engine.address, new_token, 1)) is not None
+        remove_caller(DIRECTORY, CALLER)
+        await wait_for(lambda: refused(new_token), 10, "the removed caller to be refused")
+    finally:
+        gateway.stop()
+        engine.stop()
+        metering.stop()
