@@ -10,7 +10,7 @@ MODEL_STORE ?= var/models
 PROTO_OUT := gen
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: setup deps protos model credentials run engine test fuzz check-protos bench-engine bench-serving bench-metering bench-gateway bench-stalls clean
+.PHONY: setup deps protos model credentials run engine test fuzz client check-protos bench-engine bench-serving bench-metering bench-gateway bench-stalls clean
 
 setup: deps protos model
 
@@ -64,6 +64,15 @@ test: setup
 # The gateway's OpenAPI schema fuzzed with schemathesis against real processes (about 10 minutes at most).
 fuzz: setup
 	$(PY) -m tools.fuzz_gateway
+
+# The internal callers' client as a wheel in dist/: the stubs (llmserve) and services/contracts as llmserve_client.
+client: protos
+	rm -rf build/client && mkdir -p build/client/src/llmserve_client dist
+	cp clients/python/pyproject.toml clients/python/README.md build/client/
+	cp services/contracts/*.py build/client/src/llmserve_client/
+	cp -r $(PROTO_OUT)/llmserve build/client/src/llmserve
+	find build/client -name __pycache__ -prune -exec rm -rf {} +
+	$(PIP) wheel --quiet --no-deps --no-build-isolation -w dist build/client
 
 check-protos:
 	$(PY) tools/gen_protos.py --check $(PROTO_OUT)

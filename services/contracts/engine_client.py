@@ -8,7 +8,7 @@ import grpc
 from llmserve.engine.v1 import engine_pb2 as pb
 from llmserve.engine.v1 import engine_pb2_grpc
 
-from services.grpc_lifecycle.channel import ServiceChannel
+from .channel import ServiceChannel
 
 
 class EngineClient(ServiceChannel):

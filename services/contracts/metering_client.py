@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from llmserve.metering.v1 import metering_pb2 as pb
 from llmserve.metering.v1 import metering_pb2_grpc
 
-from services.grpc_lifecycle.channel import ServiceChannel
+from .channel import ServiceChannel
 
 
 class MeteringClient(ServiceChannel):

@@ -1,4 +1,4 @@
-"""The client side the services share: one long-lived channel with keepalive, and a health check."""
+"""The client side of every service: one long-lived channel with keepalive, a caller's token, and a health check."""
 
 from __future__ import annotations
 
