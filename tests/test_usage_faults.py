@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import shutil
 import signal
 from pathlib import Path
 
@@ -150,6 +151,43 @@ async def test_gateway_killed_mid_stream_with_metering_stalled_loses_nothing(
     finally:
         metering.signal(signal.SIGCONT)
         gateway.stop()
+        metering.stop()
+
+
+async def test_a_gateway_replaced_for_good_loses_no_usage(log_dir: Path, tmp_path: Path, engine_address: str) -> None:
+    """The issue's replica case: metering stalled, 12 streams answered with their usage chunk, the gateway
+    SIGKILLed and its data folder deleted (a pod replaced: new volume, new identity), a new gateway
+    started, metering thawed. Before: 0 of 12 metered (the engine had released the usage once the lost
+    outbox had it, and only the same source could claim). Now the engine holds it until metering
+    acknowledged it, and once the dead gateway's lease ran out the new one claims it."""
+    metering = await asyncio.to_thread(start_metering, log_dir, tmp_path / "m", None, "metering-replaced")
+    first = await asyncio.to_thread(
+        start_gateway, log_dir, engine_address, "gateway-replaced-1",
+        metering_addr=metering.address, data_dir=str(tmp_path / "g1"), api_keys=KEYS,
+    )
+    second = None
+    try:
+        await wait_idle(engine_address)
+        before = await engine_served(engine_address)
+        metering.signal(signal.SIGSTOP)
+        seen = await asyncio.gather(*(stream_chat(first.address, FINISHER, 6) for _ in range(12)))
+        assert all(u is not None for u in seen)
+        first.signal(signal.SIGKILL)
+        first.stop()
+        shutil.rmtree(tmp_path / "g1")
+        second = await asyncio.to_thread(
+            start_gateway, log_dir, engine_address, "gateway-replaced-2",
+            metering_addr=metering.address, data_dir=str(tmp_path / "g2"), api_keys=KEYS,
+        )
+        metering.signal(signal.SIGCONT)
+        await metering_reaches_engine(metering.address, engine_address, before, 90)
+        totals = await metering_totals(metering.address)
+        assert totals.requests == 12 and totals.completion_tokens == sum(c for _, c in seen)
+    finally:
+        metering.signal(signal.SIGCONT)
+        first.stop()
+        if second is not None:
+            second.stop()
         metering.stop()
 
 

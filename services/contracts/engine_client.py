@@ -46,8 +46,9 @@ class EngineClient(ServiceChannel):
     async def load(self, timeout: float | None = 10.0) -> pb.GetLoadResponse:
         return await self._stub.GetLoad(pb.GetLoadRequest(), timeout=timeout, metadata=self.metadata)
 
-    async def confirm_usage(self, request_ids: Sequence[str], timeout: float | None = 10.0) -> None:
-        request = pb.ConfirmUsageRequest(request_ids=list(request_ids))
+    async def confirm_usage(self, request_ids: Sequence[str], timeout: float | None = 10.0, caller: str = "") -> None:
+        """`caller` renews its lease on the usage the engine holds for it (with no ids: a heartbeat)."""
+        request = pb.ConfirmUsageRequest(request_ids=list(request_ids), caller=caller)
         await self._stub.ConfirmUsage(request, timeout=timeout, metadata=self.metadata)
 
     async def claim_usage(
@@ -56,6 +57,11 @@ class EngineClient(ServiceChannel):
         request = pb.ClaimUsageRequest(
             source=source, exclude_incarnation=exclude_incarnation, request_ids=list(request_ids)
         )
+        return await self._stub.ClaimUsage(request, timeout=timeout, metadata=self.metadata)
+
+    async def claim_expired_usage(self, claimer: str, timeout: float | None = 10.0) -> pb.ClaimUsageResponse:
+        """The usage held for callers whose lease ran out; it becomes the claimer's."""
+        request = pb.ClaimUsageRequest(expired=True, claimer=claimer)
         return await self._stub.ClaimUsage(request, timeout=timeout, metadata=self.metadata)
 
     async def launch_model(self, request: pb.LaunchModelRequest, timeout: float | None = 900.0) -> pb.ModelCard:

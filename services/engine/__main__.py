@@ -39,7 +39,8 @@ def main() -> None:
         caller_usage = CallerUsage(settings.metering_addr, token, settings.data_dir, settings.usage_drain_seconds)
     else:
         log.warning("no metering configured: requests of callers that do not bill their own are not metered")
-    host = ModelHost(backend_factory(settings, current_platform.is_cpu(), first.uid if first else None, caller_usage))
+    factory = backend_factory(settings, current_platform.is_cpu(), first.uid if first else None, caller_usage)
+    host = ModelHost(factory, settings.caller_lease_seconds)
     if settings.metrics_port:
         # vLLM's vllm:* metrics of every hosted model are in the default registry (vllm_metrics.py).
         start_http_server(settings.metrics_port, addr=settings.host)

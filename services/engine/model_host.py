@@ -57,14 +57,14 @@ class HostLoad:
 
 
 class ModelHost:
-    def __init__(self, factory: BackendFactory) -> None:
+    def __init__(self, factory: BackendFactory, caller_lease_seconds: float = 10.0) -> None:
         self._factory = factory
         self._ready: dict[str, VllmBackend] = {}
         self._loading: set[str] = set()
         self._first: str | None = None
         self._draining = False
         self.totals = ServedTotals()
-        self.unconfirmed = UnconfirmedUsage()
+        self.unconfirmed = UnconfirmedUsage(lease_seconds=caller_lease_seconds)
 
     # Lifecycle
 

@@ -164,10 +164,16 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     async def ConfirmUsage(
         self, request: pb.ConfirmUsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.ConfirmUsageResponse:
+        self._host.unconfirmed.renew(request.caller)
         self._host.unconfirmed.confirm(list(request.request_ids))
         return pb.ConfirmUsageResponse()
 
     async def ClaimUsage(self, request: pb.ClaimUsageRequest, context: grpc.aio.ServicerContext) -> pb.ClaimUsageResponse:
+        if request.expired:
+            if not request.claimer:
+                raise InvalidRequestError("claimer is required to claim expired callers' usage")
+            held, still_open = self._host.unconfirmed.claim_expired(request.claimer)
+            return pb.ClaimUsageResponse(usage=[_unconfirmed(h) for h in held], still_open=still_open)
         if not request.source:
             raise InvalidRequestError("source is required")
         held, still_open = self._host.unconfirmed.claim(

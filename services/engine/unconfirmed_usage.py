@@ -9,6 +9,7 @@ that of crashed callers) is held; the bound keeps a caller that never confirms f
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ from services.engine.generation import FinishReason, Timings, Usage
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ENTRIES = 100_000
+DEFAULT_LEASE_SECONDS = 10.0
 
 
 @dataclass(slots=True)
@@ -38,15 +40,26 @@ def _source(caller: str) -> tuple[str, str]:
 
 
 class UnconfirmedUsage:
-    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
         self._held: OrderedDict[str, HeldUsage] = OrderedDict()
         self._max_entries = max_entries
         self.evicted = 0
+        self.lease_seconds = lease_seconds
+        # Caller → when it was last heard from (a Generate naming it, a ConfirmUsage, a claim).
+        self._seen: dict[str, float] = {}
+
+    def renew(self, caller: str) -> None:
+        if caller:
+            self._seen[caller] = time.monotonic()
+
+    def _expired(self, caller: str, now: float) -> bool:
+        return now - self._seen.get(caller, 0.0) > self.lease_seconds
 
     def __len__(self) -> int:
         return len(self._held)
 
     def open(self, request_id: str, caller: str, usage_context: bytes, model: str) -> None:
+        self.renew(caller)
         self._held[request_id] = HeldUsage(request_id, caller, usage_context, model)
         while len(self._held) > self._max_entries:
             evicted_id, _ = self._held.popitem(last=False)
@@ -74,6 +87,26 @@ class UnconfirmedUsage:
     def confirm(self, request_ids: list[str]) -> None:
         for request_id in request_ids:
             self._held.pop(request_id, None)
+
+    def claim_expired(self, claimer: str) -> tuple[list[HeldUsage], int]:
+        """(finished entries of callers whose lease ran out, now the claimer's; how many of theirs are
+        still open). Handed over at once: a second claimer gets none of them."""
+        now = time.monotonic()
+        self.renew(claimer)
+        finished: list[HeldUsage] = []
+        still_open = 0
+        for held in self._held.values():
+            if held.caller == claimer or not self._expired(held.caller, now):
+                continue
+            if held.open:
+                still_open += 1
+            else:
+                held.caller = claimer
+                finished.append(held)
+        for caller in [c for c in self._seen if c != claimer and self._expired(c, now)]:
+            if not any(h.caller == caller for h in self._held.values()):
+                del self._seen[caller]
+        return finished, still_open
 
     def claim(
         self, source: str, exclude_incarnation: str, request_ids: frozenset[str] = frozenset()

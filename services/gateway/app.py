@@ -89,7 +89,10 @@ def _usage_delivery(settings: GatewaySettings, metrics: GatewayMetrics, fleet: E
         batch_size=settings.usage_batch_size,
         drain_seconds=settings.usage_drain_seconds,
     )
-    return UsageDelivery(delivery_settings, metrics.registry, engine_at)
+    def engines() -> list[EngineClient]:
+        return [m.client for m in fleet.members if m.healthy]
+
+    return UsageDelivery(delivery_settings, metrics.registry, engine_at, engines)
 
 
 def _image_policy(settings: GatewaySettings) -> ImagePolicy:

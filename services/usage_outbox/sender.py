@@ -78,7 +78,10 @@ class UsageSender:
         batch_size: int = 500,
         send_timeout: float = 5.0,
         max_backoff: float = 5.0,
+        on_settled: Callable[[list[str]], None] | None = None,
     ) -> None:
+        # Called with the ids of events metering gave its final answer for (recorded, duplicate, refused).
+        self._on_settled = on_settled
         self._client = client
         self._outbox = outbox
         self._metrics = metrics
@@ -246,6 +249,8 @@ class UsageSender:
             await self._disk(self._outbox.remove, settled)
             self._spooled = max(0, self._spooled - len(events))
             self._metrics.spool_depth.set(self.pending)
+        if self._on_settled is not None:
+            self._on_settled([e.event_id for e in events])
         return True
 
     async def _bury(self, failures: list[tuple[str, str]]) -> None:

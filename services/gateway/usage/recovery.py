@@ -1,24 +1,25 @@
 """The gateway's half of the engine's hold on usage (services.engine.unconfirmed_usage).
 
-The gateway sends each engine call as "<source>/<incarnation>" with the event it would bill. Once the
-event is durable in the outbox, the call's id goes to the confirmer, which tells the engine in batches
-(the engine then forgets it). At start, a new incarnation claims from the engine what earlier ones never
-confirmed (their process died mid-stream, or between reading the final message and committing it),
-commits those events, and confirms them. Metering's idempotency on (source, event id) makes a replay of
-an event that did reach it count once."""
+The gateway sends each engine call as "<source>/<incarnation>" with the event it would bill. Once
+metering has acknowledged the event (not merely once it is in this gateway's outbox, which a replaced
+replica loses with its volume), the call's id goes to the confirmer, which tells the engine in batches
+(the engine then forgets it); each round also renews this gateway's lease on every engine. At start, a
+new incarnation claims what earlier ones never confirmed; and every few seconds any gateway claims what
+the engine holds for callers whose lease ran out (a replica gone for good). Metering's idempotency on
+(source, event id) makes a replay of an event that did reach it count once."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 
 from services.contracts.engine_client import EngineClient
 from services.gateway.usage.events import events_from_unconfirmed
-from services.usage_outbox.sender import UsageSender
+from llmserve.metering.v1 import metering_pb2 as mpb
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,19 @@ def new_incarnation() -> str:
 
 class UsageConfirmer:
     """Confirms engine request ids in batches, each to the engine that ran it; ids whose confirmation
-    failed are tried again (the engine keeps them meanwhile)."""
+    failed are tried again (the engine keeps them meanwhile). Every round also renews this gateway's
+    lease on every engine (a confirmation with no ids is a heartbeat)."""
 
-    def __init__(self, engines: Callable[[str], EngineClient | None], interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        engines: Callable[[str], EngineClient | None],
+        interval: float = 0.5,
+        caller: str = "",
+        all_engines: Callable[[], list[EngineClient]] = list,
+    ) -> None:
         self._engines = engines
+        self._all_engines = all_engines
+        self._caller = caller
         self._interval = interval
         self._ids: dict[str, list[str]] = {}
         self._task: asyncio.Task | None = None
@@ -50,6 +60,8 @@ class UsageConfirmer:
 
     async def flush(self) -> None:
         pending, self._ids = self._ids, {}
+        for engine in self._all_engines():
+            pending.setdefault(engine.address, [])
         for address, batch in pending.items():
             engine = self._engines(address)
             if engine is None:
@@ -57,11 +69,12 @@ class UsageConfirmer:
                 log.warning("engine %s is gone: %d usage confirmation(s) dropped", address, len(batch))
                 continue
             try:
-                await engine.confirm_usage(batch, timeout=5.0)
+                await engine.confirm_usage(batch, timeout=5.0, caller=self._caller)
             except grpc.aio.AioRpcError as error:
                 # Kept by the engine meanwhile; confirmed later (or claimed by our next incarnation).
                 log.debug("could not confirm %d usage record(s) to %s: %s", len(batch), address, error.code().name)
-                self._ids.setdefault(address, [])[:0] = batch
+                if batch:
+                    self._ids.setdefault(address, [])[:0] = batch
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -71,7 +84,11 @@ class UsageConfirmer:
 
 
 async def recover_unconfirmed(
-    engine: EngineClient, sender: UsageSender, confirmer: UsageConfirmer, source: str, incarnation: str,
+    engine: EngineClient,
+    persist: Callable[[mpb.UsageEvent, str, list[str]], Awaitable[None]],
+    confirmer: UsageConfirmer,
+    source: str,
+    incarnation: str,
     patience_seconds: float = 60.0,
 ) -> int:
     """Claims and records what earlier incarnations of this source left unconfirmed; returns how many
@@ -91,8 +108,7 @@ async def recover_unconfirmed(
             continue
         fresh = [held for held in answer.usage if held.request_id not in claimed]
         for event, request_ids in events_from_unconfirmed(fresh):
-            await sender.persist(event)
-            confirmer.add(engine.address, request_ids)
+            await persist(event, engine.address, request_ids)
             claimed.update(request_ids)
             recovered += 1
         await confirmer.flush()

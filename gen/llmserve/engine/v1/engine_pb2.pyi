@@ -96,24 +96,30 @@ class GenerateRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., text: _Optional[str] = ..., chat: _Optional[_Union[Chat, _Mapping]] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., caller: _Optional[str] = ..., usage_context: _Optional[bytes] = ...) -> None: ...
 
 class ConfirmUsageRequest(_message.Message):
-    __slots__ = ("request_ids",)
+    __slots__ = ("request_ids", "caller")
     REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
     request_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    caller: str
+    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., caller: _Optional[str] = ...) -> None: ...
 
 class ConfirmUsageResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class ClaimUsageRequest(_message.Message):
-    __slots__ = ("source", "exclude_incarnation", "request_ids")
+    __slots__ = ("source", "exclude_incarnation", "request_ids", "expired", "claimer")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_INCARNATION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    CLAIMER_FIELD_NUMBER: _ClassVar[int]
     source: str
     exclude_incarnation: str
     request_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, source: _Optional[str] = ..., exclude_incarnation: _Optional[str] = ..., request_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    expired: bool
+    claimer: str
+    def __init__(self, source: _Optional[str] = ..., exclude_incarnation: _Optional[str] = ..., request_ids: _Optional[_Iterable[str]] = ..., expired: _Optional[bool] = ..., claimer: _Optional[str] = ...) -> None: ...
 
 class UnconfirmedUsage(_message.Message):
     __slots__ = ("request_id", "usage_context", "usage", "finish_reasons", "model", "timings", "error")
