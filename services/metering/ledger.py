@@ -142,10 +142,10 @@ class Ledger:
         for kind, count in rejected.items():
             self.counters.rejections[kind] = self.counters.rejections.get(kind, 0) + count
             self._metrics.rejected.labels(kind).inc(count)
-        for event, fresh in zip(events, commit.inserted):
-            if fresh:
-                self._metrics.recorded(event)
-                self.throughput.add(event.model, event.occurred_at, event.generation_seconds, event.completion_tokens)
+        fresh = [event for event, inserted in zip(events, commit.inserted) if inserted]
+        self._metrics.recorded(fresh)
+        for event in fresh:
+            self.throughput.add(event.model, event.occurred_at, event.generation_seconds, event.completion_tokens)
 
     async def _refresh_gauges(self, interval: float = 1.0) -> None:
         while True:
