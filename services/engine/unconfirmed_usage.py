@@ -95,17 +95,19 @@ class UnconfirmedUsage:
         self.renew(claimer)
         finished: list[HeldUsage] = []
         still_open = 0
+        holding: set[str] = set()
         for held in self._held.values():
             if held.caller == claimer or not self._expired(held.caller, now):
                 continue
             if held.open:
                 still_open += 1
+                holding.add(held.caller)
             else:
                 held.caller = claimer
                 finished.append(held)
-        for caller in [c for c in self._seen if c != claimer and self._expired(c, now)]:
-            if not any(h.caller == caller for h in self._held.values()):
-                del self._seen[caller]
+        # Callers gone with nothing left here are forgotten.
+        for caller in [c for c in self._seen if c not in holding and c != claimer and self._expired(c, now)]:
+            del self._seen[caller]
         return finished, still_open
 
     def claim(

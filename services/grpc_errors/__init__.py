@@ -32,6 +32,19 @@ def bounded_details(message: str) -> str:
     return f"{message[:MAX_DETAILS_CHARS]}... ({cut} more characters)"
 
 
+def replace_behavior(
+    handler: grpc.RpcMethodHandler, wrap: Callable[[Callable[..., Any], bool], Callable[..., Any]]
+) -> grpc.RpcMethodHandler:
+    """The same handler with its behavior replaced by `wrap(behavior, streams_responses)`, which must
+    keep the call shape: a coroutine for a unary response, an async generator for a streamed one (the
+    request argument, a message or an iterator, is passed through). grpc's handlers are named tuples."""
+    for kind in _HANDLER_KINDS:
+        behavior = getattr(handler, kind)
+        if behavior is not None:
+            return handler._replace(**{kind: wrap(behavior, handler.response_streaming)})
+    return handler
+
+
 def status_for(error: BaseException, table: StatusTable) -> grpc.StatusCode | None:
     for kind in type(error).__mro__:
         if kind in table:
@@ -58,13 +71,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-        for kind in _HANDLER_KINDS:
-            behavior = getattr(handler, kind)
-            if behavior is not None:
-                guarded = self._guard(behavior, details.method, streams=handler.response_streaming)
-                # grpc's method handlers are named tuples: the same handler, its behavior guarded.
-                return handler._replace(**{kind: guarded})
-        return handler
+        return replace_behavior(handler, lambda behavior, streams: self._guard(behavior, details.method, streams))
 
     def _guard(self, behavior: Callable[..., Any], method: str, streams: bool) -> Callable[..., Any]:
         """The same call shape as `behavior` (the request argument is passed through, a message or an

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import grpc
 from prometheus_client import Counter
 
+from services.grpc_errors import replace_behavior
 from services.service_auth.callers import Caller, ReloadingCallers
 
 log = logging.getLogger(__name__)
@@ -38,25 +39,24 @@ class Callers(Protocol):
 
 def _as_caller(handler: grpc.RpcMethodHandler, caller: Caller) -> grpc.RpcMethodHandler:
     """The same handler, run with `caller` as the current caller."""
-    for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
-        behavior = getattr(handler, kind)
-        if behavior is None:
-            continue
-        if handler.response_streaming:
+
+    def wrap(behavior: Callable[..., Any], streams: bool) -> Callable[..., Any]:
+        if streams:
 
             async def streamed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 _CALLER.set(caller)
                 async for response in behavior(request, context):
                     yield response
 
-            return handler._replace(**{kind: streamed})
+            return streamed
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             _CALLER.set(caller)
             return await behavior(request, context)
 
-        return handler._replace(**{kind: unary})
-    return handler
+        return unary
+
+    return replace_behavior(handler, wrap)
 
 
 def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:

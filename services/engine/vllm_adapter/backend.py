@@ -169,24 +169,25 @@ class VllmBackend:
             self.unconfirmed.open(request.request_id, request.caller, request.usage_context, info.id)
         metered = False
         try:
-            outputs = self._llm.generate(engine_prompt, params, request.request_id)
-            async for output in translate_errors(outputs, stream):
-                update = stream.update(output, request.sampling.logprobs)
-                if update.finished or not stream.announced:
-                    update.model = info.id
-                    stream.announced = True
-                if update.finished:
-                    # An internal caller's usage is durable before its stream's final message leaves.
-                    metered = await self._meter(request, stream, info)
-                yield update
-            if not stream.finished:
-                update = stream.failure("the engine ended the stream without a final output", info.id)
-                metered = await self._meter(request, stream, info)
-                yield update
-        except FailedAfterStart as failure:
-            update = stream.failure(str(failure), info.id)
+            final: GenerationUpdate | None = None
+            try:
+                outputs = self._llm.generate(engine_prompt, params, request.request_id)
+                async for output in translate_errors(outputs, stream):
+                    update = stream.update(output, request.sampling.logprobs)
+                    if update.finished or not stream.announced:
+                        update.model = info.id
+                        stream.announced = True
+                    if update.finished:
+                        final = update
+                    else:
+                        yield update
+                if final is None:
+                    final = stream.failure("the engine ended the stream without a final output", info.id)
+            except FailedAfterStart as failure:
+                final = stream.failure(str(failure), info.id)
+            # An internal caller's usage is durable before its stream's final message leaves.
             metered = await self._meter(request, stream, info)
-            yield update
+            yield final
         finally:
             self._open.discard(request.request_id)
             self._count(request, stream)
