@@ -37,6 +37,14 @@ def event(i: int, source: str = "test-source", **changes: object) -> mpb.UsageEv
     return e
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Metering's settings for each store: SQLite in its data folder, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return {}
+    return {"METERING_DATABASE_URL": request.getfixturevalue("new_database")()}
+
+
 async def wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not await predicate():
@@ -44,8 +52,8 @@ async def wait_for(predicate, timeout: float, what: str) -> None:
         await asyncio.sleep(0.2)
 
 
-async def test_same_event_sent_1000_times_counts_once(log_dir: Path, tmp_path: Path) -> None:
-    metering = await asyncio.to_thread(start_metering, log_dir, tmp_path, None, "metering-dup")
+async def test_same_event_sent_1000_times_counts_once(log_dir: Path, tmp_path: Path, store_env: dict[str, str]) -> None:
+    metering = await asyncio.to_thread(start_metering, log_dir, tmp_path, None, "metering-dup", store_env)
     try:
         async with metering_client(metering.address) as client:
             same = event(1)
@@ -63,9 +71,9 @@ async def test_same_event_sent_1000_times_counts_once(log_dir: Path, tmp_path: P
         metering.stop()
 
 
-async def test_kill_9_after_acks_loses_nothing_and_counts_nothing_twice(log_dir: Path, tmp_path: Path) -> None:
+async def test_kill_9_after_acks_loses_nothing_and_counts_nothing_twice(log_dir: Path, tmp_path: Path, store_env: dict[str, str]) -> None:
     port = free_port()
-    metering = await asyncio.to_thread(start_metering, log_dir, tmp_path, port, "metering-kill")
+    metering = await asyncio.to_thread(start_metering, log_dir, tmp_path, port, "metering-kill", store_env)
     events = [event(i) for i in range(600)]
     async with metering_client(metering.address) as client:
         replies = await asyncio.gather(*(client.record(events[i : i + 50]) for i in range(0, 600, 50)))
@@ -73,7 +81,7 @@ async def test_kill_9_after_acks_loses_nothing_and_counts_nothing_twice(log_dir:
         before = await client.counters()
     metering.signal(signal.SIGKILL)
     metering.stop()
-    metering = await asyncio.to_thread(start_metering, log_dir, tmp_path, port, "metering-kill-2")
+    metering = await asyncio.to_thread(start_metering, log_dir, tmp_path, port, "metering-kill-2", store_env)
     try:
         async with metering_client(metering.address) as client:
             after = await client.counters()
@@ -88,8 +96,8 @@ async def test_kill_9_after_acks_loses_nothing_and_counts_nothing_twice(log_dir:
         metering.stop()
 
 
-async def test_bad_events_are_invalid_argument_and_counted(log_dir: Path, tmp_path: Path) -> None:
-    metering = await asyncio.to_thread(start_metering, log_dir, tmp_path, None, "metering-bad")
+async def test_bad_events_are_invalid_argument_and_counted(log_dir: Path, tmp_path: Path, store_env: dict[str, str]) -> None:
+    metering = await asyncio.to_thread(start_metering, log_dir, tmp_path, None, "metering-bad", store_env)
     try:
         async with metering_client(metering.address) as client:
             old = event(1)
@@ -116,8 +124,8 @@ async def test_bad_events_are_invalid_argument_and_counted(log_dir: Path, tmp_pa
         metering.stop()
 
 
-async def test_report_command_prints_totals(log_dir: Path, tmp_path: Path) -> None:
-    metering = await asyncio.to_thread(start_metering, log_dir, tmp_path, None, "metering-report")
+async def test_report_command_prints_totals(log_dir: Path, tmp_path: Path, store_env: dict[str, str]) -> None:
+    metering = await asyncio.to_thread(start_metering, log_dir, tmp_path, None, "metering-report", store_env)
     try:
         async with metering_client(metering.address) as client:
             await client.record([event(1), event(2, api_key_id="team-b")])

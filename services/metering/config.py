@@ -15,6 +15,8 @@ class MeteringSettings(BaseSettings):
     port: int = Field(50052, ge=0, le=65535)
     metrics_port: int = Field(9102, ge=0, le=65535)
     data_dir: Path = Path("var/metering")
+    # postgresql://user:password@host:port/dbname: the store that several replicas share. Unset: SQLite in data_dir.
+    database_url: str = ""
     # Events older than this, or further ahead than the allowed clock skew, are refused.
     max_event_age_seconds: float = Field(7 * 24 * 3600, gt=0)
     max_future_seconds: float = Field(300, ge=0)
@@ -27,5 +29,13 @@ class MeteringSettings(BaseSettings):
     log_level: str = "INFO"
 
     @property
-    def database(self) -> Path:
+    def sqlite_path(self) -> Path:
         return self.data_dir / "usage.sqlite3"
+
+    @property
+    def store_description(self) -> str:
+        """Where usage is stored, with any password left out (for the log)."""
+        if not self.database_url:
+            return str(self.sqlite_path)
+        scheme, _, rest = self.database_url.partition("://")
+        return f"{scheme}://{rest.rpartition('@')[2]}"

@@ -1,9 +1,11 @@
 """The ledger: checks events, commits them in groups (one transaction for all that arrive while the
-previous commit runs), and keeps the counters, throughput windows and metrics that follow from commits."""
+previous commit runs), moves this replica's metrics after each commit, and reads the running totals and
+throughput windows back from the store (so every replica of a shared store answers the same)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -14,9 +16,10 @@ from typing import TypeVar
 from services.metering.events import Rejection, UsageEvent, check
 from services.metering.metrics import MeteringMetrics
 from services.metering.store import Commit, ModelTotals, Query, Totals, UsageStore
-from services.metering.throughput import WINDOWS, SlidingThroughput
+from services.metering.throughput import WINDOWS, window_rate
 
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 
 RECORDED, DUPLICATE, REJECTED = "recorded", "duplicate", "rejected"
 
@@ -61,21 +64,21 @@ class Ledger:
         self._max_age = max_age_seconds
         self._max_future = max_future_seconds
         self._clock = clock
-        # SQLite work happens on one thread, off the event loop.
+        # Store work happens on one thread, off the event loop.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-store")
         self._pending: list[_Submission] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self.counters = Counters()
-        self.throughput = SlidingThroughput()
 
     async def _run(self, fn: Callable[..., _T], *args: object) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def start(self) -> None:
-        """Reloads the counters from the store, then starts the writer."""
-        self.counters = Counters(await self._run(self._store.model_totals), await self._run(self._store.rejections))
-        self._metrics.reload(self.counters.models, self.counters.rejections)
+        """Starts the writer. A store of its own continues the Prometheus counters from its totals; on a
+        shared one each replica counts its own ingest (sum them across replicas)."""
+        if not self._store.shared:
+            counters = await self.counters()
+            self._metrics.reload(counters.models, counters.rejections)
         self._tasks = [asyncio.create_task(self._writer()), asyncio.create_task(self._refresh_gauges())]
 
     async def stop(self) -> None:
@@ -134,27 +137,37 @@ class Ledger:
                 offset += len(s.events)
 
     def _apply(self, commit: Commit, events: list[UsageEvent], rejected: dict[str, int]) -> None:
-        for model, totals in commit.by_model.items():
-            self.counters.models.setdefault(model, ModelTotals()).totals.add(totals)
         for model, count in commit.duplicated_by_model.items():
-            self.counters.models.setdefault(model, ModelTotals()).duplicated += count
             self._metrics.duplicated.labels(self._metrics.model_label(model)).inc(count)
         for kind, count in rejected.items():
-            self.counters.rejections[kind] = self.counters.rejections.get(kind, 0) + count
             self._metrics.rejected.labels(kind).inc(count)
-        fresh = [event for event, inserted in zip(events, commit.inserted) if inserted]
-        self._metrics.recorded(fresh)
-        for event in fresh:
-            self.throughput.add(event.model, event.occurred_at, event.generation_seconds, event.completion_tokens)
+        self._metrics.recorded([event for event, inserted in zip(events, commit.inserted) if inserted])
+
+    async def counters(self) -> Counters:
+        """Every replica's running totals, as committed."""
+        return Counters(await self._run(self._store.model_totals), await self._run(self._store.rejections))
+
+    async def throughput(self) -> dict[str, dict[float, float]]:
+        """Output tokens per second by model and window, from every replica's commits."""
+        now = self._clock()
+        cells = await self._run(self._store.throughput_cells, now)
+        return {model: {window: window_rate(c, window, now) for window in WINDOWS} for model, c in cells.items()}
 
     async def _refresh_gauges(self, interval: float = 1.0) -> None:
+        """The gauges read from the store: throughput windows and stored totals (the same on every
+        replica of a shared store: take max, not sum)."""
         while True:
-            now = self._clock()
+            try:
+                by_model = await self.throughput()
+                self._metrics.stored((await self.counters()).models)
+            except Exception as error:
+                log.warning("gauges from the store not refreshed: %s", error)
+                by_model = {}
             rates: dict[tuple[str, float], float] = {}
-            for model in self.throughput.models():
+            for model, windows in by_model.items():
                 label = self._metrics.model_label(model)
-                for window in WINDOWS:
-                    rates[label, window] = rates.get((label, window), 0.0) + self.throughput.rate(model, window, now)
+                for window, rate in windows.items():
+                    rates[label, window] = rates.get((label, window), 0.0) + rate
             for (label, window), rate in rates.items():
                 self._metrics.throughput.labels(label, f"{window:.0f}s").set(rate)
             await asyncio.sleep(interval)
@@ -165,5 +178,3 @@ class Ledger:
     async def series(self, query: Query, bucket_seconds: int) -> list[tuple[float, Totals]]:
         return await self._run(self._store.series, query, bucket_seconds)
 
-    def now(self) -> float:
-        return self._clock()

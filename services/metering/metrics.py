@@ -51,6 +51,16 @@ class MeteringMetrics:
         self.duration = Histogram(
             "metering_request_duration_seconds", "Whole request", ["model"], buckets=DURATION_BUCKETS, registry=r
         )
+        self.stored_tokens = Gauge(
+            "metering_stored_tokens",
+            "Tokens in the store, from every replica since the store began (the same on each replica: take max)",
+            ["model", "type"],
+            registry=r,
+        )
+        self.stored_requests = Gauge(
+            "metering_stored_requests", "Requests in the store, from every replica (take max across replicas)", ["model"],
+            registry=r,
+        )
         self.throughput = Gauge(
             "metering_output_tokens_per_second", "Output tokens per second over a sliding window", ["model", "window"], registry=r
         )
@@ -79,6 +89,19 @@ class MeteringMetrics:
             self.duplicated.labels(model).inc(m.duplicated)
         for kind, count in rejections.items():
             self.rejected.labels(kind).inc(count)
+
+    def stored(self, totals: dict[str, ModelTotals]) -> None:
+        by_label: dict[str, list[int]] = {}
+        for name, m in totals.items():
+            sums = by_label.setdefault(self.model_label(name), [0, 0, 0, 0])
+            t = m.totals
+            for i, value in enumerate((t.prompt_tokens, t.completion_tokens, t.cached_tokens, t.requests)):
+                sums[i] += value
+        for model, (prompt, completion, cached, requests) in by_label.items():
+            self.stored_tokens.labels(model, "prompt").set(prompt)
+            self.stored_tokens.labels(model, "completion").set(completion)
+            self.stored_tokens.labels(model, "cached").set(cached)
+            self.stored_requests.labels(model).set(requests)
 
     def recorded(self, events: list[UsageEvent]) -> None:
         """One commit's new events. Counters move once per model (a labelled lookup and increment costs

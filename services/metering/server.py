@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from llmserve.metering.v1 import metering_pb2, metering_pb2_grpc
@@ -12,6 +13,7 @@ from services.metering.config import MeteringSettings
 from services.metering.ledger import Ledger
 from services.metering.metrics import MeteringMetrics
 from services.metering.servicer import STATUS_BY_ERROR, MeteringServicer
+from services.metering.sqlite_store import SqliteStore
 from services.metering.store import UsageStore
 from services.service_auth import ADMIN, ENGINE, GATEWAY, interceptor_from_file
 
@@ -28,9 +30,19 @@ POLICY = {
 }
 
 
+def open_store(settings: MeteringSettings) -> UsageStore:
+    """SQLite in data_dir, or PostgreSQL when a database URL is set (imported only then)."""
+    if not settings.database_url:
+        return SqliteStore(settings.sqlite_path)
+    from services.metering.postgres_store import PostgresStore
+
+    return PostgresStore(settings.database_url)
+
+
 async def serve(settings: MeteringSettings) -> None:
     metrics = MeteringMetrics(settings.max_model_labels)
-    ledger = Ledger(UsageStore(settings.database), metrics, settings.max_event_age_seconds, settings.max_future_seconds)
+    store = await asyncio.to_thread(open_store, settings)
+    ledger = Ledger(store, metrics, settings.max_event_age_seconds, settings.max_future_seconds)
     await ledger.start()
     metering = build_server(
         f"{settings.host}:{settings.port}",
@@ -43,7 +55,7 @@ async def serve(settings: MeteringSettings) -> None:
     start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
     await metering.server.start()
     await metering.set_serving(True)
-    log.info("metering on port %d (metrics on %d), store %s", metering.port, settings.metrics_port, settings.database)
+    log.info("metering on port %d (metrics on %d), store %s", metering.port, settings.metrics_port, settings.store_description)
     await wait_for_stop_signal()
 
     async def drain() -> None:

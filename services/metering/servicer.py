@@ -12,7 +12,7 @@ from llmserve.metering.v1 import metering_pb2_grpc
 
 from services.metering.events import UsageEvent
 from services.metering.ledger import DUPLICATE, RECORDED, REJECTED, Ack, Ledger
-from services.metering.store import Query, Totals
+from services.metering.store import Query, StoreUnavailable, Totals
 
 
 class InvalidQuery(ValueError):
@@ -25,6 +25,7 @@ class AllRejected(ValueError):
 
 # The one place domain errors become gRPC statuses (applied by services.grpc_errors).
 STATUS_BY_ERROR: dict[type[Exception], grpc.StatusCode] = {
+    StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     InvalidQuery: grpc.StatusCode.INVALID_ARGUMENT,
     AllRejected: grpc.StatusCode.INVALID_ARGUMENT,
 }
@@ -184,7 +185,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         return response
 
     async def GetCounters(self, request: pb.GetCountersRequest, context: grpc.aio.ServicerContext) -> pb.GetCountersResponse:
-        counters = self._ledger.counters
+        counters = await self._ledger.counters()
         models = [
             pb.ModelCounters(
                 model=model, totals=_totals(m.totals), events_ingested=m.totals.requests, events_duplicated=m.duplicated
@@ -202,16 +203,16 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     async def GetThroughput(
         self, request: pb.GetThroughputRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetThroughputResponse:
-        now = self._ledger.now()
-        sliding = self._ledger.throughput
-        counters = self._ledger.counters.models
+        rates = await self._ledger.throughput()
+        counters = (await self._ledger.counters()).models
         response = pb.GetThroughputResponse()
-        for model in sorted(set(counters) | set(sliding.models())):
+        for model in sorted(set(counters) | set(rates)):
             totals = counters[model].totals if model in counters else Totals()
+            windows = rates.get(model, {})
             response.models.add(
                 model=model,
-                tokens_per_second_10s=sliding.rate(model, 10.0, now),
-                tokens_per_second_60s=sliding.rate(model, 60.0, now),
+                tokens_per_second_10s=windows.get(10.0, 0.0),
+                tokens_per_second_60s=windows.get(60.0, 0.0),
                 tokens_per_generation_second=(
                     totals.completion_tokens / totals.generation_seconds if totals.generation_seconds else 0.0
                 ),

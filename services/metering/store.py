@@ -1,56 +1,25 @@
-"""The SQLite (WAL) usage store. Events and the per-model running totals are written in one
-transaction, so totals reload at start exactly as committed. Not thread-safe: one thread uses it."""
+"""What the usage stores share: the running totals, the queries, and one commit's SQL. The two stores
+(SQLite, the embedded default; PostgreSQL, for several replicas) differ only in how they connect, take
+a write transaction and insert the events that are new; both apply the same numbered migrations
+(services/metering/migrations/). Not thread-safe: one thread uses a store."""
 
 from __future__ import annotations
 
-import sqlite3
+import time
+from abc import ABC, abstractmethod
 from collections import defaultdict
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from services.metering.events import UsageEvent
+from services.metering.schema import MIGRATIONS
+from services.metering.throughput import Cells, oldest_cell, spread
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    source TEXT NOT NULL,
-    event_id TEXT NOT NULL,
-    occurred_at REAL NOT NULL,
-    received_at REAL NOT NULL,
-    model TEXT NOT NULL,
-    api_key_id TEXT NOT NULL,
-    endpoint TEXT NOT NULL,
-    streamed INTEGER NOT NULL,
-    finish_reason TEXT NOT NULL,
-    status TEXT NOT NULL,
-    prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL,
-    cached_tokens INTEGER NOT NULL,
-    ttft_seconds REAL NOT NULL,
-    generation_seconds REAL NOT NULL,
-    request_seconds REAL NOT NULL,
-    trace_id TEXT NOT NULL,
-    model_name TEXT NOT NULL DEFAULT '',
-    caller TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (source, event_id)
-);
-CREATE INDEX IF NOT EXISTS events_by_time ON events (occurred_at);
-CREATE TABLE IF NOT EXISTS model_totals (
-    model TEXT PRIMARY KEY,
-    requests INTEGER NOT NULL DEFAULT 0,
-    ok_requests INTEGER NOT NULL DEFAULT 0,
-    aborted_requests INTEGER NOT NULL DEFAULT 0,
-    failed_requests INTEGER NOT NULL DEFAULT 0,
-    prompt_tokens INTEGER NOT NULL DEFAULT 0,
-    completion_tokens INTEGER NOT NULL DEFAULT 0,
-    cached_tokens INTEGER NOT NULL DEFAULT 0,
-    generation_seconds REAL NOT NULL DEFAULT 0,
-    duplicated INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS rejections (
-    kind TEXT PRIMARY KEY,
-    count INTEGER NOT NULL DEFAULT 0
-);
-"""
+
+class StoreUnavailable(RuntimeError):
+    """The database cannot be reached now; the caller may retry (a gRPC UNAVAILABLE)."""
+
 
 _STATUS_COLUMN = {"ok": "ok_requests", "abort": "aborted_requests", "error": "failed_requests"}
 TOTAL_FIELDS = (
@@ -84,6 +53,9 @@ class Totals:
         self.cached_tokens += event.cached_tokens
         self.generation_seconds += event.generation_seconds
 
+    def values(self) -> tuple[int | float, ...]:
+        return tuple(getattr(self, name) for name in TOTAL_FIELDS)
+
     def add(self, other: Totals) -> None:
         for name in TOTAL_FIELDS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -97,7 +69,7 @@ class ModelTotals:
 
 @dataclass
 class Commit:
-    """What one write transaction changed: for the in-memory counters and metrics."""
+    """What one write transaction changed: for the acks and this replica's metrics."""
 
     inserted: list[bool]
     by_model: dict[str, Totals]
@@ -122,106 +94,164 @@ _GROUP_COLUMNS = {
     "caller": "caller",
     "model_name": "CASE WHEN model_name = '' THEN model ELSE model_name END",
 }
+EVENT_COLUMNS = (
+    "source", "event_id", "occurred_at", "received_at", "model", "api_key_id", "endpoint", "streamed",
+    "finish_reason", "status", "prompt_tokens", "completion_tokens", "cached_tokens", "ttft_seconds",
+    "generation_seconds", "request_seconds", "trace_id", "model_name", "caller",
+)
+_INT = "CAST(SUM({}) AS BIGINT)"
+_SUMS = ", ".join((
+    "COUNT(*)",
+    *(_INT.format(f"CASE WHEN status = '{s}' THEN 1 ELSE 0 END") for s in ("ok", "abort", "error")),
+    *(_INT.format(c) for c in ("prompt_tokens", "completion_tokens", "cached_tokens")),
+    "SUM(generation_seconds)",
+))
+_COUNTER_UPSERT = (
+    "INSERT INTO counters (model, writer, requests, ok_requests, aborted_requests, failed_requests,"
+    " prompt_tokens, completion_tokens, cached_tokens, generation_seconds, duplicated)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (model, writer) DO UPDATE SET "
+    + ", ".join(f"{c} = counters.{c} + excluded.{c}" for c in (*TOTAL_FIELDS, "duplicated"))
+)
+_REJECTION_UPSERT = (
+    "INSERT INTO rejection_counts (kind, writer, count) VALUES (?,?,?)"
+    " ON CONFLICT (kind, writer) DO UPDATE SET count = rejection_counts.count + excluded.count"
+)
+_CELL_UPSERT = (
+    "INSERT INTO throughput_cells (model, second, writer, tokens) VALUES (?,?,?,?)"
+    " ON CONFLICT (model, second, writer) DO UPDATE SET tokens = throughput_cells.tokens + excluded.tokens"
+)
+# Cells this far behind the oldest a window reads are deleted, in their own statement: no commit
+# still adds to them, so the delete never waits on one.
+_CELL_KEEP_SECONDS = 120
 
 
-class UsageStore:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # An acknowledged event must survive power loss, not just a killed process.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
-        if "model_name" not in columns:
-            # A store made before events carried the registered model name.
-            self._db.execute("ALTER TABLE events ADD COLUMN model_name TEXT NOT NULL DEFAULT ''")
-        if "caller" not in columns:
-            # A store made before the engine metered internal callers.
-            self._db.execute("ALTER TABLE events ADD COLUMN caller TEXT NOT NULL DEFAULT ''")
+def event_row(e: UsageEvent, received_at: float) -> tuple:
+    return (
+        e.source, e.event_id, e.occurred_at, received_at, e.model, e.api_key_id, e.endpoint, int(e.streamed),
+        e.finish_reason, e.status, e.prompt_tokens, e.completion_tokens, e.cached_tokens,
+        e.time_to_first_token_seconds, e.generation_seconds, e.request_seconds, e.trace_id,
+        e.model_name or e.model, e.caller,
+    )
 
-    def close(self) -> None:
-        self._db.close()
+
+class UsageStore(ABC):
+    """`writer` keys this process's rows of the running totals (see migration 0002)."""
+
+    # Whether other processes may write the same database (PostgreSQL): then the Prometheus counters
+    # of one replica count only its own ingest, and totals come from the database.
+    shared: bool = False
+    # SQL of the start of the series bucket an event falls in, from a bucket width parameter.
+    bucket_sql: str = ""
+
+    def __init__(self, writer: str) -> None:
+        self.writer = writer
+        self._last_prune = 0.0
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def _transaction(self) -> AbstractContextManager[None]: ...
+
+    @abstractmethod
+    def _rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        """Runs one statement written with `?` placeholders; its rows."""
+
+    @abstractmethod
+    def _many(self, sql: str, rows: Sequence[Sequence[object]]) -> None: ...
+
+    @abstractmethod
+    def _insert_new(self, rows: list[tuple]) -> set[tuple[str, str]]:
+        """Inserts the event rows (distinct keys, sorted) whose (source, event_id) is not stored yet,
+        inside the open transaction; their keys."""
+
+    def _lock_schema(self) -> None:
+        """Inside the migration transaction: keeps other processes from migrating at the same time."""
+
+    def migrate(self) -> None:
+        """Applies the migrations this database has not recorded, in order, in one transaction."""
+        with self._transaction():
+            self._lock_schema()
+            self._rows(
+                "CREATE TABLE IF NOT EXISTS schema_migrations"
+                " (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
+            )
+            applied = {version for (version,) in self._rows("SELECT version FROM schema_migrations")}
+            for migration in MIGRATIONS:
+                if migration.version in applied:
+                    continue
+                for statement in migration.statements():
+                    self._rows(statement)
+                self._rows(
+                    "INSERT INTO schema_migrations VALUES (?, ?, ?)", (migration.version, migration.name, time.time())
+                )
+
+    def schema_version(self) -> int:
+        return self._rows("SELECT MAX(version) FROM schema_migrations")[0][0] or 0
 
     def commit(self, events: list[UsageEvent], received_at: float, rejected: dict[str, int]) -> Commit:
-        """Inserts the events (a (source, event_id) seen before is a duplicate) and counts rejections,
-        all in one transaction."""
-        inserted: list[bool] = []
-        by_model: dict[str, Totals] = defaultdict(Totals)
-        duplicated: dict[str, int] = defaultdict(int)
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            # Which are new is decided first, then the new ones go in with one executemany: a statement
-            # per row cost more than the rest of the commit together at batch 1000.
-            seen = self._existing(events)
-            rows = []
+        """Inserts the events (a (source, event_id) seen before is a duplicate) and adds to the running
+        totals, rejections and throughput cells, all in one transaction."""
+        candidates: dict[tuple[str, str], tuple] = {}
+        for e in events:
+            candidates.setdefault((e.source, e.event_id), event_row(e, received_at))
+        with self._transaction():
+            new = self._insert_new([candidates[key] for key in sorted(candidates)])
+            inserted: list[bool] = []
+            by_model: dict[str, Totals] = defaultdict(Totals)
+            duplicated: dict[str, int] = defaultdict(int)
+            cells: dict[str, Cells] = defaultdict(dict)
             for e in events:
                 key = (e.source, e.event_id)
-                fresh = key not in seen
+                fresh = key in new
                 inserted.append(fresh)
                 if fresh:
-                    seen.add(key)
+                    new.discard(key)
                     by_model[e.model].add_event(e)
-                    rows.append((
-                        e.source, e.event_id, e.occurred_at, received_at, e.model, e.api_key_id, e.endpoint,
-                        int(e.streamed), e.finish_reason, e.status, e.prompt_tokens, e.completion_tokens,
-                        e.cached_tokens, e.time_to_first_token_seconds, e.generation_seconds, e.request_seconds,
-                        e.trace_id, e.model_name or e.model, e.caller,
-                    ))
+                    spread(cells[e.model], e.occurred_at, e.generation_seconds, e.completion_tokens, received_at)
                 else:
                     duplicated[e.model] += 1
-            db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-            for model in set(by_model) | set(duplicated):
-                t = by_model.get(model, Totals())
-                db.execute(
-                    "INSERT INTO model_totals (model, requests, ok_requests, aborted_requests, failed_requests,"
-                    " prompt_tokens, completion_tokens, cached_tokens, generation_seconds, duplicated)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(model) DO UPDATE SET"
-                    " requests = requests + excluded.requests,"
-                    " ok_requests = ok_requests + excluded.ok_requests,"
-                    " aborted_requests = aborted_requests + excluded.aborted_requests,"
-                    " failed_requests = failed_requests + excluded.failed_requests,"
-                    " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
-                    " completion_tokens = completion_tokens + excluded.completion_tokens,"
-                    " cached_tokens = cached_tokens + excluded.cached_tokens,"
-                    " generation_seconds = generation_seconds + excluded.generation_seconds,"
-                    " duplicated = duplicated + excluded.duplicated",
-                    (model, *(getattr(t, f) for f in TOTAL_FIELDS), duplicated.get(model, 0)),
-                )
-            for kind, count in rejected.items():
-                db.execute(
-                    "INSERT INTO rejections VALUES (?, ?) ON CONFLICT(kind) DO UPDATE SET count = count + excluded.count",
-                    (kind, count),
-                )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+            # Rows in one order in every transaction: two replicas' commits never wait on each other in a cycle.
+            self._many(_COUNTER_UPSERT, [
+                (model, self.writer, *by_model.get(model, Totals()).values(), duplicated.get(model, 0))
+                for model in sorted(set(by_model) | set(duplicated))
+            ])
+            self._many(_REJECTION_UPSERT, [(kind, self.writer, count) for kind, count in sorted(rejected.items())])
+            self._many(_CELL_UPSERT, [
+                (model, second, self.writer, tokens)
+                for model in sorted(cells) for second, tokens in sorted(cells[model].items())
+            ])
+        self._prune_cells(received_at)
         return Commit(inserted, dict(by_model), dict(duplicated))
 
-    def _existing(self, events: list[UsageEvent], chunk: int = 500) -> set[tuple[str, str]]:
-        """The (source, event id) pairs among `events` already stored."""
-        by_source: dict[str, list[str]] = defaultdict(list)
-        for e in events:
-            by_source[e.source].append(e.event_id)
-        found: set[tuple[str, str]] = set()
-        for source, ids in by_source.items():
-            for start in range(0, len(ids), chunk):
-                part = ids[start : start + chunk]
-                marks = ",".join("?" * len(part))
-                rows = self._db.execute(
-                    f"SELECT event_id FROM events WHERE source = ? AND event_id IN ({marks})", [source, *part]
-                )
-                found.update((source, event_id) for (event_id,) in rows)
-        return found
+    def _prune_cells(self, now: float) -> None:
+        if now - self._last_prune < _CELL_KEEP_SECONDS / 2:
+            return
+        self._last_prune = now
+        with self._transaction():
+            self._rows("DELETE FROM throughput_cells WHERE second < ?", (oldest_cell(now) - _CELL_KEEP_SECONDS,))
 
     def model_totals(self) -> dict[str, ModelTotals]:
-        rows = self._db.execute(f"SELECT model, {', '.join(TOTAL_FIELDS)}, duplicated FROM model_totals").fetchall()
+        sums = ", ".join(_INT.format(f) for f in TOTAL_FIELDS if f != "generation_seconds")
+        rows = self._rows(
+            f"SELECT model, {sums}, SUM(generation_seconds), {_INT.format('duplicated')}"
+            " FROM counters GROUP BY model ORDER BY model"
+        )
         return {row[0]: ModelTotals(Totals(*row[1:-1]), row[-1]) for row in rows}
 
     def rejections(self) -> dict[str, int]:
-        return dict(self._db.execute("SELECT kind, count FROM rejections").fetchall())
+        return dict(self._rows(f"SELECT kind, {_INT.format('count')} FROM rejection_counts GROUP BY kind"))
+
+    def throughput_cells(self, now: float) -> dict[str, Cells]:
+        """Every replica's cells that a window ending at `now` can reach, by model."""
+        cells: dict[str, Cells] = defaultdict(dict)
+        rows = self._rows(
+            "SELECT model, second, SUM(tokens) FROM throughput_cells WHERE second >= ? GROUP BY model, second",
+            (oldest_cell(now),),
+        )
+        for model, second, tokens in rows:
+            cells[model][second] = tokens
+        return dict(cells)
 
     def _where(self, query: Query) -> tuple[str, list[object]]:
         clauses, params = [], []
@@ -245,23 +275,17 @@ class UsageStore:
             params.append(query.caller)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
-    _SUMS = (
-        "COUNT(*), SUM(status = 'ok'), SUM(status = 'abort'), SUM(status = 'error'),"
-        " SUM(prompt_tokens), SUM(completion_tokens), SUM(cached_tokens), SUM(generation_seconds)"
-    )
-
     def totals(self, query: Query, group_by: tuple[str, ...]) -> list[tuple[dict[str, str], Totals]]:
         """group_by: any of "model", "model_name", "api_key_id", "caller"."""
         where, params = self._where(query)
         keys = ", ".join(f"{_GROUP_COLUMNS[key]} AS {key}" for key in group_by)
-        select = f"SELECT {keys + ', ' if keys else ''}{self._SUMS} FROM events{where}"
+        select = f"SELECT {keys + ', ' if keys else ''}{_SUMS} FROM events{where}"
         if keys:
             # By position: a column named like an alias would win over the alias in GROUP BY.
             positions = ", ".join(str(i + 1) for i in range(len(group_by)))
             select += f" GROUP BY {positions} ORDER BY {positions}"
-        rows = self._db.execute(select, params).fetchall()
         out = []
-        for row in rows:
+        for row in self._rows(select, params):
             labels = dict(zip(group_by, row[: len(group_by)]))
             sums = [v or 0 for v in row[len(group_by) :]]
             if sums[0]:
@@ -270,9 +294,9 @@ class UsageStore:
 
     def series(self, query: Query, bucket_seconds: int) -> list[tuple[float, Totals]]:
         where, params = self._where(query)
-        rows = self._db.execute(
-            f"SELECT CAST(occurred_at / ? AS INTEGER) * ? AS bucket, {self._SUMS} FROM events{where}"
-            " GROUP BY bucket ORDER BY bucket",
+        rows = self._rows(
+            f"SELECT {self.bucket_sql} AS bucket, {_SUMS} FROM events{where} GROUP BY 1 ORDER BY 1",
             [bucket_seconds, bucket_seconds, *params],
-        ).fetchall()
+        )
         return [(float(row[0]), Totals(*[v or 0 for v in row[1:]])) for row in rows]
+
