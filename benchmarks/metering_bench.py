@@ -1,11 +1,12 @@
 """Metering throughput and the cost of metering to the gateway, each against a baseline in the same run.
 
-1. Events per second acknowledged durably (committed to SQLite) with batches of 1, 100 and 1000,
-   and the p50/p99 latency of an acknowledgement.
+1. Events per second acknowledged durably with batches of 1, 100 and 1000, and the p50/p99 latency
+   of an acknowledgement, side by side for SQLite, PostgreSQL with one replica and PostgreSQL with
+   two replicas (the client spreads its calls over both), two rounds each, alternated.
 2. The gateway's output tokens/s (vLLM's serving benchmark, tiny random model) with metering on
    versus off: the ratio should be close to 1.
 
-    .venv/bin/python -m benchmarks.metering_bench [--seconds 5] [--skip-gateway]
+    .venv/bin/python -m benchmarks.metering_bench [--seconds 5] [--rounds 2] [--skip-gateway]
 """
 
 from __future__ import annotations
@@ -25,13 +26,17 @@ from benchmarks.workload import percentile
 from services.contracts.engine_client import EngineClient
 from services.engine.prepare_model import ensure_embedded_model
 from services.contracts.metering_client import MeteringClient
+from tools.postgres import PostgresServer
 from tools.processes import ROOT, ServiceProcess, free_port, gateway_env, http_ok, metering_env
 
+STORES = (("sqlite", 1), ("postgres", 1), ("postgres", 2))
+BATCHES = (1, 100, 1000)
 
-def start_metering(logs: Path, data: Path) -> ServiceProcess:
+
+def start_metering(logs: Path, data: Path, database_url: str = "") -> ServiceProcess:
     port = free_port()
-    process = ServiceProcess("metering", "services.metering", [], logs, f"127.0.0.1:{port}",
-                             env=metering_env(port, free_port(), data) | {"METERING_LOG_LEVEL": "WARNING"})
+    env = metering_env(port, free_port(), data) | {"METERING_LOG_LEVEL": "WARNING", "METERING_DATABASE_URL": database_url}
+    process = ServiceProcess("metering", "services.metering", [], logs, f"127.0.0.1:{port}", env=env)
 
     async def serving() -> bool:
         async with MeteringClient(process.address) as client:
@@ -46,13 +51,14 @@ async def ingest(address: str, batch: int, seconds: float, senders: int = 8) -> 
     acked = 0
     stop_at = time.perf_counter() + seconds
     counter = iter(range(10**9))
+    prefix = f"{time.time_ns()}-"
 
     async def sender(client: MeteringClient) -> None:
         nonlocal acked
         while time.perf_counter() < stop_at:
             events = []
             for _ in range(batch):
-                e = mpb.UsageEvent(event_id=f"e{next(counter)}", source="bench", model="m", api_key_id="k",
+                e = mpb.UsageEvent(event_id=f"{prefix}{next(counter)}", source="bench", model="m", api_key_id="k",
                                    status=mpb.REQUEST_STATUS_OK, prompt_tokens=10, completion_tokens=20,
                                    generation_seconds=0.5, request_seconds=0.6)
                 e.occurred_at.FromNanoseconds(time.time_ns())
@@ -113,9 +119,34 @@ def gateway_cost(logs: Path, data: Path, concurrency: int) -> dict:
     return {"runs": results, "best": best, "ratio_on_over_off": best["on"]["output_throughput"] / best["off"]["output_throughput"]}
 
 
+def ingest_side_by_side(logs: Path, data: Path, seconds: float, rounds: int) -> list[dict]:
+    """Every store configuration, each on fresh storage per round, rounds alternated."""
+    rows = []
+    postgres = PostgresServer(logs)
+    try:
+        for round_ in range(rounds):
+            for store, replicas in STORES:
+                url = postgres.create_database(f"bench_{round_}_{replicas}") if store == "postgres" else ""
+                processes = [start_metering(logs, data / f"{store}-{replicas}-{round_}-{i}", url) for i in range(replicas)]
+                address = "ipv4:" + ",".join(p.address for p in processes)
+                try:
+                    for batch in BATCHES:
+                        row = asyncio.run(ingest(address, batch, seconds))
+                        rows.append({"store": store, "replicas": replicas, "round": round_ + 1, **row})
+                        print(f"{store:>9} x{replicas} round {round_ + 1} {batch:>6} {row['events_per_second']:>10.0f}"
+                              f" {row['ack_p50_ms']:>7.1f}ms {row['ack_p99_ms']:>7.1f}ms", flush=True)
+                finally:
+                    for p in processes:
+                        p.stop()
+    finally:
+        postgres.stop()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--skip-gateway", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "metering.json")
@@ -123,14 +154,8 @@ def main() -> None:
     report: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         logs, data = Path(tmp), Path(tmp) / "data"
-        metering = start_metering(logs, data / "ingest")
-        try:
-            report["ingest"] = [asyncio.run(ingest(metering.address, b, args.seconds)) for b in (1, 100, 1000)]
-        finally:
-            metering.stop()
-        print(f"{'batch':>6} {'events/s':>10} {'ack p50':>9} {'ack p99':>9}")
-        for row in report["ingest"]:
-            print(f"{row['batch']:>6} {row['events_per_second']:>10.0f} {row['ack_p50_ms']:>7.1f}ms {row['ack_p99_ms']:>7.1f}ms")
+        print(f"{'store':>9} {'':>11} {'batch':>6} {'events/s':>10} {'ack p50':>9} {'ack p99':>9}")
+        report["ingest"] = ingest_side_by_side(logs, data, args.seconds, args.rounds)
         if not args.skip_gateway:
             report["gateway"] = gateway_cost(logs, data, args.concurrency)
             best = report["gateway"]["best"]

@@ -65,6 +65,10 @@ class PostgresServer:
                 raise TimeoutError(f"postgres not ready after {timeout} s: see {self.log_path}")
             time.sleep(0.1)
 
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
     def _accepts(self) -> bool:
         import psycopg
 

@@ -6,8 +6,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 # Keep one HTTP/2 connection alive across idle periods so the first call after a pause does not pay
-# for a reconnect, and notice a dead peer within seconds.
-CHANNEL_OPTIONS: list[tuple[str, int]] = [
+# for a reconnect, and notice a dead peer within seconds. An address that names several replicas
+# (`ipv4:10.0.0.1:50052,10.0.0.2:50052`, or `dns:///metering-headless:50052`) spreads calls over
+# every replica that answers, skipping the dead.
+CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.lb_policy_name", "round_robin"),
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),

@@ -22,7 +22,8 @@ from services.contracts.metering_client import MeteringClient
 from services.metering.ledger import Ledger
 from services.metering.metrics import MeteringMetrics
 from services.metering.servicer import STATUS_BY_ERROR, MeteringServicer
-from services.metering.store import UsageStore
+from services.metering.sqlite_store import SqliteStore
+from services.metering.store import Totals
 
 
 def free_port() -> int:
@@ -32,7 +33,7 @@ def free_port() -> int:
 
 
 async def start_metering(port: int, db: Path):
-    ledger = Ledger(UsageStore(db), MeteringMetrics(), 3600, 60)
+    ledger = Ledger(SqliteStore(db), MeteringMetrics(), 3600, 60)
     await ledger.start()
     server = build_server(
         f"127.0.0.1:{port}",
@@ -54,6 +55,20 @@ async def wait_for(predicate, timeout: float = 20.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
+
+
+async def totals_of(ledger: Ledger) -> Totals | None:
+    m = (await ledger.counters()).models.get("m")
+    return m.totals if m else None
+
+
+async def wait_metered(ledger: Ledger, requests: int, timeout: float = 20.0) -> Totals:
+    """Waits until model m's committed totals hold `requests` requests; those totals."""
+    deadline = time.monotonic() + timeout
+    while (totals := await totals_of(ledger)) is None or totals.requests < requests:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    return totals
 
 
 def sender_for(port: int, outbox: Path, registry: CollectorRegistry, **kwargs) -> UsageSender:
@@ -83,9 +98,9 @@ async def test_persisted_before_metering_answers_and_delivered_exactly_once(tmp_
         sender = sender_for(port, tmp_path / "outbox.db", registry)
         await sender.start()
         await sender.persist(usage_event(outcome(5), "gw-test"))  # a retry of a request already waiting
-        await wait_for(lambda: sender.pending == 0 and ledger.counters.models.get("m") is not None
-                       and ledger.counters.models["m"].totals.requests == 20)
-        assert ledger.counters.models["m"].totals.completion_tokens == sum(range(1, 21))
+        await wait_for(lambda: sender.pending == 0)
+        totals = await wait_metered(ledger, 20)
+        assert totals.requests == 20 and totals.completion_tokens == sum(range(1, 21))
         assert Outbox(tmp_path / "outbox.db").count() == 0
         assert sample(registry, "gateway_usage_events_total", outcome="dead_lettered") == 0
         await sender.stop(1.0)
@@ -129,7 +144,7 @@ async def test_refused_events_are_dead_lettered_and_replayable(tmp_path: Path) -
         outbox = Outbox(tmp_path / "outbox.db")
         [dead] = outbox.dead_letters()
         assert dead.event_id == "chatcmpl-1" and "future" in dead.reason
-        assert ledger.counters.models["m"].totals.requests == 1
+        assert (await totals_of(ledger)).requests == 1
         # The operator fixes the cause (here: a fresh timestamp would be needed; the clock was the
         # problem) and replays: the event is sent again and, still in the future, buried again.
         assert outbox.replay() == 1
@@ -168,8 +183,8 @@ async def test_poison_row_is_dead_lettered_and_the_sender_goes_on(tmp_path: Path
     try:
         await sender.start()
         await sender.persist(usage_event(outcome(7), "gw"))
-        await wait_for(lambda: sender.pending == 0 and "m" in ledger.counters.models)
-        assert ledger.counters.models["m"].totals.completion_tokens == 7
+        await wait_for(lambda: sender.pending == 0)
+        assert (await wait_metered(ledger, 1)).completion_tokens == 7
         assert [d.event_id for d in Outbox(tmp_path / "outbox.db").dead_letters()] == ["poison"]
         assert sender.healthy
     finally:
@@ -197,9 +212,9 @@ async def test_full_outbox_holds_events_in_memory_and_says_so(tmp_path: Path) ->
     # Metering comes up: the held events are delivered from memory, the rest from disk.
     server, ledger = await start_metering(port, tmp_path / "usage.db")
     try:
-        await wait_for(lambda: sender.pending == 0 and "m" in ledger.counters.models
-                       and ledger.counters.models["m"].totals.requests == 40)
-        assert ledger.counters.models["m"].totals.completion_tokens == sum(range(1, 41))
+        await wait_for(lambda: sender.pending == 0)
+        totals = await wait_metered(ledger, 40)
+        assert totals.requests == 40 and totals.completion_tokens == sum(range(1, 41))
         # Room again: the next write succeeds and health comes back.
         sender._outbox._db.execute("PRAGMA max_page_count=1073741823")
         await sender.persist(usage_event(outcome(41), "gw"))
