@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -78,6 +80,7 @@ async def ingest(address: str, batch: int, seconds: float, senders: int = 8) -> 
         "ack_p50_ms": percentile(latencies, 50) * 1000,
         "ack_p99_ms": percentile(latencies, 99) * 1000,
         "calls": len(latencies),
+        "acked": acked,
     }
 
 
@@ -119,6 +122,17 @@ def gateway_cost(logs: Path, data: Path, concurrency: int) -> dict:
     return {"runs": results, "best": best, "ratio_on_over_off": best["on"]["output_throughput"] / best["off"]["output_throughput"]}
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def ingest_side_by_side(logs: Path, data: Path, seconds: float, rounds: int) -> list[dict]:
     """Every store configuration, each on fresh storage per round, rounds alternated."""
     rows = []
@@ -131,10 +145,18 @@ def ingest_side_by_side(logs: Path, data: Path, seconds: float, rounds: int) -> 
                 address = "ipv4:" + ",".join(p.address for p in processes)
                 try:
                     for batch in BATCHES:
+                        # Where the CPU goes per acknowledged event: metering's processes and this client.
+                        metering_cpu = sum(process_cpu_seconds(p.proc.pid) for p in processes)
+                        client_cpu = own_cpu_seconds()
                         row = asyncio.run(ingest(address, batch, seconds))
+                        row["metering_cpu_us_per_event"] = 1e6 * (
+                            sum(process_cpu_seconds(p.proc.pid) for p in processes) - metering_cpu) / row["acked"]
+                        row["client_cpu_us_per_event"] = 1e6 * (own_cpu_seconds() - client_cpu) / row["acked"]
                         rows.append({"store": store, "replicas": replicas, "round": round_ + 1, **row})
                         print(f"{store:>9} x{replicas} round {round_ + 1} {batch:>6} {row['events_per_second']:>10.0f}"
-                              f" {row['ack_p50_ms']:>7.1f}ms {row['ack_p99_ms']:>7.1f}ms", flush=True)
+                              f" {row['ack_p50_ms']:>7.1f}ms {row['ack_p99_ms']:>7.1f}ms"
+                              f" {row['metering_cpu_us_per_event']:>8.1f}us {row['client_cpu_us_per_event']:>7.1f}us",
+                              flush=True)
                 finally:
                     for p in processes:
                         p.stop()
@@ -154,7 +176,8 @@ def main() -> None:
     report: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         logs, data = Path(tmp), Path(tmp) / "data"
-        print(f"{'store':>9} {'':>11} {'batch':>6} {'events/s':>10} {'ack p50':>9} {'ack p99':>9}")
+        print(f"{'store':>9} {'':>11} {'batch':>6} {'events/s':>10} {'ack p50':>9} {'ack p99':>9}"
+              f" {'metering CPU/event':>10} {'client CPU/event':>10}")
         report["ingest"] = ingest_side_by_side(logs, data, args.seconds, args.rounds)
         if not args.skip_gateway:
             report["gateway"] = gateway_cost(logs, data, args.concurrency)
