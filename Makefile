@@ -10,7 +10,7 @@ MODEL_STORE ?= var/models
 PROTO_OUT := gen
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: setup deps protos model credentials run engine test fuzz client check-protos bench-engine bench-serving bench-metering bench-gateway bench-stalls clean
+.PHONY: setup deps protos model credentials run engine test fuzz client check-protos bench-engine bench-serving bench-metering bench-gateway bench-stalls compose-check clean
 
 setup: deps protos model
 
@@ -73,6 +73,11 @@ client: protos
 	cp -r $(PROTO_OUT)/llmserve build/client/src/llmserve
 	find build/client -name __pycache__ -prune -exec rm -rf {} +
 	$(PIP) wheel --quiet --no-deps --no-build-isolation -w dist build/client
+
+# `docker compose up` end to end on this machine (Docker, a base image and the builds included; see
+# tools/compose_check.py). Not part of `make test`: it takes many minutes and needs root for Docker.
+compose-check: setup
+	$(PY) -m tools.compose_check
 
 check-protos:
 	$(PY) tools/gen_protos.py --check $(PROTO_OUT)

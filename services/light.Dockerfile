@@ -22,6 +22,7 @@ COPY services/grpc_errors/ services/grpc_errors/
 COPY services/grpc_lifecycle/ services/grpc_lifecycle/
 COPY services/service_auth/ services/service_auth/
 COPY services/tracing/ services/tracing/
+COPY services/usage_outbox/ services/usage_outbox/
 COPY services/${SERVICE}/ services/${SERVICE}/
 ENV GATEWAY_DATA_DIR=/data METERING_DATA_DIR=/data
 EXPOSE 8000 50052 9102

@@ -36,11 +36,11 @@ def start_engine(log_dir: Path, port: int, metering_address: str, data_dir: Path
     tiny = make_tiny_model(ensure_embedded_model(MODEL_STORE), MODEL_STORE)
     process = ServiceProcess(
         name, "services.engine",
-        [*engine_args(port), "--model", str(tiny), "--served-model-name", TINY_NAME, "--load-format", "dummy"],
+        [*engine_args(port, data_dir), "--model", str(tiny), "--served-model-name", TINY_NAME, "--load-format", "dummy"],
         log_dir, f"127.0.0.1:{port}",
         env={
             "ENGINE_CALLERS_FILE": str(CALLERS_FILE), "ENGINE_METERING_ADDR": metering_address,
-            "ENGINE_SERVICE_TOKEN_FILE": str(DIRECTORY / "engine.token"), "ENGINE_DATA_DIR": str(data_dir),
+            "ENGINE_SERVICE_TOKEN_FILE": str(DIRECTORY / "engine.token"),
         },
     )
 

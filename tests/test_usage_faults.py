@@ -10,12 +10,15 @@ import json
 import random
 import shutil
 import signal
+import sqlite3
 from pathlib import Path
 
 import httpx
 from llmserve.metering.v1 import metering_pb2 as mpb
 
+from services.contracts.builtin_models import TINY_NAME
 from tests.conftest import ADMIN_API_KEY, ADMIN_HEADERS, start_gateway, start_metering
+from tests.test_internal_callers import start_engine
 from tests.test_metering import MODEL, engine_served, metering_totals, wait_for, wait_idle
 from tools.processes import free_port
 from tests.credentials import engine_client, metering_client
@@ -25,10 +28,11 @@ KEYS = f"finisher:{FINISHER},canceller:{CANCELLER},test-admin:{ADMIN_API_KEY}"
 
 
 async def stream_chat(
-    url: str, key: str, max_tokens: int, hang_up_after: float | None = None, text: str = "Count to ten."
+    url: str, key: str, max_tokens: int, hang_up_after: float | None = None, text: str = "Count to ten.",
+    model: str = MODEL,
 ) -> tuple[int, int] | None:
     """A streamed chat; the usage chunk's (prompt, completion), or None if it hung up (or was cut)."""
-    body = {"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens,
+    body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens,
             "stream": True, "ignore_eos": True}
 
     async def read() -> tuple[int, int] | None:
@@ -189,6 +193,56 @@ async def test_a_gateway_replaced_for_good_loses_no_usage(log_dir: Path, tmp_pat
         if second is not None:
             second.stop()
         metering.stop()
+
+
+async def test_a_gateway_lost_then_the_engine_restarted_before_any_claim_loses_nothing(
+    log_dir: Path, tmp_path: Path
+) -> None:
+    """The order of failure the engine's memory alone could not survive: metering stalled, 6 streams
+    answered, the gateway SIGKILLed for good, then the engine SIGKILLed and restarted before any gateway
+    claimed. The engine's journal brings the held usage back; a new gateway claims it; metering thaws
+    and holds exactly what the clients saw."""
+    metering = await asyncio.to_thread(start_metering, log_dir, tmp_path / "m", None, "metering-held")
+    port, engine_data = free_port(), tmp_path / "engine"
+    engine = await asyncio.to_thread(start_engine, log_dir, port, metering.address, engine_data, "engine-held-1")
+    settings = dict(metering_addr=metering.address, api_keys=KEYS)
+    first = await asyncio.to_thread(
+        start_gateway, log_dir, engine.address, "gateway-held-1", data_dir=str(tmp_path / "g1"), **settings
+    )
+    second = None
+    try:
+        metering.signal(signal.SIGSTOP)
+        seen = await asyncio.gather(*(stream_chat(first.address, FINISHER, 5, model=TINY_NAME) for _ in range(6)))
+        assert all(u is not None for u in seen)
+        first.signal(signal.SIGKILL)
+        first.stop()
+        shutil.rmtree(tmp_path / "g1")
+
+        async def journaled() -> bool:
+            with sqlite3.connect(engine_data / "held_usage.sqlite3") as db:
+                return db.execute("SELECT COUNT(*) FROM held").fetchone()[0] == 6
+
+        await wait_for(journaled, 10, "the engine to write the held usage to disk")
+        engine.signal(signal.SIGKILL)
+        engine.stop()
+        engine = await asyncio.to_thread(start_engine, log_dir, port, metering.address, engine_data, "engine-held-2")
+        second = await asyncio.to_thread(
+            start_gateway, log_dir, engine.address, "gateway-held-2", data_dir=str(tmp_path / "g2"), **settings
+        )
+        metering.signal(signal.SIGCONT)
+        expected = (sum(p for p, _ in seen), sum(c for _, c in seen))
+
+        async def metered() -> bool:
+            totals = await metering_totals(metering.address)
+            return (totals.prompt_tokens, totals.completion_tokens) == expected
+
+        await wait_for(metered, 90, f"metering to hold the clients' {expected}")
+        assert (await metering_totals(metering.address)).requests == 6
+    finally:
+        metering.signal(signal.SIGCONT)
+        for process in (first, second, engine, metering):
+            if process is not None:
+                process.stop()
 
 
 async def test_sigterm_ends_streams_with_usage_and_meters_them(

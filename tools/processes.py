@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -92,9 +93,11 @@ class ServiceProcess:
         return self.proc.returncode
 
 
-def engine_args(port: int) -> list[str]:
-    """Test settings: eager mode starts fastest; a short context keeps the KV cache small."""
+def engine_args(port: int, data_dir: Path | None = None) -> list[str]:
+    """Test settings: eager mode starts fastest; a short context keeps the KV cache small; a data folder
+    (held usage, outbox) of its own for each engine unless one is given."""
     return [
+        "--data-dir", str(data_dir or tempfile.mkdtemp(prefix=f"llmserve-engine-{port}-")),
         "--host", "127.0.0.1",
         "--port", str(port),
         "--metrics-port", str(free_port()),

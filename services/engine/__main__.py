@@ -14,6 +14,7 @@ from services.engine.model_host import LaunchSpec, ModelHost
 from services.engine.prepare_model import ensure_embedded_model
 from services.engine.server import AUTH_FAILURES, POLICY, serve
 from services.engine.caller_usage import CallerUsage
+from services.engine.held_usage_journal import HeldUsageJournal, HeldUsageKeeper
 from services.service_auth import interceptor_from_file, read_token
 from services.tracing import grpc_server_instrumentation, setup_logging, setup_tracing, shutdown_tracing
 
@@ -41,6 +42,7 @@ def main() -> None:
         log.warning("no metering configured: requests of callers that do not bill their own are not metered")
     factory = backend_factory(settings, current_platform.is_cpu(), first.uid if first else None, caller_usage)
     host = ModelHost(factory, settings.caller_lease_seconds)
+    held = HeldUsageKeeper(HeldUsageJournal(settings.data_dir / "held_usage.sqlite3"), host.unconfirmed)
     if settings.metrics_port:
         # vLLM's vllm:* metrics of every hosted model are in the default registry (vllm_metrics.py).
         start_http_server(settings.metrics_port, addr=settings.host)
@@ -48,7 +50,7 @@ def main() -> None:
     auth = interceptor_from_file(settings.callers_file, POLICY, AUTH_FAILURES, "engine")
     code = uvloop.run(serve(
         host, first, f"{settings.host}:{settings.port}", settings.shutdown_grace_seconds, auth, settings.reflection,
-        caller_usage,
+        [held] if caller_usage is None else [caller_usage, held],
     ))
     shutdown_tracing()
     if code:

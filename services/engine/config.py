@@ -76,7 +76,9 @@ class EngineSettings(BaseSettings):
         "", description="metering: the engine meters there the requests of callers that do not bill their own; empty: off"
     )
     service_token_file: Path | None = Field(None, description="the engine's credential on metering (engine.token)")
-    data_dir: Path = Field(Path("var/engine"), description="the engine's usage outbox (internal callers' usage)")
+    data_dir: Path = Field(
+        Path("var/engine"), description="the engine's usage outbox (internal callers' usage) and held usage journal"
+    )
     usage_drain_seconds: float = Field(10.0, ge=0, description="on shutdown, time to deliver the outbox")
     caller_lease_seconds: float = Field(
         10.0, gt=0, description="a gateway silent this long loses the usage held for it to any gateway that claims it"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
+from typing import Protocol
 
 from llmserve.engine.v1 import engine_pb2, engine_pb2_grpc
 from prometheus_client import Counter
 
-from services.engine.caller_usage import CallerUsage
 from services.engine.model_host import LaunchSpec, ModelHost
 from services.engine.servicer import STATUS_BY_ERROR, EngineServicer
 from services.grpc_lifecycle import GrpcServer, build_server, shut_down, wait_for_stop_signal
@@ -46,20 +47,27 @@ def build_engine_server(
     )
 
 
+class UsageKeeper(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 async def serve(
     host: ModelHost, first: LaunchSpec | None, address: str, grace_seconds: float,
-    auth: AuthInterceptor | None = None, reflection: bool = True, caller_usage: CallerUsage | None = None,
+    auth: AuthInterceptor | None = None, reflection: bool = True, keepers: Sequence[UsageKeeper] = (),
 ) -> int:
     """Serves once the first model (if any) is up. Returns the exit code: 1 when vLLM failed to start
-    the first model, or when every model's vLLM died (so a supervisor restarts the engine)."""
-    if caller_usage is not None:
-        await caller_usage.start()
+    the first model, or when every model's vLLM died (so a supervisor restarts the engine). The usage
+    keepers (the internal callers' outbox, the held usage's journal) start before the first call and
+    stop after the drain, when the aborted streams' usage is known."""
+    for keeper in keepers:
+        await keeper.start()
     try:
         return await _serve(host, first, address, grace_seconds, auth, reflection)
     finally:
-        if caller_usage is not None:
-            # After the drain: the aborted streams' usage is in the outbox; deliver what can be.
-            await caller_usage.stop()
+        for keeper in keepers:
+            await keeper.stop()
 
 
 async def _serve(

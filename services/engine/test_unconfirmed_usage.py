@@ -1,13 +1,16 @@
 """The engine's hold on usage for gateways: leases, and the orders of failure the replicas issue names
-(a gateway gone for good, two claiming at once, a claimer that dies mid-claim)."""
+(a gateway gone for good, two claiming at once, a claimer that dies mid-claim, a gateway gone and then
+the engine restarted before anyone claimed)."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
 from services.engine.generation import FinishReason, Timings, Usage
+from services.engine.held_usage_journal import HeldUsageJournal, HeldUsageKeeper
 from services.engine.unconfirmed_usage import UnconfirmedUsage
 
 
@@ -58,3 +61,41 @@ def test_streams_still_running_are_reported_not_handed_over(clock: list[float]) 
     usage.open("r1", "gw-a/1", b"ctx", "m")
     clock[0] += 11
     assert usage.claim_expired("gw-b/1") == ([], 1)
+
+
+async def test_held_usage_survives_an_engine_restart_and_is_claimable_at_once(tmp_path: Path) -> None:
+    """A gateway lost for good, then the engine restarted before anyone claimed: the journal brings the
+    held usage back, under a lease already run out; confirmed entries stay gone."""
+    path = tmp_path / "held.sqlite3"
+    before = UnconfirmedUsage(lease_seconds=10)
+    keeper = HeldUsageKeeper(HeldUsageJournal(path), before, interval=0.01)
+    await keeper.start()
+    for i in range(5):
+        held_for(before, "gw-a/1", f"r{i}")
+    before.open("r-open", "gw-a/1", b"ctx", "m")
+    before.confirm(["r0"])
+    await keeper.flush()
+    # SIGKILL: no stop(), no final flush.
+    after = UnconfirmedUsage(lease_seconds=10)
+    restarted = HeldUsageKeeper(HeldUsageJournal(path), after, interval=0.01)
+    await restarted.start()
+    claimed, still_open = after.claim_expired("gw-b/1")
+    assert sorted(h.request_id for h in claimed) == ["r1", "r2", "r3", "r4"] and still_open == 0
+    assert all(h.usage == Usage(3, 5, 0) and h.finish_reasons == [FinishReason.STOP] and h.usage_context == b"ctx"
+               for h in claimed)
+    after.confirm(["r1", "r2"])
+    await restarted.stop()
+    again = UnconfirmedUsage(lease_seconds=10)
+    third = HeldUsageKeeper(HeldUsageJournal(path), again)
+    await third.start()
+    left, _ = again.claim_expired("gw-c/1")
+    assert sorted(h.request_id for h in left) == ["r3", "r4"]
+    await third.stop()
+
+
+def test_without_a_journal_nothing_is_kept_for_one() -> None:
+    usage = UnconfirmedUsage()
+    for i in range(100):
+        held_for(usage, "gw-a/1", f"r{i}")
+        usage.confirm([f"r{i}"])
+    assert usage.take_changes() == {}

@@ -47,6 +47,30 @@ class UnconfirmedUsage:
         self.lease_seconds = lease_seconds
         # Caller → when it was last heard from (a Generate naming it, a ConfirmUsage, a claim).
         self._seen: dict[str, float] = {}
+        # With a journal (held_usage_journal.py): finished entries written (or dropped: None) since it
+        # last took them.
+        self._journaled = False
+        self._changes: dict[str, HeldUsage | None] = {}
+
+    def _record(self, request_id: str, held: HeldUsage | None) -> None:
+        if self._journaled:
+            self._changes[request_id] = held
+
+    def take_changes(self) -> dict[str, HeldUsage | None]:
+        changes, self._changes = self._changes, {}
+        return changes
+
+    def return_changes(self, changes: dict[str, HeldUsage | None]) -> None:
+        """Changes the journal could not write: kept for its next round (newer ones win)."""
+        self._changes = {**changes, **self._changes}
+
+    def restore(self, entries: list[HeldUsage]) -> None:
+        """Finished entries from before a restart. Their callers have not been heard from since, so
+        their leases count as run out: any gateway may claim them at once. From now on changes are
+        kept for the journal."""
+        self._journaled = True
+        for held in entries:
+            self._held.setdefault(held.request_id, held)
 
     def renew(self, caller: str) -> None:
         if caller:
@@ -63,6 +87,7 @@ class UnconfirmedUsage:
         self._held[request_id] = HeldUsage(request_id, caller, usage_context, model)
         while len(self._held) > self._max_entries:
             evicted_id, _ = self._held.popitem(last=False)
+            self._record(evicted_id, None)
             self.evicted += 1
             log.error("unconfirmed usage of request %s evicted: over %d held", evicted_id, self._max_entries)
 
@@ -79,6 +104,7 @@ class UnconfirmedUsage:
             return
         held.usage, held.finish_reasons, held.timings, held.error = usage, finish_reasons, timings, error
         held.open = False
+        self._record(request_id, held)
 
     def discard(self, request_id: str) -> None:
         """A request refused before it produced anything: it counts nowhere, nothing to bill."""
@@ -86,7 +112,8 @@ class UnconfirmedUsage:
 
     def confirm(self, request_ids: list[str]) -> None:
         for request_id in request_ids:
-            self._held.pop(request_id, None)
+            if self._held.pop(request_id, None) is not None:
+                self._record(request_id, None)
 
     def claim_expired(self, claimer: str) -> tuple[list[HeldUsage], int]:
         """(finished entries of callers whose lease ran out, now the claimer's; how many of theirs are
@@ -105,6 +132,7 @@ class UnconfirmedUsage:
             else:
                 held.caller = claimer
                 finished.append(held)
+                self._record(held.request_id, held)
         # Callers gone with nothing left here are forgotten.
         for caller in [c for c in self._seen if c not in holding and c != claimer and self._expired(c, now)]:
             del self._seen[caller]
