@@ -15,7 +15,11 @@ import yaml
 
 from tools.processes import ROOT
 
-KUSTOMIZATIONS = [ROOT / "deploy" / "kubernetes" / "base", ROOT / "deploy" / "kubernetes" / "overlays" / "gpu"]
+KUSTOMIZATIONS = [
+    ROOT / "deploy" / "kubernetes" / "base",
+    ROOT / "deploy" / "kubernetes" / "overlays" / "gpu",
+    ROOT / "deploy" / "kubernetes" / "overlays" / "postgres",
+]
 KUBERNETES_VERSION = "1.32.0"
 WORKLOADS = ("Deployment", "StatefulSet")
 
@@ -85,3 +89,17 @@ def test_the_gpu_overlay_asks_for_gpus_and_tensor_parallelism() -> None:
     container = engine["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert {"name": "ENGINE_TENSOR_PARALLEL_SIZE", "value": "2"} in container["env"]
+
+
+def test_the_postgres_overlay_runs_metering_replicas_on_one_database() -> None:
+    objects = rendered(KUSTOMIZATIONS[2])
+    [metering] = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "metering"]
+    assert metering["spec"]["replicas"] >= 2 and metering["spec"]["strategy"]["type"] == "RollingUpdate"
+    container = metering["spec"]["template"]["spec"]["containers"][0]
+    url = next(e for e in container["env"] if e["name"] == "METERING_DATABASE_URL")
+    assert url["valueFrom"]["secretKeyRef"]["name"] == "metering-database"
+    assert not [o for o in objects if o["kind"] == "PersistentVolumeClaim" and o["metadata"]["name"] == "metering-data"]
+    [addresses] = [o for o in objects if o["kind"] == "ConfigMap"]
+    assert addresses["data"]["GATEWAY_METERING_ADDR"] == "dns:///metering-headless:50052"
+    [headless] = [o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "metering-headless"]
+    assert headless["spec"]["clusterIP"] == "None"

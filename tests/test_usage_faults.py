@@ -60,7 +60,8 @@ async def stream_chat(
 async def metering_reaches_engine(
     metering_address: str, engine_address: str, before: tuple[int, int], timeout: float
 ) -> None:
-    """Waits until metering's (prompt, completion) totals equal what the engine counted since `before`."""
+    """Waits until metering's (prompt, completion) totals equal what the engine counted since `before`,
+    and the engine holds no usage unconfirmed."""
     await wait_idle(engine_address)
     after = await engine_served(engine_address)
     engine_delta = (after[0] - before[0], after[1] - before[1])
@@ -70,6 +71,13 @@ async def metering_reaches_engine(
         return (totals.prompt_tokens, totals.completion_tokens) == engine_delta
 
     await wait_for(reached, timeout, f"metering to reach the engine's {engine_delta}")
+
+    async def confirmed() -> bool:
+        async with engine_client(engine_address) as engine:
+            return (await engine.load()).held_usage == 0
+
+    # Nothing left held for a later test's gateway to claim (and bill to that test's metering).
+    await wait_for(confirmed, 30, "the engine to hold no unconfirmed usage")
 
 
 async def totals_by_key(address: str) -> dict[str, mpb.Totals]:

@@ -138,6 +138,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             memory_total_bytes=load.memory_total_bytes,
             memory_available_bytes=load.memory_available_bytes,
             models=load.models,
+            held_usage=len(self._host.unconfirmed),
         )
 
     async def LaunchModel(

@@ -394,7 +394,7 @@ class GetLoadRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetLoadResponse(_message.Message):
-    __slots__ = ("unfinished_requests", "open_streams", "finished_streams", "prompt_tokens", "completion_tokens", "cached_tokens", "memory_total_bytes", "memory_available_bytes", "models")
+    __slots__ = ("unfinished_requests", "open_streams", "finished_streams", "prompt_tokens", "completion_tokens", "cached_tokens", "memory_total_bytes", "memory_available_bytes", "models", "held_usage")
     UNFINISHED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     OPEN_STREAMS_FIELD_NUMBER: _ClassVar[int]
     FINISHED_STREAMS_FIELD_NUMBER: _ClassVar[int]
@@ -404,6 +404,7 @@ class GetLoadResponse(_message.Message):
     MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     MEMORY_AVAILABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    HELD_USAGE_FIELD_NUMBER: _ClassVar[int]
     unfinished_requests: int
     open_streams: int
     finished_streams: int
@@ -413,4 +414,5 @@ class GetLoadResponse(_message.Message):
     memory_total_bytes: int
     memory_available_bytes: int
     models: int
-    def __init__(self, unfinished_requests: _Optional[int] = ..., open_streams: _Optional[int] = ..., finished_streams: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., models: _Optional[int] = ...) -> None: ...
+    held_usage: int
+    def __init__(self, unfinished_requests: _Optional[int] = ..., open_streams: _Optional[int] = ..., finished_streams: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., models: _Optional[int] = ..., held_usage: _Optional[int] = ...) -> None: ...
