@@ -25,6 +25,7 @@ WRONG_TOKEN = "not-the-secret-0123456789"
 
 ENGINE_CALLS = {
     "Generate": epb.GenerateRequest(request_id="x", model="m", text="hi"),
+    "Embed": epb.EmbedRequest(model="m", inputs=[epb.EmbedInput(text="hi")]),
     "Abort": epb.AbortRequest(request_ids=["x"]),
     "Tokenize": epb.TokenizeRequest(model="m", text="hi"),
     "Detokenize": epb.DetokenizeRequest(model="m", token_ids=[1]),

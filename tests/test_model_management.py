@@ -20,9 +20,8 @@ from llmserve.metering.v1 import metering_pb2 as mpb
 from prometheus_client.parser import text_string_to_metric_families
 from xinference_client import RESTfulClient
 
-from services.contracts.builtin_models import TINY_NAME
+from services.contracts.builtin_models import EMBEDDED_MODEL_NAME, EMBEDDING_NAME, TINY_NAME
 from services.engine.builtin_models import make_tiny_model
-from services.contracts.builtin_models import EMBEDDED_MODEL_NAME
 from services.engine.prepare_model import ensure_embedded_model
 from tests.conftest import ADMIN_API_KEY, ADMIN_HEADERS, API_KEY, start_gateway, start_metering
 from tests.credentials import metering_client
@@ -79,8 +78,12 @@ def test_registrations_list_and_describe(xinference: RESTfulClient) -> None:
     assert names[EMBEDDED_MODEL_NAME] is True and names[TINY_NAME] is True
     spec = xinference.get_model_registration("LLM", TINY_NAME)
     assert spec["model_name"] == TINY_NAME and "chat" in spec["model_ability"]
-    assert xinference.list_model_registrations("embedding") == []
-    with pytest.raises(RuntimeError, match="LLM models only"):
+    embedding = xinference.list_model_registrations("embedding")
+    assert embedding == [{"model_name": EMBEDDING_NAME, "is_builtin": True}]
+    assert xinference.get_model_registration("embedding", EMBEDDING_NAME)["dimensions"] == 384
+    with pytest.raises(RuntimeError, match="LLM and embedding models"):
+        xinference.register_model("rerank", json.dumps({"model_name": "r"}), persist=True)
+    with pytest.raises(RuntimeError, match="model_uri"):
         xinference.register_model("embedding", json.dumps({"model_name": "e"}), persist=True)
 
 

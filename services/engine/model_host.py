@@ -23,7 +23,14 @@ from services.engine.errors import (
     ModelExistsError,
     ModelNotFoundError,
 )
-from services.engine.generation import GenerationRequest, GenerationUpdate, ModelInfo, Prompt
+from services.engine.generation import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    GenerationRequest,
+    GenerationUpdate,
+    ModelInfo,
+    Prompt,
+)
 from services.engine.unconfirmed_usage import UnconfirmedUsage
 from services.engine.served import ServedTotals
 from services.engine.vllm_adapter import VllmBackend
@@ -164,6 +171,9 @@ class ModelHost:
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationUpdate]:
         return self.backend(request.model).generate(request)
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        return await self.backend(request.model).embed(request)
 
     async def tokenize(
         self, model: str, prompt: Prompt, add_special_tokens: bool, add_generation_prompt: bool

@@ -20,6 +20,7 @@ from services.engine.errors import (
 )
 from services.engine.generation import (
     ChatTurn,
+    EmbeddingRequest,
     FinishReason,
     GenerationRequest,
     GenerationUpdate,
@@ -100,6 +101,31 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     async def Abort(self, request: pb.AbortRequest, context: grpc.aio.ServicerContext) -> pb.AbortResponse:
         aborted = await self._host.abort(list(request.request_ids))
         return pb.AbortResponse(aborted_ids=aborted)
+
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        if not request.inputs:
+            raise InvalidRequestError("give at least one input to embed")
+        inputs: list[str | list[int]] = []
+        for i, given in enumerate(request.inputs):
+            which = given.WhichOneof("kind")
+            if which is None:
+                raise InvalidRequestError(f"input {i} has neither text nor token ids")
+            inputs.append(given.text if which == "text" else list(given.token_ids.ids))
+        bills_own, meter_as = _billing(request, current_caller())
+        result = await self._host.embed(EmbeddingRequest(
+            request_id=request.request_id or f"emb-{uuid.uuid4().hex}",
+            model=request.model,
+            inputs=inputs,
+            dimensions=request.dimensions if request.HasField("dimensions") else None,
+            caller=request.caller if bills_own else "",
+            usage_context=request.usage_context if bills_own else b"",
+            meter_as=meter_as,
+        ))
+        return pb.EmbedResponse(
+            embeddings=[pb.Embedding(values=v) for v in result.vectors],
+            usage=pb.Usage(prompt_tokens=result.usage.prompt_tokens),
+            model=result.model,
+        )
 
     async def Tokenize(
         self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext
@@ -183,7 +209,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         return pb.ClaimUsageResponse(usage=[_unconfirmed(h) for h in held], still_open=still_open)
 
 
-def _billing(request: pb.GenerateRequest, caller: Caller | None) -> tuple[bool, str]:
+def _billing(request: pb.GenerateRequest | pb.EmbedRequest, caller: Caller | None) -> tuple[bool, str]:
     """(whether the request's caller bills it itself, else the name the engine meters it under).
     Only a gateway bills its own requests (it names itself in `caller`); anyone else is metered here,
     whatever it sends, so that no token goes unbilled."""
@@ -199,6 +225,7 @@ def _card(info: ModelInfo, open_streams: int) -> pb.ModelCard:
     return pb.ModelCard(
         id=info.id, root=info.root, max_model_len=info.max_model_len, dtype=info.dtype, device=info.device,
         model_name=info.model_name, open_streams=open_streams,
+        kind=pb.MODEL_KIND_EMBED if info.embeds else pb.MODEL_KIND_GENERATE,
     )
 
 

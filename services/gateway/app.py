@@ -23,7 +23,7 @@ from services.gateway.fleet.manager import ModelManager
 from services.gateway.fleet.router import RequestRouter
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.middleware import InFlight, RequestLimits
-from services.gateway.openai_api import chat, completions, models, tokenize
+from services.gateway.openai_api import chat, completions, embeddings, models, tokenize
 from services.gateway.openai_api.images import ImagePolicy
 from services.gateway.openai_api.respond import Responder
 from services.gateway.openai_api.schemas import InvalidText, UnsupportedFields
@@ -168,7 +168,7 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
     # No redirect to the slashed path: its Location would echo the client's Host header.
     app.router.redirect_slashes = False
     # Model management first: its DELETE /v1/models/{uid} and POST /v1/models sit beside the OpenAI GETs.
-    for module in (model_management, chat, completions, models, tokenize, health, exposition):
+    for module in (model_management, chat, completions, embeddings, models, tokenize, health, exposition):
         app.include_router(module.router)
     _install_error_handlers(app)
     if tracing_configured():

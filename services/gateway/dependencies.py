@@ -15,6 +15,7 @@ from services.gateway.middleware import InFlight
 from services.gateway.openai_api.images import ImagePolicy
 from services.gateway.openai_api.respond import Responder
 from services.gateway.usage.delivery import UsageDelivery
+from services.gateway.usage.recorder import OutcomeRecorder
 
 
 def _app_state(name: str) -> Any:
@@ -34,6 +35,7 @@ Limits = Annotated[InFlight, _app_state("in_flight")]
 Images = Annotated[ImagePolicy, _app_state("image_policy")]
 Usage = Annotated[UsageDelivery | None, _app_state("usage")]
 Generate = Annotated[Responder, _app_state("responder")]
+Record = Annotated[OutcomeRecorder, _app_state("recorder")]
 
 
 async def require_key(request: Request) -> str:

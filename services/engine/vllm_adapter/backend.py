@@ -11,8 +11,18 @@ from typing import Any
 
 from services.engine.caller_usage import CallerUsage, Metered
 from services.engine.cpu_placement import place_engine_core
-from services.engine.errors import EngineUnavailableError, ModelNotFoundError
-from services.engine.generation import GenerationRequest, GenerationUpdate, ModelInfo, Prompt
+from services.engine.errors import EngineUnavailableError, InvalidRequestError, ModelNotFoundError
+from services.engine.generation import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    FinishReason,
+    GenerationRequest,
+    GenerationUpdate,
+    ModelInfo,
+    Prompt,
+    Timings,
+    Usage,
+)
 from services.engine.served import ServedModel, ServedTotals
 from services.engine.unconfirmed_usage import UnconfirmedUsage
 from services.engine.vllm_adapter.failures import FailedAfterStart, translate_errors
@@ -77,6 +87,7 @@ class VllmBackend:
             dtype=str(config.dtype).removeprefix("torch."),
             device=current_platform.device_type,
             model_name=self._served.model_name or self._served.name,
+            embeds=config.runner_type == "pooling",
         )
         if self._place_engine_core:
             place_engine_core()
@@ -158,9 +169,60 @@ class VllmBackend:
             await self._llm.abort(running)
         return running
 
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        """One vector per input. Counted (and held for its caller, or metered for an internal one) once
+        every input is embedded; a request that failed or was cancelled is aborted in vLLM and counts
+        nothing, as a stream refused before its first output does."""
+        from vllm.pooling_params import PoolingParams
+
+        info, prompts = self._check_model(request.model)
+        if not info.embeds:
+            raise InvalidRequestError(f"`{info.id}` generates text and does not embed; launch an embedding model")
+        if request.dimensions is not None and not self._llm.model_config.is_matryoshka:
+            raise InvalidRequestError(f"`{info.id}` cannot shorten its embeddings; leave `dimensions` unset")
+        token_ids = [await prompts.embedding_input(i, x, info.max_model_len) for i, x in enumerate(request.inputs)]
+        params = PoolingParams(task="embed", dimensions=request.dimensions)
+        started = time.monotonic()
+        ids = [f"{request.request_id}-{i}" for i in range(len(token_ids))]
+        if request.caller:
+            self.unconfirmed.open(request.request_id, request.caller, request.usage_context, info.id)
+        self._open.update(ids)
+
+        async def one(sub_id: str, prompt_ids: list[int]) -> list[float]:
+            final = None
+            async for output in self._llm.encode({"prompt_token_ids": prompt_ids}, params, sub_id):
+                final = output
+            if final is None:
+                raise EngineUnavailableError("the engine ended an embedding without its output")
+            return final.outputs.data.tolist()
+
+        try:
+            vectors = await asyncio.gather(*(one(sub_id, x) for sub_id, x in zip(ids, token_ids)))
+        except BaseException:
+            await self._llm.abort(ids)
+            if request.caller:
+                self.unconfirmed.discard(request.request_id)
+            raise
+        finally:
+            self._open.difference_update(ids)
+        seconds = time.monotonic() - started
+        usage = Usage(prompt_tokens=sum(len(x) for x in token_ids))
+        timings = Timings(total_seconds=seconds)
+        self.served.add(usage)
+        if request.caller:
+            self.unconfirmed.finish(request.request_id, usage, [FinishReason.STOP], timings, None)
+        if request.meter_as and self._caller_usage is not None:
+            await self._caller_usage.record(
+                Metered(request.meter_as, info, usage, [FinishReason.STOP], timings, None, endpoint="grpc:Embed")
+            )
+        log.info("embedding %s done: %d input(s), prompt=%d", request.request_id, len(ids), usage.prompt_tokens)
+        return EmbeddingResult(vectors=vectors, usage=usage, model=info.id)
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationUpdate]:
         """Streams updates; the last has `finished` set and the final usage, whatever ended the request."""
         info, prompts = self._check_model(request.model)
+        if info.embeds:
+            raise InvalidRequestError(f"`{info.id}` is an embedding model; it does not generate (use /v1/embeddings)")
         prompt_ids, engine_prompt = await prompts.render(request.prompt, True, True, for_generation=True)
         params = sampling_params(request.sampling, len(prompt_ids), info.max_model_len, self._sampling_defaults)
         stream = StreamState(prompt_tokens=len(prompt_ids), started=time.monotonic())

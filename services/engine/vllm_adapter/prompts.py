@@ -71,6 +71,27 @@ class PromptRenderer:
         engine_input = await self._render_with_images(text, decoded, for_generation)
         return list(engine_input["prompt_token_ids"]), engine_input
 
+    async def embedding_input(self, index: int, given: str | list[int], max_model_len: int) -> list[int]:
+        """The token ids one embedding input runs as: a text with the model's special tokens, or ids as
+        given (each checked against the vocabulary); at most the model's context length."""
+        if isinstance(given, str):
+            if not given:
+                raise InvalidRequestError(f"input {index} is empty")
+            ids = await _off_loop(len(given), self._tokenizer.encode, given, add_special_tokens=True)
+        else:
+            if not given:
+                raise InvalidRequestError(f"input {index} has no token ids")
+            vocab = self.vocab_size
+            bad = next((t for t in given if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise InvalidRequestError(f"input {index}: token id {bad} is not in the vocabulary (size {vocab})")
+            ids = list(given)
+        if len(ids) > max_model_len:
+            raise InvalidRequestError(
+                f"input {index} has {len(ids)} tokens; this model takes at most {max_model_len} per input"
+            )
+        return ids
+
     async def decode(self, token_ids: list[int]) -> str:
         vocab = self.vocab_size
         bad = [t for t in token_ids if t >= vocab]

@@ -20,7 +20,7 @@ from llmserve.engine.v1 import engine_pb2 as pb
 from services.gateway.errors import ApiError, from_grpc
 from services.gateway.fleet.catalog import Catalog, Launch
 from services.gateway.fleet.engines import EngineFleet, EngineMember
-from services.gateway.fleet.registrations import SERVED_TYPE, Registration
+from services.gateway.fleet.registrations import EMBEDDING, LLM, Registration
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class RunningModel:
             "object": "model",
             "created": _CREATED,
             "owned_by": "llmserve",
-            "model_type": SERVED_TYPE,
+            "model_type": EMBEDDING if self.card.kind == pb.MODEL_KIND_EMBED else LLM,
             "model_name": self.model_name,
             "model_lang": list(registration.model_lang) if registration else ["en"],
             "model_ability": list(registration.model_ability) if registration else ["generate", "chat"],
@@ -99,7 +99,7 @@ class ModelManager:
     async def launch(self, model_name: str, uid: str | None, replica: int, engine_args: dict[str, Any]) -> str:
         registration = self.catalog.registration(model_name)
         if registration is None:
-            raise ApiError(404, f"No registered model `{model_name}`: see GET /v1/model_registrations/LLM.",
+            raise ApiError(404, f"No registered model `{model_name}`: see GET /v1/model_registrations/{{LLM,embedding}}.",
                            param="model_name", code="model_not_found")
         uid = uid or model_name
         healthy = self._healthy()

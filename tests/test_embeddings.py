@@ -1,0 +1,128 @@
+"""Embeddings end to end: the built-in all-MiniLM-L6-v2 launched on the session's engine with PyPI's
+xinference-client (model_type="embedding"), vectors through /v1/embeddings (xinference-client's
+create_embedding and the openai SDK) compared with sentence-transformers' own on the same folder, usage
+exact (the model's own token count) and metered with zero completion tokens, OpenAI's 400s."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from openai import OpenAI
+from xinference_client import RESTfulClient
+
+from services.contracts.builtin_models import EMBEDDED_MODEL_NAME, EMBEDDING_NAME
+from services.engine.builtin_models import embedding_model_folder
+from tests.conftest import ADMIN_API_KEY, API_KEY, start_gateway, start_metering
+from tests.test_metering import metering_totals, wait_for
+from tools.processes import ServiceProcess
+
+UID = "minilm"
+TEXTS = ["The cat sits on the mat.", "A feline rests on a rug.", "Stock markets fell sharply today."]
+
+
+@pytest.fixture(scope="module")
+def metering(log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    process = start_metering(log_dir, tmp_path_factory.mktemp("metering-embeddings"), name="metering-embeddings")
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    log_dir: Path, engine_address: str, metering: ServiceProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    process = start_gateway(
+        log_dir, engine_address, "gateway-embeddings", metering_addr=metering.address,
+        data_dir=str(tmp_path_factory.mktemp("gateway-embeddings")),
+    )
+    xinference = RESTfulClient(process.address, api_key=ADMIN_API_KEY)
+    xinference.launch_model(EMBEDDING_NAME, model_type="embedding", model_uid=UID)
+    try:
+        yield process
+    finally:
+        xinference.terminate_model(UID)
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(embedding_model_folder(), device="cpu").encode(TEXTS, normalize_embeddings=True)
+
+
+def test_vectors_match_sentence_transformers_and_usage_is_exact(gateway: ServiceProcess, reference: np.ndarray) -> None:
+    xinference = RESTfulClient(gateway.address, api_key=ADMIN_API_KEY)
+    assert xinference.describe_model(UID)["model_type"] == "embedding"
+    reply = xinference.get_model(UID).create_embedding(TEXTS)
+    vectors = np.array([d["embedding"] for d in sorted(reply["data"], key=lambda d: d["index"])])
+    assert vectors.shape == (3, 384)
+    cosines = (vectors * reference).sum(axis=1) / np.linalg.norm(vectors, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cosines.min() >= 0.999, cosines
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(embedding_model_folder())
+    assert reply["usage"] == {"prompt_tokens": sum(len(tokenizer(t)["input_ids"]) for t in TEXTS),
+                              "total_tokens": sum(len(tokenizer(t)["input_ids"]) for t in TEXTS)}
+    # Similar sentences sit closer than unrelated ones.
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3
+
+
+def test_openai_sdk_float_base64_token_ids_and_metering(
+    gateway: ServiceProcess, metering: ServiceProcess, reference: np.ndarray
+) -> None:
+    client = OpenAI(base_url=f"{gateway.address}/v1", api_key=API_KEY)
+    before = asyncio.run(metering_totals(metering.address))
+    floats = client.embeddings.create(model=UID, input=TEXTS[0])
+    assert len(floats.data) == 1 and len(floats.data[0].embedding) == 384
+    raw = httpx.post(f"{gateway.address}/v1/embeddings", headers={"Authorization": f"Bearer {API_KEY}"},
+                     json={"model": UID, "input": TEXTS[0], "encoding_format": "base64"}).json()
+    decoded = struct.unpack("<384f", base64.b64decode(raw["data"][0]["embedding"]))
+    assert np.allclose(decoded, floats.data[0].embedding, atol=1e-6)
+    ids = [101, 1996, 4937, 7719, 2006, 1996, 13523, 1012, 102]
+    by_ids = client.embeddings.create(model=UID, input=[ids, ids])
+    assert [d.index for d in by_ids.data] == [0, 1] and by_ids.usage.prompt_tokens == 2 * len(ids)
+    # The same text as ids (what the tokenizer makes of it) gives the same vector.
+    assert np.allclose(by_ids.data[0].embedding, reference[0], atol=1e-3)
+    expected = floats.usage.prompt_tokens + raw["usage"]["prompt_tokens"] + by_ids.usage.prompt_tokens
+
+    async def metered() -> bool:
+        totals = await metering_totals(metering.address)
+        return totals.prompt_tokens - before.prompt_tokens == expected and totals.requests - before.requests == 3
+
+    asyncio.run(wait_for(metered, 30, "metering to hold the three embedding requests"))
+    after = asyncio.run(metering_totals(metering.address))
+    assert after.completion_tokens == before.completion_tokens
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ({"input": TEXTS[0], "dimensions": 128}, "cannot shorten"),
+        ({"input": []}, "must not be empty"),
+        ({"input": [""]}, "empty"),
+        ({"input": [[999999]]}, "vocabulary"),
+        ({"input": " ".join(["word"] * 300)}, "at most 256"),
+        ({"input": TEXTS[0], "encoding_format": "int8"}, "encoding_format"),
+        ({"input": TEXTS[0], "model": EMBEDDED_MODEL_NAME}, "does not embed"),
+    ],
+)
+def test_bad_requests_are_openai_400s(gateway: ServiceProcess, body: dict, words: str) -> None:
+    reply = httpx.post(f"{gateway.address}/v1/embeddings", headers={"Authorization": f"Bearer {API_KEY}"},
+                       json={"model": UID, **body}, timeout=60)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert words in error["message"] and error["type"] == "invalid_request_error"
+
+
+def test_chat_on_an_embedding_model_is_a_400(gateway: ServiceProcess) -> None:
+    reply = httpx.post(f"{gateway.address}/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
+                       json={"model": UID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}, timeout=60)
+    assert reply.status_code == 400 and "embedding model" in reply.json()["error"]["message"]
