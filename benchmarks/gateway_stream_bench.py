@@ -7,6 +7,11 @@ depend on how busy the shared machine is: tokens/s per core = 1 / (CPU seconds p
 configuration runs `--rounds` times, interleaved; the best round is reported and every round is kept.
 
     .venv/bin/python -m benchmarks.gateway_stream_bench [--tokens 256] [--requests 64] [--concurrency 16]
+        [--profile]
+
+With --profile, one more default round runs under py-spy (sampling the gateway process, native frames
+off) and the gateway's busy samples are split by the code their innermost Python frame is in, as a
+share of the round's CPU and as microseconds per token.
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -78,6 +86,58 @@ def measure(gateway: ServiceProcess, args: argparse.Namespace, continuous: bool)
     }
 
 
+# Where a sample's innermost frame is, by file path: the first match names its part of the serving path.
+PROFILE_PARTS = (
+    ("protobuf", ("google/protobuf", "_pb2")),
+    ("grpc client", ("grpc/", "grpc_", "contracts/")),
+    ("metrics", ("prometheus_client", "gateway/metrics")),
+    ("tracing", ("opentelemetry", "gateway/telemetry")),
+    ("SSE chunks and JSON", ("gateway/streaming", "orjson")),
+    ("usage outbox and delivery", ("usage_outbox", "gateway/usage")),
+    ("HTTP server (uvicorn, starlette, fastapi)", ("uvicorn", "starlette", "fastapi", "h11", "httptools", "anyio")),
+    ("request handling (routes, router, schemas)", ("gateway/",)),
+    # Without native frames, time in C under the event loop shows as the loop's own frame.
+    ("event loop (asyncio, uvloop, C under them)", ("asyncio", "uvloop")),
+    # gRPC's completion-queue poller and other threads, in C.
+    ("other threads (gRPC's poller, in C)", ("threading.py",)),
+)
+IDLE = ("select", "epoll", "poll", "_run_once (uvloop", "wait (threading", "_worker (concurrent")
+
+
+def profile(gateway: ServiceProcess, args: argparse.Namespace, out: Path) -> dict:
+    """One default round under py-spy; the busy samples by part, and what each costs per token."""
+    raw = out.with_suffix(".pyspy.txt")
+    spy = subprocess.Popen(
+        [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(gateway.proc.pid), "-r", "250", "-f", "raw", "-o", str(raw), "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)
+    # Four rounds' worth of requests: enough samples at 250 Hz for shares of a few percent.
+    round_ = measure(gateway, argparse.Namespace(**{**vars(args), "requests": args.requests * 4}), continuous=False)
+    spy.send_signal(signal.SIGINT)
+    spy.wait(60)
+    parts: dict[str, int] = {}
+    busy = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        leaf = stack.rsplit(";", 1)[-1]
+        if any(word in leaf for word in IDLE):
+            continue
+        busy += int(count)
+        part = next((name for name, marks in PROFILE_PARTS if any(m in leaf for m in marks)), "other")
+        parts[part] = parts.get(part, 0) + int(count)
+    per_token = round_["gateway_cpu_us_per_token"]
+    return {
+        "round": round_,
+        "busy_samples": busy,
+        "parts": {
+            name: {"share": round(n / busy, 3), "us_per_token": round(per_token * n / busy, 1)}
+            for name, n in sorted(parts.items(), key=lambda item: -item[1])
+        },
+        "raw_profile": str(raw),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=256)
@@ -85,6 +145,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "gateway_stream.json")
+    parser.add_argument("--profile", action="store_true", help="one more round under py-spy, split by part")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,6 +172,7 @@ def main() -> None:
             for _ in range(args.rounds):
                 for name in runs:
                     runs[name].append(measure(gateway, args, continuous=name == "continuous-usage"))
+            profiled = profile(gateway, args, args.out) if args.profile else None
         finally:
             gateway.stop()
             engine.stop()
@@ -118,6 +180,11 @@ def main() -> None:
     for name, r in result.items():
         print(f"{name:<18} gateway CPU {r['gateway_cpu_us_per_token']:>6.1f} us/token = "
               f"{r['tokens_per_gateway_core_second']:>7} tokens/s per core (wall {r['wall_tokens_per_second']} tok/s)")
+    if profiled is not None:
+        result["profile"] = profiled
+        print(f"\nprofiled round: {profiled['round']['gateway_cpu_us_per_token']} us/token; busy samples by part:")
+        for name, part in profiled["parts"].items():
+            print(f"  {name:<44} {part['share']:>6.1%} {part['us_per_token']:>6.1f} us/token")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"settings": vars(args) | {"out": str(args.out)}, **result}, indent=2))
     print(f"written to {args.out}")
