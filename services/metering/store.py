@@ -72,7 +72,6 @@ class Commit:
     """What one write transaction changed: for the acks and this replica's metrics."""
 
     inserted: list[bool]
-    by_model: dict[str, Totals]
     duplicated_by_model: dict[str, int]
 
 
@@ -222,7 +221,7 @@ class UsageStore(ABC):
                 for model in sorted(cells) for second, tokens in sorted(cells[model].items())
             ])
         self._prune_cells(received_at)
-        return Commit(inserted, dict(by_model), dict(duplicated))
+        return Commit(inserted, dict(duplicated))
 
     def _prune_cells(self, now: float) -> None:
         if now - self._last_prune < _CELL_KEEP_SECONDS / 2:
