@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import struct
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from llmserve.metering.v1 import metering_pb2 as mpb
 from openai import OpenAI
 from xinference_client import RESTfulClient
 
@@ -58,7 +59,10 @@ def reference() -> np.ndarray:
     return SentenceTransformer(embedding_model_folder(), device="cpu").encode(TEXTS, normalize_embeddings=True)
 
 
-def test_vectors_match_sentence_transformers_and_usage_is_exact(gateway: ServiceProcess, reference: np.ndarray) -> None:
+def test_vectors_match_sentence_transformers_and_usage_is_exact(
+    gateway: ServiceProcess, metering: ServiceProcess, reference: np.ndarray
+) -> None:
+    before = asyncio.run(metering_totals(metering.address))
     xinference = RESTfulClient(gateway.address, api_key=ADMIN_API_KEY)
     assert xinference.describe_model(UID)["model_type"] == "embedding"
     reply = xinference.get_model(UID).create_embedding(TEXTS)
@@ -69,10 +73,23 @@ def test_vectors_match_sentence_transformers_and_usage_is_exact(gateway: Service
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(embedding_model_folder())
-    assert reply["usage"] == {"prompt_tokens": sum(len(tokenizer(t)["input_ids"]) for t in TEXTS),
-                              "total_tokens": sum(len(tokenizer(t)["input_ids"]) for t in TEXTS)}
+    tokens = sum(len(tokenizer(t)["input_ids"]) for t in TEXTS)
+    assert reply["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
     # Similar sentences sit closer than unrelated ones.
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3
+    # Metered as one request (delivery is asynchronous: the next test's baseline must not race it).
+    asyncio.run(wait_for(metered_since(metering, before, tokens, 1), 30, "metering to hold the embedding request"))
+
+
+def metered_since(
+    metering: ServiceProcess, before: mpb.Totals, prompt_tokens: int, requests: int
+) -> Callable[[], Awaitable[bool]]:
+    async def metered() -> bool:
+        totals = await metering_totals(metering.address)
+        return (totals.prompt_tokens - before.prompt_tokens, totals.requests - before.requests) == (
+            prompt_tokens, requests)
+
+    return metered
 
 
 def test_openai_sdk_float_base64_token_ids_and_metering(
@@ -93,11 +110,7 @@ def test_openai_sdk_float_base64_token_ids_and_metering(
     assert np.allclose(by_ids.data[0].embedding, reference[0], atol=1e-3)
     expected = floats.usage.prompt_tokens + raw["usage"]["prompt_tokens"] + by_ids.usage.prompt_tokens
 
-    async def metered() -> bool:
-        totals = await metering_totals(metering.address)
-        return totals.prompt_tokens - before.prompt_tokens == expected and totals.requests - before.requests == 3
-
-    asyncio.run(wait_for(metered, 30, "metering to hold the three embedding requests"))
+    asyncio.run(wait_for(metered_since(metering, before, expected, 3), 30, "metering to hold the three embedding requests"))
     after = asyncio.run(metering_totals(metering.address))
     assert after.completion_tokens == before.completion_tokens
 
