@@ -229,12 +229,12 @@ def assert_error(reply: httpx.Response, status: int, *words: str) -> dict:
         ({"model": MODEL, "messages": MESSAGES, "n": 0}, 400, ["n"]),
         ({"model": MODEL, "messages": []}, 400, ["messages"]),
         ({"model": MODEL, "messages": MESSAGES, "max_tokens": 5000}, 400, ["2048", "5000"]),
-        ({"model": MODEL, "messages": MESSAGES, "tools": [{"type": "function"}]}, 400, ["tools"]),
+        ({"model": MODEL, "messages": MESSAGES, "tools": [{"type": "function"}]}, 400, ["tools", "function"]),
         ({"model": MODEL, "messages": MESSAGES, "logit_bias": {"1": 2}, "user": "u"}, 400, ["logit_bias"]),
         ({"model": "no-such-model", "messages": MESSAGES}, 404, ["no-such-model"]),
     ],
     ids=["malformed-json", "wrong-type", "out-of-range", "n-zero", "empty-messages", "context-length",
-         "unsupported-tools", "unsupported-logit-bias", "unknown-model"],
+         "tool-without-function", "unsupported-logit-bias", "unknown-model"],
 )
 async def test_chat_errors(gateway_url: str, body: bytes | dict, status: int, words: list[str]) -> None:
     assert_error(await post(f"{gateway_url}/v1/chat/completions", body), status, *words)

@@ -172,6 +172,8 @@ def test_failed_launches_answer_clearly_and_leave_the_others_serving(
         xinference.unregister_model("LLM", "broken")
     with pytest.raises(RuntimeError, match="not a vLLM engine argument"):
         xinference.launch_model(TINY_NAME, model_uid="tiny-bad-arg", no_such_vllm_argument=1)
+    with pytest.raises(RuntimeError, match="unknown tool_call_parser `nope`; vLLM has: .*hermes"):
+        xinference.launch_model(TINY_NAME, model_uid="tiny-bad-parser", tool_call_parser="nope")
     with pytest.raises(RuntimeError, match="already running"):
         xinference.launch_model(TINY_NAME, model_uid=EMBEDDED_MODEL_NAME)
     assert set(xinference.list_models()) == {EMBEDDED_MODEL_NAME}

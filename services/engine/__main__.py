@@ -8,6 +8,7 @@ import os
 import uvloop
 from prometheus_client import start_http_server
 
+from services.contracts.builtin_models import BUILTIN_PREFIX, EMBEDDED_MODEL_NAME
 from services.engine.backend_factory import backend_factory
 from services.engine.config import EngineSettings
 from services.engine.model_host import LaunchSpec, ModelHost
@@ -30,7 +31,8 @@ def main() -> None:
     if settings.start_model:
         model_path = settings.model or str(ensure_embedded_model(settings.model_store))
         name = settings.served_model(model_path).name
-        first = LaunchSpec(uid=name, model_name=name, source=model_path)
+        # The embedded model starts as its built-in registration does (its chat template with tools).
+        first = LaunchSpec(uid=name, model_name=name, source=settings.model or f"{BUILTIN_PREFIX}{EMBEDDED_MODEL_NAME}")
 
     from vllm.platforms import current_platform
 

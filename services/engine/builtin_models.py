@@ -51,6 +51,14 @@ def make_tiny_model(embedded: Path, store: Path) -> Path:
     return target
 
 
+# SmolLM2's template with tools in the Hermes format (identical output without tools), read by vLLM's
+# hermes parser for `auto` tool choice.
+SMOLLM2_TOOLS = {
+    "chat_template": str(Path(__file__).parent / "chat_templates" / "smollm2_tools.jinja"),
+    "tool_call_parser": "hermes",
+}
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """A launchable folder and the engine arguments it needs to load (random weights need `dummy`)."""
@@ -68,9 +76,11 @@ def resolve_source(source: str, store: Path) -> ModelSource:
         return ModelSource(source)
     name = source.removeprefix(BUILTIN_PREFIX)
     if name == EMBEDDED_MODEL_NAME:
-        return ModelSource(str(ensure_embedded_model(store)))
+        return ModelSource(str(ensure_embedded_model(store)), dict(SMOLLM2_TOOLS))
     if name == TINY_NAME:
-        return ModelSource(str(make_tiny_model(ensure_embedded_model(store), store)), {"load_format": "dummy"})
+        return ModelSource(
+            str(make_tiny_model(ensure_embedded_model(store), store)), {"load_format": "dummy", **SMOLLM2_TOOLS}
+        )
     if name == TINY_VLM_NAME:
         return ModelSource(str(make_tiny_vlm(store)), {"limit_mm_per_prompt": {"image": 2}, "max_model_len": 2048})
     if name == EMBEDDING_NAME:

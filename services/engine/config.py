@@ -51,6 +51,14 @@ class EngineSettings(BaseSettings):
     load_format: str = "auto"
     seed: int | None = None
     max_logprobs: int = Field(20, ge=0)
+    tool_call_parser: str | None = Field(
+        None,
+        description="vLLM's tool-call parser for the started model's `auto` tool choice (hermes, pythonic, ...); "
+        "a launched model takes its own in engine_args",
+    )
+    chat_template: str | None = Field(
+        None, description="the started model's chat template (a file or the template), over the model folder's"
+    )
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="more AsyncEngineArgs fields, as JSON"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 
 class Role(str, Enum):
@@ -22,6 +23,15 @@ class ImageInput:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A call an assistant message made; `arguments` is JSON text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
 class ChatTurn:
     role: Role
     content: str
@@ -29,6 +39,36 @@ class ChatTurn:
     tool_call_id: str | None = None
     # Text (str) and images in order; None: the message is `content` alone.
     parts: tuple[str | ImageInput, ...] | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the model may call; `parameters` is a JSON Schema document (None: no parameters)."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolChoice(str, Enum):
+    NONE = "none"
+    AUTO = "auto"
+    REQUIRED = "required"
+    FUNCTION = "function"
+
+
+@dataclass(frozen=True, slots=True)
+class Tools:
+    """The tools a chat offers and how the model may use them (OpenAI's tools, tool_choice,
+    parallel_tool_calls)."""
+
+    tools: tuple[Tool, ...]
+    choice: ToolChoice = ToolChoice.AUTO
+    # The function a FUNCTION choice names.
+    function: str = ""
+    parallel: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +110,8 @@ class Prompt:
     text: str | None = None
     chat: tuple[ChatTurn, ...] | None = None
     token_ids: tuple[int, ...] | None = None
+    # With a chat: the tools offered (rendered by the chat template) and the choice.
+    tools: Tools | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +151,7 @@ class FinishReason(str, Enum):
     LENGTH = "length"
     ABORT = "abort"
     ERROR = "error"
+    TOOL_CALLS = "tool_calls"
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +178,17 @@ class ChoiceDelta:
     finish_reason: FinishReason | None = None
     stop_string: str | None = None
     stop_token_id: int | None = None
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A fragment of a call read from the output: the first of a call carries its id and name."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
 
 
 @dataclass(frozen=True, slots=True)

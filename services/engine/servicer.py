@@ -31,6 +31,10 @@ from services.engine.generation import (
     StructuredOutput,
     ModelInfo,
     Timings,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    Tools,
 )
 from services.engine.model_host import LaunchSpec, ModelHost
 from services.engine.unconfirmed_usage import HeldUsage
@@ -61,6 +65,7 @@ _FINISH = {
     FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
     FinishReason.ABORT: pb.FINISH_REASON_ABORT,
     FinishReason.ERROR: pb.FINISH_REASON_ERROR,
+    FinishReason.TOOL_CALLS: pb.FINISH_REASON_TOOL_CALLS,
 }
 
 
@@ -133,7 +138,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         which = request.WhichOneof("prompt")
         if which is None:
             raise InvalidRequestError("give text or chat messages to tokenize")
-        prompt = Prompt(text=request.text) if which == "text" else Prompt(chat=_chat(request.chat))
+        prompt = Prompt(text=request.text) if which == "text" else Prompt(chat=_chat(request.chat), tools=_tools(request.chat))
         add_generation_prompt = request.add_generation_prompt if request.HasField("add_generation_prompt") else True
         ids, max_model_len = await self._host.tokenize(
             request.model, prompt, request.add_special_tokens, add_generation_prompt
@@ -304,6 +309,7 @@ def _chat(chat: pb.Chat) -> tuple[ChatTurn, ...]:
                 name=message.name or None,
                 tool_call_id=message.tool_call_id or None,
                 parts=parts,
+                tool_calls=tuple(ToolCall(c.id, c.name, c.arguments) for c in message.tool_calls),
             )
         )
     if not turns:
@@ -311,12 +317,45 @@ def _chat(chat: pb.Chat) -> tuple[ChatTurn, ...]:
     return tuple(turns)
 
 
+_TOOL_CHOICES = {
+    pb.TOOL_CHOICE_MODE_NONE: ToolChoice.NONE,
+    pb.TOOL_CHOICE_MODE_AUTO: ToolChoice.AUTO,
+    pb.TOOL_CHOICE_MODE_REQUIRED: ToolChoice.REQUIRED,
+    pb.TOOL_CHOICE_MODE_FUNCTION: ToolChoice.FUNCTION,
+}
+
+
+def _tools(chat: pb.Chat) -> Tools | None:
+    """None when the chat offers no tools; a tool choice without tools is refused, as OpenAI does."""
+    mode = chat.tool_choice.mode
+    if not chat.tools:
+        if mode not in (pb.TOOL_CHOICE_MODE_UNSPECIFIED, pb.TOOL_CHOICE_MODE_NONE) or chat.tool_choice.function_name:
+            raise InvalidRequestError("tool_choice is only allowed when tools are specified")
+        return None
+    tools = []
+    for i, tool in enumerate(chat.tools):
+        parameters = None
+        if tool.parameters_json:
+            try:
+                parameters = json.loads(tool.parameters_json)
+            except json.JSONDecodeError as exc:
+                raise InvalidRequestError(f"tools[{i}].function.parameters is not valid JSON: {exc}") from exc
+        strict = tool.strict if tool.HasField("strict") else None
+        tools.append(Tool(name=tool.name, description=tool.description, parameters=parameters, strict=strict))
+    return Tools(
+        tools=tuple(tools),
+        choice=_TOOL_CHOICES.get(mode, ToolChoice.AUTO),
+        function=chat.tool_choice.function_name,
+        parallel=chat.parallel_tool_calls if chat.HasField("parallel_tool_calls") else True,
+    )
+
+
 def _prompt(request: pb.GenerateRequest) -> Prompt:
     which = request.WhichOneof("prompt")
     if which == "text":
         return Prompt(text=request.text)
     if which == "chat":
-        return Prompt(chat=_chat(request.chat))
+        return Prompt(chat=_chat(request.chat), tools=_tools(request.chat))
     if which == "token_ids":
         return Prompt(token_ids=tuple(request.token_ids.ids))
     raise InvalidRequestError("the request has no prompt: give text, chat messages or token ids")
@@ -382,6 +421,8 @@ def _response(request_id: str, update: GenerationUpdate) -> pb.GenerateResponse:
             out.stop_string = choice.stop_string
         elif choice.stop_token_id is not None:
             out.stop_token_id = choice.stop_token_id
+        for call in choice.tool_calls:
+            out.tool_calls.add(index=call.index, id=call.id, name=call.name, arguments=call.arguments)
         if choice.logprobs:
             for lp in choice.logprobs:
                 out.logprobs.add(

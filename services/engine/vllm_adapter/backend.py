@@ -29,6 +29,7 @@ from services.engine.vllm_adapter.failures import FailedAfterStart, translate_er
 from services.engine.vllm_adapter.prompts import ImageLimits, PromptRenderer
 from services.engine.vllm_adapter.sampling import sampling_params
 from services.engine.vllm_adapter.stream_state import StreamState
+from services.engine.vllm_adapter.tool_calls import ToolCallReader, parser_classes
 from services.engine.vllm_metrics import VLLM_METRICS
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,14 @@ class VllmBackend:
         unconfirmed: UnconfirmedUsage | None = None,
         image_limits: ImageLimits = ImageLimits(),
         caller_usage: CallerUsage | None = None,
+        tool_call_parser: str | None = None,
+        chat_template: str | None = None,
     ) -> None:
+        self._chat_template = chat_template
         self._image_limits = image_limits
+        # vLLM's tool-call parser for `auto` tool choice (None: only `required` and named functions).
+        self._tool_call_parser = tool_call_parser
+        self._tool_parsers: dict[bool, type] = {}
         self._caller_usage = caller_usage
         self._engine_args = engine_args
         self._served = served
@@ -77,7 +84,12 @@ class VllmBackend:
             return AsyncLLM.from_engine_args(self._engine_args, usage_context=UsageContext.OPENAI_API_SERVER)
 
         self._llm = await asyncio.to_thread(VLLM_METRICS.make_engine, self._served.name, make)
-        self._prompts = PromptRenderer(self._llm, self._served.name, self._image_limits)
+        self._prompts = PromptRenderer(self._llm, self._served.name, self._image_limits, self._chat_template)
+        try:
+            self._tool_parsers = parser_classes(self._tool_call_parser, self._prompts.tokenizer)
+        except InvalidRequestError:
+            self._llm.shutdown()
+            raise
         config = self._llm.model_config
         self._sampling_defaults = config.get_diff_sampling_param()
         self._info = ModelInfo(
@@ -224,7 +236,12 @@ class VllmBackend:
         if info.embeds:
             raise InvalidRequestError(f"`{info.id}` is an embedding model; it does not generate (use /v1/embeddings)")
         prompt_ids, engine_prompt = await prompts.render(request.prompt, True, True, for_generation=True)
-        params = sampling_params(request.sampling, len(prompt_ids), info.max_model_len, self._sampling_defaults)
+        tool_calls = None
+        if request.prompt.tools is not None:
+            tool_calls = ToolCallReader(
+                request.prompt.tools, self._tool_parsers, self._tool_call_parser is not None, prompts.tokenizer, prompt_ids
+            )
+        params = sampling_params(request.sampling, len(prompt_ids), info.max_model_len, self._sampling_defaults, tool_calls)
         stream = StreamState(prompt_tokens=len(prompt_ids), started=time.monotonic())
         self._open.add(request.request_id)
         if request.caller:
@@ -236,6 +253,8 @@ class VllmBackend:
                 outputs = self._llm.generate(engine_prompt, params, request.request_id)
                 async for output in translate_errors(outputs, stream):
                     update = stream.update(output, request.sampling.logprobs)
+                    if tool_calls is not None:
+                        tool_calls.read(update.choices)
                     if update.finished or not stream.announced:
                         update.model = info.id
                         stream.announced = True

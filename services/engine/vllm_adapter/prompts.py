@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from services.engine.errors import InvalidRequestError
 from services.engine.generation import ChatTurn, ImageInput, Prompt
+from services.engine.vllm_adapter.tool_calls import template_tool_calls, template_tools
 
 _T = TypeVar("_T")
 
@@ -30,11 +32,19 @@ class ImageLimits:
 class PromptRenderer:
     """Bound to one model's AsyncLLM and tokenizer."""
 
-    def __init__(self, llm: Any, model_name: str, image_limits: ImageLimits = ImageLimits()) -> None:
+    def __init__(
+        self, llm: Any, model_name: str, image_limits: ImageLimits = ImageLimits(), chat_template: str | None = None
+    ) -> None:
         self._image_limits = image_limits
+        # Over the model folder's own (None: the folder's).
+        self._chat_template = chat_template
         self._llm = llm
         self._tokenizer = llm.get_tokenizer()
         self._model_name = model_name
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
 
     @property
     def vocab_size(self) -> int:
@@ -67,7 +77,7 @@ class PromptRenderer:
                 f"At most {limit} image(s) per request for the model `{self._model_name}`; got {len(images)}."
             )
         decoded = await asyncio.to_thread(_decode_images, images, self._image_limits)
-        text = await self._chat_text(prompt.chat, add_generation_prompt)
+        text = await self._chat_text(prompt, add_generation_prompt)
         engine_input = await self._render_with_images(text, decoded, for_generation)
         return list(engine_input["prompt_token_ids"]), engine_input
 
@@ -122,7 +132,7 @@ class PromptRenderer:
             if any(t >= vocab for t in ids):
                 raise InvalidRequestError(f"prompt token ids must be below the vocabulary size {vocab}")
         elif prompt.chat is not None:
-            text = await self._chat_text(prompt.chat, add_generation_prompt)
+            text = await self._chat_text(prompt, add_generation_prompt)
             # The template already wrote the special tokens (as vLLM's chat path does).
             ids = await _off_loop(len(text), self._tokenizer.encode, text, add_special_tokens=False)
         elif prompt.text is not None:
@@ -135,16 +145,20 @@ class PromptRenderer:
             raise InvalidRequestError("the prompt is empty")
         return ids
 
-    async def _chat_text(self, chat: tuple[ChatTurn, ...] | None, add_generation_prompt: bool) -> str:
+    async def _chat_text(self, prompt: Prompt, add_generation_prompt: bool) -> str:
+        chat = prompt.chat
         if not chat:
             raise InvalidRequestError("messages must hold at least one message")
-        messages = [_chat_message(turn) for turn in chat]
-        size = sum(len(turn.content) for turn in chat)
+        messages = [_chat_message(i, turn) for i, turn in enumerate(chat)]
+        tools = template_tools(prompt.tools)
+        size = sum(len(turn.content) for turn in chat) + (len(json.dumps(tools)) if tools else 0)
         try:
             return await _off_loop(
                 size,
                 self._tokenizer.apply_chat_template,
                 messages,
+                tools=tools,
+                chat_template=self._chat_template,
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt,
             )
@@ -179,7 +193,7 @@ def _check_size(where: str, size: tuple[int, int], limits: ImageLimits) -> None:
         )
 
 
-def _chat_message(turn: ChatTurn) -> dict[str, Any]:
+def _chat_message(index: int, turn: ChatTurn) -> dict[str, Any]:
     message: dict[str, Any] = {"role": turn.role.value, "content": turn.content}
     if turn.parts is not None:
         message["content"] = [
@@ -189,6 +203,8 @@ def _chat_message(turn: ChatTurn) -> dict[str, Any]:
         message["name"] = turn.name
     if turn.tool_call_id:
         message["tool_call_id"] = turn.tool_call_id
+    if turn.tool_calls:
+        message["tool_calls"] = template_tool_calls(index, turn)
     return message
 
 

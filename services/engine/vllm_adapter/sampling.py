@@ -22,9 +22,12 @@ _PASSED_THROUGH = (
 )
 
 
-def sampling_params(sampling: Sampling, prompt_len: int, max_model_len: int, defaults: dict[str, Any]) -> Any:
+def sampling_params(
+    sampling: Sampling, prompt_len: int, max_model_len: int, defaults: dict[str, Any], tool_calls: Any = None
+) -> Any:
     """`defaults`: the model's generation_config (vLLM's `get_diff_sampling_param`), for fields the
-    request leaves unset, as vLLM's server does."""
+    request leaves unset, as vLLM's server does. `tool_calls` (a ToolCallReader): its structured output
+    (the calls' schema or structural tag) wins over the request's, as in vLLM's server."""
     from vllm.exceptions import VLLMClientError
     from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
@@ -37,6 +40,10 @@ def sampling_params(sampling: Sampling, prompt_len: int, max_model_len: int, def
     kwargs |= {name: value for name in _PASSED_THROUGH if (value := getattr(sampling, name)) is not None}
     if sampling.structured_output is not None:
         kwargs["structured_outputs"] = StructuredOutputsParams(**_structured_kwargs(sampling.structured_output))
+    if tool_calls is not None:
+        if tool_calls.structured_outputs is not None:
+            kwargs["structured_outputs"] = tool_calls.structured_outputs
+        kwargs["skip_special_tokens"] = tool_calls.skip_special_tokens
     try:
         return SamplingParams(
             n=sampling.n,

@@ -10,7 +10,7 @@ from services.gateway.dependencies import Fleet, Images, KeyId
 from services.gateway.errors import from_grpc
 from services.gateway.openai_api.images import load_images
 from services.gateway.openai_api.schemas import DetokenizeRequest, TokenizeRequest
-from services.gateway.openai_api.translate import chat_messages
+from services.gateway.openai_api.translate import add_tools, chat_messages
 
 router = APIRouter()
 
@@ -21,6 +21,7 @@ async def tokenize(body: TokenizeRequest, fleet: Fleet, image_policy: Images, ke
     if body.messages is not None:
         images = await load_images(body.messages, image_policy)
         request.chat.CopyFrom(chat_messages(body.messages, images))
+        add_tools(request.chat, body.tools)
         request.add_generation_prompt = body.add_generation_prompt
     else:
         request.text = body.prompt or ""

@@ -9,7 +9,9 @@ from llmserve.engine.v1 import engine_pb2 as pb
 from services.gateway.openai_api.schemas import (
     ChatCompletionRequest,
     ChatMessage,
+    ChatTool,
     CompletionRequest,
+    NamedToolChoice,
     ResponseFormat,
     SamplingFields,
     TextPart,
@@ -24,11 +26,20 @@ _ROLES = {
 }
 
 
+_TOOL_CHOICES = {
+    "none": pb.TOOL_CHOICE_MODE_NONE,
+    "auto": pb.TOOL_CHOICE_MODE_AUTO,
+    "required": pb.TOOL_CHOICE_MODE_REQUIRED,
+}
+
+
 def chat_messages(messages: list[ChatMessage], images: dict[tuple[int, int], pb.Image] | None = None) -> pb.Chat:
     """`images`: the image parts' bytes by (message, part) index (services.gateway.openai_api.images)."""
     chat = pb.Chat()
     for i, m in enumerate(messages):
         message = chat.messages.add(role=_ROLES[m.role], content=m.text(), name=m.name or "", tool_call_id=m.tool_call_id or "")
+        for call in m.tool_calls or ():
+            message.tool_calls.add(id=call.id, name=call.function.name, arguments=call.function.arguments)
         if m.has_images:
             for j, part in enumerate(m.content):
                 if isinstance(part, TextPart):
@@ -36,6 +47,31 @@ def chat_messages(messages: list[ChatMessage], images: dict[tuple[int, int], pb.
                 else:
                     message.parts.add(image=(images or {})[(i, j)])
     return chat
+
+
+def add_tools(
+    chat: pb.Chat,
+    tools: list[ChatTool] | None,
+    choice: str | NamedToolChoice | None = None,
+    parallel_tool_calls: bool | None = None,
+) -> None:
+    """The engine checks what depends on the model (the tool-call parser, the schemas)."""
+    for tool in tools or ():
+        function = tool.function
+        added = chat.tools.add(
+            name=function.name,
+            description=function.description or "",
+            parameters_json=json.dumps(function.parameters) if function.parameters is not None else "",
+        )
+        if function.strict is not None:
+            added.strict = function.strict
+    if isinstance(choice, str):
+        chat.tool_choice.mode = _TOOL_CHOICES[choice]
+    elif choice is not None:
+        chat.tool_choice.mode = pb.TOOL_CHOICE_MODE_FUNCTION
+        chat.tool_choice.function_name = choice.function.name
+    if parallel_tool_calls is not None:
+        chat.parallel_tool_calls = parallel_tool_calls
 
 
 def _structured(response_format: ResponseFormat | None) -> pb.StructuredOutput | None:
@@ -82,10 +118,12 @@ def chat_request(
     body: ChatCompletionRequest, request_id: str, images: dict[tuple[int, int], pb.Image] | None = None
 ) -> pb.GenerateRequest:
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    chat = chat_messages(body.messages, images)
+    add_tools(chat, body.tools, body.tool_choice, body.parallel_tool_calls)
     return pb.GenerateRequest(
         request_id=request_id,
         model=body.model,
-        chat=chat_messages(body.messages, images),
+        chat=chat,
         sampling=_sampling(body, body.max_completion_tokens or body.max_tokens, logprobs, body.response_format),
     )
 

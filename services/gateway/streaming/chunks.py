@@ -65,6 +65,21 @@ class CompletionLogprobs:
         }
 
 
+def tool_call_delta(call: pb.ToolCallDelta) -> Json:
+    """OpenAI's streamed fragment: the first of a call carries its id, type and name."""
+    out: Json = {"index": call.index}
+    function: Json = {}
+    if call.id:
+        out["id"] = call.id
+        out["type"] = "function"
+    if call.name:
+        function["name"] = call.name
+    if call.arguments or call.id:
+        function["arguments"] = call.arguments
+    out["function"] = function
+    return out
+
+
 @dataclass
 class ChoiceAccumulator:
     """One choice of a non-streamed response."""
@@ -73,6 +88,24 @@ class ChoiceAccumulator:
     chat_logprobs: list[Json] = field(default_factory=list)
     completion_logprobs: CompletionLogprobs = field(default_factory=CompletionLogprobs)
     finish_reason: str | None = None
+    tool_calls: dict[int, Json] = field(default_factory=dict)
+
+    def add_tool_calls(self, choice: pb.ChoiceDelta) -> None:
+        for part in choice.tool_calls:
+            call = self.tool_calls.setdefault(
+                part.index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+            )
+            call["id"] = call["id"] or part.id
+            call["function"]["name"] += part.name
+            call["function"]["arguments"] += part.arguments
+
+    def message(self) -> Json:
+        """The chat message: content is null when the model only called tools, as OpenAI's."""
+        text = "".join(self.text)
+        if not self.tool_calls:
+            return {"role": "assistant", "content": text}
+        calls = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+        return {"role": "assistant", "content": text or None, "tool_calls": calls}
 
 
 def finish_reason(choice: pb.ChoiceDelta) -> str | None:

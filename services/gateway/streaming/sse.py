@@ -18,6 +18,7 @@ from services.gateway.streaming.chunks import (
     chat_logprobs,
     error_event,
     finish_reason,
+    tool_call_delta,
     usage_object,
 )
 
@@ -64,15 +65,18 @@ async def stream_events(gen: Generation, meta: ResponseMeta, settling: set[async
             choices = []
             for choice in message.choices:
                 reason = finish_reason(choice)
-                if not choice.text and reason is None and not choice.logprobs:
+                if not choice.text and reason is None and not choice.logprobs and not choice.tool_calls:
                     continue
                 index = prompt_index * meta.n + choice.index
                 if reason is not None:
                     finished[index] = reason
                 if meta.kind == "chat":
+                    delta: Json = {"content": choice.text} if choice.text else {}
+                    if choice.tool_calls:
+                        delta["tool_calls"] = [tool_call_delta(c) for c in choice.tool_calls]
                     out: Json = {
                         "index": index,
-                        "delta": {"content": choice.text} if choice.text else {},
+                        "delta": delta,
                         "logprobs": chat_logprobs(choice) if meta.logprobs else None,
                         "finish_reason": reason,
                     }
@@ -109,6 +113,8 @@ async def aggregate(gen: Generation, meta: ResponseMeta, settling: set[asyncio.T
             for choice in message.choices:
                 acc = choices.setdefault(prompt_index * meta.n + choice.index, ChoiceAccumulator())
                 acc.text.append(choice.text)
+                if choice.tool_calls:
+                    acc.add_tool_calls(choice)
                 if meta.logprobs:
                     if meta.kind == "chat":
                         acc.chat_logprobs.extend(chat_logprobs(choice)["content"])
@@ -124,20 +130,19 @@ async def aggregate(gen: Generation, meta: ResponseMeta, settling: set[asyncio.T
     out = []
     for index in sorted(choices):
         acc = choices[index]
-        text = "".join(acc.text)
         if meta.kind == "chat":
             logprobs = {"content": acc.chat_logprobs} if meta.logprobs else None
             out.append(
                 {
                     "index": index,
-                    "message": {"role": "assistant", "content": text},
+                    "message": acc.message(),
                     "logprobs": logprobs,
                     "finish_reason": acc.finish_reason,
                 }
             )
         else:
             logprobs = acc.completion_logprobs.as_json() if meta.logprobs else None
-            out.append({"index": index, "text": text, "logprobs": logprobs, "finish_reason": acc.finish_reason})
+            out.append({"index": index, "text": "".join(acc.text), "logprobs": logprobs, "finish_reason": acc.finish_reason})
     return {
         "id": meta.id,
         "object": "chat.completion" if meta.kind == "chat" else "text_completion",
