@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import random
 import struct
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -21,7 +22,8 @@ from xinference_client import RESTfulClient
 from services.contracts.builtin_models import EMBEDDED_MODEL_NAME, EMBEDDING_NAME
 from services.engine.builtin_models import embedding_model_folder
 from tests.conftest import ADMIN_API_KEY, API_KEY, start_gateway, start_metering
-from tests.test_metering import metering_totals, wait_for
+from tests.test_metering import engine_served, metering_totals, wait_for, wait_idle
+from tests.test_usage_faults import metering_reaches_engine
 from tools.processes import ServiceProcess
 
 UID = "minilm"
@@ -139,3 +141,42 @@ def test_chat_on_an_embedding_model_is_a_400(gateway: ServiceProcess) -> None:
     reply = httpx.post(f"{gateway.address}/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
                        json={"model": UID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}, timeout=60)
     assert reply.status_code == 400 and "embedding model" in reply.json()["error"]["message"]
+
+
+async def test_clients_hanging_up_mid_embedding_are_billed_exactly_what_the_engine_counted(
+    gateway: ServiceProcess, engine_address: str, log_dir: Path, tmp_path: Path
+) -> None:
+    """60 requests of 32 long inputs, 45 of them cut by the client from 5 ms to 0.8 s after sending. What
+    the engine embedded is billed whether or not its client stayed: metering ends equal to the engine's
+    count. (An answer lost between engine and gateway is billed from the engine's held usage: the fake-engine
+    unit test in services/gateway provokes that.)"""
+    metering = await asyncio.to_thread(start_metering, log_dir, tmp_path / "m", None, "metering-embed-hangups")
+    hanging = await asyncio.to_thread(
+        start_gateway, log_dir, engine_address, "gateway-embed-hangups",
+        metering_addr=metering.address, data_dir=str(tmp_path / "g"),
+    )
+    text = " ".join(["The quick brown fox jumps over the lazy dog."] * 20)
+    body = {"model": UID, "input": [f"{i} {text}" for i in range(32)]}
+    rng = random.Random(11)
+    try:
+        await wait_idle(engine_address)
+        before = await engine_served(engine_address)
+        slots = asyncio.Semaphore(6)
+
+        async def one(i: int) -> bool:
+            timeout = None if i % 4 == 0 else rng.uniform(0.005, 0.8)
+            async with slots, httpx.AsyncClient(timeout=timeout or 120) as http:
+                try:
+                    reply = await http.post(f"{hanging.address}/v1/embeddings", json=body,
+                                            headers={"Authorization": f"Bearer {API_KEY}"})
+                except httpx.TimeoutException:
+                    return False
+                assert reply.status_code == 200, reply.text
+                return True
+
+        answered = await asyncio.gather(*(one(i) for i in range(60)))
+        assert sum(answered) >= 15 and answered.count(False) >= 20
+        await metering_reaches_engine(metering.address, engine_address, before, 60)
+    finally:
+        hanging.stop()
+        metering.stop()

@@ -14,6 +14,7 @@ from services.gateway.metrics import GatewayMetrics
 from services.gateway.middleware import InFlight
 from services.gateway.openai_api.images import ImagePolicy
 from services.gateway.openai_api.respond import Responder
+from services.gateway.streaming.open_generations import OpenGenerations
 from services.gateway.usage.delivery import UsageDelivery
 from services.gateway.usage.recorder import OutcomeRecorder
 
@@ -36,6 +37,7 @@ Images = Annotated[ImagePolicy, _app_state("image_policy")]
 Usage = Annotated[UsageDelivery | None, _app_state("usage")]
 Generate = Annotated[Responder, _app_state("responder")]
 Record = Annotated[OutcomeRecorder, _app_state("recorder")]
+Generations = Annotated[OpenGenerations, _app_state("generations")]
 
 
 async def require_key(request: Request) -> str:

@@ -29,6 +29,7 @@ class FakeEngine(engine_pb2_grpc.EngineServiceServicer):
         self.hold.set()
         self.aborted: list[str] = []
         self.started = asyncio.Event()
+        self.held: dict[str, pb.UnconfirmedUsage] = {}
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
         if request.model == "missing":
@@ -67,6 +68,20 @@ class FakeEngine(engine_pb2_grpc.EngineServiceServicer):
             usage=pb.Usage(prompt_tokens=4, completion_tokens=3, cached_tokens=2),
             finished=True,
         )
+
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        """Counts the request and holds its usage for the caller, then loses the answer on the way."""
+        self.held[request.request_id] = pb.UnconfirmedUsage(
+            request_id=request.request_id, model="fake-embed", usage=pb.Usage(prompt_tokens=7),
+            finish_reasons=[pb.FINISH_REASON_STOP],
+        )
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "connection lost after the engine counted the request")
+
+    async def ClaimUsage(self, request: pb.ClaimUsageRequest, context: grpc.aio.ServicerContext) -> pb.ClaimUsageResponse:
+        return pb.ClaimUsageResponse(usage=[self.held[r] for r in request.request_ids if r in self.held])
+
+    async def ConfirmUsage(self, request, context):
+        return pb.ConfirmUsageResponse()
 
     async def Abort(self, request: pb.AbortRequest, context: grpc.aio.ServicerContext) -> pb.AbortResponse:
         self.aborted += request.request_ids
@@ -228,6 +243,22 @@ async def test_client_gone_before_the_first_token_is_aborted_and_its_usage_read(
         [outcome] = recorded
         assert len(fake.aborted) == 1
         assert (outcome.status, outcome.prompt_tokens, outcome.completion_tokens) == ("abort", 4, 0)
+
+
+async def test_an_embedding_counted_but_never_answered_is_billed_from_the_engines_held_usage(
+    fake: FakeEngine, tmp_path
+) -> None:
+    recorded: list[Outcome] = []
+    # Usage delivery on (metering unreachable: the outbox keeps the events), so requests name their caller.
+    async for client in gateway(fake, recorded, metering_addr="127.0.0.1:9", data_dir=tmp_path, usage_drain_seconds=0):
+        reply = await client.post("/v1/embeddings", json={"model": "fake", "input": "hi"})
+        assert reply.status_code == 503
+        async with asyncio.timeout(5):
+            while not recorded:
+                await asyncio.sleep(0.01)
+        [outcome] = recorded
+        assert list(fake.held) == outcome.engine_request_ids
+        assert (outcome.model, outcome.prompt_tokens, outcome.completion_tokens, outcome.status) == ("fake-embed", 7, 0, "abort")
 
 
 async def test_empty_model_is_billed_under_the_engines_model(fake: FakeEngine) -> None:

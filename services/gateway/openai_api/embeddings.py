@@ -3,7 +3,9 @@ pooling runner, with exact prompt-token usage recorded like any request's (zero 
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
 import time
 import uuid
 from array import array
@@ -14,12 +16,18 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from llmserve.engine.v1 import engine_pb2 as pb
 
-from services.gateway.dependencies import Fleet, KeyId, Metrics, Record, Settings
+from services.contracts.engine_client import EngineClient
+from services.gateway.dependencies import Fleet, Generations, KeyId, Metrics, Record, Settings
 from services.gateway.errors import ApiError, from_grpc
 from services.gateway.openai_api.schemas import EmbeddingRequest
 from services.gateway.outcome import Outcome
+from services.gateway.usage.recorder import OutcomeRecorder
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1")
+# Refused before the engine counted anything: nothing is held.
+_REFUSED = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAUTHENTICATED,
+                      grpc.StatusCode.PERMISSION_DENIED})
 
 
 def _encode(values: Sequence[float], encoding: str) -> list[float] | str:
@@ -41,10 +49,38 @@ def _engine_inputs(body: EmbeddingRequest, limit: int) -> list[pb.EmbedInput]:
     ]
 
 
+async def _record_held_usage(
+    engine: EngineClient, request: pb.EmbedRequest, outcome: Outcome, recorder: OutcomeRecorder, started: float,
+    settle_seconds: float,
+) -> None:
+    """Asks the engine for the usage it holds for a request whose answer never reached us, and records it:
+    a request the engine finished is billed even if its vectors were lost on the way."""
+    if not request.caller:
+        return
+    source = request.caller.rpartition("/")[0]
+    deadline = time.monotonic() + settle_seconds
+    try:
+        while True:
+            answer = await engine.claim_usage(source, "", timeout=settle_seconds, request_ids=[request.request_id])
+            if not answer.still_open or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+    except grpc.aio.AioRpcError as error:
+        log.warning("could not ask the engine for the usage of embedding %s: %s", request.request_id, error.code().name)
+        return
+    for held in answer.usage:
+        outcome.model = held.model or outcome.model
+        outcome.prompt_tokens = held.usage.prompt_tokens
+        outcome.finish_reasons = ["abort"]
+        outcome.status = "abort"
+        outcome.duration_seconds = time.monotonic() - started
+        await recorder.record(outcome)
+
+
 @router.post("/embeddings", response_model=None)
 async def create_embeddings(
     body: EmbeddingRequest, request: Request, fleet: Fleet, recorder: Record, metrics: Metrics, settings: Settings,
-    key_id: KeyId,
+    generations: Generations, key_id: KeyId,
 ) -> Response:
     request.state.model = body.model
     outcome = Outcome(
@@ -61,18 +97,28 @@ async def create_embeddings(
     member = fleet.pick(body.model)
     member.outstanding += 1
     started = time.monotonic()
+    outcome.engine_request_ids = [outcome.request_id]
+    outcome.engine_address = member.address
     try:
         reply = await member.client.embed(engine_request)
-    except grpc.aio.AioRpcError as error:
-        raise from_grpc(error) from error
+    except BaseException as error:
+        refused = isinstance(error, grpc.aio.AioRpcError) and error.code() in _REFUSED
+        if not refused:
+            # Cut after the engine may have counted it (a deadline, the client gone): it holds the usage for us.
+            task = asyncio.create_task(_record_held_usage(
+                member.client, engine_request, outcome, recorder, started, settings.settle_timeout_seconds
+            ))
+            generations.settling.add(task)
+            task.add_done_callback(generations.settling.discard)
+        if isinstance(error, grpc.aio.AioRpcError):
+            raise from_grpc(error) from error
+        raise
     finally:
         member.outstanding -= 1
     outcome.model = reply.model or body.model
     outcome.prompt_tokens = reply.usage.prompt_tokens
     outcome.finish_reasons = ["stop"]
     outcome.duration_seconds = time.monotonic() - started
-    outcome.engine_request_ids = [outcome.request_id]
-    outcome.engine_address = member.address
     metrics.known_models.add(outcome.model)
     await recorder.record(outcome)
     data = [
