@@ -90,6 +90,9 @@ def test_required_reads_every_call_and_ends_with_tool_calls(tokenizer: Any) -> N
 def test_parallel_tool_calls_false_allows_one_call(tokenizer: Any) -> None:
     r = reader(tokenizer, Tools((WEATHER, TIME), ToolChoice.REQUIRED, parallel=False))
     assert r.structured_outputs.json["maxItems"] == 1
+    r = reader(tokenizer, Tools((WEATHER, TIME), ToolChoice.AUTO, parallel=False), parser="pythonic")
+    deltas = stream(r, tokenizer, '[get_weather(city="Paris"), get_time(city="Rome")]')
+    assert [c["name"] for c in calls(deltas)] == ["get_weather"]
 
 
 def test_auto_with_the_hermes_parser_splits_content_from_calls(tokenizer: Any) -> None:

@@ -147,6 +147,8 @@ class ToolCallReader:
                         arguments=(call.function.arguments or "") if call.function else "",
                     )
                     for call in delta.tool_calls
+                    # Without parallel calls only the first counts, as vLLM's server filters them.
+                    if self._tools.parallel or call.index == 0
                 ]
             if (
                 choice.finish_reason is FinishReason.STOP
