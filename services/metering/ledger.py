@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from services.metering.events import Rejection, UsageEvent, check
+from services.metering.limits import Decision, KeyLimits, Standing
 from services.metering.metrics import MeteringMetrics
 from services.metering.store import Commit, ModelTotals, Query, Totals, UsageStore
 from services.metering.throughput import WINDOWS, window_rate
@@ -171,6 +172,27 @@ class Ledger:
             for (label, window), rate in rates.items():
                 self._metrics.throughput.labels(label, f"{window:.0f}s").set(rate)
             await asyncio.sleep(interval)
+
+    async def reserve(
+        self, source: str, event_id: str, api_key_id: str, tokens: int, lease_seconds: float
+    ) -> tuple[Decision, Standing]:
+        return await self._run(self._store.reserve, source, event_id, api_key_id, tokens, lease_seconds, self._clock())
+
+    async def settle(self, source: str, event_id: str, tokens: int) -> None:
+        await self._run(self._store.settle, source, event_id, tokens)
+
+    async def renew(self, source: str, lease_seconds: float) -> None:
+        await self._run(self._store.renew, source, lease_seconds, self._clock())
+
+    async def set_limits(self, limits: KeyLimits) -> Standing:
+        await self._run(self._store.set_limits, limits, self._clock())
+        return await self.standing(limits.api_key_id)
+
+    async def all_limits(self) -> list[KeyLimits]:
+        return await self._run(self._store.all_limits)
+
+    async def standing(self, api_key_id: str) -> Standing:
+        return await self._run(self._store.standing, api_key_id, self._clock())
 
     async def totals(self, query: Query, group_by: tuple[str, ...]) -> list[tuple[dict[str, str], Totals]]:
         return await self._run(self._store.totals, query, group_by)

@@ -89,6 +89,11 @@ class PostgresStore(UsageStore):
     def _lock_schema(self) -> None:
         self._rows("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
 
+    def _lock_key(self, api_key_id: str) -> None:
+        # Reservations of one key wait on each other (every replica's); the next statement then sees
+        # what the one before committed.
+        self._rows("SELECT 1 FROM key_limits WHERE api_key_id = ? FOR UPDATE", (api_key_id,))
+
     def _rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
         with self._lost_connection():
             cursor = self._connection().execute(_placeholders(sql), params or None)

@@ -27,6 +27,9 @@ POLICY = {
     **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, ENGINE}) for method in ("RecordUsage", "StreamUsage")},
     **{f"/{SERVICE_NAME}/{method}": frozenset({ADMIN}) for method in (
         "GetTotals", "GetUsageSeries", "GetCounters", "GetThroughput")},
+    # Gateways enforce the limits (and relay their admins' changes); an admin reads and sets them too.
+    **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY}) for method in ("Reserve", "Settle", "RenewLease")},
+    **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, ADMIN}) for method in ("SetLimits", "ListLimits", "GetStanding")},
 }
 
 

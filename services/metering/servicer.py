@@ -12,6 +12,7 @@ from llmserve.metering.v1 import metering_pb2_grpc
 
 from services.metering.events import UsageEvent
 from services.metering.ledger import DUPLICATE, RECORDED, REJECTED, Ack, Ledger
+from services.metering.limits import KeyLimits, Standing
 from services.metering.store import Query, StoreUnavailable, Totals
 
 
@@ -121,6 +122,63 @@ def trace_ingest(events: Sequence[pb.UsageEvent], acks: list[Ack]) -> None:
             )
 
 
+_PERIODS = {
+    pb.BUDGET_PERIOD_UNSPECIFIED: "total", pb.BUDGET_PERIOD_TOTAL: "total", pb.BUDGET_PERIOD_DAY: "day",
+    pb.BUDGET_PERIOD_MONTH: "month",
+}
+_PERIOD_ENUM = {"total": pb.BUDGET_PERIOD_TOTAL, "day": pb.BUDGET_PERIOD_DAY, "month": pb.BUDGET_PERIOD_MONTH}
+
+
+def to_limits(message: pb.KeyLimits) -> KeyLimits:
+    if not message.api_key_id:
+        raise InvalidQuery("api_key_id is required")
+    period = _PERIODS.get(message.budget_period)
+    if period is None:
+        raise InvalidQuery("budget_period must be TOTAL, DAY or MONTH")
+    return KeyLimits(
+        api_key_id=message.api_key_id,
+        requests_per_minute=message.requests_per_minute if message.HasField("requests_per_minute") else None,
+        tokens_per_minute=message.tokens_per_minute if message.HasField("tokens_per_minute") else None,
+        token_budget=message.token_budget if message.HasField("token_budget") else None,
+        budget_period=period,
+    )
+
+
+def limits_message(limits: KeyLimits) -> pb.KeyLimits:
+    message = pb.KeyLimits(api_key_id=limits.api_key_id, budget_period=_PERIOD_ENUM[limits.budget_period])
+    for name in ("requests_per_minute", "tokens_per_minute", "token_budget"):
+        if (value := getattr(limits, name)) is not None:
+            setattr(message, name, value)
+    return message
+
+
+def standing_message(standing: Standing) -> pb.Standing:
+    spent = standing.spent
+    message = pb.Standing(
+        api_key_id=standing.limits.api_key_id,
+        limits=limits_message(standing.limits),
+        limited=standing.limits.any,
+        requests_last_minute=spent.requests_last_minute,
+        tokens_last_minute=spent.tokens_last_minute,
+        budget_used=spent.budget_used,
+        reserved_tokens=spent.reserved_tokens,
+        reset_requests_seconds=standing.window_reset_seconds if standing.limits.requests_per_minute else 0.0,
+        reset_tokens_seconds=standing.window_reset_seconds if standing.limits.tokens_per_minute else 0.0,
+        budget_reset_seconds=standing.budget_reset_seconds if standing.limits.token_budget is not None else 0.0,
+    )
+    for name in ("remaining_requests", "remaining_tokens", "remaining_budget"):
+        if (value := getattr(standing, name)) is not None:
+            setattr(message, name, value)
+    return message
+
+
+def _holder(source: str, lease_seconds: float) -> None:
+    if not source:
+        raise InvalidQuery("source is required")
+    if not 0 < lease_seconds <= 3600:
+        raise InvalidQuery("lease_seconds must be above 0 and at most 3600")
+
+
 class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
@@ -218,3 +276,38 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
                 ),
             )
         return response
+
+    async def Reserve(self, request: pb.ReserveRequest, context: grpc.aio.ServicerContext) -> pb.ReserveResponse:
+        _holder(request.source, request.lease_seconds)
+        if not (request.event_id and request.api_key_id):
+            raise InvalidQuery("event_id and api_key_id are required")
+        decision, standing = await self._ledger.reserve(
+            request.source, request.event_id, request.api_key_id, request.tokens, request.lease_seconds
+        )
+        return pb.ReserveResponse(
+            granted=decision.granted, refusal=decision.refusal, reason=decision.reason,
+            standing=standing_message(standing),
+        )
+
+    async def Settle(self, request: pb.SettleRequest, context: grpc.aio.ServicerContext) -> pb.SettleResponse:
+        if not (request.source and request.event_id):
+            raise InvalidQuery("source and event_id are required")
+        await self._ledger.settle(request.source, request.event_id, request.tokens)
+        return pb.SettleResponse()
+
+    async def RenewLease(self, request: pb.RenewLeaseRequest, context: grpc.aio.ServicerContext) -> pb.RenewLeaseResponse:
+        _holder(request.source, request.lease_seconds)
+        await self._ledger.renew(request.source, request.lease_seconds)
+        return pb.RenewLeaseResponse()
+
+    async def SetLimits(self, request: pb.KeyLimits, context: grpc.aio.ServicerContext) -> pb.SetLimitsResponse:
+        standing = await self._ledger.set_limits(to_limits(request))
+        return pb.SetLimitsResponse(standing=standing_message(standing))
+
+    async def ListLimits(self, request: pb.ListLimitsRequest, context: grpc.aio.ServicerContext) -> pb.ListLimitsResponse:
+        return pb.ListLimitsResponse(limits=[limits_message(k) for k in await self._ledger.all_limits()])
+
+    async def GetStanding(self, request: pb.GetStandingRequest, context: grpc.aio.ServicerContext) -> pb.Standing:
+        if not request.api_key_id:
+            raise InvalidQuery("api_key_id is required")
+        return standing_message(await self._ledger.standing(request.api_key_id))

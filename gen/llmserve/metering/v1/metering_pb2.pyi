@@ -10,6 +10,13 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class BudgetPeriod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BUDGET_PERIOD_UNSPECIFIED: _ClassVar[BudgetPeriod]
+    BUDGET_PERIOD_TOTAL: _ClassVar[BudgetPeriod]
+    BUDGET_PERIOD_DAY: _ClassVar[BudgetPeriod]
+    BUDGET_PERIOD_MONTH: _ClassVar[BudgetPeriod]
+
 class RequestStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     REQUEST_STATUS_UNSPECIFIED: _ClassVar[RequestStatus]
@@ -30,6 +37,10 @@ class Bucket(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BUCKET_MINUTE: _ClassVar[Bucket]
     BUCKET_HOUR: _ClassVar[Bucket]
     BUCKET_DAY: _ClassVar[Bucket]
+BUDGET_PERIOD_UNSPECIFIED: BudgetPeriod
+BUDGET_PERIOD_TOTAL: BudgetPeriod
+BUDGET_PERIOD_DAY: BudgetPeriod
+BUDGET_PERIOD_MONTH: BudgetPeriod
 REQUEST_STATUS_UNSPECIFIED: RequestStatus
 REQUEST_STATUS_OK: RequestStatus
 REQUEST_STATUS_ABORT: RequestStatus
@@ -42,6 +53,124 @@ BUCKET_UNSPECIFIED: Bucket
 BUCKET_MINUTE: Bucket
 BUCKET_HOUR: Bucket
 BUCKET_DAY: Bucket
+
+class KeyLimits(_message.Message):
+    __slots__ = ("api_key_id", "requests_per_minute", "tokens_per_minute", "token_budget", "budget_period")
+    API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    api_key_id: str
+    requests_per_minute: int
+    tokens_per_minute: int
+    token_budget: int
+    budget_period: BudgetPeriod
+    def __init__(self, api_key_id: _Optional[str] = ..., requests_per_minute: _Optional[int] = ..., tokens_per_minute: _Optional[int] = ..., token_budget: _Optional[int] = ..., budget_period: _Optional[_Union[BudgetPeriod, str]] = ...) -> None: ...
+
+class ReserveRequest(_message.Message):
+    __slots__ = ("source", "event_id", "api_key_id", "tokens", "lease_seconds")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    event_id: str
+    api_key_id: str
+    tokens: int
+    lease_seconds: float
+    def __init__(self, source: _Optional[str] = ..., event_id: _Optional[str] = ..., api_key_id: _Optional[str] = ..., tokens: _Optional[int] = ..., lease_seconds: _Optional[float] = ...) -> None: ...
+
+class ReserveResponse(_message.Message):
+    __slots__ = ("granted", "refusal", "reason", "standing")
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STANDING_FIELD_NUMBER: _ClassVar[int]
+    granted: bool
+    refusal: str
+    reason: str
+    standing: Standing
+    def __init__(self, granted: _Optional[bool] = ..., refusal: _Optional[str] = ..., reason: _Optional[str] = ..., standing: _Optional[_Union[Standing, _Mapping]] = ...) -> None: ...
+
+class SettleRequest(_message.Message):
+    __slots__ = ("source", "event_id", "tokens")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    event_id: str
+    tokens: int
+    def __init__(self, source: _Optional[str] = ..., event_id: _Optional[str] = ..., tokens: _Optional[int] = ...) -> None: ...
+
+class SettleResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RenewLeaseRequest(_message.Message):
+    __slots__ = ("source", "lease_seconds")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    lease_seconds: float
+    def __init__(self, source: _Optional[str] = ..., lease_seconds: _Optional[float] = ...) -> None: ...
+
+class RenewLeaseResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SetLimitsResponse(_message.Message):
+    __slots__ = ("standing",)
+    STANDING_FIELD_NUMBER: _ClassVar[int]
+    standing: Standing
+    def __init__(self, standing: _Optional[_Union[Standing, _Mapping]] = ...) -> None: ...
+
+class ListLimitsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListLimitsResponse(_message.Message):
+    __slots__ = ("limits",)
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    limits: _containers.RepeatedCompositeFieldContainer[KeyLimits]
+    def __init__(self, limits: _Optional[_Iterable[_Union[KeyLimits, _Mapping]]] = ...) -> None: ...
+
+class GetStandingRequest(_message.Message):
+    __slots__ = ("api_key_id",)
+    API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    api_key_id: str
+    def __init__(self, api_key_id: _Optional[str] = ...) -> None: ...
+
+class Standing(_message.Message):
+    __slots__ = ("api_key_id", "limits", "limited", "requests_last_minute", "tokens_last_minute", "budget_used", "reserved_tokens", "remaining_requests", "remaining_tokens", "remaining_budget", "reset_requests_seconds", "reset_tokens_seconds", "budget_reset_seconds")
+    API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    LIMITED_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_LAST_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_LAST_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_USED_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    RESET_REQUESTS_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RESET_TOKENS_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_RESET_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    api_key_id: str
+    limits: KeyLimits
+    limited: bool
+    requests_last_minute: int
+    tokens_last_minute: int
+    budget_used: int
+    reserved_tokens: int
+    remaining_requests: int
+    remaining_tokens: int
+    remaining_budget: int
+    reset_requests_seconds: float
+    reset_tokens_seconds: float
+    budget_reset_seconds: float
+    def __init__(self, api_key_id: _Optional[str] = ..., limits: _Optional[_Union[KeyLimits, _Mapping]] = ..., limited: _Optional[bool] = ..., requests_last_minute: _Optional[int] = ..., tokens_last_minute: _Optional[int] = ..., budget_used: _Optional[int] = ..., reserved_tokens: _Optional[int] = ..., remaining_requests: _Optional[int] = ..., remaining_tokens: _Optional[int] = ..., remaining_budget: _Optional[int] = ..., reset_requests_seconds: _Optional[float] = ..., reset_tokens_seconds: _Optional[float] = ..., budget_reset_seconds: _Optional[float] = ...) -> None: ...
 
 class UsageEvent(_message.Message):
     __slots__ = ("event_id", "source", "occurred_at", "model", "api_key_id", "endpoint", "streamed", "finish_reason", "status", "prompt_tokens", "completion_tokens", "cached_tokens", "time_to_first_token_seconds", "generation_seconds", "request_seconds", "trace_id", "span_id", "model_name", "caller")

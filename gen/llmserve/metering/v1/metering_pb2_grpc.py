@@ -64,6 +64,36 @@ class MeteringServiceStub:
                 request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetThroughputRequest.SerializeToString,
                 response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetThroughputResponse.FromString,
                 _registered_method=True)
+        self.Reserve = channel.unary_unary(
+                '/llmserve.metering.v1.MeteringService/Reserve',
+                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ReserveRequest.SerializeToString,
+                response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ReserveResponse.FromString,
+                _registered_method=True)
+        self.Settle = channel.unary_unary(
+                '/llmserve.metering.v1.MeteringService/Settle',
+                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.SettleRequest.SerializeToString,
+                response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.SettleResponse.FromString,
+                _registered_method=True)
+        self.RenewLease = channel.unary_unary(
+                '/llmserve.metering.v1.MeteringService/RenewLease',
+                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.RenewLeaseRequest.SerializeToString,
+                response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.RenewLeaseResponse.FromString,
+                _registered_method=True)
+        self.SetLimits = channel.unary_unary(
+                '/llmserve.metering.v1.MeteringService/SetLimits',
+                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.KeyLimits.SerializeToString,
+                response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.SetLimitsResponse.FromString,
+                _registered_method=True)
+        self.ListLimits = channel.unary_unary(
+                '/llmserve.metering.v1.MeteringService/ListLimits',
+                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ListLimitsRequest.SerializeToString,
+                response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ListLimitsResponse.FromString,
+                _registered_method=True)
+        self.GetStanding = channel.unary_unary(
+                '/llmserve.metering.v1.MeteringService/GetStanding',
+                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetStandingRequest.SerializeToString,
+                response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.Standing.FromString,
+                _registered_method=True)
 
 
 class MeteringServiceServicer:
@@ -113,6 +143,49 @@ class MeteringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reserve(self, request, context):
+        """Limits per API key, the one authority every gateway replica asks. A gateway reserves a request's
+        prompt tokens plus its completion cap before it runs; the reservation counts against the key until
+        the request's usage event (same source and event id) is recorded, or until Settle brings it down to
+        the exact usage at once. A reservation whose holder stopped renewing its lease no longer counts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Settle(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewLease(self, request, context):
+        """Renews the lease of a holder (a gateway's source) on its open reservations.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetLimits(self, request, context):
+        """Sets (or, with no limit set, removes) a key's limits; effective for the next reservation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLimits(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStanding(self, request, context):
+        """A key's usage, limits and what remains.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeteringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +218,36 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     servicer.GetThroughput,
                     request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetThroughputRequest.FromString,
                     response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetThroughputResponse.SerializeToString,
+            ),
+            'Reserve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reserve,
+                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ReserveRequest.FromString,
+                    response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ReserveResponse.SerializeToString,
+            ),
+            'Settle': grpc.unary_unary_rpc_method_handler(
+                    servicer.Settle,
+                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.SettleRequest.FromString,
+                    response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.SettleResponse.SerializeToString,
+            ),
+            'RenewLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewLease,
+                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.RenewLeaseRequest.FromString,
+                    response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.RenewLeaseResponse.SerializeToString,
+            ),
+            'SetLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLimits,
+                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.KeyLimits.FromString,
+                    response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.SetLimitsResponse.SerializeToString,
+            ),
+            'ListLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLimits,
+                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ListLimitsRequest.FromString,
+                    response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ListLimitsResponse.SerializeToString,
+            ),
+            'GetStanding': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStanding,
+                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetStandingRequest.FromString,
+                    response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.Standing.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -309,6 +412,168 @@ class MeteringService:
             '/llmserve.metering.v1.MeteringService/GetThroughput',
             llmserve_dot_metering_dot_v1_dot_metering__pb2.GetThroughputRequest.SerializeToString,
             llmserve_dot_metering_dot_v1_dot_metering__pb2.GetThroughputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reserve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.metering.v1.MeteringService/Reserve',
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.ReserveRequest.SerializeToString,
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.ReserveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Settle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.metering.v1.MeteringService/Settle',
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.SettleRequest.SerializeToString,
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.SettleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.metering.v1.MeteringService/RenewLease',
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.RenewLeaseRequest.SerializeToString,
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.RenewLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.metering.v1.MeteringService/SetLimits',
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.KeyLimits.SerializeToString,
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.SetLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.metering.v1.MeteringService/ListLimits',
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.ListLimitsRequest.SerializeToString,
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.ListLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStanding(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.metering.v1.MeteringService/GetStanding',
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.GetStandingRequest.SerializeToString,
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.Standing.FromString,
             options,
             channel_credentials,
             insecure,

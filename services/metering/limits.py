@@ -1,0 +1,116 @@
+"""Limits per API key and the decision on a reservation: requests and tokens per minute, and a token
+budget over a period. The store gathers what a key has spent (recorded events plus reservations still
+counting) in one snapshot; this module decides and says what remains."""
+
+from __future__ import annotations
+
+import calendar
+import time
+from dataclasses import dataclass
+
+WINDOW_SECONDS = 60.0
+PERIODS = ("total", "day", "month")
+RATE_LIMITED = "rate_limit_exceeded"
+OUT_OF_QUOTA = "insufficient_quota"
+
+
+@dataclass(frozen=True)
+class KeyLimits:
+    api_key_id: str
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    token_budget: int | None = None
+    budget_period: str = "total"
+
+    @property
+    def any(self) -> bool:
+        return any(v is not None for v in (self.requests_per_minute, self.tokens_per_minute, self.token_budget))
+
+
+@dataclass(frozen=True)
+class Spent:
+    """What counts against a key now (one database snapshot)."""
+
+    requests_last_minute: int = 0
+    tokens_last_minute: int = 0
+    budget_used: int = 0
+    reserved_tokens: int = 0
+    # The oldest request still in the per-minute window (metering's clock), or None.
+    oldest_in_window: float | None = None
+
+
+@dataclass(frozen=True)
+class Standing:
+    limits: KeyLimits
+    spent: Spent
+    now: float
+
+    def _remaining(self, limit: int | None, used: int) -> int | None:
+        return None if limit is None else max(0, limit - used)
+
+    @property
+    def remaining_requests(self) -> int | None:
+        return self._remaining(self.limits.requests_per_minute, self.spent.requests_last_minute)
+
+    @property
+    def remaining_tokens(self) -> int | None:
+        return self._remaining(self.limits.tokens_per_minute, self.spent.tokens_last_minute)
+
+    @property
+    def remaining_budget(self) -> int | None:
+        return self._remaining(self.limits.token_budget, self.spent.budget_used)
+
+    @property
+    def window_reset_seconds(self) -> float:
+        if self.spent.oldest_in_window is None:
+            return 0.0
+        return max(0.0, self.spent.oldest_in_window + WINDOW_SECONDS - self.now)
+
+    @property
+    def budget_reset_seconds(self) -> float:
+        end = period_end(self.limits.budget_period, self.now)
+        return 0.0 if end is None else max(0.0, end - self.now)
+
+
+@dataclass(frozen=True)
+class Decision:
+    granted: bool
+    refusal: str = ""
+    reason: str = ""
+
+
+def decide(limits: KeyLimits, spent: Spent, tokens: int) -> Decision:
+    """Whether one more request reserving `tokens` fits every limit of the key."""
+    if limits.requests_per_minute is not None and spent.requests_last_minute + 1 > limits.requests_per_minute:
+        return Decision(False, RATE_LIMITED, f"Rate limit reached for requests per minute: limit {limits.requests_per_minute}, "
+                        f"used {spent.requests_last_minute}.")
+    if limits.tokens_per_minute is not None:
+        if tokens > limits.tokens_per_minute:
+            return Decision(False, RATE_LIMITED, f"Request too large for tokens per minute: limit {limits.tokens_per_minute}, "
+                            f"requested {tokens} (prompt plus max_tokens). Lower max_tokens or the prompt.")
+        if spent.tokens_last_minute + tokens > limits.tokens_per_minute:
+            return Decision(False, RATE_LIMITED, f"Rate limit reached for tokens per minute: limit {limits.tokens_per_minute}, "
+                            f"used {spent.tokens_last_minute}, requested {tokens}.")
+    if limits.token_budget is not None and spent.budget_used + tokens > limits.token_budget:
+        return Decision(False, OUT_OF_QUOTA, f"This key's token budget ({limits.budget_period}) is spent: budget "
+                        f"{limits.token_budget}, used {spent.budget_used}, requested {tokens}.")
+    return Decision(True)
+
+
+def period_start(period: str, now: float) -> float:
+    """The start of the budget period `now` falls in (UTC); 0 for a total budget."""
+    if period == "total":
+        return 0.0
+    t = time.gmtime(now)
+    day = 1 if period == "month" else t.tm_mday
+    return float(calendar.timegm((t.tm_year, t.tm_mon, day, 0, 0, 0)))
+
+
+def period_end(period: str, now: float) -> float | None:
+    if period == "total":
+        return None
+    if period == "day":
+        return period_start("day", now) + 86400.0
+    t = time.gmtime(now)
+    year, month = (t.tm_year + 1, 1) if t.tm_mon == 12 else (t.tm_year, t.tm_mon + 1)
+    return float(calendar.timegm((year, month, 1, 0, 0, 0)))
