@@ -32,3 +32,25 @@ class MeteringClient(ServiceChannel):
     async def throughput(self, timeout: float | None = 10.0) -> list[pb.ModelThroughput]:
         request = pb.GetThroughputRequest()
         return list((await self._stub.GetThroughput(request, timeout=timeout, metadata=self.metadata)).models)
+
+    async def reserve(self, request: pb.ReserveRequest, timeout: float | None = 5.0) -> pb.ReserveResponse:
+        return await self._stub.Reserve(request, timeout=timeout, metadata=self.metadata)
+
+    async def settle(self, source: str, event_id: str, tokens: int, timeout: float | None = 5.0) -> None:
+        request = pb.SettleRequest(source=source, event_id=event_id, tokens=tokens)
+        await self._stub.Settle(request, timeout=timeout, metadata=self.metadata)
+
+    async def renew_lease(self, source: str, lease_seconds: float, timeout: float | None = 5.0) -> None:
+        request = pb.RenewLeaseRequest(source=source, lease_seconds=lease_seconds)
+        await self._stub.RenewLease(request, timeout=timeout, metadata=self.metadata)
+
+    async def set_limits(self, limits: pb.KeyLimits, timeout: float | None = 5.0) -> pb.Standing:
+        return (await self._stub.SetLimits(limits, timeout=timeout, metadata=self.metadata)).standing
+
+    async def list_limits(self, timeout: float | None = 5.0) -> list[pb.KeyLimits]:
+        response = await self._stub.ListLimits(pb.ListLimitsRequest(), timeout=timeout, metadata=self.metadata)
+        return list(response.limits)
+
+    async def standing(self, api_key_id: str, timeout: float | None = 5.0) -> pb.Standing:
+        request = pb.GetStandingRequest(api_key_id=api_key_id)
+        return await self._stub.GetStanding(request, timeout=timeout, metadata=self.metadata)

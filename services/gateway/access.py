@@ -13,7 +13,8 @@ from services.gateway.errors import ApiError
 
 OPEN_KEY_ID = "anonymous"
 OPEN_PATHS = frozenset({"/health", "/v1/cluster/auth"})
-MANAGEMENT_PREFIXES = ("/v1/models", "/v1/model_registrations")
+# Changing anything under these (any method but GET) needs an admin key.
+MANAGEMENT_PREFIXES = ("/v1/models", "/v1/model_registrations", "/v1/limits")
 DOC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.contracts.engine_client import EngineClient
+from services.contracts.metering_client import MeteringClient
 from services.gateway.access import AccessPolicy
 from services.gateway.auth import ApiKeys
 from services.gateway.config import GatewaySettings
@@ -21,6 +22,8 @@ from services.gateway.fleet.catalog import CATALOG_FILE, Catalog
 from services.gateway.fleet.engines import EngineFleet, split_targets
 from services.gateway.fleet.manager import ModelManager
 from services.gateway.fleet.router import RequestRouter
+from services.gateway.limits import routes as limit_routes
+from services.gateway.limits.keeper import LimitsKeeper, LimitsSettings
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.middleware import InFlight, RequestLimits
 from services.gateway.openai_api import chat, completions, embeddings, models, tokenize
@@ -57,7 +60,7 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -93,6 +96,14 @@ def _usage_delivery(settings: GatewaySettings, metrics: GatewayMetrics, fleet: E
         return [m.client for m in fleet.members if m.healthy]
 
     return UsageDelivery(delivery_settings, metrics.registry, engine_at, engines)
+
+
+def _limits_keeper(settings: GatewaySettings, source: str) -> LimitsKeeper:
+    metering = MeteringClient(settings.metering_addr, settings.service_token())
+    return LimitsKeeper(metering, LimitsSettings(
+        source=source, lease_seconds=settings.limits_lease_seconds, poll_seconds=settings.limits_poll_seconds,
+        fail_open=settings.limits_fail_open,
+    ))
 
 
 def _image_policy(settings: GatewaySettings) -> ImagePolicy:
@@ -132,9 +143,10 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
         )
         manager = ModelManager(fleet, Catalog(settings.data_dir / CATALOG_FILE))
         delivery = _usage_delivery(settings, metrics_, fleet) if settings.metering_addr else None
+        limits = _limits_keeper(settings, delivery.source) if delivery is not None else None
         generations = OpenGenerations()
         router = RequestRouter(fleet, generations, settings.request_timeout_seconds, settings.settle_timeout_seconds)
-        recorder = OutcomeRecorder(metrics_, delivery)
+        recorder = OutcomeRecorder(metrics_, delivery, limits)
         app.state.settings = settings
         app.state.access = access
         app.state.metrics = metrics_
@@ -145,7 +157,10 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
         app.state.usage = delivery
         app.state.recorder = recorder
         app.state.generations = generations
-        app.state.responder = Responder(router, recorder, metrics_, generations, settings.force_include_usage)
+        app.state.limits = limits
+        app.state.responder = Responder(router, recorder, metrics_, generations, settings.force_include_usage, limits)
+        if limits is not None:
+            await limits.start()
         if delivery is not None:
             await delivery.start()
             # Each engine, once reachable: what earlier incarnations of this gateway left unconfirmed there.
@@ -160,6 +175,8 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
         _freeze_startup_heap()
         yield
         await generations.wait_settled(settings.settle_timeout_seconds)
+        if limits is not None:
+            await limits.stop()
         if delivery is not None:
             await delivery.stop()
         await fleet.close()
@@ -168,7 +185,7 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
     # No redirect to the slashed path: its Location would echo the client's Host header.
     app.router.redirect_slashes = False
     # Model management first: its DELETE /v1/models/{uid} and POST /v1/models sit beside the OpenAI GETs.
-    for module in (model_management, chat, completions, embeddings, models, tokenize, health, exposition):
+    for module in (model_management, chat, completions, embeddings, models, tokenize, limit_routes, health, exposition):
         app.include_router(module.router)
     _install_error_handlers(app)
     if tracing_configured():

@@ -62,6 +62,12 @@ class GatewaySettings(BaseSettings):
     usage_batch_size: int = Field(500, ge=1)
     # On shutdown, time to deliver the outbox to metering before the rest stays on disk for the next start.
     usage_drain_seconds: float = Field(10.0, ge=0)
+    # Limits per API key (kept in metering): how often this gateway learns which keys are limited, how
+    # long its reservations count without a renewal (a gateway that dies frees them after this), and
+    # whether a limited key's requests go through unreserved when metering cannot be reached.
+    limits_poll_seconds: float = Field(1.0, gt=0)
+    limits_lease_seconds: float = Field(30.0, gt=0, le=3600)
+    limits_fail_open: bool = False
     # Images in chat (`image_url` parts): data: URIs always; http(s) URLs only when fetching is on, to
     # the allowed hosts (comma-separated; empty: any public host), never to non-public addresses unless
     # allowed.

@@ -10,6 +10,7 @@ from services.gateway.access import AccessPolicy
 from services.gateway.config import GatewaySettings
 from services.gateway.fleet.engines import EngineFleet
 from services.gateway.fleet.manager import ModelManager
+from services.gateway.limits.keeper import LimitsKeeper
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.middleware import InFlight
 from services.gateway.openai_api.images import ImagePolicy
@@ -38,6 +39,8 @@ Usage = Annotated[UsageDelivery | None, _app_state("usage")]
 Generate = Annotated[Responder, _app_state("responder")]
 Record = Annotated[OutcomeRecorder, _app_state("recorder")]
 Generations = Annotated[OpenGenerations, _app_state("generations")]
+# None without metering: no limits per key.
+KeyLimits = Annotated[LimitsKeeper | None, _app_state("limits")]
 
 
 async def require_key(request: Request) -> str:

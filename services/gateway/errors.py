@@ -17,8 +17,10 @@ class ApiError(Exception):
         type_: str | None = None,
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
+        self.headers = headers
         self.status = status
         self.message = message
         self.type = type_ or ERROR_TYPES.get(status, "server_error")

@@ -5,6 +5,7 @@ after the first token there is no retry."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 from llmserve.engine.v1 import engine_pb2 as pb
 
@@ -24,6 +25,10 @@ class RequestRouter:
         self._timeout = timeout
         self._settle_timeout = settle_timeout
 
+    @property
+    def fleet(self) -> EngineFleet:
+        return self._fleet
+
     def model_name(self, uid: str) -> str:
         return self._fleet.model_name(uid)
 
@@ -33,12 +38,19 @@ class RequestRouter:
         outcome: Outcome,
         sink: OutcomeSink,
         on_gap: GapObserver | None = None,
+        on_unbilled: Callable[[], None] | None = None,
     ) -> Generation:
-        """The request, started on an engine that serves `outcome.model` (its first message read)."""
+        """The request, started on an engine that serves `outcome.model` (its first message read).
+        `on_unbilled` is called once if the request ends with nothing to bill (else `sink` gets it)."""
         model = outcome.model
         tried: list[str] = []
         while True:
-            member = self._fleet.pick(model, exclude=tried)
+            try:
+                member = self._fleet.pick(model, exclude=tried)
+            except LookupError:
+                if on_unbilled is not None:
+                    on_unbilled()
+                raise
             member.outstanding += 1
 
             def release(member=member) -> None:
@@ -55,6 +67,7 @@ class RequestRouter:
                 on_gap=on_gap,
                 open_generations=self._generations.open,
                 on_closed=release,
+                on_unbilled=on_unbilled,
             )
             try:
                 await generation.start(self._generations.settling)
@@ -63,4 +76,6 @@ class RequestRouter:
                 tried.append(member.address)
                 if refused.status != 503 or not self._fleet.alternatives(model, tried):
                     raise
+                # Tried again elsewhere: this attempt's settling must not end the request's billing.
+                generation.on_unbilled = None
                 self._fleet.mark_down(member)

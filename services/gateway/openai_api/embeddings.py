@@ -17,8 +17,9 @@ from fastapi import APIRouter, Request, Response
 from llmserve.engine.v1 import engine_pb2 as pb
 
 from services.contracts.engine_client import EngineClient
-from services.gateway.dependencies import Fleet, Generations, KeyId, Metrics, Record, Settings
+from services.gateway.dependencies import Fleet, Generations, KeyId, KeyLimits, Metrics, Record, Settings
 from services.gateway.errors import ApiError, from_grpc
+from services.gateway.limits.admission import embedding_tokens
 from services.gateway.openai_api.schemas import EmbeddingRequest
 from services.gateway.outcome import Outcome
 from services.gateway.usage.recorder import OutcomeRecorder
@@ -80,7 +81,7 @@ async def _record_held_usage(
 @router.post("/embeddings", response_model=None)
 async def create_embeddings(
     body: EmbeddingRequest, request: Request, fleet: Fleet, recorder: Record, metrics: Metrics, settings: Settings,
-    generations: Generations, key_id: KeyId,
+    generations: Generations, limits: KeyLimits, key_id: KeyId,
 ) -> Response:
     request.state.model = body.model
     outcome = Outcome(
@@ -92,6 +93,9 @@ async def create_embeddings(
     )
     if body.dimensions is not None:
         engine_request.dimensions = body.dimensions
+    headers: dict[str, str] = {}
+    if limits is not None and limits.limited(key_id):
+        headers = await limits.reserve(outcome.request_id, key_id, embedding_tokens(fleet, engine_request))
     if recorder.delivery is not None:
         recorder.delivery.stamp([engine_request], outcome)
     member = fleet.pick(body.model)
@@ -103,6 +107,8 @@ async def create_embeddings(
         reply = await member.client.embed(engine_request)
     except BaseException as error:
         refused = isinstance(error, grpc.aio.AioRpcError) and error.code() in _REFUSED
+        if refused and limits is not None:
+            limits.settle(outcome.request_id, 0)
         if not refused:
             # Cut after the engine may have counted it (a deadline, the client gone): it holds the usage for us.
             task = asyncio.create_task(_record_held_usage(
@@ -129,4 +135,5 @@ async def create_embeddings(
     return Response(
         orjson.dumps({"object": "list", "data": data, "model": outcome.model, "usage": usage}),
         media_type="application/json",
+        headers=headers,
     )

@@ -14,6 +14,8 @@ from llmserve.engine.v1 import engine_pb2 as pb
 
 from services.gateway.errors import ApiError
 from services.gateway.fleet.router import RequestRouter
+from services.gateway.limits.admission import generation_tokens
+from services.gateway.limits.keeper import LimitsKeeper
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.openai_api.schemas import SamplingFields
 from services.gateway.outcome import Outcome
@@ -35,7 +37,9 @@ class Responder:
         metrics: GatewayMetrics,
         generations: OpenGenerations,
         force_include_usage: bool,
+        limits: LimitsKeeper | None = None,
     ) -> None:
+        self._limits = limits
         self._router = router
         self._recorder = recorder
         self._metrics = metrics
@@ -79,6 +83,16 @@ class Responder:
             trace_id=span.trace_id,
             span_id=span.span_id,
         )
+        headers: dict[str, str] = {}
+        on_unbilled = None
+        limits = self._limits
+        if limits is not None and limits.limited(key_id):
+            tokens = await generation_tokens(self._router.fleet, requests, max_tokens)
+            headers = await limits.reserve(meta.id, key_id, tokens)
+
+            def on_unbilled() -> None:
+                limits.settle(meta.id, 0)
+
         delivery = self._recorder.delivery
         if delivery is not None:
             delivery.stamp(requests, outcome)
@@ -87,13 +101,15 @@ class Responder:
             span.finish(outcome)
             await self._recorder.record(outcome)
 
-        gen = await self._router.open(requests, outcome, finished, self._metrics.gap_observer(meta.model))
+        gen = await self._router.open(
+            requests, outcome, finished, self._metrics.gap_observer(meta.model), on_unbilled=on_unbilled
+        )
         self._metrics.known_models.add(gen.outcome.model)
         http_request.state.model = gen.outcome.model
         settling = self._generations.settling
         if body.stream:
             return StreamingResponse(
-                stream_events(gen, meta, settling), media_type="text/event-stream", headers=SSE_HEADERS
+                stream_events(gen, meta, settling), media_type="text/event-stream", headers={**SSE_HEADERS, **headers}
             )
         body_task = asyncio.ensure_future(aggregate(gen, meta, settling))
         hang_up = asyncio.ensure_future(_client_gone(http_request))
@@ -111,7 +127,7 @@ class Responder:
             if hang_up.cancelled() or not hang_up.done():
                 raise
             return Response(status_code=CLIENT_CLOSED_REQUEST)
-        return Response(orjson.dumps(body_json), media_type="application/json")
+        return Response(orjson.dumps(body_json), media_type="application/json", headers=headers)
 
 
 async def _client_gone(http_request: Request) -> None:

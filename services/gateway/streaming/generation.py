@@ -73,9 +73,12 @@ class Generation:
         on_gap: GapObserver | None = None,
         open_generations: set[Generation] | None = None,
         on_closed: Callable[[], None] | None = None,
+        on_unbilled: Callable[[], None] | None = None,
     ) -> None:
         self._engine = engine
         self._on_closed = on_closed
+        # Called when the request ends with nothing to bill (nothing reached the engine's model).
+        self.on_unbilled = on_unbilled
         outcome.engine_address = engine.address
         self._open_generations = open_generations if open_generations is not None else set()
         self._interruption = ""
@@ -254,6 +257,8 @@ class Generation:
             else:
                 # Nothing reached the engine's model (refused, or unreachable): no tokens, no event.
                 self._mark_closed()
+                if self.on_unbilled is not None:
+                    self.on_unbilled()
 
     async def _held_usage_of_unseen_streams(self) -> None:
         """A call cut before its first message reached us (the client left while it queued) may still

@@ -1,0 +1,158 @@
+"""The gateway's side of the limits per API key: which keys are limited (polled from metering, the one
+authority every replica shares), a reservation before a limited key's request runs, its settlement to
+the exact usage when the request ends, and the lease that keeps this gateway's open reservations
+counting (a gateway that dies stops renewing it, and its reservations stop counting)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import grpc
+from llmserve.metering.v1 import metering_pb2 as mpb
+
+from services.contracts.metering_client import MeteringClient
+from services.gateway.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    source: str
+    lease_seconds: float = 30.0
+    poll_seconds: float = 1.0
+    # When metering cannot be reached: refuse a limited key's requests (503), or let them through.
+    fail_open: bool = False
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's reset format: "1s", "6m0s", "1h2m3s"."""
+    whole = int(seconds + 0.999)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+def rate_limit_headers(standing: mpb.Standing) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers for the limits the key has."""
+    limits = standing.limits
+    headers: dict[str, str] = {}
+    if limits.HasField("requests_per_minute"):
+        headers["x-ratelimit-limit-requests"] = str(limits.requests_per_minute)
+        headers["x-ratelimit-remaining-requests"] = str(standing.remaining_requests)
+        headers["x-ratelimit-reset-requests"] = _duration(standing.reset_requests_seconds)
+    if limits.HasField("tokens_per_minute"):
+        headers["x-ratelimit-limit-tokens"] = str(limits.tokens_per_minute)
+        headers["x-ratelimit-remaining-tokens"] = str(standing.remaining_tokens)
+        headers["x-ratelimit-reset-tokens"] = _duration(standing.reset_tokens_seconds)
+    if limits.HasField("token_budget"):
+        headers["x-ratelimit-limit-budget-tokens"] = str(limits.token_budget)
+        headers["x-ratelimit-remaining-budget-tokens"] = str(standing.remaining_budget)
+    return headers
+
+
+class LimitsKeeper:
+    def __init__(self, metering: MeteringClient, settings: LimitsSettings) -> None:
+        self._metering = metering
+        self._settings = settings
+        self._limited: dict[str, mpb.KeyLimits] = {}
+        # Reservations this gateway holds: event id -> tokens reserved.
+        self._open: dict[str, int] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._settling: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        await self._poll_once()
+        self._tasks = [asyncio.create_task(self._poll_forever()), asyncio.create_task(self._renew_forever())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._settling:
+            await asyncio.wait(self._settling, timeout=5)
+
+    async def _poll_once(self) -> None:
+        try:
+            self._limited = {k.api_key_id: k for k in await self._metering.list_limits()}
+        except grpc.aio.AioRpcError as error:
+            log.warning("could not read the key limits from metering: %s", error.code().name)
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.poll_seconds)
+            await self._poll_once()
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.lease_seconds / 3)
+            try:
+                await self._metering.renew_lease(self._settings.source, self._settings.lease_seconds)
+            except grpc.aio.AioRpcError as error:
+                log.warning("could not renew the reservations' lease: %s", error.code().name)
+
+    def limited(self, api_key_id: str) -> bool:
+        return api_key_id in self._limited
+
+    async def reserve(self, event_id: str, api_key_id: str, tokens: int) -> dict[str, str]:
+        """Takes the reservation (the key's rate-limit headers), or raises OpenAI's 429."""
+        request = mpb.ReserveRequest(
+            source=self._settings.source, event_id=event_id, api_key_id=api_key_id, tokens=tokens,
+            lease_seconds=self._settings.lease_seconds,
+        )
+        try:
+            answer = await self._metering.reserve(request)
+        except grpc.aio.AioRpcError as error:
+            if self._settings.fail_open:
+                log.warning("metering unreachable (%s): %s's request let through unreserved", error.code().name, api_key_id)
+                return {}
+            raise ApiError(
+                503, "The usage limits of this key cannot be checked right now; retry shortly.",
+                code="limits_unavailable",
+            ) from error
+        headers = rate_limit_headers(answer.standing)
+        if not answer.standing.limited:
+            self._limited.pop(api_key_id, None)
+            return headers
+        if not answer.granted:
+            wait = (
+                answer.standing.budget_reset_seconds if answer.refusal == "insufficient_quota"
+                else max(answer.standing.reset_requests_seconds, answer.standing.reset_tokens_seconds)
+            )
+            headers["retry-after"] = str(max(1, int(wait + 0.999)))
+            if answer.refusal == "insufficient_quota":
+                # The budget does not come back within a retry's patience: the SDK should not retry.
+                headers["x-should-retry"] = "false"
+            raise ApiError(429, answer.reason, type_=answer.refusal, code=answer.refusal, headers=headers)
+        self._open[event_id] = tokens
+        return headers
+
+    def settle(self, event_id: str, tokens: int) -> None:
+        """The request ended having used `tokens`: the rest of its reservation comes back now. (Its
+        usage event replaces the reservation when metering records it, whichever comes first.)"""
+        if self._open.pop(event_id, None) is None:
+            return
+        task = asyncio.create_task(self._settle(event_id, tokens))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, event_id: str, tokens: int) -> None:
+        try:
+            await self._metering.settle(self._settings.source, event_id, tokens)
+        except grpc.aio.AioRpcError as error:
+            log.warning("could not settle reservation %s: %s (its usage event will)", event_id, error.code().name)
+
+    async def set_limits(self, limits: mpb.KeyLimits) -> mpb.Standing:
+        standing = await self._metering.set_limits(limits)
+        if standing.limited:
+            self._limited[limits.api_key_id] = standing.limits
+        else:
+            self._limited.pop(limits.api_key_id, None)
+        return standing
+
+    async def standing(self, api_key_id: str) -> mpb.Standing:
+        return await self._metering.standing(api_key_id)
