@@ -129,6 +129,7 @@ async def test_report_command_prints_totals(log_dir: Path, tmp_path: Path, store
     try:
         async with metering_client(metering.address) as client:
             await client.record([event(1), event(2, api_key_id="team-b")])
+            await client.set_limits(mpb.KeyLimits(api_key_id="team-a", token_budget=1000, budget_period=mpb.BUDGET_PERIOD_DAY))
         command = [sys.executable, "-m", "services.metering", "report", "--addr", metering.address, "--from", "1h"]
 
         def run(*extra: str) -> subprocess.CompletedProcess:
@@ -137,7 +138,12 @@ async def test_report_command_prints_totals(log_dir: Path, tmp_path: Path, store
         result = await asyncio.to_thread(run, "--token-file", str(CREDENTIALS / "admin.token"))
         assert result.returncode == 0, result.stderr
         assert "team-a" in result.stdout and "team-b" in result.stdout
-        assert result.stdout.strip().splitlines()[-1].split()[1] == "2"
+        lines = result.stdout.strip().splitlines()
+        assert next(line for line in lines if line.startswith("total")).split()[1] == "2"
+        # The limited key's standing: its budget, the day period, what it used (its one event) and what remains.
+        team_a = event(1)
+        used = team_a.prompt_tokens + team_a.completion_tokens
+        assert lines[-1].split() == ["team-a", "-", "1", "-", str(used), "1000", "day", str(used), "0", str(1000 - used)]
         # The gateway's credential may record usage but not read it back.
         refused = await asyncio.to_thread(run, "--token-file", str(CREDENTIALS / "gateway.token"))
         assert refused.returncode != 0 and "PERMISSION_DENIED" in refused.stderr

@@ -1,4 +1,5 @@
-"""Prints usage totals by model and API key for a time range, from the live metering service."""
+"""Prints usage totals by model and API key for a time range, then each limited key's standing (its
+limits, what it used and what remains), from the live metering service."""
 
 from __future__ import annotations
 
@@ -44,6 +45,31 @@ def render(rows: list[pb.TotalsRow]) -> str:
     return "\n".join(lines)
 
 
+def _limit(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def render_standings(standings: list[pb.Standing]) -> str:
+    if not standings:
+        return "no key has limits"
+    header = (f"{'key':<16} {'req/min':>9} {'used':>6} {'tok/min':>9} {'used':>9} {'budget':>11} {'period':>6}"
+              f" {'used':>11} {'reserved':>9} {'remaining':>11}")
+    lines = [header, "-" * len(header)]
+    for s in standings:
+        limits = s.limits
+        rpm = limits.requests_per_minute if limits.HasField("requests_per_minute") else None
+        tpm = limits.tokens_per_minute if limits.HasField("tokens_per_minute") else None
+        budget = limits.token_budget if limits.HasField("token_budget") else None
+        remaining = s.remaining_budget if s.HasField("remaining_budget") else None
+        period = pb.BudgetPeriod.Name(limits.budget_period).removeprefix("BUDGET_PERIOD_").lower()
+        lines.append(
+            f"{s.api_key_id:<16} {_limit(rpm):>9} {s.requests_last_minute:>6} {_limit(tpm):>9} {s.tokens_last_minute:>9}"
+            f" {_limit(budget):>11} {period.replace('unspecified', 'total'):>6} {s.budget_used:>11}"
+            f" {s.reserved_tokens:>9} {_limit(remaining):>11}"
+        )
+    return "\n".join(lines)
+
+
 async def report(
     address: str, start: datetime | None, end: datetime | None, model: str, key: str, token: str | None = None,
     model_name: str = "",
@@ -57,7 +83,10 @@ async def report(
     if end is not None:
         request.range.to.FromDatetime(end)
     async with MeteringClient(address, token) as client:
-        return render(await client.totals(request))
+        totals = render(await client.totals(request))
+        limited = [k.api_key_id for k in await client.list_limits() if not key or k.api_key_id == key]
+        standings = [await client.standing(k) for k in limited]
+    return f"{totals}\n\nlimits per key (now):\n{render_standings(standings)}"
 
 
 def main(argv: list[str]) -> None:
