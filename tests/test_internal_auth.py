@@ -43,10 +43,18 @@ METERING_CALLS = {
     "GetUsageSeries": mpb.GetUsageSeriesRequest(),
     "GetCounters": mpb.GetCountersRequest(),
     "GetThroughput": mpb.GetThroughputRequest(),
+    "Reserve": mpb.ReserveRequest(),
+    "Settle": mpb.SettleRequest(),
+    "RenewLease": mpb.RenewLeaseRequest(),
+    "SetLimits": mpb.KeyLimits(),
+    "ListLimits": mpb.ListLimitsRequest(),
+    "GetStanding": mpb.GetStandingRequest(),
 }
 # What each token may do, by role: the gateway runs work and records usage; the admin reads.
 ENGINE_ADMIN = {"ListModels", "GetLoad", "LaunchModel", "TerminateModel"}
 METERING_ADMIN = {"GetTotals", "GetUsageSeries", "GetCounters", "GetThroughput"}
+# Limits: gateways enforce them and relay their admins' changes; an admin reads and sets them too.
+METERING_BOTH = {"SetLimits", "ListLimits", "GetStanding"}
 
 
 def bearer(token: str | None) -> tuple[tuple[str, str], ...]:
@@ -83,7 +91,7 @@ async def refusals(stub: object, calls: dict, admin_only: set[str]) -> dict[str,
     seen: dict[str, dict[str, grpc.StatusCode]] = {}
     for method, request in calls.items():
         wrong_role = GATEWAY_TOKEN if method in admin_only else ADMIN_TOKEN
-        if method in admin_only and method in ENGINE_ADMIN:
+        if method in admin_only and method in ENGINE_ADMIN | METERING_BOTH:
             wrong_role = None  # both roles may: no wrong role to try
         seen[method] = {
             "none": await call(stub, method, request, None),
@@ -141,7 +149,7 @@ async def test_metering_refuses_calls_without_the_right_credential(log_dir: Path
     metering = await asyncio.to_thread(start_metering, log_dir, tmp_path, None, "metering-auth")
     try:
         async with grpc.aio.insecure_channel(metering.address) as channel:
-            seen = await refusals(metering_pb2_grpc.MeteringServiceStub(channel), METERING_CALLS, METERING_ADMIN)
+            seen = await refusals(metering_pb2_grpc.MeteringServiceStub(channel), METERING_CALLS, METERING_ADMIN | METERING_BOTH)
         refused = assert_refused(seen)
         async with httpx.AsyncClient() as http:
             assert failures((await http.get(metering.metrics_url)).text, "metering") == refused

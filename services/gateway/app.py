@@ -22,7 +22,7 @@ from services.gateway.fleet.catalog import CATALOG_FILE, Catalog
 from services.gateway.fleet.engines import EngineFleet, split_targets
 from services.gateway.fleet.manager import ModelManager
 from services.gateway.fleet.router import RequestRouter
-from services.gateway.limits import routes as limit_routes
+from services.gateway.ops import limits as limit_routes
 from services.gateway.limits.keeper import LimitsKeeper, LimitsSettings
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.middleware import InFlight, RequestLimits
