@@ -4,7 +4,10 @@ vLLM's serving benchmark on the tiny model, for vLLM's server (engine core place
 for ours, in alternating rounds. When both sides keep every core busy, the machine is the limit, and the
 throughput ratio follows the CPU each side spends per output token.
 
-    .venv/bin/python -m benchmarks.cpu_split [--rounds 2] [--concurrency 32]
+    .venv/bin/python -m benchmarks.cpu_split [--rounds 2] [--concurrency 32] [--profile]
+
+With --profile, one more run of ours samples the engine's gRPC frontend with py-spy and splits its busy
+samples by the part of the serving path their innermost frame is in (CPU ms per output token each).
 
 The worker's share (its CPU seconds over the run's duration) says whether the serving path starves the
 model: near 1.0, the worker's core is the limit on either side, and no serving path can go faster.
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import psutil
 
+from benchmarks.pyspy import sampling, split
 from benchmarks.serving_bench import ModelCase, load, our_stack, vllm_server
 from services.engine.builtin_models import make_tiny_model
 from services.engine.cpu_placement import place_engine_core
@@ -68,12 +72,44 @@ def measure(case: ModelCase, concurrency: int, url: str, processes: dict[str, ps
     }
 
 
+# The engine frontend's parts, by the file of a sample's innermost frame (the first match wins).
+ENGINE_PARTS = (
+    ("protobuf", ("google/protobuf", "_pb2", "upb", "_message.")),
+    ("gRPC server (grpc.aio and its core)", ("grpc/", "grpc_", "cygrpc", "libgrpc", "grpc_core", "absl")),
+    ("tracing", ("opentelemetry",)),
+    ("ours: servicer, model host, stream state, usage", ("services/",)),
+    ("vLLM's output processing and detokenizing", ("vllm/v1/engine", "detokeniz", "tokenizers", "transformers")),
+    ("vLLM's IPC with its engine core (zmq, msgspec)", ("zmq", "msgspec", "vllm/v1/serial")),
+    ("vLLM, other", ("vllm/",)),
+    # Without native frames, time in C under the event loop shows as the loop's own frame.
+    ("event loop (uvloop, asyncio, C under them)", ("asyncio", "uvloop")),
+    ("other threads (gRPC's poller, in C)", ("threading.py",)),
+)
+
+
+def _profile_engine(
+    case: ModelCase, concurrency: int, url: str, engine_pid: int, gateway_pid: int, out: Path, native: bool
+) -> dict:
+    processes = {**_vllm_processes(engine_pid, "engine frontend"), "gateway": psutil.Process(gateway_pid)}
+    raw = out.with_suffix(".engine-frontend.pyspy.txt")
+    with sampling(engine_pid, raw, native=native):
+        run = measure(case, concurrency, url, processes)
+    frontend_ms = 1000 * run["cpu_seconds"]["engine frontend"] / (run["output_throughput"] * run["duration_s"])
+    found = split(raw, ENGINE_PARTS, frontend_ms)
+    print(f"profiled run: engine frontend {frontend_ms:.3f} CPU ms/token; busy samples by part:")
+    for name, part in found["parts"].items():
+        print(f"  {name:<50} {part['share']:6.1%}  {part['per_token']:.3f} ms/token")
+    return {"run": run, "engine_frontend_ms_per_token": round(frontend_ms, 4), **found, "raw_profile": str(raw)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-store", type=Path, default=ROOT / "var" / "models")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, help="default: bench-results/cpu-split-c<concurrency>.json")
+    parser.add_argument("--profile", action="store_true", help="one more run of ours with the engine frontend under py-spy")
+    parser.add_argument("--native", action="store_true", help="with --profile: sample C frames too")
     args = parser.parse_args()
     embedded = ensure_embedded_model(args.model_store)
     case = ModelCase("tiny", make_tiny_model(embedded, args.model_store), True, 64, 128, {args.concurrency: 256})
@@ -93,9 +129,13 @@ def main() -> None:
                 runs[side].append(run)
                 print(f"{side:<12} {run['output_throughput']:7.0f} tok/s  cores busy {run['cores_busy']:.2f}  worker busy {run['worker_busy']:.2f}  "
                       f"{run['cpu_ms_per_output_token']:.3f} CPU ms/token  {json.dumps(run['cpu_seconds'])}", flush=True)
-    out = args.out or ROOT / "bench-results" / f"cpu-split-c{args.concurrency}.json"
+        out = args.out or ROOT / "bench-results" / f"cpu-split-c{args.concurrency}.json"
+        profiled = _profile_engine(case, args.concurrency, ours, engine_pid, gateway_pid, out, args.native) if args.profile else None
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"concurrency": args.concurrency, "cpus": psutil.cpu_count(), "runs": runs}, indent=2))
+    out.write_text(json.dumps(
+        {"concurrency": args.concurrency, "cpus": psutil.cpu_count(), "runs": runs, "engine_frontend_profile": profiled},
+        indent=2,
+    ))
     print(f"written to {out}")
 
 

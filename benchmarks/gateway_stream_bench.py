@@ -19,9 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +27,7 @@ import httpx
 import psutil
 
 from services.contracts.engine_client import EngineClient
+from benchmarks.pyspy import sampling, split
 from tools.processes import ROOT, ServiceProcess, free_port, gateway_env, http_ok
 
 async def _stream(client: httpx.AsyncClient, tokens: int, continuous: bool) -> int:
@@ -101,41 +99,15 @@ PROFILE_PARTS = (
     # gRPC's completion-queue poller and other threads, in C.
     ("other threads (gRPC's poller, in C)", ("threading.py",)),
 )
-IDLE = ("select", "epoll", "poll", "_run_once (uvloop", "wait (threading", "_worker (concurrent")
-
-
 def profile(gateway: ServiceProcess, args: argparse.Namespace, out: Path) -> dict:
-    """One default round under py-spy; the busy samples by part, and what each costs per token."""
+    """One default round under py-spy; the busy samples by part, and what each costs per token (µs)."""
     raw = out.with_suffix(".pyspy.txt")
-    spy = subprocess.Popen(
-        [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(gateway.proc.pid), "-r", "250", "-f", "raw", "-o", str(raw), "--nonblocking"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    time.sleep(1.0)
-    # Four rounds' worth of requests: enough samples at 250 Hz for shares of a few percent.
-    round_ = measure(gateway, argparse.Namespace(**{**vars(args), "requests": args.requests * 4}), continuous=False)
-    spy.send_signal(signal.SIGINT)
-    spy.wait(60)
-    parts: dict[str, int] = {}
-    busy = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        leaf = stack.rsplit(";", 1)[-1]
-        if any(word in leaf for word in IDLE):
-            continue
-        busy += int(count)
-        part = next((name for name, marks in PROFILE_PARTS if any(m in leaf for m in marks)), "other")
-        parts[part] = parts.get(part, 0) + int(count)
-    per_token = round_["gateway_cpu_us_per_token"]
-    return {
-        "round": round_,
-        "busy_samples": busy,
-        "parts": {
-            name: {"share": round(n / busy, 3), "us_per_token": round(per_token * n / busy, 1)}
-            for name, n in sorted(parts.items(), key=lambda item: -item[1])
-        },
-        "raw_profile": str(raw),
-    }
+    with sampling(gateway.proc.pid, raw):
+        # Four rounds' worth of requests: enough samples at 250 Hz for shares of a few percent.
+        round_ = measure(gateway, argparse.Namespace(**{**vars(args), "requests": args.requests * 4}), continuous=False)
+    found = split(raw, PROFILE_PARTS, round_["gateway_cpu_us_per_token"])
+    parts = {name: {"share": v["share"], "us_per_token": v["per_token"]} for name, v in found["parts"].items()}
+    return {"round": round_, "busy_samples": found["busy_samples"], "parts": parts, "raw_profile": str(raw)}
 
 
 def main() -> None:
