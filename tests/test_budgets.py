@@ -27,7 +27,7 @@ from tools.processes import ServiceProcess, free_port
 KEYS = {name: f"sk-{name}" for name in ("budget", "rpm", "tpm", "cancel", "lease", "later", "sdk")}
 ADMIN = {"Authorization": f"Bearer {ADMIN_API_KEY}"}
 ASK = [{"role": "user", "content": "Count to ten."}]
-LEASE_SECONDS = 3.0
+LEASE_SECONDS = 5.0
 
 
 class Fleet:
