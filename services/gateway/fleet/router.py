@@ -56,11 +56,15 @@ class RequestRouter:
             def release(member=member) -> None:
                 member.outstanding -= 1
 
+            attempt = dataclasses.replace(outcome)
+            if not attempt.model and len(member.cards) == 1:
+                # No model named: the engine's only one (its messages say so too, unless none arrives).
+                attempt.model = next(iter(member.cards))
             generation = Generation(
                 member.client,
                 requests,
                 # Each attempt its own: a refused attempt's settling must not touch the next one's outcome.
-                dataclasses.replace(outcome),
+                attempt,
                 timeout=self._timeout,
                 settle_timeout=self._settle_timeout,
                 sink=sink,

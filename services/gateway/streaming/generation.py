@@ -245,7 +245,7 @@ class Generation:
             for stream in open_streams:
                 stream.call.cancel()
         try:
-            await self._held_usage_of_unseen_streams()
+            await self._held_usage_of_unfinished_streams()
         finally:
             reasons = list(finish_reasons)
             for stream in open_streams:
@@ -260,11 +260,14 @@ class Generation:
                 if self.on_unbilled is not None:
                     self.on_unbilled()
 
-    async def _held_usage_of_unseen_streams(self) -> None:
-        """A call cut before its first message reached us (the client left while it queued) may still
-        have been counted by the engine, which holds its final usage for us: ask for it, so the event
-        bills what the engine counted."""
-        unseen = {r.request_id: s for r, s in zip(self._requests, self._streams) if s.last is None and r.caller}
+    async def _held_usage_of_unfinished_streams(self) -> None:
+        """A call cut before its final message reached us (the client left while it queued, or the abort
+        did not end it within the settle timeout and it was cancelled) may still have been counted by the
+        engine, which holds its final usage for us: ask for it, so the event bills what the engine counted."""
+        unseen = {
+            r.request_id: s for r, s in zip(self._requests, self._streams)
+            if (s.last is None or not s.last.finished) and r.caller
+        }
         if not unseen:
             return
         source = next(iter(self._requests)).caller.rpartition("/")[0]
