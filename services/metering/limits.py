@@ -38,6 +38,16 @@ class Spent:
     # The oldest request still in the per-minute window (metering's clock), or None.
     oldest_in_window: float | None = None
 
+    def plus(self, tokens: int, now: float) -> Spent:
+        """What counts once a reservation of `tokens` taken at `now` is added (no second query)."""
+        return Spent(
+            requests_last_minute=self.requests_last_minute + 1,
+            tokens_last_minute=self.tokens_last_minute + tokens,
+            budget_used=self.budget_used + tokens,
+            reserved_tokens=self.reserved_tokens + tokens,
+            oldest_in_window=now if self.oldest_in_window is None else min(self.oldest_in_window, now),
+        )
+
 
 @dataclass(frozen=True)
 class Standing:

@@ -314,7 +314,7 @@ class UsageStore(ABC):
                     " VALUES (?, ?, ?, ?, NULL, ?)",
                     (source, event_id, api_key_id, tokens, now),
                 )
-                spent = self._spent(limits, now)
+                spent = spent.plus(tokens, now)
         return decision, Standing(limits, spent, now)
 
     def settle(self, source: str, event_id: str, tokens: int) -> None:

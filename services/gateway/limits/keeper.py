@@ -60,8 +60,8 @@ class LimitsKeeper:
         self._metering = metering
         self._settings = settings
         self._limited: dict[str, mpb.KeyLimits] = {}
-        # Reservations this gateway holds: event id -> tokens reserved.
-        self._open: dict[str, int] = {}
+        # Event ids of the reservations this gateway holds open.
+        self._open: set[str] = set()
         self._tasks: list[asyncio.Task] = []
         self._settling: set[asyncio.Task] = set()
 
@@ -128,14 +128,15 @@ class LimitsKeeper:
                 # The budget does not come back within a retry's patience: the SDK should not retry.
                 headers["x-should-retry"] = "false"
             raise ApiError(429, answer.reason, type_=answer.refusal, code=answer.refusal, headers=headers)
-        self._open[event_id] = tokens
+        self._open.add(event_id)
         return headers
 
     def settle(self, event_id: str, tokens: int) -> None:
         """The request ended having used `tokens`: the rest of its reservation comes back now. (Its
         usage event replaces the reservation when metering records it, whichever comes first.)"""
-        if self._open.pop(event_id, None) is None:
+        if event_id not in self._open:
             return
+        self._open.discard(event_id)
         task = asyncio.create_task(self._settle(event_id, tokens))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
