@@ -1,15 +1,17 @@
 """The gateway's own cost per streamed token, against a scripted engine (no model, no vLLM).
 
-A scripted engine process streams one-token messages as fast as gRPC takes them; a real gateway process
-turns them into OpenAI SSE (usage chunk included) for a client process reading `--concurrency` streams.
-The figure is the gateway process's CPU time per token (user + system, from /proc), so it does not
-depend on how busy the shared machine is: tokens/s per core = 1 / (CPU seconds per token). Each
+A scripted engine process runs steps (one token for every open stream per step, one step every
+`--step-ms`); two real gateway processes turn them into OpenAI SSE (usage chunk included) for a client
+reading `--concurrency` streams: one carries each stream on its own Generate call (one gRPC message per
+token per stream), the other carries them all on one GenerateMany call (each message holds every update
+ready). The figure is each gateway process's CPU time per token (user + system, from /proc), so it does
+not depend on how busy the shared machine is: tokens/s per core = 1 / (CPU seconds per token). Each
 configuration runs `--rounds` times, interleaved; the best round is reported and every round is kept.
 
     .venv/bin/python -m benchmarks.gateway_stream_bench [--tokens 256] [--requests 64] [--concurrency 16]
-        [--profile]
+        [--step-ms 2] [--profile]
 
-With --profile, one more default round runs under py-spy (sampling the gateway process, native frames
+With --profile, one more default round of each gateway runs under py-spy (sampling the gateway process, native frames
 off) and the gateway's busy samples are split by the code their innermost Python frame is in, as a
 share of the round's CPU and as microseconds per token.
 """
@@ -101,7 +103,7 @@ PROFILE_PARTS = (
 )
 def profile(gateway: ServiceProcess, args: argparse.Namespace, out: Path) -> dict:
     """One default round under py-spy; the busy samples by part, and what each costs per token (µs)."""
-    raw = out.with_suffix(".pyspy.txt")
+    raw = out.with_suffix(f".{gateway.name}.pyspy.txt")
     with sampling(gateway.proc.pid, raw):
         # Four rounds' worth of requests: enough samples at 250 Hz for shares of a few percent.
         round_ = measure(gateway, argparse.Namespace(**{**vars(args), "requests": args.requests * 4}), continuous=False)
@@ -117,17 +119,22 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "gateway_stream.json")
+    parser.add_argument("--step-ms", type=float, default=2.0, help="the scripted engine's step interval")
     parser.add_argument("--profile", action="store_true", help="one more round under py-spy, split by part")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
         engine_port = free_port()
-        engine = ServiceProcess("scripted-engine", "benchmarks.scripted_engine", ["--port", str(engine_port)],
+        engine = ServiceProcess("scripted-engine", "benchmarks.scripted_engine",
+                                ["--port", str(engine_port), "--step-ms", str(args.step_ms)],
                                 logs, f"127.0.0.1:{engine_port}")
-        port = free_port()
-        gateway = ServiceProcess("gateway", "services.gateway", [], logs, f"http://127.0.0.1:{port}",
-                                 env=gateway_env(port, engine.address, log_level="WARNING"))
+        gateways: dict[str, ServiceProcess] = {}
+        for mode, multiplexed in (("per-request", "false"), ("multiplexed", "true")):
+            port = free_port()
+            env = gateway_env(port, engine.address, log_level="WARNING", multiplex_engine_streams=multiplexed,
+                              data_dir=str(logs / mode))
+            gateways[mode] = ServiceProcess(f"gateway-{mode}", "services.gateway", [], logs, f"http://127.0.0.1:{port}", env=env)
         try:
 
             async def engine_up() -> bool:
@@ -138,25 +145,31 @@ def main() -> None:
                         return False
 
             engine.wait_ready(engine_up, 60)
-            gateway.wait_ready(lambda: http_ok(f"{gateway.address}/health"), 60)
-            asyncio.run(_load(gateway.address, 8, 4, 16, False))  # warm-up
-            runs: dict[str, list[dict]] = {"default": [], "continuous-usage": []}
+            runs: dict[str, list[dict]] = {}
+            for mode, gateway in gateways.items():
+                gateway.wait_ready(lambda g=gateway: http_ok(f"{g.address}/health"), 60)
+                asyncio.run(_load(gateway.address, 8, 4, 16, False))  # warm-up
+                runs |= {mode: [], f"{mode}, continuous-usage": []}
             for _ in range(args.rounds):
                 for name in runs:
-                    runs[name].append(measure(gateway, args, continuous=name == "continuous-usage"))
-            profiled = profile(gateway, args, args.out) if args.profile else None
+                    gateway = gateways[name.split(",")[0]]
+                    runs[name].append(measure(gateway, args, continuous=name.endswith("continuous-usage")))
+            profiled = {mode: profile(g, args, args.out) for mode, g in gateways.items()} if args.profile else None
         finally:
-            gateway.stop()
+            for gateway in gateways.values():
+                gateway.stop()
             engine.stop()
     result = {name: min(rs, key=lambda r: r["gateway_cpu_us_per_token"]) | {"all_runs": rs} for name, rs in runs.items()}
     for name, r in result.items():
-        print(f"{name:<18} gateway CPU {r['gateway_cpu_us_per_token']:>6.1f} us/token = "
+        every = ", ".join(f"{x['gateway_cpu_us_per_token']:.1f}" for x in r["all_runs"])
+        print(f"{name:<32} gateway CPU {r['gateway_cpu_us_per_token']:>6.1f} us/token (rounds: {every}) = "
               f"{r['tokens_per_gateway_core_second']:>7} tokens/s per core (wall {r['wall_tokens_per_second']} tok/s)")
     if profiled is not None:
         result["profile"] = profiled
-        print(f"\nprofiled round: {profiled['round']['gateway_cpu_us_per_token']} us/token; busy samples by part:")
-        for name, part in profiled["parts"].items():
-            print(f"  {name:<44} {part['share']:>6.1%} {part['us_per_token']:>6.1f} us/token")
+        for mode, found in profiled.items():
+            print(f"\n{mode}: profiled round {found['round']['gateway_cpu_us_per_token']} us/token; busy samples by part:")
+            for name, part in found["parts"].items():
+                print(f"  {name:<44} {part['share']:>6.1%} {part['us_per_token']:>6.1f} us/token")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"settings": vars(args) | {"out": str(args.out)}, **result}, indent=2))
     print(f"written to {args.out}")

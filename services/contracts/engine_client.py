@@ -9,18 +9,31 @@ from llmserve.engine.v1 import engine_pb2 as pb
 from llmserve.engine.v1 import engine_pb2_grpc
 
 from .channel import ServiceChannel
+from .generate_many import GenerateStreams, MultiplexedCall
 
 
 class EngineClient(ServiceChannel):
-    def __init__(self, address: str, token: str | None = None) -> None:
+    def __init__(self, address: str, token: str | None = None, multiplexed: bool = False) -> None:
+        """`multiplexed`: every `generate` call rides one GenerateMany stream (fewer, larger messages
+        when many streams are open); else each is its own Generate call."""
         super().__init__(address, token)
         self._stub = engine_pb2_grpc.EngineServiceStub(self._channel)
+        self._streams = (
+            GenerateStreams(lambda: self._stub.GenerateMany(metadata=self.metadata)) if multiplexed else None
+        )
 
     def generate(
         self, request: pb.GenerateRequest, timeout: float | None = None
-    ) -> grpc.aio.UnaryStreamCall[pb.GenerateRequest, pb.GenerateResponse]:
-        """The streaming call; iterate it, or `cancel()` it to abort the request in the engine."""
+    ) -> grpc.aio.UnaryStreamCall[pb.GenerateRequest, pb.GenerateResponse] | MultiplexedCall:
+        """The streaming call; iterate it (or `read()` it), or `cancel()` it to abort the request in the engine."""
+        if self._streams is not None:
+            return self._streams.open(request, timeout=timeout)
         return self._stub.Generate(request, timeout=timeout, metadata=self.metadata)
+
+    async def close(self) -> None:
+        if self._streams is not None:
+            await self._streams.close()
+        await super().close()
 
     async def generate_all(self, request: pb.GenerateRequest, timeout: float | None = None) -> list[pb.GenerateResponse]:
         return [message async for message in self.generate(request, timeout=timeout)]

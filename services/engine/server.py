@@ -22,7 +22,7 @@ SERVICE_NAME = engine_pb2.DESCRIPTOR.services_by_name["EngineService"].full_name
 # The gateway runs work and bills it itself (its bookkeeping: ConfirmUsage, ClaimUsage, Abort); an
 # internal caller (generate) runs work the engine meters for it; an admin reads the load and manages models.
 POLICY = {
-    **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, GENERATE}) for method in ("Generate", "Embed", "Tokenize", "Detokenize")},
+    **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, GENERATE}) for method in ("Generate", "GenerateMany", "Embed", "Tokenize", "Detokenize")},
     **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY}) for method in ("Abort", "ConfirmUsage", "ClaimUsage")},
     # The gateway manages models for its admin-key holders; an operator may too.
     **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, ADMIN}) for method in ("LaunchModel", "TerminateModel")},

@@ -36,6 +36,7 @@ from services.engine.generation import (
     ToolChoice,
     Tools,
 )
+from services.engine.generate_many import generate_many
 from services.engine.model_host import LaunchSpec, ModelHost
 from services.engine.unconfirmed_usage import HeldUsage
 from services.service_auth import GATEWAY, Caller, current_caller
@@ -76,6 +77,18 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
+        async for request_id, update in self.updates(request):
+            yield fill_response(pb.GenerateResponse(), request_id, update)
+
+    async def GenerateMany(
+        self, requests: AsyncIterator[pb.GenerateManyRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateManyResponse]:
+        async for batch in generate_many(self.updates, fill_response, STATUS_BY_ERROR, requests):
+            yield batch
+
+    async def updates(self, request: pb.GenerateRequest) -> AsyncIterator[tuple[str, GenerationUpdate]]:
+        """One request's stream, for the current caller; its span (the current one) gets the GenAI
+        attributes and events."""
         request_id = request.request_id or f"gen-{uuid.uuid4().hex}"
         bills_own, meter_as = _billing(request, current_caller())
         domain = GenerationRequest(
@@ -90,7 +103,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         span = trace.get_current_span()
         if not span.is_recording():
             async for update in self._host.generate(domain):
-                yield _response(request_id, update)
+                yield request_id, update
             return
         _request_attributes(span, domain)
         span.add_event("queued")
@@ -101,7 +114,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
                 waiting_first = False
             if update.finished:
                 _final_attributes(span, domain, update)
-            yield _response(request_id, update)
+            yield request_id, update
 
     async def Abort(self, request: pb.AbortRequest, context: grpc.aio.ServicerContext) -> pb.AbortResponse:
         aborted = await self._host.abort(list(request.request_ids))
@@ -399,17 +412,15 @@ def _sampling(message: pb.SamplingParams) -> Sampling:
     )
 
 
-def _response(request_id: str, update: GenerationUpdate) -> pb.GenerateResponse:
+def fill_response(response: pb.GenerateResponse, request_id: str, update: GenerationUpdate) -> pb.GenerateResponse:
+    """Writes the update into `response` (an empty message, or one added to a batch in place) and returns it."""
     usage = update.usage
-    response = pb.GenerateResponse(
-        request_id=request_id,
-        usage=pb.Usage(
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cached_tokens=usage.cached_tokens,
-        ),
-        finished=update.finished,
-    )
+    response.request_id = request_id
+    wire_usage = response.usage
+    wire_usage.prompt_tokens = usage.prompt_tokens
+    wire_usage.completion_tokens = usage.completion_tokens
+    wire_usage.cached_tokens = usage.cached_tokens
+    response.finished = update.finished
     for choice in update.choices:
         out = response.choices.add(
             index=choice.index,

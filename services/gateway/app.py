@@ -140,6 +140,7 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
         fleet = EngineFleet(
             split_targets(settings.engine_addr), settings.service_token(), settings.engine_poll_seconds,
             clients={engine.address: engine} if engine is not None else None,
+            multiplexed=settings.multiplex_engine_streams,
         )
         manager = ModelManager(fleet, Catalog(settings.data_dir / CATALOG_FILE))
         delivery = _usage_delivery(settings, metrics_, fleet) if settings.metering_addr else None

@@ -22,6 +22,9 @@ class GatewaySettings(BaseSettings):
     engine_addr: str = "127.0.0.1:50051"
     # How often each engine is asked for its models and load (and an unhealthy one retried).
     engine_poll_seconds: float = Field(2.0, gt=0)
+    # Carry every stream to an engine on one GenerateMany call, which sends all the tokens one engine step
+    # made in one message (off: one Generate call, and one message per token, per stream).
+    multiplex_engine_streams: bool = True
     # Bearer keys as `key_id:secret` pairs, comma-separated, and/or a file with one pair per line.
     # None configured: the API is open (a warning says so at start).
     api_keys: str = ""

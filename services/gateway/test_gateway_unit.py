@@ -15,6 +15,7 @@ from llmserve.engine.v1 import engine_pb2 as pb
 from llmserve.engine.v1 import engine_pb2_grpc
 
 from services.contracts.engine_client import EngineClient
+from services.engine.generate_many import generate_many
 from services.gateway.app import create_app
 from services.gateway.config import GatewaySettings
 from services.gateway.outcome import Outcome
@@ -32,14 +33,26 @@ class FakeEngine(engine_pb2_grpc.EngineServiceServicer):
         self.held: dict[str, pb.UnconfirmedUsage] = {}
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
+        try:
+            async for _, message in self._messages(request):
+                yield message
+        except LookupError as error:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+
+    async def GenerateMany(self, requests, context: grpc.aio.ServicerContext):
+        async for batch in generate_many(self._messages, _copy, {LookupError: grpc.StatusCode.NOT_FOUND}, requests):
+            yield batch
+
+    async def _messages(self, request: pb.GenerateRequest):
         if request.model == "missing":
-            await context.abort(grpc.StatusCode.NOT_FOUND, "The model `missing` does not exist.")
+            raise LookupError("The model `missing` does not exist.")
         self.started.set()
         await self.hold.wait()
-        if request.request_id in self.aborted:
+        rid = request.request_id
+        if rid in self.aborted:
             # As vLLM does: an abort ends the stream with a final message carrying the usage so far.
-            yield pb.GenerateResponse(
-                request_id=request.request_id,
+            yield rid, pb.GenerateResponse(
+                request_id=rid,
                 model="fake",
                 choices=[pb.ChoiceDelta(index=0, finish_reason=pb.FINISH_REASON_ABORT)],
                 usage=pb.Usage(prompt_tokens=4),
@@ -47,23 +60,23 @@ class FakeEngine(engine_pb2_grpc.EngineServiceServicer):
             )
             return
         for i in range(3):
-            yield pb.GenerateResponse(
-                request_id=request.request_id,
+            yield rid, pb.GenerateResponse(
+                request_id=rid,
                 model="fake" if i == 0 else "",
                 choices=[pb.ChoiceDelta(index=0, text=f"t{i}", token_ids=[i])],
                 usage=pb.Usage(prompt_tokens=4, completion_tokens=i + 1),
             )
         if self.fail_after_start:
-            yield pb.GenerateResponse(
-                request_id=request.request_id,
+            yield rid, pb.GenerateResponse(
+                request_id=rid,
                 choices=[pb.ChoiceDelta(index=0, finish_reason=pb.FINISH_REASON_ERROR)],
                 usage=pb.Usage(prompt_tokens=4, completion_tokens=3),
                 finished=True,
                 error="the engine died during the request",
             )
             return
-        yield pb.GenerateResponse(
-            request_id=request.request_id,
+        yield rid, pb.GenerateResponse(
+            request_id=rid,
             choices=[pb.ChoiceDelta(index=0, finish_reason=pb.FINISH_REASON_STOP)],
             usage=pb.Usage(prompt_tokens=4, completion_tokens=3, cached_tokens=2),
             finished=True,
@@ -95,9 +108,16 @@ class FakeEngine(engine_pb2_grpc.EngineServiceServicer):
         return pb.GetLoadResponse(memory_total_bytes=1 << 30, memory_available_bytes=1 << 29)
 
 
-@pytest.fixture
-async def fake():
+def _copy(out: pb.GenerateResponse, request_id: str, message: pb.GenerateResponse) -> pb.GenerateResponse:
+    out.CopyFrom(message)
+    return out
+
+
+# Every test runs with the gateway's engine streams on their own Generate calls and on one GenerateMany call.
+@pytest.fixture(params=[False, True], ids=["per-request", "multiplexed"])
+async def fake(request):
     engine = FakeEngine()
+    engine.multiplexed = request.param
     server = grpc.aio.server()
     engine_pb2_grpc.add_EngineServiceServicer_to_server(engine, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -108,7 +128,7 @@ async def fake():
 
 
 async def gateway(fake: FakeEngine, recorded: list[Outcome] | None = None, **settings):
-    app = create_app(GatewaySettings(engine_addr=fake.address, **settings), EngineClient(fake.address))
+    app = create_app(GatewaySettings(engine_addr=fake.address, **settings), EngineClient(fake.address, multiplexed=fake.multiplexed))
     transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app):
         if recorded is not None:

@@ -84,13 +84,16 @@ class EngineFleet:
         token: str | None,
         poll_seconds: float = 2.0,
         clients: dict[str, EngineClient] | None = None,
+        multiplexed: bool = True,
     ) -> None:
-        """`clients`: ready-made clients by address (tests pass a fake engine's); the rest are made here."""
+        """`clients`: ready-made clients by address (tests pass a fake engine's); the rest are made here,
+        carrying their streams on one GenerateMany call each when `multiplexed`."""
         if not targets:
             raise ValueError("at least one engine address is required")
         self._targets = targets
         self._token = token
         self._poll_seconds = poll_seconds
+        self._multiplexed = multiplexed
         self._given = dict(clients or {})
         self._members: dict[str, EngineMember] = {}
         self._turn = 0
@@ -124,7 +127,7 @@ class EngineFleet:
     async def refresh(self) -> None:
         addresses = await asyncio.to_thread(self._resolve_all)
         for address in addresses - self._members.keys():
-            client = self._given.get(address) or EngineClient(address, self._token)
+            client = self._given.get(address) or EngineClient(address, self._token, self._multiplexed)
             self._members[address] = EngineMember(address, client)
             log.info("engine %s joined", address)
         for address in self._members.keys() - addresses:

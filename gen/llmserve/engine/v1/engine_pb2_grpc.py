@@ -39,6 +39,11 @@ class EngineServiceStub:
                 request_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.GenerateMany = channel.stream_stream(
+                '/llmserve.engine.v1.EngineService/GenerateMany',
+                request_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.GenerateManyRequest.SerializeToString,
+                response_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.GenerateManyResponse.FromString,
+                _registered_method=True)
         self.Abort = channel.unary_unary(
                 '/llmserve.engine.v1.EngineService/Abort',
                 request_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.AbortRequest.SerializeToString,
@@ -98,6 +103,18 @@ class EngineServiceServicer:
         """Streams one request's output. The last message has `finished` set and
         carries the final usage and timings, also when the request was aborted
         or failed after it started.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GenerateMany(self, request_iterator, context):
+        """Many Generate calls on one stream (a gateway keeps one per engine). The caller sends each
+        request's start, and a cancel to stop one early; the engine sends, in each message, every update
+        that is ready for any of them, so one engine step of N streams costs one message instead of N.
+        Each request is otherwise what its own Generate call would be: the same updates, the same final
+        usage, and its end carries the status that call would have ended with. The stream's end (or the
+        caller cancelling it) cancels every request still open on it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -182,6 +199,11 @@ def add_EngineServiceServicer_to_server(servicer, server):
                     request_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.GenerateRequest.FromString,
                     response_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.GenerateResponse.SerializeToString,
             ),
+            'GenerateMany': grpc.stream_stream_rpc_method_handler(
+                    servicer.GenerateMany,
+                    request_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.GenerateManyRequest.FromString,
+                    response_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.GenerateManyResponse.SerializeToString,
+            ),
             'Abort': grpc.unary_unary_rpc_method_handler(
                     servicer.Abort,
                     request_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.AbortRequest.FromString,
@@ -260,6 +282,33 @@ class EngineService:
             '/llmserve.engine.v1.EngineService/Generate',
             llmserve_dot_engine_dot_v1_dot_engine__pb2.GenerateRequest.SerializeToString,
             llmserve_dot_engine_dot_v1_dot_engine__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateMany(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/llmserve.engine.v1.EngineService/GenerateMany',
+            llmserve_dot_engine_dot_v1_dot_engine__pb2.GenerateManyRequest.SerializeToString,
+            llmserve_dot_engine_dot_v1_dot_engine__pb2.GenerateManyResponse.FromString,
             options,
             channel_credentials,
             insecure,
