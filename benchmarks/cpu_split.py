@@ -1,7 +1,8 @@
 """Where the CPU goes at a serving-bound load: CPU seconds of each process (benchmark client, HTTP
 frontend or gateway, our engine's gRPC frontend, vLLM's engine core and worker) during one c=32 run of
 vLLM's serving benchmark on the tiny model, for vLLM's server (engine core placed as ours places it) and
-for ours, in alternating rounds. When both sides keep every core busy, the machine is the limit, and the
+for ours (its gateway carrying the engine streams on one GenerateMany call, and, as `ours-per-request`, a
+second gateway on the same engine with one Generate call per stream), in alternating rounds. When both sides keep every core busy, the machine is the limit, and the
 throughput ratio follows the CPU each side spends per output token.
 
     .venv/bin/python -m benchmarks.cpu_split [--rounds 2] [--concurrency 32] [--profile]
@@ -24,7 +25,7 @@ from pathlib import Path
 import psutil
 
 from benchmarks.pyspy import sampling, split
-from benchmarks.serving_bench import ModelCase, load, our_stack, vllm_server
+from benchmarks.serving_bench import ModelCase, load, our_gateways, vllm_server
 from services.engine.builtin_models import make_tiny_model
 from services.engine.cpu_placement import place_engine_core
 from services.engine.prepare_model import ensure_embedded_model
@@ -113,24 +114,27 @@ def main() -> None:
     args = parser.parse_args()
     embedded = ensure_embedded_model(args.model_store)
     case = ModelCase("tiny", make_tiny_model(embedded, args.model_store), True, 64, 128, {args.concurrency: 256})
-    runs: dict[str, list[dict]] = {"vllm-placed": [], "ours": []}
+    runs: dict[str, list[dict]] = {"vllm-placed": [], "ours": [], "ours-per-request": []}
+    gateway_settings = {"ours": {}, "ours-per-request": {"multiplex_engine_streams": "false"}}
     with tempfile.TemporaryDirectory() as tmp, vllm_server(case, Path(tmp)) as (theirs, vllm_pid), \
-            our_stack(case, Path(tmp)) as ours:
+            our_gateways(case, Path(tmp), gateway_settings) as gateways:
         place_engine_core(vllm_pid)
-        engine_pid, gateway_pid = _pid_of("-m services.engine"), _pid_of("-m services.gateway")
+        engine_pid = _pid_of("-m services.engine")
         for _ in range(args.rounds):
             for side in runs:
-                if side == "ours":
-                    processes = {**_vllm_processes(engine_pid, "engine frontend"), "gateway": psutil.Process(gateway_pid)}
-                    url = ours
+                if side in gateways:
+                    gateway = gateways[side]
+                    processes = {**_vllm_processes(engine_pid, "engine frontend"), "gateway": psutil.Process(gateway.proc.pid)}
+                    url = gateway.address
                 else:
                     processes, url = _vllm_processes(vllm_pid, "vllm frontend"), theirs
                 run = measure(case, args.concurrency, url, processes)
                 runs[side].append(run)
-                print(f"{side:<12} {run['output_throughput']:7.0f} tok/s  cores busy {run['cores_busy']:.2f}  worker busy {run['worker_busy']:.2f}  "
+                print(f"{side:<16} {run['output_throughput']:7.0f} tok/s  cores busy {run['cores_busy']:.2f}  worker busy {run['worker_busy']:.2f}  "
                       f"{run['cpu_ms_per_output_token']:.3f} CPU ms/token  {json.dumps(run['cpu_seconds'])}", flush=True)
+        ours = gateways["ours"]
         out = args.out or ROOT / "bench-results" / f"cpu-split-c{args.concurrency}.json"
-        profiled = _profile_engine(case, args.concurrency, ours, engine_pid, gateway_pid, out, args.native) if args.profile else None
+        profiled = _profile_engine(case, args.concurrency, ours.address, engine_pid, ours.proc.pid, out, args.native) if args.profile else None
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(
         {"concurrency": args.concurrency, "cpus": psutil.cpu_count(), "runs": runs, "engine_frontend_profile": profiled},

@@ -115,17 +115,26 @@ def engine_process(case: ModelCase, logs: Path) -> Iterator[str]:
 @contextmanager
 def our_stack(case: ModelCase, logs: Path) -> Iterator[str]:
     """Engine plus gateway; yields the gateway's URL."""
+    with our_gateways(case, logs, {"gateway": {}}) as gateways:
+        yield gateways["gateway"].address
+
+
+@contextmanager
+def our_gateways(case: ModelCase, logs: Path, settings: dict[str, dict[str, str]]) -> Iterator[dict[str, ServiceProcess]]:
+    """One engine and a gateway in front of it for each entry (name -> GATEWAY_* settings), by name."""
     with engine_process(case, logs) as engine_address:
-        port = free_port()
-        gateway = ServiceProcess(
-            "gateway", "services.gateway", [], logs, f"http://127.0.0.1:{port}",
-            env=gateway_env(port, engine_address, log_level="WARNING"),
-        )
+        gateways: dict[str, ServiceProcess] = {}
         try:
-            gateway.wait_ready(lambda: http_ok(f"{gateway.address}/health"), 60)
-            yield gateway.address
+            for name, given in settings.items():
+                port = free_port()
+                env = gateway_env(port, engine_address, log_level="WARNING", data_dir=str(logs / name), **given)
+                gateways[name] = ServiceProcess(name, "services.gateway", [], logs, f"http://127.0.0.1:{port}", env=env)
+            for gateway in gateways.values():
+                gateway.wait_ready(lambda g=gateway: http_ok(f"{g.address}/health"), 60)
+            yield gateways
         finally:
-            gateway.stop()
+            for gateway in gateways.values():
+                gateway.stop()
 
 
 def load(base_url: str, case: ModelCase, concurrency: int) -> dict:

@@ -69,9 +69,12 @@ def direct(max_tokens: int, caller: str = "") -> pb.GenerateRequest:
     )
 
 
-async def stream_direct(address: str, token: str, max_tokens: int, cut_after: int | None = None, caller: str = "") -> pb.Usage | None:
-    """A direct Generate; its final usage, or None when it was cut (cancelled) after `cut_after` messages."""
-    async with EngineClient(address, token) as engine:
+async def stream_direct(
+    address: str, token: str, max_tokens: int, cut_after: int | None = None, caller: str = "", multiplexed: bool = False,
+) -> pb.Usage | None:
+    """A direct Generate (or one on a GenerateMany stream); its final usage, or None when it was cut
+    (cancelled) after `cut_after` messages."""
+    async with EngineClient(address, token, multiplexed) as engine:
         call = engine.generate(direct(max_tokens, caller), timeout=120)
         seen = 0
         async for message in call:
@@ -119,6 +122,15 @@ async def test_callers_are_managed_like_keys_and_every_token_they_generate_is_me
                 await as_metering.record([mpb.UsageEvent(event_id="x", source="x", model="x")])
             assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
+        # On a GenerateMany stream too, every token a direct caller generates is metered under its name.
+        alone = await stream_direct(engine.address, caller_token, 12, multiplexed=True)
+        assert alone is not None and alone.completion_tokens == 12
+
+        async def metered_as_the_caller() -> bool:
+            return await caller_totals(metering.address) == (alone.prompt_tokens, alone.completion_tokens)
+
+        await wait_for(metered_as_the_caller, 30, "metering to hold the GenerateMany stream under the caller's name")
+
         # A mix: gateway streams and direct callers, some cut short, some claiming to bill their own.
         body = {"model": TINY_NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 40,
                 "ignore_eos": True, "stream": True}
@@ -133,6 +145,7 @@ async def test_callers_are_managed_like_keys_and_every_token_they_generate_is_me
         await asyncio.gather(
             *(through_gateway(h) for h in (None, None, 0.3, None)),
             *(stream_direct(engine.address, caller_token, 40, cut) for cut in (None, None, 3, 8)),
+            *(stream_direct(engine.address, caller_token, 40, cut, multiplexed=True) for cut in (None, 5)),
             stream_direct(engine.address, caller_token, 20, caller="someone-else/1"),
         )
 
