@@ -38,12 +38,24 @@ class MultiplexedCall:
         self.request_id = request_id
         self._streams = streams
         self._items: asyncio.Queue[_Item] = asyncio.Queue()
+        self._listener: tuple[Callable[[pb.GenerateResponse], None], Callable[[grpc.aio.AioRpcError | None], None]] | None = None
         self._ended = False
         self._span = span
         self._timer = asyncio.get_running_loop().call_later(timeout, self._expire) if timeout else None
 
+    def listen(
+        self, on_message: Callable[[pb.GenerateResponse], None], on_end: Callable[[grpc.aio.AioRpcError | None], None]
+    ) -> None:
+        """Has the messages, then the end (None: OK), handed to these as they arrive, instead of read:
+        no task of the caller's has to wake per message. Call it before anything is read."""
+        self._listener = (on_message, on_end)
+
     def deliver(self, message: pb.GenerateResponse) -> None:
-        if not self._ended:
+        if self._ended:
+            return
+        if self._listener is not None:
+            self._listener[0](message)
+        else:
             self._items.put_nowait(message)
 
     def end(self, code: grpc.StatusCode, details: str) -> None:
@@ -53,7 +65,11 @@ class MultiplexedCall:
         self._ended = True
         if self._timer is not None:
             self._timer.cancel()
-        self._items.put_nowait(grpc.aio.EOF if code is grpc.StatusCode.OK else _error(code, details))
+        error = None if code is grpc.StatusCode.OK else _error(code, details)
+        if self._listener is not None:
+            self._listener[1](error)
+        else:
+            self._items.put_nowait(grpc.aio.EOF if error is None else error)
         if code is not grpc.StatusCode.OK:
             self._span.set_status(trace.Status(trace.StatusCode.ERROR, f"{code.name}: {details}"))
         self._span.set_attribute("rpc.grpc.status_code", code.value[0])

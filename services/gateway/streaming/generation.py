@@ -12,6 +12,7 @@ import grpc
 from llmserve.engine.v1 import engine_pb2 as pb
 
 from services.contracts.engine_client import EngineClient
+from services.contracts.generate_many import MultiplexedCall
 from services.gateway.errors import ApiError, from_grpc
 from services.gateway.outcome import FINISH_REASONS, Outcome, OutcomeSink
 
@@ -23,40 +24,53 @@ _END = None  # queued after a stream's last message
 
 
 class _Stream:
-    """One engine Generate call, read to its end by a task of its own: the HTTP request that consumes
-    the messages may be cancelled at any await, and the engine's final usage must still be read."""
+    """One engine Generate call, read to its end whatever the HTTP request that consumes the messages
+    does (it may be cancelled at any await, and the engine's final usage must still be read): by a task
+    of its own, or, for a call on a GenerateMany stream, by that stream's reader, which hands each
+    message over as it arrives."""
 
-    def __init__(self, call: grpc.aio.UnaryStreamCall) -> None:
+    def __init__(self, call: grpc.aio.UnaryStreamCall | MultiplexedCall) -> None:
         self.call = call
         self.last: pb.GenerateResponse | None = None
         self.finished = False
         self.error = ""
         self.refusal: grpc.aio.AioRpcError | None = None
         self.messages: asyncio.Queue[pb.GenerateResponse | None] = asyncio.Queue()
-        self.reader = asyncio.create_task(self._read_all())
+        self.reader: asyncio.Future[None]
+        if isinstance(call, MultiplexedCall):
+            self.reader = asyncio.get_running_loop().create_future()
+            call.listen(self._take, self._end)
+        else:
+            self.reader = asyncio.create_task(self._read_all())
+
+    def _take(self, message: pb.GenerateResponse) -> None:
+        self.last = message
+        if message.finished:
+            self.finished = True
+            self.error = message.error
+        self.messages.put_nowait(message)
+
+    def _end(self, error: grpc.aio.AioRpcError | None) -> None:
+        if error is not None:
+            if self.last is None:
+                self.refusal = error
+            self.error = from_grpc(error).message
+        elif not self.finished:
+            self.error = self.error or "the engine ended the stream without its final message"
+        self.finished = True
+        self.messages.put_nowait(_END)
+        if not isinstance(self.reader, asyncio.Task) and not self.reader.done():
+            self.reader.set_result(None)
 
     async def _read_all(self) -> None:
+        error = None
         try:
-            while True:
-                try:
-                    message = await self.call.read()
-                except grpc.aio.AioRpcError as error:
-                    if self.last is None:
-                        self.refusal = error
-                    self.error = from_grpc(error).message
-                    return
-                if message is grpc.aio.EOF:
-                    if not self.finished:
-                        self.error = self.error or "the engine ended the stream without its final message"
-                    return
-                self.last = message
-                if message.finished:
-                    self.finished = True
-                    self.error = message.error
-                self.messages.put_nowait(message)
+            while (message := await self.call.read()) is not grpc.aio.EOF:
+                self._take(message)
+        except grpc.aio.AioRpcError as failed:
+            error = failed
         finally:
-            self.finished = True
-            self.messages.put_nowait(_END)
+            self._end(error)
 
 
 class Generation:
