@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +33,10 @@ from services.contracts.engine_client import EngineClient
 from benchmarks.pyspy import sampling, split
 from tools.processes import ROOT, ServiceProcess, free_port, gateway_env, http_ok
 
-async def _stream(client: httpx.AsyncClient, tokens: int, continuous: bool) -> int:
+
+async def _stream(client: httpx.AsyncClient, tokens: int, continuous: bool, gaps: list[float]) -> int:
+    """Reads one stream; returns the tokens it got (a chunk carries several when the engine's steps
+    outran the stream, as vLLM merges them), and appends the gaps between its token chunks (seconds) to `gaps`."""
     body = {
         "model": "scripted",
         "messages": [{"role": "user", "content": "hi"}],
@@ -40,28 +44,35 @@ async def _stream(client: httpx.AsyncClient, tokens: int, continuous: bool) -> i
         "stream": True,
         "stream_options": {"include_usage": True, "continuous_usage_stats": continuous},
     }
-    chunks = 0
+    got = 0
+    last = None
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
-            if line.startswith("data: "):
-                chunks += 1
-    return chunks
+            if line.startswith("data: ") and '"content":" tok' in line:
+                got += line.count(" tok")
+                now = time.perf_counter()
+                if last is not None:
+                    gaps.append(now - last)
+                last = now
+    return got
 
 
-async def _load(url: str, requests: int, concurrency: int, tokens: int, continuous: bool) -> None:
+async def _load(url: str, requests: int, concurrency: int, tokens: int, continuous: bool) -> list[float]:
+    """The inter-token gaps the client saw."""
     limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+    gaps: list[float] = []
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
         semaphore = asyncio.Semaphore(concurrency)
 
         async def one() -> int:
             async with semaphore:
-                return await _stream(client, tokens, continuous)
+                return await _stream(client, tokens, continuous, gaps)
 
         counts = await asyncio.gather(*(one() for _ in range(requests)))
-    # role chunk + one per token + finish chunk + usage chunk + [DONE]
-    if min(counts) < tokens + 3:
-        raise SystemExit(f"a stream was cut short: {min(counts)} chunks for {tokens} tokens")
+    if min(counts) < tokens:
+        raise SystemExit(f"a stream was cut short: {min(counts)} of {tokens} tokens")
+    return gaps
 
 
 def _cpu_seconds(process: psutil.Process) -> float:
@@ -69,20 +80,28 @@ def _cpu_seconds(process: psutil.Process) -> float:
     return times.user + times.system
 
 
-def measure(gateway: ServiceProcess, args: argparse.Namespace, continuous: bool) -> dict:
-    process = psutil.Process(gateway.proc.pid)
-    before = _cpu_seconds(process)
+def measure(gateway: ServiceProcess, engine: ServiceProcess, args: argparse.Namespace, continuous: bool) -> dict:
+    process, engine_process, client = (psutil.Process(p) for p in (gateway.proc.pid, engine.proc.pid, os.getpid()))
+    before = [_cpu_seconds(p) for p in (process, engine_process, client)]
     started = time.perf_counter()
-    asyncio.run(_load(gateway.address, args.requests, args.concurrency, args.tokens, continuous))
+    gaps = sorted(asyncio.run(_load(gateway.address, args.requests, args.concurrency, args.tokens, continuous)))
     wall = time.perf_counter() - started
-    cpu = _cpu_seconds(process) - before
+    cpu, engine_cpu, client_cpu = (_cpu_seconds(p) - b for p, b in zip((process, engine_process, client), before))
     tokens = args.requests * args.tokens
     return {
+        # What shares the cores with the gateway: the scripted engine and this process (the client).
+        "scripted_engine_cpu_seconds": round(engine_cpu, 3),
+        "client_cpu_seconds": round(client_cpu, 3),
+        "wall_seconds": round(wall, 3),
         "tokens": tokens,
         "gateway_cpu_seconds": round(cpu, 3),
         "gateway_cpu_us_per_token": round(cpu / tokens * 1e6, 1),
         "tokens_per_gateway_core_second": round(tokens / cpu),
         "wall_tokens_per_second": round(tokens / wall),
+        # The gaps between a stream's token chunks as the client saw them; against --step-ms, what the
+        # gateway (and the shared cores) added.
+        "inter_token_ms_p50": round(1000 * gaps[len(gaps) // 2], 2),
+        "inter_token_ms_p99": round(1000 * gaps[int(len(gaps) * 0.99)], 2),
     }
 
 
@@ -101,12 +120,12 @@ PROFILE_PARTS = (
     # gRPC's completion-queue poller and other threads, in C.
     ("other threads (gRPC's poller, in C)", ("threading.py",)),
 )
-def profile(gateway: ServiceProcess, args: argparse.Namespace, out: Path) -> dict:
+def profile(gateway: ServiceProcess, engine: ServiceProcess, args: argparse.Namespace, out: Path) -> dict:
     """One default round under py-spy; the busy samples by part, and what each costs per token (µs)."""
     raw = out.with_suffix(f".{gateway.name}.pyspy.txt")
     with sampling(gateway.proc.pid, raw):
         # Four rounds' worth of requests: enough samples at 250 Hz for shares of a few percent.
-        round_ = measure(gateway, argparse.Namespace(**{**vars(args), "requests": args.requests * 4}), continuous=False)
+        round_ = measure(gateway, engine, argparse.Namespace(**{**vars(args), "requests": args.requests * 4}), continuous=False)
     found = split(raw, PROFILE_PARTS, round_["gateway_cpu_us_per_token"])
     parts = {name: {"share": v["share"], "us_per_token": v["per_token"]} for name, v in found["parts"].items()}
     return {"round": round_, "busy_samples": found["busy_samples"], "parts": parts, "raw_profile": str(raw)}
@@ -120,6 +139,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "gateway_stream.json")
     parser.add_argument("--step-ms", type=float, default=2.0, help="the scripted engine's step interval")
+    parser.add_argument("--modes", nargs="+", choices=["per-request", "multiplexed"], default=["per-request", "multiplexed"])
+    parser.add_argument("--skip-continuous", action="store_true", help="no rounds with continuous_usage_stats")
     parser.add_argument("--profile", action="store_true", help="one more round under py-spy, split by part")
     args = parser.parse_args()
 
@@ -130,7 +151,8 @@ def main() -> None:
                                 ["--port", str(engine_port), "--step-ms", str(args.step_ms)],
                                 logs, f"127.0.0.1:{engine_port}")
         gateways: dict[str, ServiceProcess] = {}
-        for mode, multiplexed in (("per-request", "false"), ("multiplexed", "true")):
+        for mode in args.modes:
+            multiplexed = "true" if mode == "multiplexed" else "false"
             port = free_port()
             env = gateway_env(port, engine.address, log_level="WARNING", multiplex_engine_streams=multiplexed,
                               data_dir=str(logs / mode))
@@ -149,12 +171,12 @@ def main() -> None:
             for mode, gateway in gateways.items():
                 gateway.wait_ready(lambda g=gateway: http_ok(f"{g.address}/health"), 60)
                 asyncio.run(_load(gateway.address, 8, 4, 16, False))  # warm-up
-                runs |= {mode: [], f"{mode}, continuous-usage": []}
+                runs |= {mode: []} if args.skip_continuous else {mode: [], f"{mode}, continuous-usage": []}
             for _ in range(args.rounds):
                 for name in runs:
                     gateway = gateways[name.split(",")[0]]
-                    runs[name].append(measure(gateway, args, continuous=name.endswith("continuous-usage")))
-            profiled = {mode: profile(g, args, args.out) for mode, g in gateways.items()} if args.profile else None
+                    runs[name].append(measure(gateway, engine, args, continuous=name.endswith("continuous-usage")))
+            profiled = {mode: profile(g, engine, args, args.out) for mode, g in gateways.items()} if args.profile else None
         finally:
             for gateway in gateways.values():
                 gateway.stop()
@@ -163,7 +185,8 @@ def main() -> None:
     for name, r in result.items():
         every = ", ".join(f"{x['gateway_cpu_us_per_token']:.1f}" for x in r["all_runs"])
         print(f"{name:<32} gateway CPU {r['gateway_cpu_us_per_token']:>6.1f} us/token (rounds: {every}) = "
-              f"{r['tokens_per_gateway_core_second']:>7} tokens/s per core (wall {r['wall_tokens_per_second']} tok/s)")
+              f"{r['tokens_per_gateway_core_second']:>7} tokens/s per core (wall {r['wall_tokens_per_second']} tok/s, "
+              f"inter-token p50 {r['inter_token_ms_p50']} ms, p99 {r['inter_token_ms_p99']} ms)")
     if profiled is not None:
         result["profile"] = profiled
         for mode, found in profiled.items():
