@@ -65,7 +65,10 @@ class ScriptedEngine(engine_pb2_grpc.EngineServiceServicer):
     def __init__(self, steps: Steps) -> None:
         self._steps = steps
 
-    async def _updates(self, request: pb.GenerateRequest) -> AsyncIterator[tuple[str, pb.GenerateResponse]]:
+    def _updates(self, request: pb.GenerateRequest) -> tuple[str, AsyncIterator[pb.GenerateResponse]]:
+        return request.request_id, self._stream(request)
+
+    async def _stream(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
         tokens = request.sampling.max_tokens or 16
         rid = request.request_id
         produced = 0
@@ -78,7 +81,7 @@ class ScriptedEngine(engine_pb2_grpc.EngineServiceServicer):
                 seen = now
                 ids = [100 + (produced + i) % 50 for i in range(new)]
                 produced += new
-                yield rid, pb.GenerateResponse(
+                yield pb.GenerateResponse(
                     request_id=rid,
                     model=MODEL if produced == new else "",
                     choices=[pb.ChoiceDelta(index=0, text=" tok" * new, token_ids=ids)],
@@ -86,7 +89,7 @@ class ScriptedEngine(engine_pb2_grpc.EngineServiceServicer):
                 )
         finally:
             self._steps.closed()
-        yield rid, pb.GenerateResponse(
+        yield pb.GenerateResponse(
             request_id=rid,
             model=MODEL,
             choices=[pb.ChoiceDelta(index=0, finish_reason=pb.FINISH_REASON_LENGTH)],
@@ -95,7 +98,7 @@ class ScriptedEngine(engine_pb2_grpc.EngineServiceServicer):
         )
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):  # noqa: N802
-        async for _, message in self._updates(request):
+        async for message in self._stream(request):
             yield message
 
     async def GenerateMany(self, requests, context: grpc.aio.ServicerContext):  # noqa: N802

@@ -22,9 +22,9 @@ from services.grpc_errors import StatusTable, bounded_details, status_for
 
 log = logging.getLogger(__name__)
 
-# One request's stream: (request id, update) pairs, the update of the server's own kind, which `Fill`
-# writes into a message of the batch.
-Updates = Callable[[pb.GenerateRequest], AsyncIterator[tuple[str, Any]]]
+# One request's id and stream of updates (of the server's own kind, which `Fill` writes into a message of
+# the batch).
+Updates = Callable[[pb.GenerateRequest], tuple[str, AsyncIterator[Any]]]
 Fill = Callable[[pb.GenerateResponse, str, Any], pb.GenerateResponse]
 
 # A bound on one message, far below gRPC's size limit even with logprobs; more updates wait for the next.
@@ -132,7 +132,8 @@ async def _run(start: pb.GenerateStart, outbox: _Outbox, updates: Updates, statu
     try:
         with _tracer.start_as_current_span(SPAN_NAME, context=parent, kind=trace.SpanKind.SERVER) as span:
             span.set_attribute("rpc.system", "grpc")
-            async for rid, update in updates(start.request):
+            rid, stream = updates(start.request)
+            async for update in stream:
                 outbox.update(rid, update)
         outbox.end(request_id, grpc.StatusCode.OK)
     except asyncio.CancelledError:

@@ -77,7 +77,8 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
-        async for request_id, update in self.updates(request):
+        request_id, updates = self.updates(request)
+        async for update in updates:
             yield fill_response(pb.GenerateResponse(), request_id, update)
 
     async def GenerateMany(
@@ -86,9 +87,9 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         async for batch in generate_many(self.updates, fill_response, STATUS_BY_ERROR, requests):
             yield batch
 
-    async def updates(self, request: pb.GenerateRequest) -> AsyncIterator[tuple[str, GenerationUpdate]]:
-        """One request's stream, for the current caller; its span (the current one) gets the GenAI
-        attributes and events."""
+    def updates(self, request: pb.GenerateRequest) -> tuple[str, AsyncIterator[GenerationUpdate]]:
+        """One request's id and stream, for the current caller; when its span (the current one) records,
+        it gets the GenAI attributes and events. No layer is added per update when it does not."""
         request_id = request.request_id or f"gen-{uuid.uuid4().hex}"
         bills_own, meter_as = _billing(request, current_caller())
         domain = GenerationRequest(
@@ -101,20 +102,8 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             meter_as=meter_as,
         )
         span = trace.get_current_span()
-        if not span.is_recording():
-            async for update in self._host.generate(domain):
-                yield request_id, update
-            return
-        _request_attributes(span, domain)
-        span.add_event("queued")
-        waiting_first = True
-        async for update in self._host.generate(domain):
-            if waiting_first and any(c.token_ids for c in update.choices):
-                span.add_event("first_token")
-                waiting_first = False
-            if update.finished:
-                _final_attributes(span, domain, update)
-            yield request_id, update
+        updates = self._host.generate(domain)
+        return request_id, (_traced(span, domain, updates) if span.is_recording() else updates)
 
     async def Abort(self, request: pb.AbortRequest, context: grpc.aio.ServicerContext) -> pb.AbortResponse:
         aborted = await self._host.abort(list(request.request_ids))
@@ -272,6 +261,21 @@ def _timings(t: Timings) -> pb.Timings:
         generation_seconds=t.generation_seconds,
         total_seconds=t.total_seconds,
     )
+
+
+async def _traced(
+    span: trace.Span, request: GenerationRequest, updates: AsyncIterator[GenerationUpdate]
+) -> AsyncIterator[GenerationUpdate]:
+    _request_attributes(span, request)
+    span.add_event("queued")
+    waiting_first = True
+    async for update in updates:
+        if waiting_first and any(c.token_ids for c in update.choices):
+            span.add_event("first_token")
+            waiting_first = False
+        if update.finished:
+            _final_attributes(span, request, update)
+        yield update
 
 
 def _request_attributes(span: trace.Span, request: GenerationRequest) -> None:

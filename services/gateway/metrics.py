@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 from services.gateway.outcome import Outcome
 
@@ -30,12 +33,8 @@ class GatewayMetrics:
         self.ttft = Histogram(
             "gateway_time_to_first_token_seconds", "From request to first token", ["model"], buckets=LATENCY_BUCKETS, registry=r
         )
-        self.itl = Histogram(
-            "gateway_inter_token_latency_seconds",
-            "Time between tokens as the gateway received them",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        self.itl = TokenGaps(
+            "gateway_inter_token_latency_seconds", "Time between tokens as the gateway received them", LATENCY_BUCKETS, r
         )
         self.duration = Histogram(
             "gateway_request_duration_seconds", "Whole request", ["endpoint", "model"], buckets=DURATION_BUCKETS, registry=r
@@ -58,17 +57,57 @@ class GatewayMetrics:
         self.duration.labels(outcome.endpoint, model).observe(outcome.duration_seconds)
 
     def gap_observer(self, model: str) -> Callable[[float, int], None]:
-        """Observes the gaps of one request's stream. The labelled histogram is looked up once, at the
+        """Observes the gaps of one request's stream. The model's counts are looked up once, at the
         first gap (after the engine accepted the model, so the label is known)."""
-        histogram = None
+        counts: _GapCounts | None = None
 
         def observe(seconds: float, tokens: int) -> None:
             # A message carrying `tokens` tokens arrived `seconds` after the previous one.
-            nonlocal histogram
-            if histogram is None:
-                histogram = self.itl.labels(self.model_label(model))
-            per_token = seconds / tokens
-            for _ in range(tokens):
-                histogram.observe(per_token)
+            nonlocal counts
+            if counts is None:
+                counts = self.itl.counts(self.model_label(model))
+            counts.add(seconds / tokens, tokens)
 
         return observe
+
+
+class _GapCounts:
+    __slots__ = ("bounds", "buckets", "sum")
+
+    def __init__(self, bounds: list[float]) -> None:
+        self.bounds = bounds
+        self.buckets = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def add(self, seconds: float, times: int) -> None:
+        self.buckets[bisect_left(self.bounds, seconds)] += times
+        self.sum += seconds * times
+
+
+class TokenGaps(Collector):
+    """A histogram by model of the gaps between tokens, observed once per token: plain counts, bumped in
+    the event loop's thread (prometheus_client's Histogram takes two locks and walks its buckets per
+    observation), exposed as a histogram through a custom collector, the library's own extension point."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...], registry: CollectorRegistry) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._bounds = list(buckets)
+        self._by_model: dict[str, _GapCounts] = {}
+        registry.register(self)
+
+    def counts(self, model: str) -> _GapCounts:
+        found = self._by_model.get(model)
+        if found is None:
+            found = self._by_model[model] = _GapCounts(self._bounds)
+        return found
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=["model"])
+        for model, counts in list(self._by_model.items()):
+            buckets, cumulative = [], 0
+            for bound, count in zip([*map(str, self._bounds), "+Inf"], list(counts.buckets)):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            family.add_metric([model], buckets, counts.sum)
+        yield family

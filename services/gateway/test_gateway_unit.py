@@ -34,13 +34,13 @@ class FakeEngine(engine_pb2_grpc.EngineServiceServicer):
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
         try:
-            async for _, message in self._messages(request):
+            async for message in self._messages(request):
                 yield message
         except LookupError as error:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
 
     async def GenerateMany(self, requests, context: grpc.aio.ServicerContext):
-        async for batch in generate_many(self._messages, _copy, {LookupError: grpc.StatusCode.NOT_FOUND}, requests):
+        async for batch in generate_many(lambda r: (r.request_id, self._messages(r)), _copy, {LookupError: grpc.StatusCode.NOT_FOUND}, requests):
             yield batch
 
     async def _messages(self, request: pb.GenerateRequest):
@@ -51,7 +51,7 @@ class FakeEngine(engine_pb2_grpc.EngineServiceServicer):
         rid = request.request_id
         if rid in self.aborted:
             # As vLLM does: an abort ends the stream with a final message carrying the usage so far.
-            yield rid, pb.GenerateResponse(
+            yield pb.GenerateResponse(
                 request_id=rid,
                 model="fake",
                 choices=[pb.ChoiceDelta(index=0, finish_reason=pb.FINISH_REASON_ABORT)],
@@ -60,14 +60,14 @@ class FakeEngine(engine_pb2_grpc.EngineServiceServicer):
             )
             return
         for i in range(3):
-            yield rid, pb.GenerateResponse(
+            yield pb.GenerateResponse(
                 request_id=rid,
                 model="fake" if i == 0 else "",
                 choices=[pb.ChoiceDelta(index=0, text=f"t{i}", token_ids=[i])],
                 usage=pb.Usage(prompt_tokens=4, completion_tokens=i + 1),
             )
         if self.fail_after_start:
-            yield rid, pb.GenerateResponse(
+            yield pb.GenerateResponse(
                 request_id=rid,
                 choices=[pb.ChoiceDelta(index=0, finish_reason=pb.FINISH_REASON_ERROR)],
                 usage=pb.Usage(prompt_tokens=4, completion_tokens=3),
@@ -75,7 +75,7 @@ class FakeEngine(engine_pb2_grpc.EngineServiceServicer):
                 error="the engine died during the request",
             )
             return
-        yield rid, pb.GenerateResponse(
+        yield pb.GenerateResponse(
             request_id=rid,
             choices=[pb.ChoiceDelta(index=0, finish_reason=pb.FINISH_REASON_STOP)],
             usage=pb.Usage(prompt_tokens=4, completion_tokens=3, cached_tokens=2),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -23,6 +24,31 @@ GapObserver = Callable[[float, int], None]
 _END = None  # queued after a stream's last message
 
 
+class _Inbox:
+    """A stream's messages for its one reader: what asyncio.Queue does for one consumer and no bound,
+    without its per-call bookkeeping (a running-loop lookup, a syscall on Python 3.11, per get)."""
+
+    def __init__(self) -> None:
+        self._items: deque[pb.GenerateResponse | None] = deque()
+        self._loop = asyncio.get_running_loop()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: pb.GenerateResponse | None) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> pb.GenerateResponse | None:
+        while not self._items:
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
 class _Stream:
     """One engine Generate call, read to its end whatever the HTTP request that consumes the messages
     does (it may be cancelled at any await, and the engine's final usage must still be read): by a task
@@ -35,7 +61,7 @@ class _Stream:
         self.finished = False
         self.error = ""
         self.refusal: grpc.aio.AioRpcError | None = None
-        self.messages: asyncio.Queue[pb.GenerateResponse | None] = asyncio.Queue()
+        self.messages = _Inbox()
         self.reader: asyncio.Future[None]
         if isinstance(call, MultiplexedCall):
             self.reader = asyncio.get_running_loop().create_future()
@@ -138,7 +164,8 @@ class Generation:
         return message
 
     def _observe(self, message: pb.GenerateResponse) -> None:
-        tokens = sum(len(c.token_ids) for c in message.choices)
+        choices = message.choices
+        tokens = len(choices[0].token_ids) if len(choices) == 1 else sum(len(c.token_ids) for c in choices)
         if not tokens:
             return
         now = time.monotonic()

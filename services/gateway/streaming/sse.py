@@ -52,6 +52,7 @@ async def stream_events(gen: Generation, meta: ResponseMeta, settling: set[async
     base: Json = {"id": meta.id, "object": meta.chunk_object, "created": meta.created, "model": gen.outcome.model}
     if meta.include_usage and not meta.continuous_usage:
         base["usage"] = None
+    chunk = _ChunkTemplate(base, meta.continuous_usage)
     finished: dict[int, str] = {}
     completion_logprobs: dict[int, CompletionLogprobs] = {}
     try:
@@ -87,7 +88,7 @@ async def stream_events(gen: Generation, meta: ResponseMeta, settling: set[async
                     out = {"index": index, "text": choice.text, "logprobs": logprobs, "finish_reason": reason}
                 choices.append(out)
             if choices:
-                yield sse({**base, "choices": choices, **_continuous(gen, meta)})
+                yield chunk.render(choices, gen)
         # Durable before the usage chunk (and [DONE]) leaves: a crash from here on loses no usage.
         await gen.close(list(finished.values()))
         if meta.include_usage:
@@ -98,6 +99,23 @@ async def stream_events(gen: Generation, meta: ResponseMeta, settling: set[async
     except BaseException:
         gen.settle_in_background(list(finished.values()), settling)
         raise
+
+
+class _ChunkTemplate:
+    """A request's content chunks: the fields every chunk repeats are encoded once, and each chunk only
+    encodes its choices (and, with continuous usage, its usage)."""
+
+    def __init__(self, base: Json, continuous_usage: bool) -> None:
+        head = orjson.dumps({**base, "choices": None})
+        self._prefix = b"data: " + head[: -len(b"null}")]
+        self._continuous_usage = continuous_usage
+
+    def render(self, choices: list[Json], gen: Generation) -> bytes:
+        if self._continuous_usage:
+            return b"".join((
+                self._prefix, orjson.dumps(choices), b',"usage":', orjson.dumps(usage_object(*gen.usage())), b"}\n\n"
+            ))
+        return b"".join((self._prefix, orjson.dumps(choices), b"}\n\n"))
 
 
 def _continuous(gen: Generation, meta: ResponseMeta) -> Json:
