@@ -75,18 +75,23 @@ async def _load(url: str, requests: int, concurrency: int, tokens: int, continuo
     return gaps
 
 
-def _cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
+def _cpu_seconds(process: psutil.Process, children: bool = True) -> float:
+    """The process's CPU, and its live children's (a gateway's workers)."""
+    total = 0.0
+    for each in (process, *(process.children(recursive=True) if children else ())):
+        times = each.cpu_times()
+        total += times.user + times.system
+    return total
 
 
 def measure(gateway: ServiceProcess, engine: ServiceProcess, args: argparse.Namespace, continuous: bool) -> dict:
     process, engine_process, client = (psutil.Process(p) for p in (gateway.proc.pid, engine.proc.pid, os.getpid()))
-    before = [_cpu_seconds(p) for p in (process, engine_process, client)]
+    before = [_cpu_seconds(process), _cpu_seconds(engine_process), _cpu_seconds(client, children=False)]
     started = time.perf_counter()
     gaps = sorted(asyncio.run(_load(gateway.address, args.requests, args.concurrency, args.tokens, continuous)))
     wall = time.perf_counter() - started
-    cpu, engine_cpu, client_cpu = (_cpu_seconds(p) - b for p, b in zip((process, engine_process, client), before))
+    after = [_cpu_seconds(process), _cpu_seconds(engine_process), _cpu_seconds(client, children=False)]
+    cpu, engine_cpu, client_cpu = (a - b for a, b in zip(after, before))
     tokens = args.requests * args.tokens
     return {
         # What shares the cores with the gateway: the scripted engine and this process (the client).
@@ -139,6 +144,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "gateway_stream.json")
     parser.add_argument("--step-ms", type=float, default=2.0, help="the scripted engine's step interval")
+    parser.add_argument("--workers", type=int, default=1, help="GATEWAY_WORKERS of each gateway")
     parser.add_argument("--modes", nargs="+", choices=["per-request", "multiplexed"], default=["per-request", "multiplexed"])
     parser.add_argument("--skip-continuous", action="store_true", help="no rounds with continuous_usage_stats")
     parser.add_argument("--profile", action="store_true", help="one more round under py-spy, split by part")
@@ -155,7 +161,7 @@ def main() -> None:
             multiplexed = "true" if mode == "multiplexed" else "false"
             port = free_port()
             env = gateway_env(port, engine.address, log_level="WARNING", multiplex_engine_streams=multiplexed,
-                              data_dir=str(logs / mode))
+                              data_dir=str(logs / mode), workers=str(args.workers))
             gateways[mode] = ServiceProcess(f"gateway-{mode}", "services.gateway", [], logs, f"http://127.0.0.1:{port}", env=env)
         try:
 

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import socket
+
 import uvicorn
 
 from services.gateway.app import create_app
 from services.gateway.config import GatewaySettings
 from services.gateway.connections import head_deadline_protocol
 from services.gateway.shutdown import DrainingServer
+from services.gateway.workers import Supervisor
 from services.tracing import grpc_client_instrumentation, setup_logging, setup_tracing, shutdown_tracing
 
 
 def main() -> None:
     settings = GatewaySettings()
     setup_logging(settings.log_level)
+    if settings.workers > 1 and settings.listen_fd is None:
+        raise SystemExit(Supervisor(settings).run())
     setup_tracing("gateway")
     grpc_client_instrumentation()
     app = create_app(settings)
@@ -32,7 +37,9 @@ def main() -> None:
         # Beyond this many open connections (or requests in progress), uvicorn answers 503.
         limit_concurrency=settings.max_connections,
     )
-    DrainingServer(config, app, settings.shutdown_grace_seconds).run()
+    # A worker accepts on the socket its supervisor bound (host and port are then not used).
+    sockets = [socket.socket(fileno=settings.listen_fd)] if settings.listen_fd is not None else None
+    DrainingServer(config, app, settings.shutdown_grace_seconds).run(sockets=sockets)
     shutdown_tracing()
 
 

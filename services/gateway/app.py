@@ -142,7 +142,7 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
             clients={engine.address: engine} if engine is not None else None,
             multiplexed=settings.multiplex_engine_streams,
         )
-        manager = ModelManager(fleet, Catalog(settings.data_dir / CATALOG_FILE))
+        manager = ModelManager(fleet, Catalog((settings.catalog_dir or settings.data_dir) / CATALOG_FILE))
         delivery = _usage_delivery(settings, metrics_, fleet) if settings.metering_addr else None
         limits = _limits_keeper(settings, delivery.source) if delivery is not None else None
         generations = OpenGenerations()

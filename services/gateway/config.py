@@ -17,6 +17,13 @@ class GatewaySettings(BaseSettings):
 
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=0, le=65535)
+    # Gateway processes accepting on the port (services.gateway.workers); each worker keeps its own
+    # outbox and identity in DATA_DIR/workers/<slot>.
+    workers: int = Field(1, ge=1, le=64)
+    # Set by the supervisor for its workers: the listening socket they inherit, and where the shared
+    # model catalog is kept (default: DATA_DIR).
+    listen_fd: int | None = None
+    catalog_dir: Path | None = None
     # The engines, comma-separated `host:port`; a DNS name counts as every address it resolves to, looked
     # up again at each poll (compose --scale, a Kubernetes headless Service).
     engine_addr: str = "127.0.0.1:50051"

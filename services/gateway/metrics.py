@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
@@ -33,13 +34,16 @@ class GatewayMetrics:
         self.ttft = Histogram(
             "gateway_time_to_first_token_seconds", "From request to first token", ["model"], buckets=LATENCY_BUCKETS, registry=r
         )
-        self.itl = TokenGaps(
-            "gateway_inter_token_latency_seconds", "Time between tokens as the gateway received them", LATENCY_BUCKETS, r
-        )
+        itl = ("gateway_inter_token_latency_seconds", "Time between tokens as the gateway received them", LATENCY_BUCKETS, r)
+        # Several workers (services.gateway.workers) keep their metrics in prometheus_client's multiprocess
+        # files, which only the library's own metric types write.
+        self.itl: TokenGaps | HistogramGaps = HistogramGaps(*itl) if multiprocess() else TokenGaps(*itl)
         self.duration = Histogram(
             "gateway_request_duration_seconds", "Whole request", ["endpoint", "model"], buckets=DURATION_BUCKETS, registry=r
         )
-        self.in_flight = Gauge("gateway_requests_in_flight", "Generation requests in progress", registry=r)
+        self.in_flight = Gauge(
+            "gateway_requests_in_flight", "Generation requests in progress", registry=r, multiprocess_mode="livesum"
+        )
 
     def model_label(self, model: str | None) -> str:
         return model if model in self.known_models else OTHER_MODEL
@@ -69,6 +73,11 @@ class GatewayMetrics:
             counts.add(seconds / tokens, tokens)
 
         return observe
+
+
+def multiprocess() -> bool:
+    """Whether metrics are kept in prometheus_client's multiprocess mode (the gateway's workers)."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
 class _GapCounts:
@@ -111,3 +120,24 @@ class TokenGaps(Collector):
                 buckets.append((bound, cumulative))
             family.add_metric([model], buckets, counts.sum)
         yield family
+
+
+class _HistogramCounts:
+    __slots__ = ("_histogram",)
+
+    def __init__(self, histogram: Histogram) -> None:
+        self._histogram = histogram
+
+    def add(self, seconds: float, times: int) -> None:
+        for _ in range(times):
+            self._histogram.observe(seconds)
+
+
+class HistogramGaps:
+    """The same histogram as TokenGaps, as prometheus_client's Histogram (multiprocess mode)."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...], registry: CollectorRegistry) -> None:
+        self._histogram = Histogram(name, documentation, ["model"], buckets=buckets, registry=registry)
+
+    def counts(self, model: str) -> _HistogramCounts:
+        return _HistogramCounts(self._histogram.labels(model))

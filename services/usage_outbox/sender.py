@@ -58,11 +58,19 @@ class SenderMetrics:
             ["outcome"],
             registry=registry,
         )
+        # The multiprocess modes apply only in prometheus_client's multiprocess mode (the gateway's workers):
+        # depths summed over live workers; healthy only if every live worker's outbox is.
         self.spool_depth = Gauge(
-            f"{prefix}_usage_spool_depth", "Usage events in the outbox (or held in memory) not yet acknowledged", registry=registry
+            f"{prefix}_usage_spool_depth", "Usage events in the outbox (or held in memory) not yet acknowledged",
+            registry=registry, multiprocess_mode="livesum",
         )
-        self.dead_letters = Gauge(f"{prefix}_usage_dead_letters", "Usage events metering refused, kept for replay", registry=registry)
-        self.outbox_healthy = Gauge(f"{prefix}_usage_outbox_healthy", "1 while the outbox accepts writes", registry=registry)
+        self.dead_letters = Gauge(
+            f"{prefix}_usage_dead_letters", "Usage events metering refused, kept for replay", registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.outbox_healthy = Gauge(
+            f"{prefix}_usage_outbox_healthy", "1 while the outbox accepts writes", registry=registry, multiprocess_mode="livemin"
+        )
         self.errors = Counter(f"{prefix}_usage_sender_errors", "Failures of the outbox or the sender loop, by kind", ["kind"], registry=registry)
         for outcome in _OUTCOMES:
             self.events.labels(outcome)
