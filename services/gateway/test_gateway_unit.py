@@ -26,6 +26,7 @@ class FakeEngine(engine_pb2_grpc.EngineServiceServicer):
 
     def __init__(self) -> None:
         self.fail_after_start = False
+        self.break_stream = False
         self.hold = asyncio.Event()
         self.hold.set()
         self.aborted: list[str] = []
@@ -34,14 +35,24 @@ class FakeEngine(engine_pb2_grpc.EngineServiceServicer):
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
         try:
+            sent = 0
             async for message in self._messages(request):
                 yield message
+                sent += 1
+                if self.break_stream and sent == 2:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "the connection broke")
         except LookupError as error:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
 
     async def GenerateMany(self, requests, context: grpc.aio.ServicerContext):
-        async for batch in generate_many(lambda r: (r.request_id, self._messages(r)), _copy, {LookupError: grpc.StatusCode.NOT_FOUND}, requests):
+        statuses = {LookupError: grpc.StatusCode.NOT_FOUND}
+        sent = 0
+        async for batch in generate_many(lambda r: (r.request_id, self._messages(r)), _copy, statuses, requests):
             yield batch
+            sent += len(batch.updates)
+            if self.break_stream and sent == 2:
+                # The whole stream breaks, every request on it with it.
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the connection broke")
 
     async def _messages(self, request: pb.GenerateRequest):
         if request.model == "missing":
@@ -60,6 +71,14 @@ class FakeEngine(engine_pb2_grpc.EngineServiceServicer):
             )
             return
         for i in range(3):
+            if self.break_stream and i == 1:
+                # The engine goes on counting (and aborts once the call is gone): it will hold 5 tokens.
+                self.held[rid] = pb.UnconfirmedUsage(
+                    request_id=rid, model="fake", usage=pb.Usage(prompt_tokens=4, completion_tokens=5),
+                    finish_reasons=[pb.FINISH_REASON_ABORT],
+                )
+            if self.break_stream and i == 2:
+                await asyncio.Event().wait()
             yield pb.GenerateResponse(
                 request_id=rid,
                 model="fake" if i == 0 else "",
@@ -280,6 +299,21 @@ async def test_an_embedding_counted_but_never_answered_is_billed_from_the_engine
         [outcome] = recorded
         assert list(fake.held) == outcome.engine_request_ids
         assert (outcome.model, outcome.prompt_tokens, outcome.completion_tokens, outcome.status) == ("fake-embed", 7, 0, "abort")
+
+
+async def test_a_call_broken_mid_stream_is_billed_from_the_engines_held_usage(fake: FakeEngine, tmp_path) -> None:
+    """The connection (or the GenerateMany stream) breaks after two tokens; the engine counted five before
+    its abort: the request is billed the engine's five, and the client's usage chunk says five too."""
+    fake.break_stream = True
+    recorded: list[Outcome] = []
+    async for client in gateway(fake, recorded, metering_addr="127.0.0.1:9", data_dir=tmp_path, usage_drain_seconds=0):
+        stream = events((await client.post("/v1/chat/completions", json=CHAT)).content)
+        assert "".join(c["delta"].get("content", "") for e in stream if isinstance(e, dict) and "choices" in e for c in e["choices"]) == "t0t1"
+        assert any(isinstance(e, dict) and "error" in e for e in stream)
+        [usage] = [e["usage"] for e in stream if isinstance(e, dict) and e.get("usage")]
+        assert (usage["prompt_tokens"], usage["completion_tokens"]) == (4, 5)
+        [outcome] = recorded
+        assert (outcome.prompt_tokens, outcome.completion_tokens, outcome.status) == (4, 5, "error")
 
 
 async def test_empty_model_is_billed_under_the_engines_model(fake: FakeEngine) -> None:

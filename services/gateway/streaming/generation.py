@@ -135,6 +135,7 @@ class Generation:
         self._first_token_at: float | None = None
         self._last_token_at = 0.0
         self._closed = False
+        self._asked_for_held_usage = False
 
     async def start(self, settling: set[asyncio.Task]) -> None:
         """Opens every engine call and waits for its first message, so that a refused request
@@ -242,6 +243,9 @@ class Generation:
         if self._closed:
             return
         self._mark_closed()
+        # A call that broke before its final message (its connection, or the GenerateMany stream that
+        # carried it, failed) was aborted in the engine, which holds what it counted for us.
+        await self._held_usage_of_unfinished_streams()
         outcome = self.outcome
         if not outcome.model:
             # The model the engine resolved, from any call's last message (the first one may have been refused).
@@ -305,6 +309,9 @@ class Generation:
         """A call cut before its final message reached us (the client left while it queued, or the abort
         did not end it within the settle timeout and it was cancelled) may still have been counted by the
         engine, which holds its final usage for us: ask for it, so the event bills what the engine counted."""
+        if self._asked_for_held_usage:
+            return
+        self._asked_for_held_usage = True
         unseen = {
             r.request_id: s for r, s in zip(self._requests, self._streams)
             if (s.last is None or not s.last.finished) and r.caller
