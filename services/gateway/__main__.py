@@ -17,7 +17,7 @@ from services.tracing import grpc_client_instrumentation, setup_logging, setup_t
 def main() -> None:
     settings = GatewaySettings()
     setup_logging(settings.log_level)
-    if settings.workers > 1 and settings.listen_fd is None:
+    if settings.workers > 1:
         raise SystemExit(Supervisor(settings).run())
     setup_tracing("gateway")
     grpc_client_instrumentation()
@@ -37,8 +37,10 @@ def main() -> None:
         # Beyond this many open connections (or requests in progress), uvicorn answers 503.
         limit_concurrency=settings.max_connections,
     )
-    # A worker accepts on the socket its supervisor bound (host and port are then not used).
-    sockets = [socket.socket(fileno=settings.listen_fd)] if settings.listen_fd is not None else None
+    # A worker listens beside its siblings; the kernel spreads connections over their sockets.
+    sockets = None
+    if settings.reuse_port:
+        sockets = [socket.create_server((settings.host, settings.port), reuse_port=True, backlog=2048)]
     DrainingServer(config, app, settings.shutdown_grace_seconds).run(sockets=sockets)
     shutdown_tracing()
 

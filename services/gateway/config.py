@@ -20,9 +20,9 @@ class GatewaySettings(BaseSettings):
     # Gateway processes accepting on the port (services.gateway.workers); each worker keeps its own
     # outbox and identity in DATA_DIR/workers/<slot>.
     workers: int = Field(1, ge=1, le=64)
-    # Set by the supervisor for its workers: the listening socket they inherit, and where the shared
-    # model catalog is kept (default: DATA_DIR).
-    listen_fd: int | None = None
+    # Set by the supervisor for its workers: listen with SO_REUSEPORT beside the other workers, and keep the
+    # model catalog (shared) there (default: DATA_DIR).
+    reuse_port: bool = False
     catalog_dir: Path | None = None
     # The engines, comma-separated `host:port`; a DNS name counts as every address it resolves to, looked
     # up again at each poll (compose --scale, a Kubernetes headless Service).

@@ -1,6 +1,7 @@
-"""Several gateway processes on one port (`GATEWAY_WORKERS=N`): this supervisor binds the socket once and
-runs N workers that all accept on it, each a whole gateway with its own event loop, engine streams and
-usage outbox.
+"""Several gateway processes on one port (`GATEWAY_WORKERS=N`): this supervisor runs N workers, each a whole
+gateway with its own event loop, engine streams and usage outbox, each listening on the port with
+SO_REUSEPORT, so that the kernel spreads new connections over them evenly (one socket shared by all would
+let whichever worker wakes first accept every pending connection).
 
 A worker's identity is its slot: slot k keeps `<DATA_DIR>/workers/<k>` (its outbox and instance id), so a
 worker that dies is restarted on the same outbox and delivers what it had not; the model catalog stays in
@@ -15,7 +16,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,9 +36,9 @@ def worker_dir(data_dir: Path, slot: int) -> Path:
 
 class Supervisor:
     def __init__(self, settings: GatewaySettings) -> None:
+        if settings.port == 0:
+            raise SystemExit("GATEWAY_WORKERS > 1 needs a fixed GATEWAY_PORT: every worker listens on it")
         self._settings = settings
-        self._socket = socket.create_server((settings.host, settings.port), reuse_port=False, backlog=2048)
-        self._socket.set_inheritable(True)
         self._metrics_dir = Path(tempfile.mkdtemp(prefix="gateway-metrics-"))
         self._workers: dict[int, subprocess.Popen] = {}
         self._stopping = False
@@ -48,7 +48,7 @@ class Supervisor:
         env = dict(os.environ)
         env.update({
             "GATEWAY_WORKERS": "1",
-            "GATEWAY_LISTEN_FD": str(self._socket.fileno()),
+            "GATEWAY_REUSE_PORT": "true",
             "GATEWAY_DATA_DIR": str(worker_dir(settings.data_dir, slot)),
             "GATEWAY_CATALOG_DIR": str(settings.catalog_dir or settings.data_dir),
             "PROMETHEUS_MULTIPROC_DIR": str(self._metrics_dir),
@@ -58,9 +58,7 @@ class Supervisor:
         return env
 
     def _start(self, slot: int) -> None:
-        self._workers[slot] = subprocess.Popen(
-            [sys.executable, "-m", "services.gateway"], env=self._environment(slot), pass_fds=(self._socket.fileno(),)
-        )
+        self._workers[slot] = subprocess.Popen([sys.executable, "-m", "services.gateway"], env=self._environment(slot))
         log.info("gateway worker %d started (pid %d)", slot, self._workers[slot].pid)
 
     def _stop(self, signum: int, frame: object) -> None:
@@ -87,7 +85,6 @@ class Supervisor:
             codes = [process.wait() for process in self._workers.values()]
             return max((c for c in codes if c > 0), default=0)
         finally:
-            self._socket.close()
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
 
 
