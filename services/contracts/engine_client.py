@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 
 import grpc
@@ -9,7 +11,9 @@ from llmserve.engine.v1 import engine_pb2 as pb
 from llmserve.engine.v1 import engine_pb2_grpc
 
 from .channel import ServiceChannel
+from .generate_call import GenerateCall
 from .generate_many import GenerateStreams, MultiplexedCall
+from .held_usage import holder_parts
 
 
 class EngineClient(ServiceChannel):
@@ -24,11 +28,12 @@ class EngineClient(ServiceChannel):
 
     def generate(
         self, request: pb.GenerateRequest, timeout: float | None = None
-    ) -> grpc.aio.UnaryStreamCall[pb.GenerateRequest, pb.GenerateResponse] | MultiplexedCall:
-        """The streaming call; iterate it (or `read()` it), or `cancel()` it to abort the request in the engine."""
+    ) -> GenerateCall | MultiplexedCall:
+        """The streaming call; iterate it (or `read()` it, or `listen` to it), or `cancel()` it to abort the
+        request in the engine."""
         if self._streams is not None:
             return self._streams.open(request, timeout=timeout)
-        return self._stub.Generate(request, timeout=timeout, metadata=self.metadata)
+        return GenerateCall(self._stub.Generate(request, timeout=timeout, metadata=self.metadata))
 
     async def close(self) -> None:
         if self._streams is not None:
@@ -74,6 +79,20 @@ class EngineClient(ServiceChannel):
             source=source, exclude_incarnation=exclude_incarnation, request_ids=list(request_ids)
         )
         return await self._stub.ClaimUsage(request, timeout=timeout, metadata=self.metadata)
+
+    async def claim_held(
+        self, caller: str, request_ids: Sequence[str], settle_seconds: float
+    ) -> list[pb.UnconfirmedUsage]:
+        """The final usage this engine holds for `caller`'s requests `request_ids` whose answer never reached
+        the caller (the call broke, or was cut): the requests still running are waited for (the engine is
+        aborting them), up to `settle_seconds`. Raises AioRpcError when the engine cannot be asked."""
+        source, _ = holder_parts(caller)
+        deadline = time.monotonic() + settle_seconds
+        while True:
+            answer = await self.claim_usage(source, "", timeout=settle_seconds, request_ids=request_ids)
+            if not answer.still_open or time.monotonic() > deadline:
+                return list(answer.usage)
+            await asyncio.sleep(0.1)
 
     async def claim_expired_usage(self, claimer: str, timeout: float | None = 10.0) -> pb.ClaimUsageResponse:
         """The usage held for callers whose lease ran out; it becomes the claimer's."""

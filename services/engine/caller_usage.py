@@ -20,6 +20,7 @@ from opentelemetry import trace
 from prometheus_client import REGISTRY
 
 from services.contracts.metering_client import MeteringClient
+from services.contracts.usage_terms import REQUEST_STATUS, request_status
 from services.engine.generation import FinishReason, ModelInfo, Timings, Usage
 from services.usage_outbox.outbox import OUTBOX_FILE, Outbox
 from services.usage_outbox.sender import SenderMetrics, UsageSender
@@ -43,11 +44,7 @@ class Metered:
 
 def usage_event(metered: Metered, trace_id: str = "") -> mpb.UsageEvent:
     reasons = [r.value for r in metered.finish_reasons]
-    status = mpb.REQUEST_STATUS_OK
-    if metered.error or "error" in reasons:
-        status = mpb.REQUEST_STATUS_ERROR
-    elif "abort" in reasons or not reasons:
-        status = mpb.REQUEST_STATUS_ABORT
+    status = REQUEST_STATUS[request_status(reasons, bool(metered.error))]
     event = mpb.UsageEvent(
         event_id=f"eng-{uuid.uuid4().hex}",
         source=SOURCE,

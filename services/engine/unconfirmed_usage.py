@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from services.contracts.held_usage import holder_parts
 from services.engine.generation import FinishReason, Timings, Usage
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,6 @@ class HeldUsage:
     timings: Timings | None = None
     error: str | None = None
     open: bool = True
-
-
-def _source(caller: str) -> tuple[str, str]:
-    source, _, incarnation = caller.rpartition("/")
-    return (source, incarnation) if source else (caller, "")
 
 
 class UnconfirmedUsage:
@@ -148,7 +144,7 @@ class UnconfirmedUsage:
         still_open = 0
         candidates = (self._held[r] for r in request_ids if r in self._held) if request_ids else self._held.values()
         for held in candidates:
-            held_source, incarnation = _source(held.caller)
+            held_source, incarnation = holder_parts(held.caller)
             if held_source != source or (not request_ids and incarnation == exclude_incarnation):
                 continue
             if held.open:

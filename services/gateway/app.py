@@ -25,11 +25,15 @@ from services.gateway.fleet.router import RequestRouter
 from services.gateway.ops import limits as limit_routes
 from services.gateway.limits.keeper import LimitsKeeper, LimitsSettings
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.middleware import InFlight, RequestLimits
-from services.gateway.openai_api import chat, completions, embeddings, models, tokenize
+from services.gateway.middleware import InFlight, RequestLimits, RouteTable
+from services.gateway.openai_api.chat import api_router as chat
+from services.gateway.openai_api.completions import api_router as completions
+from services.gateway.openai_api.embeddings import api_router as embeddings
 from services.gateway.openai_api.images import ImagePolicy
+from services.gateway.openai_api.models import api_router as models
+from services.gateway.openai_api.protocol import InvalidText, UnsupportedFields
 from services.gateway.openai_api.respond import Responder
-from services.gateway.openai_api.schemas import InvalidText, UnsupportedFields
+from services.gateway.openai_api.tokenize import api_router as tokenize
 from services.gateway.ops import exposition, health
 from services.gateway.streaming.open_generations import OpenGenerations
 from services.gateway.usage.delivery import DeliverySettings, UsageDelivery
@@ -158,6 +162,7 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
         app.state.usage = delivery
         app.state.recorder = recorder
         app.state.generations = generations
+        app.state.router = router
         app.state.limits = limits
         app.state.responder = Responder(router, recorder, metrics_, generations, settings.force_include_usage, limits)
         if limits is not None:
@@ -199,6 +204,7 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
         access=access,
         max_body_bytes=settings.max_body_bytes,
         in_flight=in_flight,
+        routes=RouteTable(app.routes),
         body_timeout_seconds=settings.body_timeout_seconds,
     )
     return app

@@ -10,17 +10,16 @@ from services.gateway.access import AccessPolicy
 from services.gateway.config import GatewaySettings
 from services.gateway.fleet.engines import EngineFleet
 from services.gateway.fleet.manager import ModelManager
+from services.gateway.fleet.router import RequestRouter
 from services.gateway.limits.keeper import LimitsKeeper
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.middleware import InFlight
-from services.gateway.openai_api.images import ImagePolicy
-from services.gateway.openai_api.respond import Responder
 from services.gateway.streaming.open_generations import OpenGenerations
 from services.gateway.usage.delivery import UsageDelivery
 from services.gateway.usage.recorder import OutcomeRecorder
 
 
-def _app_state(name: str) -> Any:
+def app_state(name: str) -> Any:
     # async: FastAPI would run a plain def in its thread pool, a thread hop per request.
     async def get(request: Request) -> Any:
         return getattr(request.app.state, name)
@@ -28,19 +27,18 @@ def _app_state(name: str) -> Any:
     return Depends(get)
 
 
-Settings = Annotated[GatewaySettings, _app_state("settings")]
-Access = Annotated[AccessPolicy, _app_state("access")]
-Fleet = Annotated[EngineFleet, _app_state("fleet")]
-Models = Annotated[ModelManager, _app_state("models")]
-Metrics = Annotated[GatewayMetrics, _app_state("metrics")]
-Limits = Annotated[InFlight, _app_state("in_flight")]
-Images = Annotated[ImagePolicy, _app_state("image_policy")]
-Usage = Annotated[UsageDelivery | None, _app_state("usage")]
-Generate = Annotated[Responder, _app_state("responder")]
-Record = Annotated[OutcomeRecorder, _app_state("recorder")]
-Generations = Annotated[OpenGenerations, _app_state("generations")]
+Settings = Annotated[GatewaySettings, app_state("settings")]
+Access = Annotated[AccessPolicy, app_state("access")]
+Fleet = Annotated[EngineFleet, app_state("fleet")]
+Models = Annotated[ModelManager, app_state("models")]
+Metrics = Annotated[GatewayMetrics, app_state("metrics")]
+Limits = Annotated[InFlight, app_state("in_flight")]
+Usage = Annotated[UsageDelivery | None, app_state("usage")]
+Router = Annotated[RequestRouter, app_state("router")]
+Record = Annotated[OutcomeRecorder, app_state("recorder")]
+Generations = Annotated[OpenGenerations, app_state("generations")]
 # None without metering: no limits per key.
-KeyLimits = Annotated[LimitsKeeper | None, _app_state("limits")]
+KeyLimits = Annotated[LimitsKeeper | None, app_state("limits")]
 
 
 async def require_key(request: Request) -> str:

@@ -4,10 +4,13 @@ body-size limit (413) and read deadline (408), the in-flight limit (429) and per
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, MutableMapping
+import re
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 import orjson
+from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute, Match
 
 from services.gateway.access import AccessPolicy
 from services.gateway.errors import ApiError
@@ -19,11 +22,39 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
-# Paths that take engine time: each request holds an in-flight slot.
-ENGINE_PATHS = GENERATION_PATHS | {"/tokenize", "/detokenize"}
-# Request paths become metric labels only when they are routes of ours.
-ENDPOINTS = ENGINE_PATHS | {"/v1/models"}
+# The tag of a route that takes engine time: each of its requests holds an in-flight slot.
+ENGINE_WORK = "engine work"
+# Routes that are not counted per request (the scrape and the probe would outnumber the traffic).
+_UNCOUNTED = frozenset({"/health", "/metrics"})
+
+
+class RouteTable:
+    """What the app's routes declare about a request path: its metric label (the route's path template;
+    paths that are no route of ours get none) and whether it takes engine time."""
+
+    def __init__(self, routes: Iterable[BaseRoute]) -> None:
+        api_routes = [r for r in routes if isinstance(r, APIRoute) and r.path not in _UNCOUNTED]
+        self.engine_paths = frozenset(r.path for r in api_routes if ENGINE_WORK in r.tags)
+        self._exact = {r.path for r in api_routes if "{" not in r.path}
+        self._templated = [r for r in api_routes if "{" in r.path]
+
+    def label(self, scope: Scope) -> str | None:
+        path = scope["path"]
+        if path in self._exact:
+            return path
+        partial = None
+        for route in self._templated:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return _template(route.path)
+            if match is Match.PARTIAL and partial is None:
+                partial = _template(route.path)
+        return partial
+
+
+def _template(path: str) -> str:
+    """"/v1/models/{model:path}" -> "/v1/models/{model}"."""
+    return re.sub(r"\{(\w+):\w+\}", r"{\1}", path)
 
 
 async def send_error(send: Send, error: ApiError) -> None:
@@ -78,9 +109,11 @@ class RequestLimits:
         access: AccessPolicy,
         max_body_bytes: int,
         in_flight: InFlight,
+        routes: RouteTable,
         body_timeout_seconds: float = 30.0,
     ) -> None:
         self.app = app
+        self.routes = routes
         self.body_timeout_seconds = body_timeout_seconds
         self.metrics = metrics
         self.access = access
@@ -92,9 +125,7 @@ class RequestLimits:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        endpoint = path if path in ENDPOINTS or path.startswith("/v1/models/") else None
-        if endpoint is not None and endpoint.startswith("/v1/models/"):
-            endpoint = "/v1/models/{model}"
+        endpoint = self.routes.label(scope)
         status_seen: list[int] = []
 
         async def accounting_send(message: Message) -> None:
@@ -145,7 +176,7 @@ class RequestLimits:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        if path in ENGINE_PATHS and not self.in_flight.take(scope, 1):
+        if path in self.routes.engine_paths and not self.in_flight.take(scope, 1):
             await send_error(accounting_send, self.in_flight.busy_error())
             self._account(scope, endpoint, status_seen)
             return

@@ -32,6 +32,8 @@ class FakeEngine(engine_pb2_grpc.EngineServiceServicer):
         self.aborted: list[str] = []
         self.started = asyncio.Event()
         self.held: dict[str, pb.UnconfirmedUsage] = {}
+        # Set: an embedding is answered (once `hold` is set) instead of lost after it was counted.
+        self.answer_embeddings = False
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
         try:
@@ -103,6 +105,12 @@ class FakeEngine(engine_pb2_grpc.EngineServiceServicer):
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         """Counts the request and holds its usage for the caller, then loses the answer on the way."""
+        if self.answer_embeddings:
+            self.started.set()
+            await self.hold.wait()
+            return pb.EmbedResponse(
+                model="fake", embeddings=[pb.Embedding(values=[0.5, 0.5])], usage=pb.Usage(prompt_tokens=3)
+            )
         self.held[request.request_id] = pb.UnconfirmedUsage(
             request_id=request.request_id, model="fake-embed", usage=pb.Usage(prompt_tokens=7),
             finish_reasons=[pb.FINISH_REASON_STOP],
@@ -406,6 +414,22 @@ async def test_tokenize_and_each_choice_take_in_flight_slots(fake: FakeEngine) -
         assert (await client.post("/tokenize", json={"model": "fake", "prompt": "x"})).status_code == 429
         fake.hold.set()
         assert [(await t).status_code for t in (first, second)] == [200, 200]
+
+
+async def test_embeddings_take_in_flight_slots_and_are_counted(fake: FakeEngine) -> None:
+    fake.answer_embeddings = True
+    fake.hold.clear()
+    async for client in gateway(fake, max_in_flight=1):
+        first = asyncio.create_task(client.post("/v1/embeddings", json={"model": "fake", "input": "hi"}))
+        await asyncio.wait_for(fake.started.wait(), 5)
+        async with asyncio.timeout(10):  # a request let through waits for the held engine: refused at once
+            others = [await client.post("/v1/embeddings", json={"model": "fake", "input": "hi"}) for _ in range(4)]
+        assert [r.status_code for r in others] == [429] * 4
+        fake.hold.set()
+        assert (await first).json()["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
+        metrics = (await client.get("/metrics")).text
+        assert 'gateway_requests_total{endpoint="/v1/embeddings",model="fake",status="200"} 1.0' in metrics
+        assert 'gateway_requests_total{endpoint="/v1/embeddings",model="other",status="429"} 4.0' in metrics
 
 
 async def test_a_trickled_body_gets_408(fake: FakeEngine) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 from llmserve.metering.v1 import metering_pb2 as pb
 
+from services.contracts.usage_terms import BUDGET_PERIOD_NAMES
 from services.contracts.metering_client import MeteringClient
 from services.service_auth import read_token
 
@@ -61,10 +62,10 @@ def render_standings(standings: list[pb.Standing]) -> str:
         tpm = limits.tokens_per_minute if limits.HasField("tokens_per_minute") else None
         budget = limits.token_budget if limits.HasField("token_budget") else None
         remaining = s.remaining_budget if s.HasField("remaining_budget") else None
-        period = pb.BudgetPeriod.Name(limits.budget_period).removeprefix("BUDGET_PERIOD_").lower()
+        period = BUDGET_PERIOD_NAMES.get(limits.budget_period, "total")
         lines.append(
             f"{s.api_key_id:<16} {_limit(rpm):>9} {s.requests_last_minute:>6} {_limit(tpm):>9} {s.tokens_last_minute:>9}"
-            f" {_limit(budget):>11} {period.replace('unspecified', 'total'):>6} {s.budget_used:>11}"
+            f" {_limit(budget):>11} {period:>6} {s.budget_used:>11}"
             f" {s.reserved_tokens:>9} {_limit(remaining):>11}"
         )
     return "\n".join(lines)

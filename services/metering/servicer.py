@@ -10,6 +10,7 @@ from opentelemetry import trace
 from llmserve.metering.v1 import metering_pb2 as pb
 from llmserve.metering.v1 import metering_pb2_grpc
 
+from services.contracts.usage_terms import BUDGET_PERIOD_NAMES, BUDGET_PERIODS
 from services.metering.events import UsageEvent
 from services.metering.ledger import DUPLICATE, RECORDED, REJECTED, Ack, Ledger
 from services.metering.limits import KeyLimits, Standing
@@ -122,17 +123,12 @@ def trace_ingest(events: Sequence[pb.UsageEvent], acks: list[Ack]) -> None:
             )
 
 
-_PERIODS = {
-    pb.BUDGET_PERIOD_UNSPECIFIED: "total", pb.BUDGET_PERIOD_TOTAL: "total", pb.BUDGET_PERIOD_DAY: "day",
-    pb.BUDGET_PERIOD_MONTH: "month",
-}
-_PERIOD_ENUM = {"total": pb.BUDGET_PERIOD_TOTAL, "day": pb.BUDGET_PERIOD_DAY, "month": pb.BUDGET_PERIOD_MONTH}
 
 
 def to_limits(message: pb.KeyLimits) -> KeyLimits:
     if not message.api_key_id:
         raise InvalidQuery("api_key_id is required")
-    period = _PERIODS.get(message.budget_period)
+    period = BUDGET_PERIOD_NAMES.get(message.budget_period)
     if period is None:
         raise InvalidQuery("budget_period must be TOTAL, DAY or MONTH")
     return KeyLimits(
@@ -145,7 +141,7 @@ def to_limits(message: pb.KeyLimits) -> KeyLimits:
 
 
 def limits_message(limits: KeyLimits) -> pb.KeyLimits:
-    message = pb.KeyLimits(api_key_id=limits.api_key_id, budget_period=_PERIOD_ENUM[limits.budget_period])
+    message = pb.KeyLimits(api_key_id=limits.api_key_id, budget_period=BUDGET_PERIODS[limits.budget_period])
     for name in ("requests_per_minute", "tokens_per_minute", "token_budget"):
         if (value := getattr(limits, name)) is not None:
             setattr(message, name, value)

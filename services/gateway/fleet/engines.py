@@ -179,10 +179,9 @@ class EngineFleet:
 
     # Routing
 
-    def pick(self, model: str, exclude: Iterable[str] = ()) -> EngineMember:
-        """The engine for the next request for `model` (empty: any engine's default). Falls back to any
-        healthy engine, then to any engine, so that the engine itself answers a model it does not serve
-        (404) or its unavailability (503)."""
+    def _candidates(self, model: str, exclude: Iterable[str] = ()) -> list[EngineMember]:
+        """Healthy engines serving `model` (empty: any healthy engine), else any healthy engine, else any
+        engine, so that the engine itself answers a model it does not serve (404) or its unavailability (503)."""
         excluded = set(exclude)
         members = [m for m in self._members.values() if m.address not in excluded] or self.members
         healthy = [m for m in members if m.healthy]
@@ -190,10 +189,25 @@ class EngineFleet:
         candidates = serving or healthy or members
         if not candidates:
             raise LookupError("no engine is configured")
+        return candidates
+
+    def pick(self, model: str, exclude: Iterable[str] = ()) -> EngineMember:
+        """The engine for the next request for `model`: the router's alone (it takes a turn)."""
+        candidates = self._candidates(model, exclude)
         self._turn += 1
         # Fewest outstanding first; ties take turns, so sequential requests spread too.
         n = len(candidates)
         return min(enumerate(candidates), key=lambda pair: (pair[1].outstanding, (pair[0] - self._turn) % n))[1]
+
+    def peek(self, model: str) -> EngineMember:
+        """An engine that can answer questions about `model` (its card, a prompt's token count), without
+        routing a request there: the turn does not move."""
+        return self._candidates(model)[0]
+
+    def card(self, model: str) -> pb.ModelCard | None:
+        """`model`'s card as an engine serving it reports it (empty model: that engine's default)."""
+        member = self.peek(model)
+        return member.cards.get(model) or next(iter(member.cards.values()), None)
 
     def alternatives(self, model: str, exclude: Iterable[str]) -> bool:
         """Whether another healthy engine serves `model` (a request refused before its first token may go there)."""

@@ -1,19 +1,25 @@
-"""Which engine serves a request: the least-outstanding healthy replica of its model; a refusal as
-unavailable before the first token takes that engine out of rotation and tries another replica, and
-after the first token there is no retry."""
+"""Which engine serves a request, for every route that makes one (generate, embed, tokenize, ...): the
+least-outstanding healthy replica of its model, counted as outstanding while the call runs; a refusal as
+unavailable before the first token (or the answer) takes that engine out of rotation and tries another
+replica, and after the first token there is no retry."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
+import grpc
 from llmserve.engine.v1 import engine_pb2 as pb
 
-from services.gateway.errors import ApiError
-from services.gateway.fleet.engines import EngineFleet
+from services.gateway.errors import ApiError, from_grpc
+from services.gateway.fleet.engines import EngineFleet, EngineMember
 from services.gateway.outcome import Outcome, OutcomeSink
 from services.gateway.streaming.generation import GapObserver, Generation
 from services.gateway.streaming.open_generations import OpenGenerations
+
+
+T = TypeVar("T")
 
 
 class RequestRouter:
@@ -83,3 +89,21 @@ class RequestRouter:
                 # Tried again elsewhere: this attempt's settling must not end the request's billing.
                 generation.on_unbilled = None
                 self._fleet.mark_down(member)
+
+    async def call(self, model: str, rpc: Callable[[EngineMember], Awaitable[T]]) -> T:
+        """A unary engine call for `model` (embed, tokenize, ...) on the replica the fleet picks; an engine
+        that refuses it as unavailable leaves rotation and another replica is tried. An engine's error
+        becomes the gateway's (services.gateway.errors)."""
+        tried: list[str] = []
+        while True:
+            member = self._fleet.pick(model, exclude=tried)
+            member.outstanding += 1
+            try:
+                return await rpc(member)
+            except grpc.aio.AioRpcError as error:
+                tried.append(member.address)
+                if error.code() is not grpc.StatusCode.UNAVAILABLE or not self._fleet.alternatives(model, tried):
+                    raise from_grpc(error) from error
+                self._fleet.mark_down(member)
+            finally:
+                member.outstanding -= 1

@@ -8,6 +8,7 @@ import grpc
 from llmserve.engine.v1 import engine_pb2 as pb
 
 from services.gateway.fleet.engines import EngineFleet, resolve
+from services.gateway.limits.admission import embedding_tokens
 
 
 class FakeEngine:
@@ -58,6 +59,19 @@ async def test_requests_go_to_the_least_busy_healthy_replica() -> None:
     assert fleet.pick("tiny", exclude=[b.address]).address == a.address
     assert fleet.alternatives("tiny", [a.address]) and not fleet.alternatives("big", [a.address])
     assert fleet.model_name("big") == "big" and fleet.model_name("nope") == ""
+
+
+async def test_reading_a_models_card_does_not_move_the_turn() -> None:
+    """Admission reads a model's length before a limited key's request is routed: only the router picks."""
+    a, b = FakeEngine("10.0.0.1:1", ["tiny"]), FakeEngine("10.0.0.2:1", ["tiny"])
+    fleet = fleet_of(a, b)
+    await fleet.refresh()
+    request = pb.EmbedRequest(model="tiny", inputs=[pb.EmbedInput(text="x")])
+    picks = []
+    for _ in range(6):
+        embedding_tokens(fleet, request)
+        picks.append(fleet.pick("tiny").address)
+    assert picks == [picks[0], picks[1]] * 3 and picks[0] != picks[1]
 
 
 async def test_an_engine_that_fails_a_poll_leaves_rotation_and_rejoins() -> None:

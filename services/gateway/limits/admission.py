@@ -1,6 +1,6 @@
 """What a request reserves before it runs: its prompt tokens, exactly (the engine renders and counts them,
 as it will when the request runs), plus its completion cap for every choice (`max_tokens`, or the rest
-of the model's context when it is absent). An embedding reserves each input at most the model's length
+of the model's context when it is absent). It reads the fleet without routing: the turn does not move. An embedding reserves each input at most the model's length
 (the engine refuses longer ones), since its usage is settled the moment it is answered."""
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from services.gateway.fleet.engines import EngineFleet
 
 
 def _max_model_len(fleet: EngineFleet, model: str) -> int:
-    member = fleet.pick(model)
-    card = member.cards.get(model) or next(iter(member.cards.values()), None)
+    card = fleet.card(model)
     return card.max_model_len if card is not None else 0
 
 
@@ -33,7 +32,7 @@ async def generation_tokens(fleet: EngineFleet, requests: list[pb.GenerateReques
                 tokenize.text = request.text
                 tokenize.add_special_tokens = True
             try:
-                reply = await fleet.pick(request.model).client.tokenize(tokenize)
+                reply = await fleet.peek(request.model).client.tokenize(tokenize)
             except grpc.aio.AioRpcError as error:
                 raise from_grpc(error) from error
             prompt, context = reply.count, reply.max_model_len

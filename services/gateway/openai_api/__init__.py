@@ -1,2 +1,3 @@
-"""OpenAI's REST API: chat and text completions, models, and vLLM's tokenize/detokenize; request
-schemas and their translation into engine requests."""
+"""OpenAI's REST API, one folder per resource (chat, completions, embeddings, models, tokenize), each with
+its routes (`api_router.py`), its request body (`protocol.py`) and what it does (`serving.py`); what they
+share beside them (common body parts, translation, images, the responder)."""

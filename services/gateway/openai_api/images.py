@@ -25,7 +25,7 @@ from llmserve.engine.v1 import engine_pb2 as pb
 from PIL import Image, UnidentifiedImageError
 
 from services.gateway.errors import ApiError
-from services.gateway.openai_api.schemas import ChatMessage, ImagePart
+from services.gateway.openai_api.protocol import ChatMessage, ImagePart
 
 MEDIA_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
 

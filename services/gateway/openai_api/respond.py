@@ -17,7 +17,7 @@ from services.gateway.fleet.router import RequestRouter
 from services.gateway.limits.admission import generation_tokens
 from services.gateway.limits.keeper import LimitsKeeper
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.openai_api.schemas import SamplingFields
+from services.gateway.openai_api.protocol import SamplingFields
 from services.gateway.outcome import Outcome
 from services.gateway.streaming.open_generations import OpenGenerations
 from services.gateway.streaming.sse import Kind, ResponseMeta, aggregate, stream_events

@@ -16,7 +16,7 @@ import pytest
 
 from services.gateway.errors import ApiError
 from services.gateway.openai_api.images import ImagePolicy, _public, load_images
-from services.gateway.openai_api.schemas import ChatMessage
+from services.gateway.openai_api.protocol import ChatMessage
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="

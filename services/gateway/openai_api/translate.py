@@ -1,4 +1,4 @@
-"""OpenAI request bodies -> the engine's GenerateRequest."""
+"""What every OpenAI body shares, as the engine's types: messages, tools, sampling and structured output."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ import json
 
 from llmserve.engine.v1 import engine_pb2 as pb
 
-from services.gateway.openai_api.schemas import (
-    ChatCompletionRequest,
+from services.gateway.openai_api.protocol import (
     ChatMessage,
     ChatTool,
-    CompletionRequest,
     NamedToolChoice,
     ResponseFormat,
     SamplingFields,
@@ -85,7 +83,7 @@ def _structured(response_format: ResponseFormat | None) -> pb.StructuredOutput |
     return pb.StructuredOutput(json_schema=json.dumps(spec.schema_))
 
 
-def _sampling(body: SamplingFields, max_tokens: int | None, logprobs: int | None, fmt: ResponseFormat | None) -> pb.SamplingParams:
+def sampling_params(body: SamplingFields, max_tokens: int | None, logprobs: int | None, fmt: ResponseFormat | None) -> pb.SamplingParams:
     params = pb.SamplingParams(
         n=body.n,
         stop=body.stop_list(),
@@ -112,33 +110,3 @@ def _sampling(body: SamplingFields, max_tokens: int | None, logprobs: int | None
     if structured is not None:
         params.structured_output.CopyFrom(structured)
     return params
-
-
-def chat_request(
-    body: ChatCompletionRequest, request_id: str, images: dict[tuple[int, int], pb.Image] | None = None
-) -> pb.GenerateRequest:
-    logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    chat = chat_messages(body.messages, images)
-    add_tools(chat, body.tools, body.tool_choice, body.parallel_tool_calls)
-    return pb.GenerateRequest(
-        request_id=request_id,
-        model=body.model,
-        chat=chat,
-        sampling=_sampling(body, body.max_completion_tokens or body.max_tokens, logprobs, body.response_format),
-    )
-
-
-def completion_requests(body: CompletionRequest, request_id: str) -> list[pb.GenerateRequest]:
-    """One engine request per prompt; ids are `<request_id>-<i>` when there are several."""
-    prompts = body.prompts()
-    sampling = _sampling(body, body.max_tokens, body.logprobs, body.response_format)
-    requests = []
-    for i, prompt in enumerate(prompts):
-        rid = request_id if len(prompts) == 1 else f"{request_id}-{i}"
-        request = pb.GenerateRequest(request_id=rid, model=body.model, sampling=sampling)
-        if isinstance(prompt, str):
-            request.text = prompt
-        else:
-            request.token_ids.ids.extend(prompt)
-        requests.append(request)
-    return requests

@@ -10,14 +10,13 @@ from fastapi import APIRouter, Request
 from llmserve.metering.v1 import metering_pb2 as mpb
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.contracts.usage_terms import BUDGET_PERIOD_NAMES, BUDGET_PERIODS
 from services.gateway.dependencies import KeyId, KeyLimits
 from services.gateway.errors import ApiError
 from services.gateway.limits.keeper import LimitsKeeper
 
 router = APIRouter(prefix="/v1")
 
-_PERIODS = {"total": mpb.BUDGET_PERIOD_TOTAL, "day": mpb.BUDGET_PERIOD_DAY, "month": mpb.BUDGET_PERIOD_MONTH}
-_PERIOD_NAMES = {v: k for k, v in _PERIODS.items()} | {mpb.BUDGET_PERIOD_UNSPECIFIED: "total"}
 
 
 class LimitsBody(BaseModel):
@@ -44,7 +43,7 @@ def standing_json(standing: mpb.Standing) -> dict:
             "requests_per_minute": _optional(limits, "requests_per_minute"),
             "tokens_per_minute": _optional(limits, "tokens_per_minute"),
             "token_budget": _optional(limits, "token_budget"),
-            "budget_period": _PERIOD_NAMES[limits.budget_period],
+            "budget_period": BUDGET_PERIOD_NAMES[limits.budget_period],
         },
         "usage": {
             "requests_last_minute": standing.requests_last_minute,
@@ -92,7 +91,7 @@ async def key_standing(api_key_id: str, request: Request, limits: KeyLimits, key
 
 @router.put("/limits/{api_key_id}")
 async def set_limits(api_key_id: str, body: LimitsBody, limits: KeyLimits, key_id: KeyId) -> dict:
-    message = mpb.KeyLimits(api_key_id=api_key_id, budget_period=_PERIODS[body.budget_period])
+    message = mpb.KeyLimits(api_key_id=api_key_id, budget_period=BUDGET_PERIODS[body.budget_period])
     for name in ("requests_per_minute", "tokens_per_minute", "token_budget"):
         if (value := getattr(body, name)) is not None:
             setattr(message, name, value)

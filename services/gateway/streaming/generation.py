@@ -13,7 +13,9 @@ import grpc
 from llmserve.engine.v1 import engine_pb2 as pb
 
 from services.contracts.engine_client import EngineClient
+from services.contracts.generate_call import GenerateCall
 from services.contracts.generate_many import MultiplexedCall
+from services.contracts.usage_terms import request_status
 from services.gateway.errors import ApiError, from_grpc
 from services.gateway.outcome import FINISH_REASONS, Outcome, OutcomeSink
 
@@ -51,23 +53,19 @@ class _Inbox:
 
 class _Stream:
     """One engine Generate call, read to its end whatever the HTTP request that consumes the messages
-    does (it may be cancelled at any await, and the engine's final usage must still be read): by a task
-    of its own, or, for a call on a GenerateMany stream, by that stream's reader, which hands each
-    message over as it arrives."""
+    does (it may be cancelled at any await, and the engine's final usage must still be read): the call
+    hands each message over as it arrives (a GenerateMany stream's reader, or a task of the call's own)."""
 
-    def __init__(self, call: grpc.aio.UnaryStreamCall | MultiplexedCall) -> None:
+    def __init__(self, call: GenerateCall | MultiplexedCall) -> None:
         self.call = call
         self.last: pb.GenerateResponse | None = None
         self.finished = False
         self.error = ""
         self.refusal: grpc.aio.AioRpcError | None = None
         self.messages = _Inbox()
-        self.reader: asyncio.Future[None]
-        if isinstance(call, MultiplexedCall):
-            self.reader = asyncio.get_running_loop().create_future()
-            call.listen(self._take, self._end)
-        else:
-            self.reader = asyncio.create_task(self._read_all())
+        # Done once the call has ended.
+        self.reader: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        call.listen(self._take, self._end)
 
     def _take(self, message: pb.GenerateResponse) -> None:
         self.last = message
@@ -85,18 +83,8 @@ class _Stream:
             self.error = self.error or "the engine ended the stream without its final message"
         self.finished = True
         self.messages.put_nowait(_END)
-        if not isinstance(self.reader, asyncio.Task) and not self.reader.done():
+        if not self.reader.done():
             self.reader.set_result(None)
-
-    async def _read_all(self) -> None:
-        error = None
-        try:
-            while (message := await self.call.read()) is not grpc.aio.EOF:
-                self._take(message)
-        except grpc.aio.AioRpcError as failed:
-            error = failed
-        finally:
-            self._end(error)
 
 
 class Generation:
@@ -254,10 +242,10 @@ class Generation:
         outcome.finish_reasons = finish_reasons
         if self._interruption:
             outcome.status = "abort"
-        elif self.error or outcome.status == "error":
-            outcome.status = "error"
-        elif "abort" in finish_reasons or not all(s.last is not None and s.last.finished for s in self._streams):
-            outcome.status = "abort"
+        else:
+            # A request settled as aborted (the client left) stays so, even if its calls then finished.
+            complete = outcome.status != "abort" and all(s.last is not None and s.last.finished for s in self._streams)
+            outcome.status = request_status(finish_reasons, bool(self.error) or outcome.status == "error", complete)
         finals = [s.last for s in self._streams if s.last is not None and s.last.finished]
         if finals:
             outcome.generation_seconds = max(f.timings.generation_seconds for f in finals)
@@ -318,19 +306,13 @@ class Generation:
         }
         if not unseen:
             return
-        source = next(iter(self._requests)).caller.rpartition("/")[0]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._settle_timeout
+        caller = next(iter(self._requests)).caller
         try:
-            while True:
-                answer = await self._engine.claim_usage(source, "", timeout=self._settle_timeout, request_ids=list(unseen))
-                if not answer.still_open or loop.time() > deadline:
-                    break
-                await asyncio.sleep(0.1)
+            held_usage = await self._engine.claim_held(caller, list(unseen), self._settle_timeout)
         except grpc.aio.AioRpcError as error:
             log.warning("could not ask the engine for the usage of request %s: %s", self.outcome.request_id, error)
             return
-        for held in answer.usage:
+        for held in held_usage:
             unseen[held.request_id].last = pb.GenerateResponse(
                 request_id=held.request_id, model=held.model, usage=held.usage, finished=True,
                 choices=[pb.ChoiceDelta(index=i, finish_reason=r) for i, r in enumerate(held.finish_reasons)],

@@ -18,6 +18,7 @@ from llmserve.metering.v1 import metering_pb2 as mpb
 from prometheus_client import CollectorRegistry
 
 from services.contracts.engine_client import EngineClient
+from services.contracts.held_usage import holder_name
 from services.contracts.metering_client import MeteringClient
 from services.gateway.outcome import Outcome
 from services.gateway.usage.events import events_from_unconfirmed, usage_context, usage_event
@@ -57,7 +58,7 @@ class UsageDelivery:
         self.source = settings.source
         self.incarnation = new_incarnation()
         # The name the engine holds usage under until it is confirmed.
-        self.caller = f"{self.source}/{self.incarnation}"
+        self.caller = holder_name(self.source, self.incarnation)
         self._sender = UsageSender(
             MeteringClient(settings.metering_addr, settings.token),
             Outbox(settings.data_dir / OUTBOX_FILE),

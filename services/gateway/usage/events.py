@@ -9,9 +9,9 @@ from collections import defaultdict
 from llmserve.engine.v1 import engine_pb2 as pb
 from llmserve.metering.v1 import metering_pb2 as mpb
 
+from services.contracts.usage_terms import REQUEST_STATUS, request_status
 from services.gateway.outcome import FINISH_REASONS, Outcome
 
-_STATUS = {"ok": mpb.REQUEST_STATUS_OK, "abort": mpb.REQUEST_STATUS_ABORT, "error": mpb.REQUEST_STATUS_ERROR}
 
 
 def usage_event(outcome: Outcome, source: str) -> mpb.UsageEvent:
@@ -19,7 +19,7 @@ def usage_event(outcome: Outcome, source: str) -> mpb.UsageEvent:
     event = usage_context(outcome, source)
     event.model = outcome.model
     event.finish_reason = ",".join(outcome.finish_reasons)
-    event.status = _STATUS[outcome.status]
+    event.status = REQUEST_STATUS[outcome.status]
     event.prompt_tokens = outcome.prompt_tokens
     event.completion_tokens = outcome.completion_tokens
     event.cached_tokens = outcome.cached_tokens
@@ -63,12 +63,7 @@ def events_from_unconfirmed(held: list[pb.UnconfirmedUsage]) -> list[tuple[mpb.U
         event.completion_tokens = sum(i.usage.completion_tokens for i in items)
         event.cached_tokens = sum(i.usage.cached_tokens for i in items)
         event.finish_reason = ",".join(reasons)
-        if any(i.error for i in items):
-            event.status = mpb.REQUEST_STATUS_ERROR
-        elif "abort" in reasons or not reasons:
-            event.status = mpb.REQUEST_STATUS_ABORT
-        else:
-            event.status = mpb.REQUEST_STATUS_OK
+        event.status = REQUEST_STATUS[request_status(reasons, any(i.error for i in items))]
         event.time_to_first_token_seconds = max(i.timings.time_to_first_token_seconds for i in items)
         event.generation_seconds = max(i.timings.generation_seconds for i in items)
         event.request_seconds = max(i.timings.total_seconds for i in items)

@@ -1,4 +1,5 @@
-"""OpenAI (and vLLM extension) request bodies. Fields we do not support are refused by name, unless null."""
+"""What OpenAI's (and vLLM's extension) request bodies share: strict models that refuse the fields we do not
+support by name (unless null), messages, tools, sampling. Each endpoint's own body is in its folder."""
 
 from __future__ import annotations
 
@@ -39,14 +40,14 @@ TokenId = Annotated[int, Field(ge=0, lt=2**32)]
 UINT32_MAX = 2**32 - 1
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     """Unknown fields are an error that names them; a field sent as null is as good as absent; text
     must be valid Unicode (each nested model checks its own fields)."""
 
     model_config = ConfigDict(extra="forbid")
 
     @model_validator(mode="after")
-    def _valid_unicode(self) -> _Strict:
+    def _valid_unicode(self) -> Strict:
         for name in type(self).model_fields:
             if (path := _lone_surrogate(getattr(self, name), name)) is not None:
                 raise InvalidText(path)
@@ -64,18 +65,18 @@ class _Strict(BaseModel):
         return {k: v for k, v in data.items() if k in known}
 
 
-class TextPart(_Strict):
+class TextPart(Strict):
     type: Literal["text"]
     text: str
 
 
-class ImageUrl(_Strict):
+class ImageUrl(Strict):
     # A data: URI (base64), or an http(s) URL when the gateway is configured to fetch them.
     url: str
     detail: Literal["auto", "low", "high"] | None = None
 
 
-class ImagePart(_Strict):
+class ImagePart(Strict):
     type: Literal["image_url"]
     image_url: ImageUrl
 
@@ -83,19 +84,19 @@ class ImagePart(_Strict):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
-class CalledFunction(_Strict):
+class CalledFunction(Strict):
     name: str
     # JSON text, as the model produced it.
     arguments: str
 
 
-class AssistantToolCall(_Strict):
+class AssistantToolCall(Strict):
     id: str
     type: Literal["function"] = "function"
     function: CalledFunction
 
 
-class ChatMessage(_Strict):
+class ChatMessage(Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
@@ -114,12 +115,12 @@ class ChatMessage(_Strict):
         return isinstance(self.content, list) and any(isinstance(p, ImagePart) for p in self.content)
 
 
-class StreamOptions(_Strict):
+class StreamOptions(Strict):
     include_usage: bool | None = None
     continuous_usage_stats: bool | None = None
 
 
-class JsonSchemaFormat(_Strict):
+class JsonSchemaFormat(Strict):
     name: str
     description: str | None = None
     schema_: dict[str, Any] | None = Field(None, alias="schema")
@@ -128,12 +129,12 @@ class JsonSchemaFormat(_Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-class ResponseFormat(_Strict):
+class ResponseFormat(Strict):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
 
-class FunctionDefinition(_Strict):
+class FunctionDefinition(Strict):
     # OpenAI's rule for function names.
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     description: str | None = None
@@ -141,16 +142,16 @@ class FunctionDefinition(_Strict):
     strict: bool | None = None
 
 
-class ChatTool(_Strict):
+class ChatTool(Strict):
     type: Literal["function"]
     function: FunctionDefinition
 
 
-class NamedFunction(_Strict):
+class NamedFunction(Strict):
     name: str
 
 
-class NamedToolChoice(_Strict):
+class NamedToolChoice(Strict):
     type: Literal["function"]
     function: NamedFunction
 
@@ -159,7 +160,7 @@ StopField = str | list[str] | None
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 
 
-class SamplingFields(_Strict):
+class SamplingFields(Strict):
     """What chat and completions share, including vLLM's extensions."""
 
     model: str
@@ -187,54 +188,7 @@ class SamplingFields(_Strict):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
-class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1, le=UINT32_MAX)
-    logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
-    response_format: ResponseFormat | None = None
-    tools: list[ChatTool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    parallel_tool_calls: bool | None = None
-
-    @model_validator(mode="after")
-    def _top_logprobs_needs_logprobs(self) -> ChatCompletionRequest:
-        if self.top_logprobs and not self.logprobs:
-            raise ValueError("top_logprobs requires logprobs to be true")
-        return self
-
-
-class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
-    logprobs: int | None = Field(None, ge=0, le=20)
-    response_format: ResponseFormat | None = None
-    echo: Literal[False] = False
-    best_of: int | None = None
-
-    @model_validator(mode="after")
-    def _best_of_is_n(self) -> CompletionRequest:
-        if self.best_of is not None and self.best_of != self.n:
-            raise ValueError("best_of is not supported (only best_of == n)")
-        return self
-
-    def prompts(self) -> list[str | list[int]]:
-        """One or more prompts: strings, or token-id lists."""
-        return _one_or_many(self.prompt, "prompt")
-
-
-class EmbeddingRequest(_Strict):
-    model: str
-    input: str | list[str] | list[TokenId] | list[list[TokenId]]
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1, lt=2**32)
-    user: str | None = None
-
-    def inputs(self) -> list[str | list[int]]:
-        """Each input: a string, or one token-id list."""
-        return _one_or_many(self.input, "input")
-
-
-def _one_or_many(given: str | list[str] | list[int] | list[list[int]], name: str) -> list[str | list[int]]:
+def one_or_many(given: str | list[str] | list[int] | list[list[int]], name: str) -> list[str | list[int]]:
     """OpenAI's reading of a prompt or input field: a string, a list of strings, one token-id list (a flat
     list of ids), or a list of token-id lists."""
     if isinstance(given, str):
@@ -244,23 +198,3 @@ def _one_or_many(given: str | list[str] | list[int] | list[list[int]], name: str
     if all(isinstance(x, int) for x in given):
         return [given]  # type: ignore[list-item]
     return list(given)  # type: ignore[arg-type]
-
-
-class TokenizeRequest(_Strict):
-    model: str | None = None
-    prompt: str | None = None
-    messages: list[ChatMessage] | None = None
-    tools: list[ChatTool] | None = None
-    add_special_tokens: bool = True
-    add_generation_prompt: bool = True
-
-    @model_validator(mode="after")
-    def _one_input(self) -> TokenizeRequest:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("give exactly one of prompt or messages")
-        return self
-
-
-class DetokenizeRequest(_Strict):
-    model: str | None = None
-    tokens: list[TokenId]

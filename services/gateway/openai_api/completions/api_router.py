@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from services.gateway.dependencies import Generate, KeyId, Limits, Settings
+from services.gateway.dependencies import KeyId, Limits, Settings
 from services.gateway.errors import ApiError
-from services.gateway.openai_api.schemas import CompletionRequest
-from services.gateway.openai_api.translate import completion_requests
+from services.gateway.middleware import ENGINE_WORK
+from services.gateway.openai_api.completions.protocol import CompletionRequest
+from services.gateway.openai_api.completions.serving import completion_requests
+from services.gateway.openai_api.dependencies import Generate
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", tags=[ENGINE_WORK])
 
 
 @router.post("/completions", response_model=None)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from services.gateway.dependencies import Generate, Images, KeyId, Limits
+from services.gateway.dependencies import KeyId, Limits
 from services.gateway.errors import ApiError
+from services.gateway.middleware import ENGINE_WORK
+from services.gateway.openai_api.chat.protocol import ChatCompletionRequest
+from services.gateway.openai_api.chat.serving import chat_request
+from services.gateway.openai_api.dependencies import Generate, Images
 from services.gateway.openai_api.images import load_images
-from services.gateway.openai_api.schemas import ChatCompletionRequest
-from services.gateway.openai_api.translate import chat_request
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", tags=[ENGINE_WORK])
 
 
 @router.post("/chat/completions", response_model=None)
