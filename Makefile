@@ -10,7 +10,7 @@ MODEL_STORE ?= var/models
 PROTO_OUT := gen
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: setup deps protos model credentials run engine test fuzz client check-protos bench-engine bench-serving bench-metering bench-gateway bench-stalls compose-check clean
+.PHONY: setup deps protos model credentials run engine lint test fuzz client check-protos bench-engine bench-serving bench-metering bench-gateway bench-stalls compose-check clean
 
 setup: deps protos model
 
@@ -58,7 +58,12 @@ engine: setup credentials
 run: setup
 	$(PY) -m tools.run_stack --model-store $(MODEL_STORE) --credentials $(CREDENTIALS)
 
-test: setup
+# Ruff: lint (imports sorted) and format, configured in pyproject.toml.
+lint: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup lint
 	$(PY) -m pytest -q
 
 # The gateway's OpenAPI schema fuzzed with schemathesis against real processes (about 10 minutes at most).

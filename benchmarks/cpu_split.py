@@ -2,7 +2,8 @@
 frontend or gateway, our engine's gRPC frontend, vLLM's engine core and worker) during one c=32 run of
 vLLM's serving benchmark on the tiny model, for vLLM's server (engine core placed as ours places it) and
 for ours (its gateway carrying the engine streams on one GenerateMany call, and, as `ours-per-request`, a
-second gateway on the same engine with one Generate call per stream), in alternating rounds. When both sides keep every core busy, the machine is the limit, and the
+second gateway on the same engine with one Generate call per stream), in alternating rounds. When both sides keep
+every core busy, the machine is the limit, and the
 throughput ratio follows the CPU each side spends per output token.
 
     .venv/bin/python -m benchmarks.cpu_split [--rounds 2] [--concurrency 32] [--profile]
@@ -61,7 +62,9 @@ def measure(case: ModelCase, concurrency: int, url: str, processes: dict[str, ps
     result = load(url, case, concurrency)
     after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     used = {name: _cpu(p) - before[name] for name, p in processes.items()}
-    used["benchmark client"] = (after_children.ru_utime + after_children.ru_stime) - (children.ru_utime + children.ru_stime)
+    used["benchmark client"] = (after_children.ru_utime + after_children.ru_stime) - (
+        children.ru_utime + children.ru_stime
+    )
     tokens = result["total_output_tokens"]
     return {
         "output_throughput": result["output_throughput"],
@@ -109,37 +112,60 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, help="default: bench-results/cpu-split-c<concurrency>.json")
-    parser.add_argument("--profile", action="store_true", help="one more run of ours with the engine frontend under py-spy")
+    parser.add_argument(
+        "--profile", action="store_true", help="one more run of ours with the engine frontend under py-spy"
+    )
     parser.add_argument("--native", action="store_true", help="with --profile: sample C frames too")
     args = parser.parse_args()
     embedded = ensure_embedded_model(args.model_store)
     case = ModelCase("tiny", make_tiny_model(embedded, args.model_store), True, 64, 128, {args.concurrency: 256})
     runs: dict[str, list[dict]] = {"vllm-placed": [], "ours": [], "ours-per-request": []}
     gateway_settings = {"ours": {}, "ours-per-request": {"multiplex_engine_streams": "false"}}
-    with tempfile.TemporaryDirectory() as tmp, vllm_server(case, Path(tmp)) as (theirs, vllm_pid), \
-            our_gateways(case, Path(tmp), gateway_settings) as gateways:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        vllm_server(case, Path(tmp)) as (theirs, vllm_pid),
+        our_gateways(case, Path(tmp), gateway_settings) as gateways,
+    ):
         place_engine_core(vllm_pid)
         engine_pid = _pid_of("-m services.engine")
         for _ in range(args.rounds):
             for side in runs:
                 if side in gateways:
                     gateway = gateways[side]
-                    processes = {**_vllm_processes(engine_pid, "engine frontend"), "gateway": psutil.Process(gateway.proc.pid)}
+                    processes = {
+                        **_vllm_processes(engine_pid, "engine frontend"),
+                        "gateway": psutil.Process(gateway.proc.pid),
+                    }
                     url = gateway.address
                 else:
                     processes, url = _vllm_processes(vllm_pid, "vllm frontend"), theirs
                 run = measure(case, args.concurrency, url, processes)
                 runs[side].append(run)
-                print(f"{side:<16} {run['output_throughput']:7.0f} tok/s  cores busy {run['cores_busy']:.2f}  worker busy {run['worker_busy']:.2f}  "
-                      f"{run['cpu_ms_per_output_token']:.3f} CPU ms/token  {json.dumps(run['cpu_seconds'])}", flush=True)
+                print(
+                    f"{side:<16} {run['output_throughput']:7.0f} tok/s  cores busy {run['cores_busy']:.2f}"
+                    f"  worker busy {run['worker_busy']:.2f}  "
+                    f"{run['cpu_ms_per_output_token']:.3f} CPU ms/token  {json.dumps(run['cpu_seconds'])}",
+                    flush=True,
+                )
         ours = gateways["ours"]
         out = args.out or ROOT / "bench-results" / f"cpu-split-c{args.concurrency}.json"
-        profiled = _profile_engine(case, args.concurrency, ours.address, engine_pid, ours.proc.pid, out, args.native) if args.profile else None
+        profiled = (
+            _profile_engine(case, args.concurrency, ours.address, engine_pid, ours.proc.pid, out, args.native)
+            if args.profile
+            else None
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(
-        {"concurrency": args.concurrency, "cpus": psutil.cpu_count(), "runs": runs, "engine_frontend_profile": profiled},
-        indent=2,
-    ))
+    out.write_text(
+        json.dumps(
+            {
+                "concurrency": args.concurrency,
+                "cpus": psutil.cpu_count(),
+                "runs": runs,
+                "engine_frontend_profile": profiled,
+            },
+            indent=2,
+        )
+    )
     print(f"written to {out}")
 
 

@@ -1,7 +1,8 @@
 """Measures the engine alone over gRPC (output tokens/s, TTFT at concurrency 1 and 16) next to vLLM's
 offline `LLM.generate` with the same model, settings and prompts, in the same run.
 
-    .venv/bin/python -m benchmarks.engine_bench [--model DIR] [--requests-c1 4] [--requests-c16 32] [--load-format dummy]
+    .venv/bin/python -m benchmarks.engine_bench [--model DIR] [--requests-c1 4] [--requests-c16 32]
+        [--load-format dummy]
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ async def run_engine(address: str, workload: Workload, plan: list[tuple[int, int
             batch = prompts(workload, count, vocab)
             gate = asyncio.Semaphore(concurrency)
 
-            async def limited(ids: list[int]) -> tuple[int, float]:
+            async def limited(ids: list[int], gate: asyncio.Semaphore = gate) -> tuple[int, float]:
                 async with gate:
                     return await _one(client, ids, workload.output_len)
 
@@ -62,12 +63,19 @@ async def run_engine(address: str, workload: Workload, plan: list[tuple[int, int
 
 def run_offline(model: str, engine_args: dict, plan: list[tuple[int, int]], workload: Workload) -> list[dict]:
     command = [
-        sys.executable, "-m", "benchmarks.offline_generate",
-        "--model", model,
-        "--engine-args", json.dumps(engine_args),
-        "--plan", json.dumps(plan),
-        "--input-len", str(workload.input_len),
-        "--output-len", str(workload.output_len),
+        sys.executable,
+        "-m",
+        "benchmarks.offline_generate",
+        "--model",
+        model,
+        "--engine-args",
+        json.dumps(engine_args),
+        "--plan",
+        json.dumps(plan),
+        "--input-len",
+        str(workload.input_len),
+        "--output-len",
+        str(workload.output_len),
     ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULTS ")]
@@ -84,7 +92,9 @@ def main() -> None:
     parser.add_argument("--requests-c16", type=int, default=32)
     parser.add_argument("--input-len", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=64)
-    parser.add_argument("--load-format", default="auto", help="dummy: random weights (services/engine/builtin_models.py)")
+    parser.add_argument(
+        "--load-format", default="auto", help="dummy: random weights (services/engine/builtin_models.py)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "engine.json")
     args = parser.parse_args()
 
@@ -110,7 +120,18 @@ def main() -> None:
         engine = ServiceProcess(
             "engine",
             "services.engine",
-            ["--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", "--model", model, "--engine-args", json.dumps(shared)],
+            [
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--metrics-port",
+                "0",
+                "--model",
+                model,
+                "--engine-args",
+                json.dumps(shared),
+            ],
             Path(logs),
             f"127.0.0.1:{port}",
         )

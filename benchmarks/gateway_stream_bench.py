@@ -29,8 +29,8 @@ from pathlib import Path
 import httpx
 import psutil
 
-from services.contracts.engine_client import EngineClient
 from benchmarks.pyspy import sampling, split
+from services.contracts.engine_client import EngineClient
 from tools.processes import ROOT, ServiceProcess, free_port, gateway_env, http_ok
 
 
@@ -125,12 +125,16 @@ PROFILE_PARTS = (
     # gRPC's completion-queue poller and other threads, in C.
     ("other threads (gRPC's poller, in C)", ("threading.py",)),
 )
+
+
 def profile(gateway: ServiceProcess, engine: ServiceProcess, args: argparse.Namespace, out: Path) -> dict:
     """One default round under py-spy; the busy samples by part, and what each costs per token (µs)."""
     raw = out.with_suffix(f".{gateway.name}.pyspy.txt")
     with sampling(gateway.proc.pid, raw):
         # Four rounds' worth of requests: enough samples at 250 Hz for shares of a few percent.
-        round_ = measure(gateway, engine, argparse.Namespace(**{**vars(args), "requests": args.requests * 4}), continuous=False)
+        round_ = measure(
+            gateway, engine, argparse.Namespace(**{**vars(args), "requests": args.requests * 4}), continuous=False
+        )
     found = split(raw, PROFILE_PARTS, round_["gateway_cpu_us_per_token"])
     parts = {name: {"share": v["share"], "us_per_token": v["per_token"]} for name, v in found["parts"].items()}
     return {"round": round_, "busy_samples": found["busy_samples"], "parts": parts, "raw_profile": str(raw)}
@@ -145,7 +149,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "gateway_stream.json")
     parser.add_argument("--step-ms", type=float, default=2.0, help="the scripted engine's step interval")
     parser.add_argument("--workers", type=int, default=1, help="GATEWAY_WORKERS of each gateway")
-    parser.add_argument("--modes", nargs="+", choices=["per-request", "multiplexed"], default=["per-request", "multiplexed"])
+    parser.add_argument(
+        "--modes", nargs="+", choices=["per-request", "multiplexed"], default=["per-request", "multiplexed"]
+    )
     parser.add_argument("--skip-continuous", action="store_true", help="no rounds with continuous_usage_stats")
     parser.add_argument("--profile", action="store_true", help="one more round under py-spy, split by part")
     args = parser.parse_args()
@@ -153,16 +159,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
         engine_port = free_port()
-        engine = ServiceProcess("scripted-engine", "benchmarks.scripted_engine",
-                                ["--port", str(engine_port), "--step-ms", str(args.step_ms)],
-                                logs, f"127.0.0.1:{engine_port}")
+        engine = ServiceProcess(
+            "scripted-engine",
+            "benchmarks.scripted_engine",
+            ["--port", str(engine_port), "--step-ms", str(args.step_ms)],
+            logs,
+            f"127.0.0.1:{engine_port}",
+        )
         gateways: dict[str, ServiceProcess] = {}
         for mode in args.modes:
             multiplexed = "true" if mode == "multiplexed" else "false"
             port = free_port()
-            env = gateway_env(port, engine.address, log_level="WARNING", multiplex_engine_streams=multiplexed,
-                              data_dir=str(logs / mode), workers=str(args.workers))
-            gateways[mode] = ServiceProcess(f"gateway-{mode}", "services.gateway", [], logs, f"http://127.0.0.1:{port}", env=env)
+            env = gateway_env(
+                port,
+                engine.address,
+                log_level="WARNING",
+                multiplex_engine_streams=multiplexed,
+                data_dir=str(logs / mode),
+                workers=str(args.workers),
+            )
+            gateways[mode] = ServiceProcess(
+                f"gateway-{mode}", "services.gateway", [], logs, f"http://127.0.0.1:{port}", env=env
+            )
         try:
 
             async def engine_up() -> bool:
@@ -182,21 +200,29 @@ def main() -> None:
                 for name in runs:
                     gateway = gateways[name.split(",")[0]]
                     runs[name].append(measure(gateway, engine, args, continuous=name.endswith("continuous-usage")))
-            profiled = {mode: profile(g, engine, args, args.out) for mode, g in gateways.items()} if args.profile else None
+            profiled = (
+                {mode: profile(g, engine, args, args.out) for mode, g in gateways.items()} if args.profile else None
+            )
         finally:
             for gateway in gateways.values():
                 gateway.stop()
             engine.stop()
-    result = {name: min(rs, key=lambda r: r["gateway_cpu_us_per_token"]) | {"all_runs": rs} for name, rs in runs.items()}
+    result = {
+        name: min(rs, key=lambda r: r["gateway_cpu_us_per_token"]) | {"all_runs": rs} for name, rs in runs.items()
+    }
     for name, r in result.items():
         every = ", ".join(f"{x['gateway_cpu_us_per_token']:.1f}" for x in r["all_runs"])
-        print(f"{name:<32} gateway CPU {r['gateway_cpu_us_per_token']:>6.1f} us/token (rounds: {every}) = "
-              f"{r['tokens_per_gateway_core_second']:>7} tokens/s per core (wall {r['wall_tokens_per_second']} tok/s, "
-              f"inter-token p50 {r['inter_token_ms_p50']} ms, p99 {r['inter_token_ms_p99']} ms)")
+        print(
+            f"{name:<32} gateway CPU {r['gateway_cpu_us_per_token']:>6.1f} us/token (rounds: {every}) = "
+            f"{r['tokens_per_gateway_core_second']:>7} tokens/s per core (wall {r['wall_tokens_per_second']} tok/s, "
+            f"inter-token p50 {r['inter_token_ms_p50']} ms, p99 {r['inter_token_ms_p99']} ms)"
+        )
     if profiled is not None:
         result["profile"] = profiled
         for mode, found in profiled.items():
-            print(f"\n{mode}: profiled round {found['round']['gateway_cpu_us_per_token']} us/token; busy samples by part:")
+            print(
+                f"\n{mode}: profiled round {found['round']['gateway_cpu_us_per_token']} us/token; busy samples by part:"
+            )
             for name, part in found["parts"].items():
                 print(f"  {name:<44} {part['share']:>6.1%} {part['us_per_token']:>6.1f} us/token")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,11 +23,11 @@ from pathlib import Path
 from llmserve.metering.v1 import metering_pb2 as mpb
 
 from benchmarks.serving_bench import FIELDS, ModelCase, load, vllm_settings
-from services.engine.builtin_models import make_tiny_model
 from benchmarks.workload import percentile
 from services.contracts.engine_client import EngineClient
-from services.engine.prepare_model import ensure_embedded_model
 from services.contracts.metering_client import MeteringClient
+from services.engine.builtin_models import make_tiny_model
+from services.engine.prepare_model import ensure_embedded_model
 from tools.postgres import PostgresServer
 from tools.processes import ROOT, ServiceProcess, free_port, gateway_env, http_ok, metering_env
 
@@ -37,7 +37,10 @@ BATCHES = (1, 100, 1000)
 
 def start_metering(logs: Path, data: Path, database_url: str = "") -> ServiceProcess:
     port = free_port()
-    env = metering_env(port, free_port(), data) | {"METERING_LOG_LEVEL": "WARNING", "METERING_DATABASE_URL": database_url}
+    env = metering_env(port, free_port(), data) | {
+        "METERING_LOG_LEVEL": "WARNING",
+        "METERING_DATABASE_URL": database_url,
+    }
     process = ServiceProcess("metering", "services.metering", [], logs, f"127.0.0.1:{port}", env=env)
 
     async def serving() -> bool:
@@ -60,9 +63,17 @@ async def ingest(address: str, batch: int, seconds: float, senders: int = 8) -> 
         while time.perf_counter() < stop_at:
             events = []
             for _ in range(batch):
-                e = mpb.UsageEvent(event_id=f"{prefix}{next(counter)}", source="bench", model="m", api_key_id="k",
-                                   status=mpb.REQUEST_STATUS_OK, prompt_tokens=10, completion_tokens=20,
-                                   generation_seconds=0.5, request_seconds=0.6)
+                e = mpb.UsageEvent(
+                    event_id=f"{prefix}{next(counter)}",
+                    source="bench",
+                    model="m",
+                    api_key_id="k",
+                    status=mpb.REQUEST_STATUS_OK,
+                    prompt_tokens=10,
+                    completion_tokens=20,
+                    generation_seconds=0.5,
+                    request_seconds=0.6,
+                )
                 e.occurred_at.FromNanoseconds(time.time_ns())
                 events.append(e)
             started = time.perf_counter()
@@ -89,10 +100,22 @@ def gateway_cost(logs: Path, data: Path, concurrency: int) -> dict:
     case = ModelCase("tiny", make_tiny_model(embedded, ROOT / "var" / "models"), True, 64, 128, {concurrency: 256})
     engine_port = free_port()
     engine = ServiceProcess(
-        "engine", "services.engine",
-        ["--host", "127.0.0.1", "--port", str(engine_port), "--metrics-port", "0", "--model", str(case.path),
-         "--engine-args", json.dumps(vllm_settings(case))],
-        logs, f"127.0.0.1:{engine_port}",
+        "engine",
+        "services.engine",
+        [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(engine_port),
+            "--metrics-port",
+            "0",
+            "--model",
+            str(case.path),
+            "--engine-args",
+            json.dumps(vllm_settings(case)),
+        ],
+        logs,
+        f"127.0.0.1:{engine_port}",
     )
     metering = start_metering(logs, data / "gateway-cost")
     results = {}
@@ -104,13 +127,17 @@ def gateway_cost(logs: Path, data: Path, concurrency: int) -> dict:
 
         engine.wait_ready(serving, 900)
         # Alternate off/on twice, so drift on a shared machine hits both sides alike.
-        for round_ in range(2):
+        for _ in range(2):
             for label, extra in (("off", {}), ("on", {"metering_addr": metering.address})):
                 port = free_port()
-                env = gateway_env(port, engine.address, log_level="WARNING", data_dir=str(data / f"gw-{label}"), **extra)
-                gateway = ServiceProcess(f"gateway-{label}", "services.gateway", [], logs, f"http://127.0.0.1:{port}", env=env)
+                env = gateway_env(
+                    port, engine.address, log_level="WARNING", data_dir=str(data / f"gw-{label}"), **extra
+                )
+                gateway = ServiceProcess(
+                    f"gateway-{label}", "services.gateway", [], logs, f"http://127.0.0.1:{port}", env=env
+                )
                 try:
-                    gateway.wait_ready(lambda: http_ok(f"{gateway.address}/health"), 60)
+                    gateway.wait_ready(lambda gateway=gateway: http_ok(f"{gateway.address}/health"), 60)
                     result = load(gateway.address, case, concurrency)
                 finally:
                     gateway.stop()
@@ -119,7 +146,11 @@ def gateway_cost(logs: Path, data: Path, concurrency: int) -> dict:
         metering.stop()
         engine.stop()
     best = {label: max(runs, key=lambda r: r["output_throughput"]) for label, runs in results.items()}
-    return {"runs": results, "best": best, "ratio_on_over_off": best["on"]["output_throughput"] / best["off"]["output_throughput"]}
+    return {
+        "runs": results,
+        "best": best,
+        "ratio_on_over_off": best["on"]["output_throughput"] / best["off"]["output_throughput"],
+    }
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -141,7 +172,9 @@ def ingest_side_by_side(logs: Path, data: Path, seconds: float, rounds: int) -> 
         for round_ in range(rounds):
             for store, replicas in STORES:
                 url = postgres.create_database(f"bench_{round_}_{replicas}") if store == "postgres" else ""
-                processes = [start_metering(logs, data / f"{store}-{replicas}-{round_}-{i}", url) for i in range(replicas)]
+                processes = [
+                    start_metering(logs, data / f"{store}-{replicas}-{round_}-{i}", url) for i in range(replicas)
+                ]
                 address = "ipv4:" + ",".join(p.address for p in processes)
                 try:
                     for batch in BATCHES:
@@ -149,14 +182,19 @@ def ingest_side_by_side(logs: Path, data: Path, seconds: float, rounds: int) -> 
                         metering_cpu = sum(process_cpu_seconds(p.proc.pid) for p in processes)
                         client_cpu = own_cpu_seconds()
                         row = asyncio.run(ingest(address, batch, seconds))
-                        row["metering_cpu_us_per_event"] = 1e6 * (
-                            sum(process_cpu_seconds(p.proc.pid) for p in processes) - metering_cpu) / row["acked"]
+                        row["metering_cpu_us_per_event"] = (
+                            1e6
+                            * (sum(process_cpu_seconds(p.proc.pid) for p in processes) - metering_cpu)
+                            / row["acked"]
+                        )
                         row["client_cpu_us_per_event"] = 1e6 * (own_cpu_seconds() - client_cpu) / row["acked"]
                         rows.append({"store": store, "replicas": replicas, "round": round_ + 1, **row})
-                        print(f"{store:>9} x{replicas} round {round_ + 1} {batch:>6} {row['events_per_second']:>10.0f}"
-                              f" {row['ack_p50_ms']:>7.1f}ms {row['ack_p99_ms']:>7.1f}ms"
-                              f" {row['metering_cpu_us_per_event']:>8.1f}us {row['client_cpu_us_per_event']:>7.1f}us",
-                              flush=True)
+                        print(
+                            f"{store:>9} x{replicas} round {round_ + 1} {batch:>6} {row['events_per_second']:>10.0f}"
+                            f" {row['ack_p50_ms']:>7.1f}ms {row['ack_p99_ms']:>7.1f}ms"
+                            f" {row['metering_cpu_us_per_event']:>8.1f}us {row['client_cpu_us_per_event']:>7.1f}us",
+                            flush=True,
+                        )
                 finally:
                     for p in processes:
                         p.stop()
@@ -176,15 +214,19 @@ def main() -> None:
     report: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         logs, data = Path(tmp), Path(tmp) / "data"
-        print(f"{'store':>9} {'':>11} {'batch':>6} {'events/s':>10} {'ack p50':>9} {'ack p99':>9}"
-              f" {'metering CPU/event':>10} {'client CPU/event':>10}")
+        print(
+            f"{'store':>9} {'':>11} {'batch':>6} {'events/s':>10} {'ack p50':>9} {'ack p99':>9}"
+            f" {'metering CPU/event':>10} {'client CPU/event':>10}"
+        )
         report["ingest"] = ingest_side_by_side(logs, data, args.seconds, args.rounds)
         if not args.skip_gateway:
             report["gateway"] = gateway_cost(logs, data, args.concurrency)
             best = report["gateway"]["best"]
-            print(f"\ngateway, tiny model, concurrency {args.concurrency}: output tok/s metering off "
-                  f"{best['off']['output_throughput']:.0f}, on {best['on']['output_throughput']:.0f}, "
-                  f"ratio on/off {report['gateway']['ratio_on_over_off']:.3f}")
+            print(
+                f"\ngateway, tiny model, concurrency {args.concurrency}: output tok/s metering off "
+                f"{best['off']['output_throughput']:.0f}, on {best['on']['output_throughput']:.0f}, "
+                f"ratio on/off {report['gateway']['ratio_on_over_off']:.3f}"
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"\nwritten to {args.out}")

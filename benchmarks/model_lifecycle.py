@@ -39,17 +39,24 @@ async def rounds(engine: ServiceProcess, source: str, count: int) -> list[dict]:
             started = time.perf_counter()
             await client.launch_model(pb.LaunchModelRequest(uid=f"bench-{i}", model_name="bench", source=source))
             launch_seconds = time.perf_counter() - started
-            await client.generate_all(pb.GenerateRequest(model=f"bench-{i}", text="Hi", sampling=pb.SamplingParams(max_tokens=4)))
+            await client.generate_all(
+                pb.GenerateRequest(model=f"bench-{i}", text="Hi", sampling=pb.SamplingParams(max_tokens=4))
+            )
             loaded = tree_rss_mib(engine.proc.pid)
             started = time.perf_counter()
             await client.terminate_model(f"bench-{i}")
             terminate_seconds = time.perf_counter() - started
             await asyncio.sleep(2.0)
             after = tree_rss_mib(engine.proc.pid)
-            results.append({
-                "launch_seconds": round(launch_seconds, 2), "terminate_seconds": round(terminate_seconds, 2),
-                "rss_before_mib": round(before), "rss_loaded_mib": round(loaded), "rss_after_mib": round(after),
-            })
+            results.append(
+                {
+                    "launch_seconds": round(launch_seconds, 2),
+                    "terminate_seconds": round(terminate_seconds, 2),
+                    "rss_before_mib": round(before),
+                    "rss_loaded_mib": round(loaded),
+                    "rss_after_mib": round(after),
+                }
+            )
             print(results[-1])
     return results
 

@@ -13,7 +13,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True)
     parser.add_argument("--engine-args", default="{}", help="AsyncEngineArgs as JSON, as the engine got them")
-    parser.add_argument("--plan", required=True, help='JSON list of [concurrency, requests]')
+    parser.add_argument("--plan", required=True, help="JSON list of [concurrency, requests]")
     parser.add_argument("--input-len", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=64)
     args = parser.parse_args()

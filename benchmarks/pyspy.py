@@ -20,10 +20,22 @@ IDLE = ("select", "epoll", "poll", "_run_once (uvloop", "wait (threading", "_wor
 def sampling(pid: int, raw: Path, rate: int = 250, native: bool = False) -> Iterator[None]:
     """`native`: C frames too (where time under the event loop goes: gRPC's core, protobuf, the loop)."""
     spy = subprocess.Popen(
-        [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-r", str(rate), "-f", "raw",
-         # py-spy unwinds C stacks only while the process is paused.
-         "-o", str(raw), *(["--native"] if native else ["--nonblocking"])],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(Path(sys.executable).parent / "py-spy"),
+            "record",
+            "-p",
+            str(pid),
+            "-r",
+            str(rate),
+            "-f",
+            "raw",
+            # py-spy unwinds C stacks only while the process is paused.
+            "-o",
+            str(raw),
+            *(["--native"] if native else ["--nonblocking"]),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     time.sleep(1.0)
     try:

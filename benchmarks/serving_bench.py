@@ -25,9 +25,9 @@ from pathlib import Path
 
 import psutil
 
+from services.contracts.engine_client import EngineClient
 from services.engine.builtin_models import make_tiny_model
 from services.engine.cpu_placement import place_engine_core
-from services.contracts.engine_client import EngineClient
 from services.engine.prepare_model import ensure_embedded_model
 from tools.processes import ROOT, ServiceProcess, free_port, gateway_env, http_ok
 
@@ -77,7 +77,16 @@ def unplace_engine_core(server_pid: int) -> None:
 @contextmanager
 def vllm_server(case: ModelCase, logs: Path) -> Iterator[tuple[str, int]]:
     port = free_port()
-    args = ["--model", str(case.path), "--served-model-name", case.path.name, "--host", "127.0.0.1", "--port", str(port)]
+    args = [
+        "--model",
+        str(case.path),
+        "--served-model-name",
+        case.path.name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     for name, value in vllm_settings(case).items():
         args += _flag(name, value)
     server = ServiceProcess("vllm-server", "vllm.entrypoints.openai.api_server", args, logs, f"http://127.0.0.1:{port}")
@@ -95,8 +104,18 @@ def engine_process(case: ModelCase, logs: Path) -> Iterator[str]:
     engine = ServiceProcess(
         "engine",
         "services.engine",
-        ["--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", "--model", str(case.path),
-         "--engine-args", json.dumps(vllm_settings(case))],
+        [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--metrics-port",
+            "0",
+            "--model",
+            str(case.path),
+            "--engine-args",
+            json.dumps(vllm_settings(case)),
+        ],
         logs,
         f"127.0.0.1:{port}",
     )
@@ -120,7 +139,9 @@ def our_stack(case: ModelCase, logs: Path) -> Iterator[str]:
 
 
 @contextmanager
-def our_gateways(case: ModelCase, logs: Path, settings: dict[str, dict[str, str]]) -> Iterator[dict[str, ServiceProcess]]:
+def our_gateways(
+    case: ModelCase, logs: Path, settings: dict[str, dict[str, str]]
+) -> Iterator[dict[str, ServiceProcess]]:
     """One engine and a gateway in front of it for each entry (name -> GATEWAY_* settings), by name."""
     with engine_process(case, logs) as engine_address:
         gateways: dict[str, ServiceProcess] = {}
@@ -140,22 +161,38 @@ def our_gateways(case: ModelCase, logs: Path, settings: dict[str, dict[str, str]
 def load(base_url: str, case: ModelCase, concurrency: int) -> dict:
     prompts = case.prompts_per_concurrency[concurrency]
     command = [
-        sys.executable, "-m", "benchmarks.vllm_serve_client",
-        "--backend", "openai-chat",
-        "--base-url", base_url,
-        "--endpoint", "/v1/chat/completions",
-        "--model", case.path.name,
-        "--tokenizer", str(case.path),
-        "--dataset-name", "random",
-        "--random-input-len", str(case.input_len),
-        "--random-output-len", str(case.output_len),
-        "--num-prompts", str(prompts),
-        "--max-concurrency", str(concurrency),
+        sys.executable,
+        "-m",
+        "benchmarks.vllm_serve_client",
+        "--backend",
+        "openai-chat",
+        "--base-url",
+        base_url,
+        "--endpoint",
+        "/v1/chat/completions",
+        "--model",
+        case.path.name,
+        "--tokenizer",
+        str(case.path),
+        "--dataset-name",
+        "random",
+        "--random-input-len",
+        str(case.input_len),
+        "--random-output-len",
+        str(case.output_len),
+        "--num-prompts",
+        str(prompts),
+        "--max-concurrency",
+        str(concurrency),
         "--ignore-eos",
-        "--percentile-metrics", "ttft,tpot,itl",
-        "--metric-percentiles", "50,99",
-        "--seed", "0",
-        "--num-warmups", "2",
+        "--percentile-metrics",
+        "ttft,tpot,itl",
+        "--metric-percentiles",
+        "50,99",
+        "--seed",
+        "0",
+        "--num-warmups",
+        "2",
         "--disable-tqdm",
     ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
@@ -170,7 +207,10 @@ SIDES = ("vllm", "vllm-placed", "ours")
 
 
 def report(rows: list[dict], sides: list[str]) -> None:
-    print(f"\n{'model':<22}{'conc':>5} {'side':<12}{'out tok/s':>10}{'TTFT p50':>10}{'TTFT p99':>10}{'ITL p50':>9}{'ITL p99':>9}")
+    print(
+        f"\n{'model':<22}{'conc':>5} {'side':<12}{'out tok/s':>10}{'TTFT p50':>10}{'TTFT p99':>10}"
+        f"{'ITL p50':>9}{'ITL p99':>9}"
+    )
     for row in rows:
         for side in sides:
             r = row[side]
@@ -198,9 +238,7 @@ def main() -> None:
     embedded = ensure_embedded_model(args.model_store)
     cases = {
         "embedded": ModelCase("embedded", embedded, False, 128, 64, {1: 8, 8: 32, 32: 64}),
-        "tiny": ModelCase(
-            "tiny", make_tiny_model(embedded, args.model_store), True, 64, 128, {1: 32, 8: 128, 32: 256}
-        ),
+        "tiny": ModelCase("tiny", make_tiny_model(embedded, args.model_store), True, 64, 128, {1: 32, 8: 128, 32: 256}),
     }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

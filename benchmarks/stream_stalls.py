@@ -39,7 +39,9 @@ class _Minimal(engine_pb2_grpc.EngineServiceServicer):
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):  # noqa: N802
         for _ in range(MESSAGES):
             await asyncio.sleep(INTERVAL)
-            yield pb.GenerateResponse(request_id=request.request_id, choices=[pb.ChoiceDelta(text="tok", token_ids=[7])])
+            yield pb.GenerateResponse(
+                request_id=request.request_id, choices=[pb.ChoiceDelta(text="tok", token_ids=[7])]
+            )
 
 
 async def _serve_minimal(grpc_port: int, tcp_port: int) -> None:
@@ -102,7 +104,9 @@ def main() -> None:
     store = ROOT / "var" / "models"
     tiny = make_tiny_model(ensure_embedded_model(store), store)
     grpc_port, tcp_port = free_port(), free_port()
-    minimal = subprocess.Popen([sys.executable, "-m", "benchmarks.stream_stalls", "--serve", str(grpc_port), str(tcp_port)], cwd=ROOT)
+    minimal = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.stream_stalls", "--serve", str(grpc_port), str(tcp_port)], cwd=ROOT
+    )
     try:
         case = ModelCase("tiny", tiny, True, 64, MESSAGES, {})
         with tempfile.TemporaryDirectory() as logs, engine_process(case, Path(logs)) as engine_address:
@@ -116,7 +120,8 @@ def main() -> None:
                 load = None
                 if phase == "engine busy":
                     load = subprocess.Popen(
-                        [sys.executable, "-m", "benchmarks.stream_stalls", "--busy", engine_address, tiny.name], cwd=ROOT
+                        [sys.executable, "-m", "benchmarks.stream_stalls", "--busy", engine_address, tiny.name],
+                        cwd=ROOT,
                     )
                     time.sleep(2)
                 try:

@@ -38,7 +38,11 @@ def engine_process(log_dir: Path, otlp_receiver: OtlpReceiver) -> Iterator[Servi
     port = free_port()
     args = engine_args(port)
     process = ServiceProcess(
-        "engine", "services.engine", args, log_dir, f"127.0.0.1:{port}",
+        "engine",
+        "services.engine",
+        args,
+        log_dir,
+        f"127.0.0.1:{port}",
         env={**otlp_receiver.env("engine"), "ENGINE_CALLERS_FILE": str(CALLERS_FILE)},
     )
     process.metrics_url = f"http://127.0.0.1:{args[args.index('--metrics-port') + 1]}/metrics"
@@ -79,7 +83,11 @@ def start_gateway(
     settings.setdefault("admin_key_ids", "test-admin")
     settings.setdefault("service_token_file", str(GATEWAY_TOKEN_FILE))
     process = ServiceProcess(
-        name, "services.gateway", [], log_dir, f"http://127.0.0.1:{port}",
+        name,
+        "services.gateway",
+        [],
+        log_dir,
+        f"http://127.0.0.1:{port}",
         env={**gateway_env(port, engine_address, **settings), **(env or {})},
     )
     url = f"{process.address}/health" if healthy else f"{process.address}/openapi.json"
@@ -108,7 +116,11 @@ def start_metering(
     port = port or free_port()
     metrics_port = free_port()
     process = ServiceProcess(
-        name, "services.metering", [], log_dir, f"127.0.0.1:{port}",
+        name,
+        "services.metering",
+        [],
+        log_dir,
+        f"127.0.0.1:{port}",
         env={**metering_env(port, metrics_port, data_dir), "METERING_CALLERS_FILE": str(CALLERS_FILE), **(env or {})},
     )
     process.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"

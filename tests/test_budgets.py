@@ -74,17 +74,25 @@ def fleet(
     ports = [free_port(), free_port()]
     keys = ",".join(f"{name}:{secret}" for name, secret in KEYS.items()) + f",test-admin:{ADMIN_API_KEY}"
     with ThreadPoolExecutor(3) as pool:
-        meterings = list(pool.map(
-            lambda i: start_metering(log_dir, folder / f"m{i}", ports[i], f"metering-budgets-{i}", env), range(2)
-        ))
-        gateways = list(pool.map(
-            lambda i: start_gateway(
-                log_dir, engine_address, f"gateway-budgets-{i}", data_dir=str(folder / f"g{i}"), api_keys=keys,
-                metering_addr="ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports),
-                limits_lease_seconds=str(LEASE_SECONDS),
-            ),
-            range(3),
-        ))
+        meterings = list(
+            pool.map(
+                lambda i: start_metering(log_dir, folder / f"m{i}", ports[i], f"metering-budgets-{i}", env), range(2)
+            )
+        )
+        gateways = list(
+            pool.map(
+                lambda i: start_gateway(
+                    log_dir,
+                    engine_address,
+                    f"gateway-budgets-{i}",
+                    data_dir=str(folder / f"g{i}"),
+                    api_keys=keys,
+                    metering_addr="ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports),
+                    limits_lease_seconds=str(LEASE_SECONDS),
+                ),
+                range(3),
+            )
+        )
     try:
         yield Fleet(list(gateways), list(meterings))
     finally:
@@ -102,6 +110,7 @@ async def chat(url: str, key: str, max_tokens: int, stream: bool = True) -> http
 
 async def recorded_settles(fleet: Fleet, key: str, requests: int) -> int:
     """Waits until metering holds `requests` events of the key and no reservation of it is open; its tokens."""
+
     async def settled() -> bool:
         totals = await fleet.recorded(key)
         return totals.requests == requests and (await fleet.standing(key))["usage"]["reserved_tokens"] == 0
@@ -138,8 +147,14 @@ async def test_per_minute_limits_refuse_with_openais_shape_and_headers(fleet: Fl
     replies = await asyncio.gather(*(chat(fleet.url(i), "rpm", 2, stream=False) for i in range(12)))
     assert sorted(r.status_code for r in replies) == [200] * 5 + [429] * 7
     refused = next(r for r in replies if r.status_code == 429)
-    assert refused.json()["error"]["type"] == "rate_limit_exceeded" and "requests per minute" in refused.json()["error"]["message"]
-    assert refused.headers["x-ratelimit-limit-requests"] == "5" and refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert (
+        refused.json()["error"]["type"] == "rate_limit_exceeded"
+        and "requests per minute" in refused.json()["error"]["message"]
+    )
+    assert (
+        refused.headers["x-ratelimit-limit-requests"] == "5"
+        and refused.headers["x-ratelimit-remaining-requests"] == "0"
+    )
     assert 0 < int(refused.headers["retry-after"]) <= 60 and refused.headers["x-ratelimit-reset-requests"].endswith("s")
 
     prompt = await fleet.prompt_tokens()
@@ -179,9 +194,14 @@ async def test_a_gateway_killed_mid_stream_holds_nothing_past_its_lease(
     # The long stream's reservation and a short one do not fit together (by one token).
     await fleet.set_limits("lease", token_budget=big + prompt + 19)
     victim = await asyncio.to_thread(
-        start_gateway, log_dir, engine_address, "gateway-budgets-victim", data_dir=str(tmp_path / "victim"),
+        start_gateway,
+        log_dir,
+        engine_address,
+        "gateway-budgets-victim",
+        data_dir=str(tmp_path / "victim"),
         api_keys=f"lease:{KEYS['lease']},test-admin:{ADMIN_API_KEY}",
-        metering_addr=f"{fleet.meterings[0].address}", limits_lease_seconds=str(LEASE_SECONDS),
+        metering_addr=f"{fleet.meterings[0].address}",
+        limits_lease_seconds=str(LEASE_SECONDS),
     )
     body = {"model": MODEL, "messages": ASK, "max_tokens": 600, "stream": True, "ignore_eos": True}
     try:

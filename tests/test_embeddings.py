@@ -42,7 +42,10 @@ def gateway(
     log_dir: Path, engine_address: str, metering: ServiceProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     process = start_gateway(
-        log_dir, engine_address, "gateway-embeddings", metering_addr=metering.address,
+        log_dir,
+        engine_address,
+        "gateway-embeddings",
+        metering_addr=metering.address,
         data_dir=str(tmp_path_factory.mktemp("gateway-embeddings")),
     )
     xinference = RESTfulClient(process.address, api_key=ADMIN_API_KEY)
@@ -89,7 +92,9 @@ def metered_since(
     async def metered() -> bool:
         totals = await metering_totals(metering.address)
         return (totals.prompt_tokens - before.prompt_tokens, totals.requests - before.requests) == (
-            prompt_tokens, requests)
+            prompt_tokens,
+            requests,
+        )
 
     return metered
 
@@ -101,8 +106,11 @@ def test_openai_sdk_float_base64_token_ids_and_metering(
     before = asyncio.run(metering_totals(metering.address))
     floats = client.embeddings.create(model=UID, input=TEXTS[0])
     assert len(floats.data) == 1 and len(floats.data[0].embedding) == 384
-    raw = httpx.post(f"{gateway.address}/v1/embeddings", headers={"Authorization": f"Bearer {API_KEY}"},
-                     json={"model": UID, "input": TEXTS[0], "encoding_format": "base64"}).json()
+    raw = httpx.post(
+        f"{gateway.address}/v1/embeddings",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        json={"model": UID, "input": TEXTS[0], "encoding_format": "base64"},
+    ).json()
     decoded = struct.unpack("<384f", base64.b64decode(raw["data"][0]["embedding"]))
     assert np.allclose(decoded, floats.data[0].embedding, atol=1e-6)
     ids = [101, 1996, 4937, 7719, 2006, 1996, 13523, 1012, 102]
@@ -112,7 +120,9 @@ def test_openai_sdk_float_base64_token_ids_and_metering(
     assert np.allclose(by_ids.data[0].embedding, reference[0], atol=1e-3)
     expected = floats.usage.prompt_tokens + raw["usage"]["prompt_tokens"] + by_ids.usage.prompt_tokens
 
-    asyncio.run(wait_for(metered_since(metering, before, expected, 3), 30, "metering to hold the three embedding requests"))
+    asyncio.run(
+        wait_for(metered_since(metering, before, expected, 3), 30, "metering to hold the three embedding requests")
+    )
     after = asyncio.run(metering_totals(metering.address))
     assert after.completion_tokens == before.completion_tokens
 
@@ -130,16 +140,24 @@ def test_openai_sdk_float_base64_token_ids_and_metering(
     ],
 )
 def test_bad_requests_are_openai_400s(gateway: ServiceProcess, body: dict, words: str) -> None:
-    reply = httpx.post(f"{gateway.address}/v1/embeddings", headers={"Authorization": f"Bearer {API_KEY}"},
-                       json={"model": UID, **body}, timeout=60)
+    reply = httpx.post(
+        f"{gateway.address}/v1/embeddings",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        json={"model": UID, **body},
+        timeout=60,
+    )
     assert reply.status_code == 400, reply.text
     error = reply.json()["error"]
     assert words in error["message"] and error["type"] == "invalid_request_error"
 
 
 def test_chat_on_an_embedding_model_is_a_400(gateway: ServiceProcess) -> None:
-    reply = httpx.post(f"{gateway.address}/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
-                       json={"model": UID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}, timeout=60)
+    reply = httpx.post(
+        f"{gateway.address}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        json={"model": UID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        timeout=60,
+    )
     assert reply.status_code == 400 and "embedding model" in reply.json()["error"]["message"]
 
 
@@ -152,8 +170,12 @@ async def test_clients_hanging_up_mid_embedding_are_billed_exactly_what_the_engi
     unit test in services/gateway provokes that.)"""
     metering = await asyncio.to_thread(start_metering, log_dir, tmp_path / "m", None, "metering-embed-hangups")
     hanging = await asyncio.to_thread(
-        start_gateway, log_dir, engine_address, "gateway-embed-hangups",
-        metering_addr=metering.address, data_dir=str(tmp_path / "g"),
+        start_gateway,
+        log_dir,
+        engine_address,
+        "gateway-embed-hangups",
+        metering_addr=metering.address,
+        data_dir=str(tmp_path / "g"),
     )
     text = " ".join(["The quick brown fox jumps over the lazy dog."] * 20)
     body = {"model": UID, "input": [f"{i} {text}" for i in range(32)]}
@@ -167,8 +189,9 @@ async def test_clients_hanging_up_mid_embedding_are_billed_exactly_what_the_engi
             timeout = None if i % 4 == 0 else rng.uniform(0.005, 0.4)
             async with slots, httpx.AsyncClient(timeout=timeout or 120) as http:
                 try:
-                    reply = await http.post(f"{hanging.address}/v1/embeddings", json=body,
-                                            headers={"Authorization": f"Bearer {API_KEY}"})
+                    reply = await http.post(
+                        f"{hanging.address}/v1/embeddings", json=body, headers={"Authorization": f"Bearer {API_KEY}"}
+                    )
                 except httpx.TimeoutException:
                     return False
                 assert reply.status_code == 200, reply.text

@@ -15,9 +15,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from llmserve.engine.v1 import engine_pb2 as pb
 from transformers import AutoTokenizer
 
-from tools.processes import MODEL_STORE, ServiceProcess
 from services.contracts.engine_client import EngineClient
 from tests.credentials import engine_client
+from tools.processes import MODEL_STORE, ServiceProcess
 
 QUESTION = "What is the capital of France?"
 
@@ -68,12 +68,19 @@ async def test_health_and_reflection(engine_address: str) -> None:
             reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        replies = [r async for r in stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))]
+        replies = [
+            r async for r in stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        ]
         names = {s.name for s in replies[0].list_services_response.service}
         assert {"llmserve.engine.v1.EngineService", "grpc.health.v1.Health"} <= names
-        descriptor = [r async for r in stub.ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol="llmserve.engine.v1.EngineService")])
-        )]
+        descriptor = [
+            r
+            async for r in stub.ServerReflectionInfo(
+                iter(
+                    [reflection_pb2.ServerReflectionRequest(file_containing_symbol="llmserve.engine.v1.EngineService")]
+                )
+            )
+        ]
         assert descriptor[0].file_descriptor_response.file_descriptor_proto
 
 
@@ -146,10 +153,7 @@ async def test_stop_string(engine: EngineClient) -> None:
 
 
 async def test_same_seed_same_text(engine: EngineClient) -> None:
-    texts = [
-        text_of(await engine.generate_all(request(temperature=1.0, seed=1234, max_tokens=10)))
-        for _ in range(2)
-    ]
+    texts = [text_of(await engine.generate_all(request(temperature=1.0, seed=1234, max_tokens=10))) for _ in range(2)]
     assert texts[0] == texts[1]
     other = text_of(await engine.generate_all(request(temperature=1.0, seed=99, max_tokens=10)))
     assert texts[0] and other
@@ -215,10 +219,26 @@ async def test_abort_ends_stream_with_final_usage(engine: EngineClient) -> None:
             grpc.StatusCode.INVALID_ARGUMENT,
             "4000",
         ),
-        (pb.GenerateRequest(text="hi", sampling=pb.SamplingParams(temperature=-1)), grpc.StatusCode.INVALID_ARGUMENT, "temperature"),
-        (pb.GenerateRequest(text="hi", sampling=pb.SamplingParams(top_p=1.5)), grpc.StatusCode.INVALID_ARGUMENT, "top_p"),
-        (pb.GenerateRequest(text="hi", sampling=pb.SamplingParams(max_tokens=0)), grpc.StatusCode.INVALID_ARGUMENT, "max_tokens"),
-        (pb.GenerateRequest(text="hi", sampling=pb.SamplingParams(logprobs=50)), grpc.StatusCode.INVALID_ARGUMENT, "logprobs"),
+        (
+            pb.GenerateRequest(text="hi", sampling=pb.SamplingParams(temperature=-1)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "temperature",
+        ),
+        (
+            pb.GenerateRequest(text="hi", sampling=pb.SamplingParams(top_p=1.5)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "top_p",
+        ),
+        (
+            pb.GenerateRequest(text="hi", sampling=pb.SamplingParams(max_tokens=0)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "max_tokens",
+        ),
+        (
+            pb.GenerateRequest(text="hi", sampling=pb.SamplingParams(logprobs=50)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "logprobs",
+        ),
         (pb.GenerateRequest(chat=pb.Chat()), grpc.StatusCode.INVALID_ARGUMENT, "messages"),
         (pb.GenerateRequest(text=""), grpc.StatusCode.INVALID_ARGUMENT, "empty"),
         (pb.GenerateRequest(), grpc.StatusCode.INVALID_ARGUMENT, "prompt"),
@@ -233,15 +253,27 @@ async def test_abort_ends_stream_with_final_usage(engine: EngineClient) -> None:
         (
             pb.GenerateRequest(
                 text="hi",
-                sampling=pb.SamplingParams(structured_output=pb.StructuredOutput(json_schema='{"type": "no-such-type"}')),
+                sampling=pb.SamplingParams(
+                    structured_output=pb.StructuredOutput(json_schema='{"type": "no-such-type"}')
+                ),
             ),
             grpc.StatusCode.INVALID_ARGUMENT,
             "",
         ),
     ],
     ids=[
-        "unknown-model", "prompt-too-long", "prompt-plus-max-tokens", "temperature", "top_p", "max_tokens-0",
-        "too-many-logprobs", "empty-messages", "empty-text", "no-prompt", "token-out-of-vocab", "schema-not-json",
+        "unknown-model",
+        "prompt-too-long",
+        "prompt-plus-max-tokens",
+        "temperature",
+        "top_p",
+        "max_tokens-0",
+        "too-many-logprobs",
+        "empty-messages",
+        "empty-text",
+        "no-prompt",
+        "token-out-of-vocab",
+        "schema-not-json",
         "schema-invalid",
     ],
 )

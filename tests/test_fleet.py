@@ -26,7 +26,11 @@ UID = "tiny-replicated"
 
 def start_empty_engine(log_dir: Path, port: int, name: str) -> ServiceProcess:
     process = ServiceProcess(
-        name, "services.engine", engine_args(port), log_dir, f"127.0.0.1:{port}",
+        name,
+        "services.engine",
+        engine_args(port),
+        log_dir,
+        f"127.0.0.1:{port}",
         env={"ENGINE_START_MODEL": "false", "ENGINE_CALLERS_FILE": str(CALLERS_FILE)},
     )
 
@@ -53,10 +57,15 @@ def second_engine(log_dir: Path, second_engine_port: int) -> Iterator[ServicePro
 
 
 @pytest.fixture(scope="module")
-def gateway(log_dir: Path, engine_address: str, second_engine: ServiceProcess, tmp_path_factory) -> Iterator[ServiceProcess]:
+def gateway(
+    log_dir: Path, engine_address: str, second_engine: ServiceProcess, tmp_path_factory
+) -> Iterator[ServiceProcess]:
     process = start_gateway(
-        log_dir, f"{engine_address},{second_engine.address}", name="gateway-fleet",
-        data_dir=str(tmp_path_factory.mktemp("gateway-fleet")), engine_poll_seconds="0.5",
+        log_dir,
+        f"{engine_address},{second_engine.address}",
+        name="gateway-fleet",
+        data_dir=str(tmp_path_factory.mktemp("gateway-fleet")),
+        engine_poll_seconds="0.5",
     )
     try:
         yield process
@@ -73,11 +82,16 @@ async def chat_many(url: str, count: int) -> list[int]:
     body = {"model": UID, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
     headers = {"Authorization": f"Bearer {API_KEY}"}
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-        return [(await client.post("/v1/chat/completions", json=body, headers=headers)).status_code for _ in range(count)]
+        return [
+            (await client.post("/v1/chat/completions", json=body, headers=headers)).status_code for _ in range(count)
+        ]
 
 
 async def test_replicas_balance_fail_over_and_rejoin(
-    gateway: ServiceProcess, engine_address: str, second_engine: ServiceProcess, second_engine_port: int,
+    gateway: ServiceProcess,
+    engine_address: str,
+    second_engine: ServiceProcess,
+    second_engine_port: int,
     log_dir: Path,
 ) -> None:
     xinference = RESTfulClient(gateway.address, api_key=ADMIN_API_KEY)
@@ -111,6 +125,7 @@ async def test_replicas_balance_fail_over_and_rejoin(
     second_engine.stop()
     back = await asyncio.to_thread(start_empty_engine, log_dir, second_engine_port, "engine-b-again")
     try:
+
         async def rejoined() -> bool:
             health = httpx.get(f"{gateway.address}/health").json()
             return health["engines"] == {"serving": 2, "configured": 2}

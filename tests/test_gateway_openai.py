@@ -116,7 +116,12 @@ async def test_completions_n_seed_stop_logprobs(client: openai.AsyncOpenAI, gate
 
 async def test_completions_stream_n_and_prompt_list(client: openai.AsyncOpenAI) -> None:
     stream = await client.completions.create(
-        model=MODEL, prompt=["Hello", "The sky is"], max_tokens=4, n=2, stream=True, temperature=1.0,
+        model=MODEL,
+        prompt=["Hello", "The sky is"],
+        max_tokens=4,
+        n=2,
+        stream=True,
+        temperature=1.0,
         extra_body={"ignore_eos": True},
     )
     chunks = [chunk async for chunk in stream]
@@ -201,6 +206,7 @@ async def test_64_simultaneous_streams(client: openai.AsyncOpenAI, gateway_url: 
 
 # Errors: the status and OpenAI's error object.
 
+
 async def post(url: str, body: bytes | dict, key: str | None = API_KEY, **headers: str) -> httpx.Response:
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
@@ -233,8 +239,17 @@ def assert_error(reply: httpx.Response, status: int, *words: str) -> dict:
         ({"model": MODEL, "messages": MESSAGES, "logit_bias": {"1": 2}, "user": "u"}, 400, ["logit_bias"]),
         ({"model": "no-such-model", "messages": MESSAGES}, 404, ["no-such-model"]),
     ],
-    ids=["malformed-json", "wrong-type", "out-of-range", "n-zero", "empty-messages", "context-length",
-         "tool-without-function", "unsupported-logit-bias", "unknown-model"],
+    ids=[
+        "malformed-json",
+        "wrong-type",
+        "out-of-range",
+        "n-zero",
+        "empty-messages",
+        "context-length",
+        "tool-without-function",
+        "unsupported-logit-bias",
+        "unknown-model",
+    ],
 )
 async def test_chat_errors(gateway_url: str, body: bytes | dict, status: int, words: list[str]) -> None:
     assert_error(await post(f"{gateway_url}/v1/chat/completions", body), status, *words)

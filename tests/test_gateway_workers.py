@@ -26,8 +26,13 @@ def workers_of(supervisor: psutil.Process) -> list[psutil.Process]:
 
 async def stream(url: str, max_tokens: int) -> tuple[int, int]:
     """One streamed chat on a connection of its own; (prompt, completion) tokens of its usage chunk."""
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Count to fifty."}], "max_tokens": max_tokens,
-            "ignore_eos": True, "stream": True}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Count to fifty."}],
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+    }
     async with httpx.AsyncClient(timeout=120, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
         async with http.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
             assert response.status_code == 200
@@ -48,8 +53,13 @@ async def test_two_workers_on_one_port(log_dir: Path, tmp_path: Path, engine_add
     metering = await asyncio.to_thread(start_metering, log_dir, tmp_path / "m", None, "metering-workers")
     data = tmp_path / "g"
     gateway = await asyncio.to_thread(
-        start_gateway, log_dir, engine_address, "gateway-workers", metering_addr=metering.address,
-        data_dir=str(data), workers="2",
+        start_gateway,
+        log_dir,
+        engine_address,
+        "gateway-workers",
+        metering_addr=metering.address,
+        data_dir=str(data),
+        workers="2",
     )
     try:
         supervisor = psutil.Process(gateway.proc.pid)

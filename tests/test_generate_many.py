@@ -52,7 +52,9 @@ async def run_stream(address: str, messages: list[pb.GenerateManyRequest], cance
 async def test_each_request_is_its_own_generate_and_a_step_is_one_message(engine_address: str) -> None:
     requests = [request(max_tokens=8, ignore_eos=True) for _ in range(4)]
     async with engine_client(engine_address) as engine:
-        alone = await engine.generate_all(pb.GenerateRequest(**{**_fields(requests[0]), "request_id": "alone-" + uuid.uuid4().hex[:6]}))
+        alone = await engine.generate_all(
+            pb.GenerateRequest(**{**_fields(requests[0]), "request_id": "alone-" + uuid.uuid4().hex[:6]})
+        )
     responses, updates, ends = await run_stream(engine_address, [start(r) for r in requests])
 
     for r in requests:
@@ -68,10 +70,16 @@ async def test_each_request_is_its_own_generate_and_a_step_is_one_message(engine
 
 
 async def test_errors_cancels_and_duplicates_end_only_their_own_request(engine_address: str) -> None:
-    ok, cut, unknown = request(max_tokens=24, ignore_eos=True), request(max_tokens=2000, ignore_eos=True), request(max_tokens=4)
+    ok, cut, unknown = (
+        request(max_tokens=24, ignore_eos=True),
+        request(max_tokens=2000, ignore_eos=True),
+        request(max_tokens=4),
+    )
     unknown.model = "no-such-model"
     responses, updates, ends = await run_stream(
-        engine_address, [start(ok), start(cut), start(cut), start(unknown)], cancel_after={cut.request_id: 3},
+        engine_address,
+        [start(ok), start(cut), start(cut), start(unknown)],
+        cancel_after={cut.request_id: 3},
     )
     assert ends[ok.request_id].code == 0 and updates[ok.request_id][-1].usage.completion_tokens == 24
     assert ends[unknown.request_id].code == grpc.StatusCode.NOT_FOUND.value[0]

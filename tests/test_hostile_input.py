@@ -33,11 +33,15 @@ async def test_errors_quoting_a_huge_request_stay_client_errors(gateway_url: str
     async with httpx.AsyncClient(base_url=gateway_url, headers=HEADERS, timeout=60) as http:
         long_model = await http.post("/v1/chat/completions", json={**CHAT, "model": "m" * 20_000})
         assert long_model.status_code == 404, long_model.text
-        many_ids = await http.post("/v1/chat/completions", json={**CHAT, "stop_token_ids": [10**6 + i for i in range(3000)]})
+        many_ids = await http.post(
+            "/v1/chat/completions", json={**CHAT, "stop_token_ids": [10**6 + i for i in range(3000)]}
+        )
         assert many_ids.status_code == 400, many_ids.text
         schema = {"type": "object", "properties": {f"p{i}": {"type": "nonsense-type"} for i in range(1200)}}
-        bad_schema = await http.post("/v1/chat/completions", json={
-            **CHAT, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}})
+        bad_schema = await http.post(
+            "/v1/chat/completions",
+            json={**CHAT, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}},
+        )
         assert bad_schema.status_code == 400, bad_schema.text
         tokenize = await http.post("/tokenize", json={"model": "m" * 20_000, "prompt": "hi"})
         assert tokenize.status_code == 404
@@ -53,7 +57,12 @@ async def test_a_non_streamed_request_whose_client_left_is_aborted_and_billed_fo
     """Before: it ran to its 400 tokens and was billed in full, as if the client had read it."""
     metering = await asyncio.to_thread(start_metering, log_dir, tmp_path / "m", None, "metering-left")
     gateway = await asyncio.to_thread(
-        start_gateway, log_dir, engine_address, "gateway-left", metering_addr=metering.address, data_dir=str(tmp_path / "g"),
+        start_gateway,
+        log_dir,
+        engine_address,
+        "gateway-left",
+        metering_addr=metering.address,
+        data_dir=str(tmp_path / "g"),
     )
     try:
         await wait_idle(engine_address)
@@ -91,7 +100,9 @@ async def test_usage_events_out_of_range_are_rejected_and_reports_keep_answering
     """Before: two events of 2^63-1 tokens made every report covering them answer INTERNAL."""
     async with metering_client(metering.address) as client:
         before = (await client.counters()).all
-        huge = [event(900_000 + i, source="hostile", prompt_tokens=2**63 - 1, completion_tokens=2**63 - 1) for i in range(2)]
+        huge = [
+            event(900_000 + i, source="hostile", prompt_tokens=2**63 - 1, completion_tokens=2**63 - 1) for i in range(2)
+        ]
         acks = await client.record([*huge, event(900_010, source="hostile")])
         assert [a.status for a in acks] == [mpb.ACK_STATUS_REJECTED] * 2 + [mpb.ACK_STATUS_RECORDED]
         assert "above the bound" in acks[0].reason
@@ -104,12 +115,22 @@ async def test_usage_events_out_of_range_are_rejected_and_reports_keep_answering
 _TOKENS = st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers(0, 5000))
 _SECONDS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(0, 100))
 _TEXT = st.one_of(st.text(max_size=40), st.text(min_size=1000, max_size=1100))
-_FUZZED = st.fixed_dictionaries({
-    "prompt_tokens": _TOKENS, "completion_tokens": _TOKENS, "cached_tokens": _TOKENS,
-    "time_to_first_token_seconds": _SECONDS, "generation_seconds": _SECONDS, "request_seconds": _SECONDS,
-    "model": _TEXT, "api_key_id": _TEXT, "finish_reason": _TEXT, "trace_id": _TEXT, "model_name": _TEXT,
-    "status": st.sampled_from([mpb.REQUEST_STATUS_OK, mpb.REQUEST_STATUS_ABORT, mpb.REQUEST_STATUS_ERROR, 0, 7]),
-})
+_FUZZED = st.fixed_dictionaries(
+    {
+        "prompt_tokens": _TOKENS,
+        "completion_tokens": _TOKENS,
+        "cached_tokens": _TOKENS,
+        "time_to_first_token_seconds": _SECONDS,
+        "generation_seconds": _SECONDS,
+        "request_seconds": _SECONDS,
+        "model": _TEXT,
+        "api_key_id": _TEXT,
+        "finish_reason": _TEXT,
+        "trace_id": _TEXT,
+        "model_name": _TEXT,
+        "status": st.sampled_from([mpb.REQUEST_STATUS_OK, mpb.REQUEST_STATUS_ABORT, mpb.REQUEST_STATUS_ERROR, 0, 7]),
+    }
+)
 _sequence = iter(range(10**9))
 
 
@@ -144,14 +165,18 @@ async def _record_fuzzed(metering: ServiceProcess, batch: list[dict]) -> None:
 async def _fuzz_totals(client) -> tuple[int, int, int]:
     rows = await client.totals(mpb.GetTotalsRequest(group_by_api_key=True))
     totals = [r.totals for r in rows]
-    return sum(t.requests for t in totals), sum(t.prompt_tokens for t in totals), sum(t.completion_tokens for t in totals)
+    return (
+        sum(t.requests for t in totals),
+        sum(t.prompt_tokens for t in totals),
+        sum(t.completion_tokens for t in totals),
+    )
 
 
 def _closed_within(sock: socket.socket, seconds: float) -> bool:
     sock.settimeout(seconds)
     try:
         return sock.recv(1) == b""
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return False
     except ConnectionResetError:
         return True
@@ -160,8 +185,13 @@ def _closed_within(sock: socket.socket, seconds: float) -> bool:
 async def test_idle_and_trickling_connections_are_closed(log_dir: Path, tmp_path: Path, engine_address: str) -> None:
     """Before: 300 idle and 50 half-sent-header connections were all still open after 130 s."""
     gateway = await asyncio.to_thread(
-        start_gateway, log_dir, engine_address, "gateway-conns", data_dir=str(tmp_path / "g"),
-        header_timeout_seconds="1", keep_alive_seconds="1",
+        start_gateway,
+        log_dir,
+        engine_address,
+        "gateway-conns",
+        data_dir=str(tmp_path / "g"),
+        header_timeout_seconds="1",
+        keep_alive_seconds="1",
     )
     try:
         host, port = gateway.address.removeprefix("http://").split(":")

@@ -18,8 +18,7 @@ from llmserve.metering.v1 import metering_pb2 as mpb
 from PIL import Image
 from xinference_client import RESTfulClient
 
-from services.contracts.builtin_models import EMBEDDED_MODEL_NAME
-from services.contracts.builtin_models import TINY_VLM_NAME
+from services.contracts.builtin_models import EMBEDDED_MODEL_NAME, TINY_VLM_NAME
 from tests.conftest import ADMIN_API_KEY, API_KEY, start_gateway, start_metering
 from tests.credentials import metering_client
 from tests.otlp_receiver import OtlpReceiver
@@ -44,8 +43,9 @@ def messages(*urls: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def gateway(log_dir: Path, engine_address: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    process = start_gateway(log_dir, engine_address, name="gateway-images",
-                            data_dir=str(tmp_path_factory.mktemp("gateway-images")))
+    process = start_gateway(
+        log_dir, engine_address, name="gateway-images", data_dir=str(tmp_path_factory.mktemp("gateway-images"))
+    )
     xinference = RESTfulClient(process.address, api_key=ADMIN_API_KEY)
     xinference.launch_model(TINY_VLM_NAME, model_uid=UID)
     try:
@@ -66,7 +66,9 @@ def test_one_and_two_images_count_their_placeholder_tokens(gateway: ServiceProce
     one = messages(data_uri((200, 10, 10)))
     reply = client.chat.completions.create(model=UID, messages=one, max_tokens=3)
     assert reply.usage.prompt_tokens == tokenize_count(gateway, one)
-    text_only = tokenize_count(gateway, [{"role": "user", "content": [{"type": "text", "text": "What is in the picture?"}]}])
+    text_only = tokenize_count(
+        gateway, [{"role": "user", "content": [{"type": "text", "text": "What is in the picture?"}]}]
+    )
     assert reply.usage.prompt_tokens > text_only + 4, "the image's placeholder tokens are counted"
 
     two = messages(data_uri((0, 200, 0)), data_uri((0, 0, 200), (64, 48), "JPEG"))
@@ -95,14 +97,17 @@ def post_chat(gateway: ServiceProcess, model: str, chat: list[dict], max_tokens:
     return httpx.post(f"{gateway.address}/v1/chat/completions", json=body, headers=HEADERS, timeout=60)
 
 
-@pytest.mark.parametrize(("model", "urls", "words", "param"), [
-    (UID, ["data:image/png;base64," + base64.b64encode(b"not an image").decode()], "could not be decoded", None),
-    (UID, ["data:image/bmp;base64,Qk0="], "unsupported media type", "messages[0].content[1].image_url"),
-    (UID, ["data:image/png;base64,%%%"], "does not decode", "messages[0].content[1].image_url"),
-    (UID, ["https://example.com/cat.png"], "does not fetch", "messages[0].content[1].image_url"),
-    (UID, [data_uri((1, 1, 1))] * 3, "At most 2 image(s)", None),
-    (EMBEDDED_MODEL_NAME, [data_uri((1, 1, 1))], "takes no images", None),
-])
+@pytest.mark.parametrize(
+    ("model", "urls", "words", "param"),
+    [
+        (UID, ["data:image/png;base64," + base64.b64encode(b"not an image").decode()], "could not be decoded", None),
+        (UID, ["data:image/bmp;base64,Qk0="], "unsupported media type", "messages[0].content[1].image_url"),
+        (UID, ["data:image/png;base64,%%%"], "does not decode", "messages[0].content[1].image_url"),
+        (UID, ["https://example.com/cat.png"], "does not fetch", "messages[0].content[1].image_url"),
+        (UID, [data_uri((1, 1, 1))] * 3, "At most 2 image(s)", None),
+        (EMBEDDED_MODEL_NAME, [data_uri((1, 1, 1))], "takes no images", None),
+    ],
+)
 def test_bad_image_inputs_get_a_400_that_says_why(
     gateway: ServiceProcess, model: str, urls: list[str], words: str, param: str | None
 ) -> None:
@@ -123,8 +128,14 @@ async def test_an_image_request_is_traced_and_metered_with_its_image_tokens(
         start_metering, log_dir, tmp_path / "m", None, "metering-images", otlp_receiver.env("metering")
     )
     traced = await asyncio.to_thread(
-        start_gateway, log_dir, engine_address, "gateway-images-traced", True, otlp_receiver.env("gateway"),
-        metering_addr=metering.address, data_dir=str(tmp_path / "g"),
+        start_gateway,
+        log_dir,
+        engine_address,
+        "gateway-images-traced",
+        True,
+        otlp_receiver.env("gateway"),
+        metering_addr=metering.address,
+        data_dir=str(tmp_path / "g"),
     )
     trace_id, parent = uuid.uuid4().hex, uuid.uuid4().hex[:16]
     try:

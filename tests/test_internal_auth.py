@@ -117,7 +117,8 @@ def assert_refused(seen: dict[str, dict[str, grpc.StatusCode]]) -> int:
 
 def failures(exposition: str, prefix: str) -> float:
     return sum(
-        float(line.rsplit(" ", 1)[1]) for line in exposition.splitlines()
+        float(line.rsplit(" ", 1)[1])
+        for line in exposition.splitlines()
         if line.startswith(f"{prefix}_auth_failures_total{{")
     )
 
@@ -150,7 +151,9 @@ async def test_metering_refuses_calls_without_the_right_credential(log_dir: Path
     metering = await asyncio.to_thread(start_metering, log_dir, tmp_path, None, "metering-auth")
     try:
         async with grpc.aio.insecure_channel(metering.address) as channel:
-            seen = await refusals(metering_pb2_grpc.MeteringServiceStub(channel), METERING_CALLS, METERING_ADMIN | METERING_BOTH)
+            seen = await refusals(
+                metering_pb2_grpc.MeteringServiceStub(channel), METERING_CALLS, METERING_ADMIN | METERING_BOTH
+            )
         refused = assert_refused(seen)
         async with httpx.AsyncClient() as http:
             assert failures((await http.get(metering.metrics_url)).text, "metering") == refused
@@ -165,13 +168,24 @@ async def test_gateway_with_a_wrong_credential_is_refused_by_the_engine(
     token_file = tmp_path / "wrong.token"
     token_file.write_text(WRONG_TOKEN)
     gateway = await asyncio.to_thread(
-        start_gateway, log_dir, engine_address, "gateway-wrong-credential", True, None, service_token_file=str(token_file)
+        start_gateway,
+        log_dir,
+        engine_address,
+        "gateway-wrong-credential",
+        True,
+        None,
+        service_token_file=str(token_file),
     )
     try:
         async with httpx.AsyncClient(timeout=30) as http:
             reply = await http.post(
-                f"{gateway.address}/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
-                json={"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+                f"{gateway.address}/v1/chat/completions",
+                headers={"Authorization": f"Bearer {API_KEY}"},
+                json={
+                    "model": "SmolLM2-135M-Instruct",
+                    "messages": [{"role": "user", "content": "Hi"}],
+                    "max_tokens": 2,
+                },
             )
         assert reply.status_code == 500
         assert WRONG_TOKEN not in reply.text
@@ -183,14 +197,19 @@ async def test_gateway_with_a_wrong_credential_is_refused_by_the_engine(
 async def test_gateway_checks_the_key_before_the_body_and_bounds_prompt_lists(gateway_url: str) -> None:
     async with httpx.AsyncClient(timeout=30) as http:
         for body in (b"{not json", b"[" * 100_000):
-            reply = await http.post(f"{gateway_url}/v1/completions", content=body, headers={"content-type": "application/json"})
+            reply = await http.post(
+                f"{gateway_url}/v1/completions", content=body, headers={"content-type": "application/json"}
+            )
             assert reply.status_code == 401 and reply.json()["error"]["code"] == "invalid_api_key"
         too_many = await http.post(
-            f"{gateway_url}/v1/completions", headers={"Authorization": f"Bearer {API_KEY}"},
+            f"{gateway_url}/v1/completions",
+            headers={"Authorization": f"Bearer {API_KEY}"},
             json={"model": "SmolLM2-135M-Instruct", "prompt": ["Hi"] * 65, "max_tokens": 1},
         )
         assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "prompt"
         for path in ("/metrics", "/docs", "/openapi.json"):
             assert (await http.get(f"{gateway_url}{path}")).status_code == 401
             # The test key is not an admin key.
-            assert (await http.get(f"{gateway_url}{path}", headers={"Authorization": f"Bearer {API_KEY}"})).status_code == 403
+            assert (
+                await http.get(f"{gateway_url}{path}", headers={"Authorization": f"Bearer {API_KEY}"})
+            ).status_code == 403

@@ -35,11 +35,22 @@ CALLER = "batch-job"
 def start_engine(log_dir: Path, port: int, metering_address: str, data_dir: Path, name: str) -> ServiceProcess:
     tiny = make_tiny_model(ensure_embedded_model(MODEL_STORE), MODEL_STORE)
     process = ServiceProcess(
-        name, "services.engine",
-        [*engine_args(port, data_dir), "--model", str(tiny), "--served-model-name", TINY_NAME, "--load-format", "dummy"],
-        log_dir, f"127.0.0.1:{port}",
+        name,
+        "services.engine",
+        [
+            *engine_args(port, data_dir),
+            "--model",
+            str(tiny),
+            "--served-model-name",
+            TINY_NAME,
+            "--load-format",
+            "dummy",
+        ],
+        log_dir,
+        f"127.0.0.1:{port}",
         env={
-            "ENGINE_CALLERS_FILE": str(CALLERS_FILE), "ENGINE_METERING_ADDR": metering_address,
+            "ENGINE_CALLERS_FILE": str(CALLERS_FILE),
+            "ENGINE_METERING_ADDR": metering_address,
             "ENGINE_SERVICE_TOKEN_FILE": str(DIRECTORY / "engine.token"),
         },
     )
@@ -64,13 +75,21 @@ def caller_token() -> Iterator[str]:
 
 def direct(max_tokens: int, caller: str = "") -> pb.GenerateRequest:
     return pb.GenerateRequest(
-        request_id=f"direct-{uuid.uuid4().hex[:8]}", model=TINY_NAME, text="Once upon a time", caller=caller,
+        request_id=f"direct-{uuid.uuid4().hex[:8]}",
+        model=TINY_NAME,
+        text="Once upon a time",
+        caller=caller,
         sampling=pb.SamplingParams(max_tokens=max_tokens, ignore_eos=True),
     )
 
 
 async def stream_direct(
-    address: str, token: str, max_tokens: int, cut_after: int | None = None, caller: str = "", multiplexed: bool = False,
+    address: str,
+    token: str,
+    max_tokens: int,
+    cut_after: int | None = None,
+    caller: str = "",
+    multiplexed: bool = False,
 ) -> pb.Usage | None:
     """A direct Generate (or one on a GenerateMany stream); its final usage, or None when it was cut
     (cancelled) after `cut_after` messages."""
@@ -106,7 +125,12 @@ async def test_callers_are_managed_like_keys_and_every_token_they_generate_is_me
     port = free_port()
     engine = await asyncio.to_thread(start_engine, log_dir, port, metering.address, tmp_path / "e", "engine-callers")
     gateway = await asyncio.to_thread(
-        start_gateway, log_dir, engine.address, "gateway-callers", metering_addr=metering.address, data_dir=str(tmp_path / "g"),
+        start_gateway,
+        log_dir,
+        engine.address,
+        "gateway-callers",
+        metering_addr=metering.address,
+        data_dir=str(tmp_path / "g"),
     )
     try:
         # The caller's role: generate, tokenize, list; not the gateway's bookkeeping, not the load, not metering.
@@ -132,8 +156,13 @@ async def test_callers_are_managed_like_keys_and_every_token_they_generate_is_me
         await wait_for(metered_as_the_caller, 30, "metering to hold the GenerateMany stream under the caller's name")
 
         # A mix: gateway streams and direct callers, some cut short, some claiming to bill their own.
-        body = {"model": TINY_NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 40,
-                "ignore_eos": True, "stream": True}
+        body = {
+            "model": TINY_NAME,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 40,
+            "ignore_eos": True,
+            "stream": True,
+        }
 
         async def through_gateway(hang_up: float | None) -> None:
             async with httpx.AsyncClient(timeout=60, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
@@ -166,7 +195,9 @@ async def test_callers_are_managed_like_keys_and_every_token_they_generate_is_me
         finally:
             metering.signal(signal.SIGCONT)
         assert final is not None and final.completion_tokens == 16
-        engine = await asyncio.to_thread(start_engine, log_dir, port, metering.address, tmp_path / "e", "engine-callers-2")
+        engine = await asyncio.to_thread(
+            start_engine, log_dir, port, metering.address, tmp_path / "e", "engine-callers-2"
+        )
 
         async def delivered() -> bool:
             got = await caller_totals(metering.address)

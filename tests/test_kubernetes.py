@@ -34,7 +34,14 @@ def rendered(path) -> list[dict]:
 @pytest.mark.parametrize("path", KUSTOMIZATIONS, ids=lambda p: p.name)
 def test_every_object_validates_against_the_api_schemas(path) -> None:
     objects = rendered(path)
-    assert {o["kind"] for o in objects} >= {"Service", "StatefulSet", "Deployment", "PodDisruptionBudget", "Secret", "ConfigMap"}
+    assert {o["kind"] for o in objects} >= {
+        "Service",
+        "StatefulSet",
+        "Deployment",
+        "PodDisruptionBudget",
+        "Secret",
+        "ConfigMap",
+    }
     for obj in objects:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
@@ -77,7 +84,11 @@ def test_the_wiring_holds(path) -> None:
         assert pod["terminationGracePeriodSeconds"] >= 20
     for service in by_kind["Service"].values():
         targets = {p["targetPort"] for p in service["spec"]["ports"]}
-        matching = [w for w in workloads if service["spec"]["selector"].items() <= w["spec"]["template"]["metadata"]["labels"].items()]
+        matching = [
+            w
+            for w in workloads
+            if service["spec"]["selector"].items() <= w["spec"]["template"]["metadata"]["labels"].items()
+        ]
         opened = {p["name"] for w in matching for c in w["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
         assert targets <= opened, service["metadata"]["name"]
     assert by_kind["Service"]["engine"]["spec"]["clusterIP"] == "None", "headless: the gateway resolves every engine"

@@ -41,7 +41,9 @@ def test_services_import_no_other_service() -> None:
 
 
 def test_shared_packages_import_no_service() -> None:
-    shared = [p for p in (ROOT / "services").iterdir() if p.is_dir() and p.name not in SERVICES and p.name != "__pycache__"]
+    shared = [
+        p for p in (ROOT / "services").iterdir() if p.is_dir() and p.name not in SERVICES and p.name != "__pycache__"
+    ]
     assert {p.name for p in shared} >= {"contracts", "grpc_errors", "grpc_lifecycle", "service_auth", "tracing"}
     crossings = [
         (str(path.relative_to(ROOT)), name)
@@ -62,6 +64,13 @@ def test_gateway_domain_imports_no_route_or_wiring() -> None:
         if top in GATEWAY_OUTER:
             continue
         upward += [(str(path.relative_to(ROOT)), name) for name in _imports(path) if name.startswith(outer)]
+    assert upward == []
+
+
+def test_gateway_wiring_imports_no_route() -> None:
+    """The shared dependencies sit below every route package: routes import them, never the other way."""
+    routes = tuple(f"services.gateway.{name}" for name in ("openai_api", "xinference_api", "ops"))
+    upward = [name for name in _imports(ROOT / "services" / "gateway" / "dependencies.py") if name.startswith(routes)]
     assert upward == []
 
 
@@ -90,8 +99,11 @@ def _start_light(service: str, build: str) -> None:
 
 
 def test_gateway_needs_no_engine_code_torch_vllm_or_transformers() -> None:
-    _start_light("gateway", "from services.gateway.app import create_app\n"
-                 "from services.gateway.config import GatewaySettings\ncreate_app(GatewaySettings())")
+    _start_light(
+        "gateway",
+        "from services.gateway.app import create_app\n"
+        "from services.gateway.config import GatewaySettings\ncreate_app(GatewaySettings())",
+    )
 
 
 def test_metering_needs_no_engine_code_torch_vllm_or_transformers() -> None:

@@ -18,18 +18,29 @@ import pytest
 from llmserve.metering.v1 import metering_pb2 as mpb
 
 from tests.conftest import ADMIN_HEADERS, API_KEY, start_gateway, start_metering
-from tools.processes import ROOT, free_port
 from tests.credentials import DIRECTORY as CREDENTIALS
 from tests.credentials import engine_client, metering_client
+from tools.processes import ROOT, free_port
 
 MODEL = "SmolLM2-135M-Instruct"
 
 
 def event(i: int, source: str = "test-source", **changes: object) -> mpb.UsageEvent:
     e = mpb.UsageEvent(
-        event_id=f"ev-{i}", source=source, model="m1", api_key_id="team-a", endpoint="/v1/chat/completions",
-        streamed=True, finish_reason="stop", status=mpb.REQUEST_STATUS_OK, prompt_tokens=10, completion_tokens=i % 7 + 1,
-        cached_tokens=0, time_to_first_token_seconds=0.05, generation_seconds=0.2, request_seconds=0.3,
+        event_id=f"ev-{i}",
+        source=source,
+        model="m1",
+        api_key_id="team-a",
+        endpoint="/v1/chat/completions",
+        streamed=True,
+        finish_reason="stop",
+        status=mpb.REQUEST_STATUS_OK,
+        prompt_tokens=10,
+        completion_tokens=i % 7 + 1,
+        cached_tokens=0,
+        time_to_first_token_seconds=0.05,
+        generation_seconds=0.2,
+        request_seconds=0.3,
     )
     e.occurred_at.FromNanoseconds(time.time_ns())
     for name, value in changes.items():
@@ -71,7 +82,9 @@ async def test_same_event_sent_1000_times_counts_once(log_dir: Path, tmp_path: P
         metering.stop()
 
 
-async def test_kill_9_after_acks_loses_nothing_and_counts_nothing_twice(log_dir: Path, tmp_path: Path, store_env: dict[str, str]) -> None:
+async def test_kill_9_after_acks_loses_nothing_and_counts_nothing_twice(
+    log_dir: Path, tmp_path: Path, store_env: dict[str, str]
+) -> None:
     port = free_port()
     metering = await asyncio.to_thread(start_metering, log_dir, tmp_path, port, "metering-kill", store_env)
     events = [event(i) for i in range(600)]
@@ -96,7 +109,9 @@ async def test_kill_9_after_acks_loses_nothing_and_counts_nothing_twice(log_dir:
         metering.stop()
 
 
-async def test_bad_events_are_invalid_argument_and_counted(log_dir: Path, tmp_path: Path, store_env: dict[str, str]) -> None:
+async def test_bad_events_are_invalid_argument_and_counted(
+    log_dir: Path, tmp_path: Path, store_env: dict[str, str]
+) -> None:
     metering = await asyncio.to_thread(start_metering, log_dir, tmp_path, None, "metering-bad", store_env)
     try:
         async with metering_client(metering.address) as client:
@@ -129,7 +144,9 @@ async def test_report_command_prints_totals(log_dir: Path, tmp_path: Path, store
     try:
         async with metering_client(metering.address) as client:
             await client.record([event(1), event(2, api_key_id="team-b")])
-            await client.set_limits(mpb.KeyLimits(api_key_id="team-a", token_budget=1000, budget_period=mpb.BUDGET_PERIOD_DAY))
+            await client.set_limits(
+                mpb.KeyLimits(api_key_id="team-a", token_budget=1000, budget_period=mpb.BUDGET_PERIOD_DAY)
+            )
         command = [sys.executable, "-m", "services.metering", "report", "--addr", metering.address, "--from", "1h"]
 
         def run(*extra: str) -> subprocess.CompletedProcess:
@@ -143,7 +160,18 @@ async def test_report_command_prints_totals(log_dir: Path, tmp_path: Path, store
         # The limited key's standing: its budget, the day period, what it used (its one event) and what remains.
         team_a = event(1)
         used = team_a.prompt_tokens + team_a.completion_tokens
-        assert lines[-1].split() == ["team-a", "-", "1", "-", str(used), "1000", "day", str(used), "0", str(1000 - used)]
+        assert lines[-1].split() == [
+            "team-a",
+            "-",
+            "1",
+            "-",
+            str(used),
+            "1000",
+            "day",
+            str(used),
+            "0",
+            str(1000 - used),
+        ]
         # The gateway's credential may record usage but not read it back.
         refused = await asyncio.to_thread(run, "--token-file", str(CREDENTIALS / "gateway.token"))
         assert refused.returncode != 0 and "PERMISSION_DENIED" in refused.stderr
@@ -154,11 +182,15 @@ async def test_report_command_prints_totals(log_dir: Path, tmp_path: Path, store
 
 # Delivery from the gateway: real engine, gateway and metering.
 
+
 async def chat(gateway: str, n_tokens: int, cancel_after: int | None = None) -> tuple[int, int] | None:
     """One streamed request; returns the usage the client saw (prompt, completion), or None if it hung up."""
     body = {
-        "model": MODEL, "messages": [{"role": "user", "content": f"Say something {uuid.uuid4().hex[:4]}"}],
-        "max_tokens": n_tokens, "stream": True, "ignore_eos": True,
+        "model": MODEL,
+        "messages": [{"role": "user", "content": f"Say something {uuid.uuid4().hex[:4]}"}],
+        "max_tokens": n_tokens,
+        "stream": True,
+        "ignore_eos": True,
     }
     async with httpx.AsyncClient(timeout=120, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
         async with http.stream("POST", f"{gateway}/v1/chat/completions", json=body) as reply:
@@ -247,8 +279,12 @@ async def test_metering_killed_mid_traffic_gets_every_request_exactly_once(
     data = tmp_path / "metering"
     metering = await asyncio.to_thread(start_metering, log_dir, data, port, "metering-midtraffic")
     gateway = await asyncio.to_thread(
-        start_gateway, log_dir, engine_address, "gateway-midtraffic",
-        metering_addr=metering.address, data_dir=str(tmp_path / "gateway"),
+        start_gateway,
+        log_dir,
+        engine_address,
+        "gateway-midtraffic",
+        metering_addr=metering.address,
+        data_dir=str(tmp_path / "gateway"),
     )
     total, in_parallel = 24, 4
     done: list[tuple[int, int] | None] = []
@@ -279,7 +315,9 @@ async def test_metering_killed_mid_traffic_gets_every_request_exactly_once(
         engine_after = await engine_served(engine_address)
 
         async def all_recorded() -> bool:
-            return (await metering_totals(metering.address)).requests >= total and await _zero(spool_depth(gateway.address))
+            return (await metering_totals(metering.address)).requests >= total and await _zero(
+                spool_depth(gateway.address)
+            )
 
         await wait_for(all_recorded, 60, f"{total} usage events")
         totals = await metering_totals(metering.address)
@@ -307,14 +345,22 @@ async def test_concurrent_load_with_cancellations_agrees_exactly(
 ) -> None:
     metering = await asyncio.to_thread(start_metering, log_dir, tmp_path / "m", None, "metering-load")
     gateway = await asyncio.to_thread(
-        start_gateway, log_dir, engine_address, "gateway-load", metering_addr=metering.address, data_dir=str(tmp_path / "g")
+        start_gateway,
+        log_dir,
+        engine_address,
+        "gateway-load",
+        metering_addr=metering.address,
+        data_dir=str(tmp_path / "g"),
     )
     try:
         await wait_idle(engine_address)
         engine_before = await engine_served(engine_address)
         # A cancelled stream asks for far more tokens than it reads, so it is still generating when it hangs up.
         results = await asyncio.gather(
-            *(chat(gateway.address, 400, cancel_after=3) if i % 4 == 0 else chat(gateway.address, 12) for i in range(16))
+            *(
+                chat(gateway.address, 400, cancel_after=3) if i % 4 == 0 else chat(gateway.address, 12)
+                for i in range(16)
+            )
         )
         await wait_idle(engine_address)
         engine_after = await engine_served(engine_address)

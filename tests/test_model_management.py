@@ -103,8 +103,9 @@ def test_launch_chat_generate_and_terminate_with_the_xinference_client(
     assert reply["model"] == TINY_UID and 1 <= reply["usage"]["completion_tokens"] <= 3
     completion = handle.generate("Once upon", generate_config={"max_tokens": 3})
     assert completion["usage"]["prompt_tokens"] > 0
-    chunks = list(handle.chat(messages=[{"role": "user", "content": "Hi"}],
-                              generate_config={"max_tokens": 3, "stream": True}))
+    chunks = list(
+        handle.chat(messages=[{"role": "user", "content": "Hi"}], generate_config={"max_tokens": 3, "stream": True})
+    )
     assert chunks[-1]["usage"]["completion_tokens"] >= 1
 
     # Both models answer through the OpenAI SDK, each under its own name.
@@ -135,8 +136,11 @@ def test_custom_registration_launches_and_survives_a_gateway_restart(
 ) -> None:
     tiny = make_tiny_model(ensure_embedded_model(MODEL_STORE), MODEL_STORE)
     spec = {
-        "model_name": CUSTOM, "model_ability": ["generate", "chat"], "context_length": 2048,
-        "model_specs": [{"model_uri": f"file://{tiny.resolve()}"}], "engine_args": {"load_format": "dummy"},
+        "model_name": CUSTOM,
+        "model_ability": ["generate", "chat"],
+        "context_length": 2048,
+        "model_specs": [{"model_uri": f"file://{tiny.resolve()}"}],
+        "engine_args": {"load_format": "dummy"},
     }
     xinference.register_model("LLM", json.dumps(spec), persist=True)
     assert CUSTOM in {r["model_name"] for r in xinference.list_model_registrations("LLM")}
@@ -162,9 +166,16 @@ def test_failed_launches_answer_clearly_and_leave_the_others_serving(
 ) -> None:
     with pytest.raises(RuntimeError, match="No registered model"):
         xinference.launch_model("no-such-model")
-    xinference.register_model("LLM", json.dumps({
-        "model_name": "broken", "model_specs": [{"model_uri": "/nonexistent/folder"}],
-    }), persist=True)
+    xinference.register_model(
+        "LLM",
+        json.dumps(
+            {
+                "model_name": "broken",
+                "model_specs": [{"model_uri": "/nonexistent/folder"}],
+            }
+        ),
+        persist=True,
+    )
     try:
         with pytest.raises(RuntimeError, match="not a Hugging Face model folder"):
             xinference.launch_model("broken")
@@ -184,8 +195,11 @@ async def stream_until_terminated(gateway: str, xinference: RESTfulClient, uid: 
     """Streams from `uid`, terminates it after the first content chunk, reads to the end; returns the
     usage chunk, after checking the stream ended with it and [DONE]."""
     body = {
-        "model": uid, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1500,
-        "ignore_eos": True, "stream": True,
+        "model": uid,
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 1500,
+        "ignore_eos": True,
+        "stream": True,
     }
     headers = {"Authorization": f"Bearer {API_KEY}"}
     lines: list[str] = []
@@ -227,7 +241,16 @@ def test_management_needs_an_admin_key_and_xinference_learns_to_send_one(gateway
 
 def test_the_cli_mirrors_xinference_verbs(gateway: ServiceProcess) -> None:
     def cli(*args: str) -> str:
-        command = [sys.executable, "-m", "services.gateway.fleet", "-e", gateway.address, "--api-key", ADMIN_API_KEY, *args]
+        command = [
+            sys.executable,
+            "-m",
+            "services.gateway.fleet",
+            "-e",
+            gateway.address,
+            "--api-key",
+            ADMIN_API_KEY,
+            *args,
+        ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
         assert done.returncode == 0, done.stderr
         return done.stdout
@@ -239,8 +262,22 @@ def test_the_cli_mirrors_xinference_verbs(gateway: ServiceProcess) -> None:
     assert "terminated tiny-cli" in cli("terminate", "-u", "tiny-cli")
     assert "tiny-cli" not in cli("list")
     refused = subprocess.run(
-        [sys.executable, "-m", "services.gateway.fleet", "-e", gateway.address, "--api-key", API_KEY, "terminate", "-u", "x"],
-        capture_output=True, text=True, timeout=60, check=False,
+        [
+            sys.executable,
+            "-m",
+            "services.gateway.fleet",
+            "-e",
+            gateway.address,
+            "--api-key",
+            API_KEY,
+            "terminate",
+            "-u",
+            "x",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert refused.returncode != 0 and "403" in refused.stderr
 
@@ -250,8 +287,12 @@ async def test_usage_is_metered_under_the_uid_and_the_registered_name(
 ) -> None:
     metering = await asyncio.to_thread(start_metering, log_dir, tmp_path / "m", None, "metering-models")
     billed = await asyncio.to_thread(
-        start_gateway, log_dir, engine_address, "gateway-models-billing",
-        data_dir=str(tmp_path / "g"), metering_addr=metering.address,
+        start_gateway,
+        log_dir,
+        engine_address,
+        "gateway-models-billing",
+        data_dir=str(tmp_path / "g"),
+        metering_addr=metering.address,
     )
     xinference = RESTfulClient(billed.address, api_key=ADMIN_API_KEY)
     try:

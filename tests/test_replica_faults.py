@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 from tests.conftest import start_gateway, start_metering
+from tests.credentials import engine_client
 from tests.test_metering import engine_served, metering_totals, wait_idle
 from tests.test_usage_faults import CANCELLER, FINISHER, KEYS, metering_reaches_engine, stream_chat, totals_by_key
-from tests.credentials import engine_client
 from tools.postgres import PostgresServer
 from tools.processes import ServiceProcess, free_port
 
@@ -37,7 +37,11 @@ async def test_gateways_metering_replicas_and_postgres_killed_at_random_lose_and
     def gateway_replica() -> ServiceProcess:
         n = next(names)
         return start_gateway(
-            log_dir, engine_address, f"gateway-fleet-{n}", data_dir=str(tmp_path / f"g{n}"), api_keys=KEYS,
+            log_dir,
+            engine_address,
+            f"gateway-fleet-{n}",
+            data_dir=str(tmp_path / f"g{n}"),
+            api_keys=KEYS,
             metering_addr="ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports),
         )
 
@@ -88,8 +92,11 @@ async def test_gateways_metering_replicas_and_postgres_killed_at_random_lose_and
         after = await engine_served(engine_address)
         one, two = await metering_totals(meterings[0].address), await metering_totals(meterings[1].address)
         assert one == two
-        print(f"\nkills {kills}; {len(seen)} streams seen to their usage chunk; engine = metering = {one.prompt_tokens}/"
-              f"{one.completion_tokens} prompt/completion tokens over {one.requests} requests ({one.aborted_requests} aborted)")
+        print(
+            f"\nkills {kills}; {len(seen)} streams seen to their usage chunk; engine = metering = {one.prompt_tokens}/"
+            f"{one.completion_tokens} prompt/completion tokens over {one.requests} requests"
+            f" ({one.aborted_requests} aborted)"
+        )
         assert (one.prompt_tokens, one.completion_tokens) == (after[0] - before[0], after[1] - before[1])
         by_key = await totals_by_key(meterings[1].address)
         assert by_key["finisher"].completion_tokens >= sum(c for _, c in seen)

@@ -79,8 +79,14 @@ def assembled(chunks: list[Any]) -> tuple[str, list[dict[str, str]], str | None]
 async def test_a_named_function_is_called_with_arguments_that_fit_its_schema(
     client: openai.AsyncOpenAI, gateway_url: str
 ) -> None:
-    args = dict(model=MODEL, messages=ASK, tools=[WEATHER, TIME], max_tokens=40, temperature=0,
-                tool_choice={"type": "function", "function": {"name": "get_time"}})
+    args = dict(
+        model=MODEL,
+        messages=ASK,
+        tools=[WEATHER, TIME],
+        max_tokens=40,
+        temperature=0,
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+    )
     reply = await client.chat.completions.create(**args)
     choice = reply.choices[0]
     (call,) = choice.message.tool_calls
@@ -92,16 +98,28 @@ async def test_a_named_function_is_called_with_arguments_that_fit_its_schema(
     with_tools = await count(gateway_url, ASK, [WEATHER, TIME])
     assert reply.usage.prompt_tokens == with_tools > await count(gateway_url, ASK) + 50
 
-    chunks = [c async for c in await client.chat.completions.create(**args, stream=True, stream_options={"include_usage": True})]
+    chunks = [
+        c
+        async for c in await client.chat.completions.create(**args, stream=True, stream_options={"include_usage": True})
+    ]
     content, calls, reason = assembled(chunks)
     assert content == "" and reason == "stop"
-    assert [(c["name"], json.loads(c["arguments"])) for c in calls] == [("get_time", json.loads(call.function.arguments))]
+    assert [(c["name"], json.loads(c["arguments"])) for c in calls] == [
+        ("get_time", json.loads(call.function.arguments))
+    ]
     assert chunks[-1].usage.prompt_tokens == with_tools and chunks[-1].choices == []
 
 
 async def test_required_gives_parseable_calls_ending_with_tool_calls(client: openai.AsyncOpenAI) -> None:
-    args = dict(model=MODEL, messages=ASK, tools=[WEATHER, TIME], max_tokens=60, temperature=0,
-                tool_choice="required", parallel_tool_calls=False)
+    args = dict(
+        model=MODEL,
+        messages=ASK,
+        tools=[WEATHER, TIME],
+        max_tokens=60,
+        temperature=0,
+        tool_choice="required",
+        parallel_tool_calls=False,
+    )
     reply = await client.chat.completions.create(**args)
     choice = reply.choices[0]
     (call,) = choice.message.tool_calls
@@ -109,12 +127,18 @@ async def test_required_gives_parseable_calls_ending_with_tool_calls(client: ope
     assert choice.finish_reason == "tool_calls"
     content, calls, reason = assembled([c async for c in await client.chat.completions.create(**args, stream=True)])
     assert reason == "tool_calls" and len(calls) == 1 and calls[0]["id"]
-    assert calls[0]["name"] == call.function.name and json.loads(calls[0]["arguments"]) == json.loads(call.function.arguments)
+    assert calls[0]["name"] == call.function.name and json.loads(calls[0]["arguments"]) == json.loads(
+        call.function.arguments
+    )
 
 
 def called(city: str, call_id: str) -> dict:
     function = {"name": "get_weather", "arguments": json.dumps({"city": city})}
-    return {"role": "assistant", "content": "", "tool_calls": [{"id": call_id, "type": "function", "function": function}]}
+    return {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"id": call_id, "type": "function", "function": function}],
+    }
 
 
 # The model is shown, in its history, how it called a tool twice; it does the same for the next question,
@@ -167,12 +191,33 @@ async def test_tool_choice_none_answers_a_result_in_text(client: openai.AsyncOpe
     [
         ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "does not match any"),
         ({"tool_choice": "required"}, "only allowed when tools"),
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "objectx"}}}],
-          "tool_choice": "required"}, "not a valid JSON Schema"),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "objectx"}}}],
+                "tool_choice": "required",
+            },
+            "not a valid JSON Schema",
+        ),
         ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools"),
-        ({"tools": [WEATHER], "messages": [{"role": "assistant", "content": "", "tool_calls": [
-            {"id": "c", "type": "function", "function": {"name": "get_weather", "arguments": "{not json"}}]}]},
-         "arguments is not valid JSON"),
+        (
+            {
+                "tools": [WEATHER],
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "content": "",
+                        "tool_calls": [
+                            {
+                                "id": "c",
+                                "type": "function",
+                                "function": {"name": "get_weather", "arguments": "{not json"},
+                            }
+                        ],
+                    }
+                ],
+            },
+            "arguments is not valid JSON",
+        ),
     ],
     ids=["named-not-in-tools", "choice-without-tools", "invalid-schema", "invalid-name", "history-arguments-not-json"],
 )

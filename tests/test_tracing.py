@@ -23,11 +23,23 @@ async def test_one_request_is_one_trace_with_genai_attributes(
         start_metering, log_dir, tmp_path / "m", None, "metering-traced", otlp_receiver.env("metering")
     )
     gateway = await asyncio.to_thread(
-        start_gateway, log_dir, engine_address, "gateway-traced", True, otlp_receiver.env("gateway"),
-        metering_addr=metering.address, data_dir=str(tmp_path / "g"),
+        start_gateway,
+        log_dir,
+        engine_address,
+        "gateway-traced",
+        True,
+        otlp_receiver.env("gateway"),
+        metering_addr=metering.address,
+        data_dir=str(tmp_path / "g"),
     )
     try:
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "temperature": 0.5, "stream": True}
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 4,
+            "temperature": 0.5,
+            "stream": True,
+        }
         headers = {"Authorization": f"Bearer {API_KEY}", "traceparent": f"00-{TRACE_ID}-{PARENT}-01"}
         async with httpx.AsyncClient(timeout=120) as http:
             reply = await http.post(f"{gateway.address}/v1/chat/completions", json=body, headers=headers)

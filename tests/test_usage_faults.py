@@ -18,22 +18,31 @@ from llmserve.metering.v1 import metering_pb2 as mpb
 
 from services.contracts.builtin_models import TINY_NAME
 from tests.conftest import ADMIN_API_KEY, ADMIN_HEADERS, start_gateway, start_metering
+from tests.credentials import engine_client, metering_client
 from tests.test_internal_callers import start_engine
 from tests.test_metering import MODEL, engine_served, metering_totals, wait_for, wait_idle
 from tools.processes import free_port
-from tests.credentials import engine_client, metering_client
 
 FINISHER, CANCELLER = "sk-finisher", "sk-canceller"
 KEYS = f"finisher:{FINISHER},canceller:{CANCELLER},test-admin:{ADMIN_API_KEY}"
 
 
 async def stream_chat(
-    url: str, key: str, max_tokens: int, hang_up_after: float | None = None, text: str = "Count to ten.",
+    url: str,
+    key: str,
+    max_tokens: int,
+    hang_up_after: float | None = None,
+    text: str = "Count to ten.",
     model: str = MODEL,
 ) -> tuple[int, int] | None:
     """A streamed chat; the usage chunk's (prompt, completion), or None if it hung up (or was cut)."""
-    body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens,
-            "stream": True, "ignore_eos": True}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": text}],
+        "max_tokens": max_tokens,
+        "stream": True,
+        "ignore_eos": True,
+    }
 
     async def read() -> tuple[int, int] | None:
         async with httpx.AsyncClient(timeout=120, headers={"Authorization": f"Bearer {key}"}) as http:
@@ -92,8 +101,13 @@ async def test_clients_hanging_up_at_random_moments_agree_exactly(
     """240 hang-ups from 5 ms to 1.5 s after sending (many before the first token) among 40 finished streams."""
     metering = await asyncio.to_thread(start_metering, log_dir, tmp_path / "m", None, "metering-hangups")
     gateway = await asyncio.to_thread(
-        start_gateway, log_dir, engine_address, "gateway-hangups",
-        metering_addr=metering.address, data_dir=str(tmp_path / "g"), api_keys=KEYS,
+        start_gateway,
+        log_dir,
+        engine_address,
+        "gateway-hangups",
+        metering_addr=metering.address,
+        data_dir=str(tmp_path / "g"),
+        api_keys=KEYS,
     )
     rng = random.Random(7)
     try:
@@ -115,7 +129,9 @@ async def test_clients_hanging_up_at_random_moments_agree_exactly(
         await metering_reaches_engine(metering.address, engine_address, before, 60)
         by_key = await totals_by_key(metering.address)
         # What the finishing clients saw is exactly what metering holds for their key.
-        assert (by_key["finisher"].prompt_tokens, by_key["finisher"].completion_tokens) == tuple(map(sum, zip(*finished)))
+        assert (by_key["finisher"].prompt_tokens, by_key["finisher"].completion_tokens) == tuple(
+            map(sum, zip(*finished))
+        )
         assert by_key["finisher"].ok_requests == 40
         # Every hang-up that reached the model is one aborted event with its partial usage.
         assert by_key["canceller"].aborted_requests + by_key["canceller"].ok_requests <= 240
@@ -141,8 +157,9 @@ async def test_gateway_killed_mid_stream_with_metering_stalled_loses_nothing(
         await wait_idle(engine_address)
         before = await engine_served(engine_address)
         for round_ in range(3):
-            load = [asyncio.create_task(stream_chat(gateway.address, FINISHER, rng.choice([4, 12, 40])))
-                    for _ in range(10)]
+            load = [
+                asyncio.create_task(stream_chat(gateway.address, FINISHER, rng.choice([4, 12, 40]))) for _ in range(10)
+            ]
             await asyncio.sleep(rng.uniform(0.3, 2.5))
             metering.signal(signal.SIGSTOP)
             gateway.signal(signal.SIGKILL)
@@ -174,8 +191,13 @@ async def test_a_gateway_replaced_for_good_loses_no_usage(log_dir: Path, tmp_pat
     acknowledged it, and once the dead gateway's lease ran out the new one claims it."""
     metering = await asyncio.to_thread(start_metering, log_dir, tmp_path / "m", None, "metering-replaced")
     first = await asyncio.to_thread(
-        start_gateway, log_dir, engine_address, "gateway-replaced-1",
-        metering_addr=metering.address, data_dir=str(tmp_path / "g1"), api_keys=KEYS,
+        start_gateway,
+        log_dir,
+        engine_address,
+        "gateway-replaced-1",
+        metering_addr=metering.address,
+        data_dir=str(tmp_path / "g1"),
+        api_keys=KEYS,
     )
     second = None
     try:
@@ -188,8 +210,13 @@ async def test_a_gateway_replaced_for_good_loses_no_usage(log_dir: Path, tmp_pat
         first.stop()
         shutil.rmtree(tmp_path / "g1")
         second = await asyncio.to_thread(
-            start_gateway, log_dir, engine_address, "gateway-replaced-2",
-            metering_addr=metering.address, data_dir=str(tmp_path / "g2"), api_keys=KEYS,
+            start_gateway,
+            log_dir,
+            engine_address,
+            "gateway-replaced-2",
+            metering_addr=metering.address,
+            data_dir=str(tmp_path / "g2"),
+            api_keys=KEYS,
         )
         metering.signal(signal.SIGCONT)
         await metering_reaches_engine(metering.address, engine_address, before, 90)
@@ -258,8 +285,13 @@ async def test_sigterm_ends_streams_with_usage_and_meters_them(
 ) -> None:
     metering = await asyncio.to_thread(start_metering, log_dir, tmp_path / "m", None, "metering-sigterm")
     gateway = await asyncio.to_thread(
-        start_gateway, log_dir, engine_address, "gateway-sigterm",
-        metering_addr=metering.address, data_dir=str(tmp_path / "g"), shutdown_grace_seconds="1",
+        start_gateway,
+        log_dir,
+        engine_address,
+        "gateway-sigterm",
+        metering_addr=metering.address,
+        data_dir=str(tmp_path / "g"),
+        shutdown_grace_seconds="1",
     )
     try:
         await wait_idle(engine_address)
@@ -269,8 +301,13 @@ async def test_sigterm_ends_streams_with_usage_and_meters_them(
         async def long_stream() -> None:
             lines: list[str] = []
             bodies.append(lines)
-            body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a long story."}],
-                    "max_tokens": 1500, "stream": True, "ignore_eos": True}
+            body = {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "Tell a long story."}],
+                "max_tokens": 1500,
+                "stream": True,
+                "ignore_eos": True,
+            }
             async with httpx.AsyncClient(timeout=60, headers={"Authorization": "Bearer sk-test-secret-1"}) as http:
                 async with http.stream("POST", f"{gateway.address}/v1/chat/completions", json=body) as reply:
                     async for line in reply.aiter_lines():
@@ -303,25 +340,32 @@ async def _all_started(bodies: list[list[str]], count: int) -> bool:
     return len(bodies) == count and all(len(lines) >= 3 for lines in bodies)
 
 
-async def test_model_names_the_engine_does_not_serve(
-    log_dir: Path, tmp_path: Path, engine_address: str
-) -> None:
+async def test_model_names_the_engine_does_not_serve(log_dir: Path, tmp_path: Path, engine_address: str) -> None:
     """An empty model is billed under the engine's model; an unknown one is a 404 that leaves no
     metering row and no Prometheus series behind."""
     metering = await asyncio.to_thread(start_metering, log_dir, tmp_path / "m", None, "metering-models")
     gateway = await asyncio.to_thread(
-        start_gateway, log_dir, engine_address, "gateway-models",
-        metering_addr=metering.address, data_dir=str(tmp_path / "g"), api_keys=KEYS,
+        start_gateway,
+        log_dir,
+        engine_address,
+        "gateway-models",
+        metering_addr=metering.address,
+        data_dir=str(tmp_path / "g"),
+        api_keys=KEYS,
     )
     try:
         headers = {"Authorization": f"Bearer {FINISHER}"}
         async with httpx.AsyncClient(timeout=60, headers=headers) as http:
-            empty = await http.post(f"{gateway.address}/v1/chat/completions", json={
-                "model": "", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3})
+            empty = await http.post(
+                f"{gateway.address}/v1/chat/completions",
+                json={"model": "", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3},
+            )
             assert empty.status_code == 200 and empty.json()["model"] == MODEL
             for name in ("nope", "nope-2", "x" * 300):
-                unknown = await http.post(f"{gateway.address}/v1/chat/completions", json={
-                    "model": name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3})
+                unknown = await http.post(
+                    f"{gateway.address}/v1/chat/completions",
+                    json={"model": name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3},
+                )
                 assert unknown.status_code == 404
                 assert unknown.json()["error"]["code"] == "model_not_found"
 
@@ -340,7 +384,9 @@ async def test_model_names_the_engine_does_not_serve(
             rows = await client.totals(mpb.GetTotalsRequest(group_by_model=True))
         assert [(r.model, r.totals.requests) for r in rows] == [(MODEL, 1)]
         async with httpx.AsyncClient() as http:
-            exposition = (await http.get(metering.metrics_url)).text + (await http.get(f"{gateway.address}/metrics", headers=ADMIN_HEADERS)).text
+            exposition = (await http.get(metering.metrics_url)).text + (
+                await http.get(f"{gateway.address}/metrics", headers=ADMIN_HEADERS)
+            ).text
         assert "nope" not in exposition
     finally:
         gateway.stop()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import os
 import shutil
@@ -57,7 +56,9 @@ def log(message: str) -> None:
 def run(command: list[str], timeout: float = 600, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
     if check and result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise RuntimeError(
+            f"{' '.join(command)} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result
 
 
@@ -74,7 +75,11 @@ def apt_install(*packages: str) -> None:
     policy.chmod(0o755)
     try:
         run(["apt-get", "update", "-qq"], timeout=600)
-        run(["apt-get", "install", "-y", "-qq", *packages], timeout=1200, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        run(
+            ["apt-get", "install", "-y", "-qq", *packages],
+            timeout=1200,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
     finally:
         policy.unlink()
 
@@ -83,13 +88,19 @@ def start_docker() -> subprocess.Popen | None:
     """None when a daemon already answers; else the dockerd this check started."""
     if docker_ok():
         return None
-    missing = [p for p, tool in (("docker.io", "dockerd"), ("docker-compose", "docker-compose")) if not shutil.which(tool)]
+    missing = [
+        p for p, tool in (("docker.io", "dockerd"), ("docker-compose", "docker-compose")) if not shutil.which(tool)
+    ]
     if missing:
         apt_install(*missing)
     WORK.mkdir(parents=True, exist_ok=True)
     for driver in ("overlay2", "vfs"):
-        daemon = subprocess.Popen(["dockerd", f"--storage-driver={driver}"], stdout=(WORK / f"dockerd-{driver}.log").open("ab"),
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+        daemon = subprocess.Popen(
+            ["dockerd", f"--storage-driver={driver}"],
+            stdout=(WORK / f"dockerd-{driver}.log").open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and daemon.poll() is None:
             if docker_ok():
@@ -124,13 +135,25 @@ def base_image() -> str:
         apt_install("debootstrap")
     with tempfile.TemporaryDirectory() as tmp:
         rootfs = Path(tmp) / "rootfs"
-        run(["debootstrap", "--variant=minbase", "--include=python3,python3-venv,python3-pip,python3-dev,ca-certificates,libnuma1,g++",
-             "bookworm", str(rootfs), debian_mirror()], timeout=1800)
+        run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                "--include=python3,python3-venv,python3-pip,python3-dev,ca-certificates,libnuma1,g++",
+                "bookworm",
+                str(rootfs),
+                debian_mirror(),
+            ],
+            timeout=1800,
+        )
         # The host's CA bundle: where TLS is inspected on the way to PyPI, the host's trust is what works.
         shutil.copy("/etc/ssl/certs/ca-certificates.crt", rootfs / "etc/ssl/certs/ca-certificates.crt")
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        run(["docker", "import", "--change", "ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt", "-", LOCAL_BASE],
-            stdin=tar.stdout, timeout=600)
+        run(
+            ["docker", "import", "--change", "ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt", "-", LOCAL_BASE],
+            stdin=tar.stdout,
+            timeout=600,
+        )
         tar.wait()
     return LOCAL_BASE
 
@@ -166,13 +189,19 @@ class Stack:
         self.command = [*self._tool, "-f", "compose.yaml", "-f", "compose.hostnet.yaml"]
         self.env: dict[str, str] = {
             **os.environ,
-            "BASE_IMAGE": base, "LOCAL_WHEELS": wheels, "PIP_EXTRA_INDEX_URL": "", "PIP_FIND_LINKS": "",
-            "ENGINE_PORT": str(self.engine_ports[0]), "ENGINE_PORT_CHOICES": ",".join(map(str, self.engine_ports)),
+            "BASE_IMAGE": base,
+            "LOCAL_WHEELS": wheels,
+            "PIP_EXTRA_INDEX_URL": "",
+            "PIP_FIND_LINKS": "",
+            "ENGINE_PORT": str(self.engine_ports[0]),
+            "ENGINE_PORT_CHOICES": ",".join(map(str, self.engine_ports)),
             "ENGINE_ADDR": ",".join(f"127.0.0.1:{p}" for p in self.engine_ports),
-            "METERING_PORT": str(self.metering_port), "METERING_METRICS_PORT": str(free_port()),
+            "METERING_PORT": str(self.metering_port),
+            "METERING_METRICS_PORT": str(free_port()),
             "METERING_ADDR": f"127.0.0.1:{self.metering_port}",
             "GATEWAY_PORT": str(self.gateway_port),
-            "GATEWAY_API_KEYS": f"check:{USER_KEY},check-admin:{ADMIN_KEY}", "GATEWAY_ADMIN_KEY_IDS": "check-admin",
+            "GATEWAY_API_KEYS": f"check:{USER_KEY},check-admin:{ADMIN_KEY}",
+            "GATEWAY_ADMIN_KEY_IDS": "check-admin",
             # No collector here (its image cannot be pulled): tracing stays off.
             "OTEL_EXPORTER_OTLP_ENDPOINT": "",
             # torch.compile's first-start build would add minutes to every check; production keeps it.
@@ -208,15 +237,27 @@ class Stack:
                 except httpx.HTTPError:
                     pass
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"the gateway did not report {engines} serving engine(s) in {timeout:.0f} s:\n"
-                                       + self.compose("logs", "--tail", "40", check=False).stdout)
+                    raise TimeoutError(
+                        f"the gateway did not report {engines} serving engine(s) in {timeout:.0f} s:\n"
+                        + self.compose("logs", "--tail", "40", check=False).stdout
+                    )
                 await asyncio.sleep(2)
 
     def metering_totals(self) -> tuple[int, int, int]:
         """(requests, prompt, completion) from `report` inside the metering container."""
         out = self.compose(
-            "exec", "-T", "metering", "python", "-m", "services.metering", "report",
-            "--addr", f"127.0.0.1:{self.metering_port}", "--token-file", "/credentials/admin.token", timeout=120,
+            "exec",
+            "-T",
+            "metering",
+            "python",
+            "-m",
+            "services.metering",
+            "report",
+            "--addr",
+            f"127.0.0.1:{self.metering_port}",
+            "--token-file",
+            "/credentials/admin.token",
+            timeout=120,
         ).stdout
         total = next(line for line in out.splitlines() if line.startswith("total")).split()
         return int(total[1]), int(total[5]), int(total[6])
@@ -245,15 +286,21 @@ class Stack:
         return loads
 
     def credentials_digest(self) -> str:
-        script = "import hashlib, pathlib\nprint(hashlib.sha256(pathlib.Path('/credentials/callers').read_bytes()).hexdigest())"
+        script = (
+            "import hashlib, pathlib\n"
+            "print(hashlib.sha256(pathlib.Path('/credentials/callers').read_bytes()).hexdigest())"
+        )
         return self.exec("metering", script).strip()
 
 
 async def stream_chat(client: AsyncOpenAI, model: str, max_tokens: int) -> tuple[int, int] | None:
     """A streamed chat; (prompt, completion) from its usage chunk, which must come last."""
     stream = await client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "Count to five."}], max_tokens=max_tokens,
-        stream=True, stream_options={"include_usage": True},
+        model=model,
+        messages=[{"role": "user", "content": "Count to five."}],
+        max_tokens=max_tokens,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     usage = None
     async for chunk in stream:
@@ -331,8 +378,13 @@ async def check(stack: Stack, figures: dict) -> None:
     await wait_until(agreed, 120, "metering to equal the engines' totals")
     requests, prompt, completion = stack.metering_totals()
     assert completion >= sum(c for _, c in seen) + usage[1]
-    figures["restart"] = {"streams_completed": len(seen), "streams_cut": failed, "metering_requests": requests,
-                          "metering_tokens": [prompt, completion], "engines_tokens": list(stack.engines_served(2))}
+    figures["restart"] = {
+        "streams_completed": len(seen),
+        "streams_cut": failed,
+        "metering_requests": requests,
+        "metering_tokens": [prompt, completion],
+        "engines_tokens": list(stack.engines_served(2)),
+    }
 
     log("4. down, then up: metering's totals and the credentials are kept")
     before, digest = stack.metering_totals(), stack.credentials_digest()
@@ -371,8 +423,11 @@ def main() -> None:
         base = base_image()
         stack = Stack(tool, base, local_wheels())
         stack.resolve()
-        figures.update(compose=" ".join(tool), base_image=base,
-                       docker=run(["docker", "version", "-f", "{{.Server.Version}}"], timeout=30).stdout.strip())
+        figures.update(
+            compose=" ".join(tool),
+            base_image=base,
+            docker=run(["docker", "version", "-f", "{{.Server.Version}}"], timeout=30).stdout.strip(),
+        )
         log(f"building the images ({' '.join(tool)}, base {base})")
         t = time.monotonic()
         stack.compose("build", *STACK, timeout=3600)
@@ -394,8 +449,14 @@ def main() -> None:
         raise
     finally:
         if stack is not None:
-            stack.compose("down", "-v", "--remove-orphans", *([] if args.keep_images else ["--rmi", "local"]),
-                          check=False, timeout=600)
+            stack.compose(
+                "down",
+                "-v",
+                "--remove-orphans",
+                *([] if args.keep_images else ["--rmi", "local"]),
+                check=False,
+                timeout=600,
+            )
         if daemon is not None:
             daemon.terminate()
             daemon.wait(60)

@@ -21,7 +21,16 @@ from services.contracts.engine_client import EngineClient
 from services.contracts.metering_client import MeteringClient
 from services.engine.builtin_models import make_tiny_model
 from services.engine.prepare_model import ensure_embedded_model
-from tools.processes import MODEL_STORE, ROOT, ServiceProcess, engine_args, free_port, gateway_env, http_ok, metering_env
+from tools.processes import (
+    MODEL_STORE,
+    ROOT,
+    ServiceProcess,
+    engine_args,
+    free_port,
+    gateway_env,
+    http_ok,
+    metering_env,
+)
 
 KEY, ADMIN = "sk-fuzz-user", "sk-fuzz-admin"
 
@@ -62,12 +71,18 @@ def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="fuzz-"))
     engine_port, metering_port, gateway_port = free_port(), free_port(), free_port()
     engine = ServiceProcess(
-        "engine", "services.engine",
+        "engine",
+        "services.engine",
         [*engine_args(engine_port), "--model", str(tiny), "--served-model-name", TINY_NAME, "--load-format", "dummy"],
-        logs, f"127.0.0.1:{engine_port}",
+        logs,
+        f"127.0.0.1:{engine_port}",
     )
     metering = ServiceProcess(
-        "metering", "services.metering", [], logs, f"127.0.0.1:{metering_port}",
+        "metering",
+        "services.metering",
+        [],
+        logs,
+        f"127.0.0.1:{metering_port}",
         env=metering_env(metering_port, free_port(), logs / "metering"),
     )
     processes = [engine, metering]
@@ -75,10 +90,18 @@ def main() -> None:
         engine.wait_ready(lambda: _serving(EngineClient, engine.address), 600)
         metering.wait_ready(lambda: _serving(MeteringClient, metering.address), 60)
         gateway = ServiceProcess(
-            "gateway", "services.gateway", [], logs, f"http://127.0.0.1:{gateway_port}",
+            "gateway",
+            "services.gateway",
+            [],
+            logs,
+            f"http://127.0.0.1:{gateway_port}",
             env=gateway_env(
-                gateway_port, engine.address, metering_addr=metering.address, data_dir=str(logs / "gateway"),
-                api_keys=f"user:{KEY},admin:{ADMIN}", admin_key_ids="admin",
+                gateway_port,
+                engine.address,
+                metering_addr=metering.address,
+                data_dir=str(logs / "gateway"),
+                api_keys=f"user:{KEY},admin:{ADMIN}",
+                admin_key_ids="admin",
             ),
         )
         processes.append(gateway)
@@ -87,11 +110,25 @@ def main() -> None:
         # The user's key: management calls answer 403, the rest are exercised with whatever the schema allows.
         fuzz = subprocess.run(
             [
-                str(Path(sys.executable).with_name("st")), "run", f"{gateway.address}/openapi.json",
-                "-H", f"Authorization: Bearer {ADMIN}", "--checks", "not_a_server_error",
-                "--max-examples", str(args.max_examples), "--max-time", str(int(args.max_time)),
-                "--request-timeout", "120", "--workers", "2", "--seed", "1",
-                "--exclude-path-regex", "^/v1/models$|^/v1/models/\\{model_uid\\}$",
+                str(Path(sys.executable).with_name("st")),
+                "run",
+                f"{gateway.address}/openapi.json",
+                "-H",
+                f"Authorization: Bearer {ADMIN}",
+                "--checks",
+                "not_a_server_error",
+                "--max-examples",
+                str(args.max_examples),
+                "--max-time",
+                str(int(args.max_time)),
+                "--request-timeout",
+                "120",
+                "--workers",
+                "2",
+                "--seed",
+                "1",
+                "--exclude-path-regex",
+                "^/v1/models$|^/v1/models/\\{model_uid\\}$",
             ],
             cwd=ROOT,
         )
@@ -99,7 +136,9 @@ def main() -> None:
         after = asyncio.run(_engine_totals(engine.address))
         engine_delta = (after[0] - before[0], after[1] - before[1])
         metered = asyncio.run(_metering_totals(metering.address, engine_delta))
-        print(f"engine generated (prompt, completion) {engine_delta}; metering recorded {metered}; dead: {dead or 'none'}")
+        print(
+            f"engine generated (prompt, completion) {engine_delta}; metering recorded {metered}; dead: {dead or 'none'}"
+        )
         if fuzz.returncode != 0 or dead or metered != engine_delta:
             raise SystemExit(1)
     finally:

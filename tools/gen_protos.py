@@ -40,12 +40,9 @@ def generate(out: Path) -> None:
 
 def differences(left: Path, right: Path) -> list[str]:
     """Paths (relative) of generated files that differ or exist on one side only."""
+
     def listing(root: Path) -> set[str]:
-        return {
-            str(p.relative_to(root))
-            for p in root.rglob("*")
-            if p.is_file() and p.suffix in {".py", ".pyi"}
-        }
+        return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.suffix in {".py", ".pyi"}}
 
     a, b = listing(left), listing(right)
     changed = {p for p in a & b if not filecmp.cmp(left / p, right / p, shallow=False)}

@@ -26,7 +26,9 @@ def binaries() -> Path:
     found = shutil.which("pg_ctl")
     if found:
         return Path(found).parent
-    raise RuntimeError("PostgreSQL's server binaries were not found: install Debian's `postgresql` package or set PG_BIN")
+    raise RuntimeError(
+        "PostgreSQL's server binaries were not found: install Debian's `postgresql` package or set PG_BIN"
+    )
 
 
 class PostgresServer:
@@ -42,8 +44,21 @@ class PostgresServer:
         self.log_path = (log_dir or self.folder) / f"postgres-{self.port}.log"
         self._proc: subprocess.Popen | None = None
         subprocess.run(
-            [str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"],
-            check=True, capture_output=True, user=self._user,
+            [
+                str(self.bin / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+            user=self._user,
         )
         self.start()
 
@@ -53,9 +68,23 @@ class PostgresServer:
     def start(self, timeout: float = 30.0) -> None:
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port), "-h", "127.0.0.1",
-                 "-k", str(self.folder), "-c", "max_connections=200"],
-                stdout=log, stderr=subprocess.STDOUT, user=self._user, start_new_session=True,
+                [
+                    str(self.bin / "postgres"),
+                    "-D",
+                    str(self.data),
+                    "-p",
+                    str(self.port),
+                    "-h",
+                    "127.0.0.1",
+                    "-k",
+                    str(self.folder),
+                    "-c",
+                    "max_connections=200",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                user=self._user,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while not self._accepts():

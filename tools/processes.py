@@ -97,14 +97,21 @@ def engine_args(port: int, data_dir: Path | None = None) -> list[str]:
     """Test settings: eager mode starts fastest; a short context keeps the KV cache small; a data folder
     (held usage, outbox) of its own for each engine unless one is given."""
     return [
-        "--data-dir", str(data_dir or tempfile.mkdtemp(prefix=f"llmserve-engine-{port}-")),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--metrics-port", str(free_port()),
-        "--model-store", str(MODEL_STORE),
+        "--data-dir",
+        str(data_dir or tempfile.mkdtemp(prefix=f"llmserve-engine-{port}-")),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--metrics-port",
+        str(free_port()),
+        "--model-store",
+        str(MODEL_STORE),
         "--enforce-eager",
-        "--max-model-len", "2048",
-        "--shutdown-grace-seconds", "3",
+        "--max-model-len",
+        "2048",
+        "--shutdown-grace-seconds",
+        "3",
     ]
 
 

@@ -132,8 +132,8 @@ def main() -> None:
         print(
             f"\nThe stack is up: {gateway_url}  (OpenAI API under {gateway_url}/v1)\nTry:\n"
             f"  curl {gateway_url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
-            "    -d '{\"model\": \"SmolLM2-135M-Instruct\", \"messages\": [{\"role\": \"user\", "
-            "\"content\": \"What is the capital of France?\"}], \"max_tokens\": 32}'\n"
+            '    -d \'{"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", '
+            '"content": "What is the capital of France?"}], "max_tokens": 32}\'\n'
             "Usage so far: .venv/bin/python -m services.metering report\nCtrl-C stops everything.",
             flush=True,
         )

@@ -6,7 +6,6 @@ import asyncio
 import time
 from collections.abc import Sequence
 
-import grpc
 from llmserve.engine.v1 import engine_pb2 as pb
 from llmserve.engine.v1 import engine_pb2_grpc
 
@@ -26,9 +25,7 @@ class EngineClient(ServiceChannel):
             GenerateStreams(lambda: self._stub.GenerateMany(metadata=self.metadata)) if multiplexed else None
         )
 
-    def generate(
-        self, request: pb.GenerateRequest, timeout: float | None = None
-    ) -> GenerateCall | MultiplexedCall:
+    def generate(self, request: pb.GenerateRequest, timeout: float | None = None) -> GenerateCall | MultiplexedCall:
         """The streaming call; iterate it (or `read()` it, or `listen` to it), or `cancel()` it to abort the
         request in the engine."""
         if self._streams is not None:
@@ -40,7 +37,9 @@ class EngineClient(ServiceChannel):
             await self._streams.close()
         await super().close()
 
-    async def generate_all(self, request: pb.GenerateRequest, timeout: float | None = None) -> list[pb.GenerateResponse]:
+    async def generate_all(
+        self, request: pb.GenerateRequest, timeout: float | None = None
+    ) -> list[pb.GenerateResponse]:
         return [message async for message in self.generate(request, timeout=timeout)]
 
     async def abort(self, request_ids: Sequence[str], timeout: float | None = 10.0) -> list[str]:

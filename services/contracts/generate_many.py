@@ -38,7 +38,9 @@ class MultiplexedCall:
         self.request_id = request_id
         self._streams = streams
         self._items: asyncio.Queue[_Item] = asyncio.Queue()
-        self._listener: tuple[Callable[[pb.GenerateResponse], None], Callable[[grpc.aio.AioRpcError | None], None]] | None = None
+        self._listener: (
+            tuple[Callable[[pb.GenerateResponse], None], Callable[[grpc.aio.AioRpcError | None], None]] | None
+        ) = None
         self._ended = False
         self._span = span
         self._timer = asyncio.get_running_loop().call_later(timeout, self._expire) if timeout else None

@@ -15,7 +15,7 @@ BUDGET_PERIOD_NAMES = {v: k for k, v in BUDGET_PERIODS.items()} | {mpb.BUDGET_PE
 
 
 def request_status(finish_reasons: Collection[str], failed: bool, complete: bool = True) -> str:
-    """"error" when the request failed (an error, or a choice that ended in one); "abort" when a choice was
+    """ "error" when the request failed (an error, or a choice that ended in one); "abort" when a choice was
     aborted, none ended, or not every call reached its end; else "ok"."""
     if failed or "error" in finish_reasons:
         return "error"

@@ -14,8 +14,10 @@ from services.engine.config import EngineSettings
 from services.engine.model_host import LaunchSpec, ModelHost
 from services.engine.prepare_model import ensure_embedded_model
 from services.engine.server import AUTH_FAILURES, POLICY, serve
-from services.engine.caller_usage import CallerUsage
-from services.engine.held_usage_journal import HeldUsageJournal, HeldUsageKeeper
+from services.engine.usage.accounting import EngineUsage
+from services.engine.usage.held import HeldUsageStore
+from services.engine.usage.internal_callers import InternalCallerUsage
+from services.engine.usage.journal import HeldUsageJournal, HeldUsageKeeper
 from services.service_auth import interceptor_from_file, read_token
 from services.tracing import grpc_server_instrumentation, setup_logging, setup_tracing, shutdown_tracing
 
@@ -39,21 +41,31 @@ def main() -> None:
     caller_usage = None
     if settings.metering_addr:
         token = read_token(settings.service_token_file) if settings.service_token_file else None
-        caller_usage = CallerUsage(settings.metering_addr, token, settings.data_dir, settings.usage_drain_seconds)
+        caller_usage = InternalCallerUsage(
+            settings.metering_addr, token, settings.data_dir, settings.usage_drain_seconds
+        )
     else:
         log.warning("no metering configured: requests of callers that do not bill their own are not metered")
-    factory = backend_factory(settings, current_platform.is_cpu(), first.uid if first else None, caller_usage)
-    host = ModelHost(factory, settings.caller_lease_seconds)
-    held = HeldUsageKeeper(HeldUsageJournal(settings.data_dir / "held_usage.sqlite3"), host.unconfirmed)
+    factory = backend_factory(settings, current_platform.is_cpu(), first.uid if first else None)
+    usage = EngineUsage(held=HeldUsageStore(lease_seconds=settings.caller_lease_seconds), internal=caller_usage)
+    host = ModelHost(factory, usage)
+    held = HeldUsageKeeper(HeldUsageJournal(settings.data_dir / "held_usage.sqlite3"), usage.held)
     if settings.metrics_port:
         # vLLM's vllm:* metrics of every hosted model are in the default registry (vllm_metrics.py).
         start_http_server(settings.metrics_port, addr=settings.host)
     # uvloop, as vLLM's own server runs: less event-loop overhead per streamed message.
     auth = interceptor_from_file(settings.callers_file, POLICY, AUTH_FAILURES, "engine")
-    code = uvloop.run(serve(
-        host, first, f"{settings.host}:{settings.port}", settings.shutdown_grace_seconds, auth, settings.reflection,
-        [held] if caller_usage is None else [caller_usage, held],
-    ))
+    code = uvloop.run(
+        serve(
+            host,
+            first,
+            f"{settings.host}:{settings.port}",
+            settings.shutdown_grace_seconds,
+            auth,
+            settings.reflection,
+            [held] if caller_usage is None else [caller_usage, held],
+        )
+    )
     shutdown_tracing()
     if code:
         # A vLLM that failed or died can leave non-daemon threads behind that would keep the

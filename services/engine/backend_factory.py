@@ -6,24 +6,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from services.engine.builtin_models import resolve_source
-from services.engine.caller_usage import CallerUsage
 from services.engine.config import EngineSettings
 from services.engine.errors import InvalidRequestError
 from services.engine.model_host import BackendFactory, LaunchSpec
-from services.engine.unconfirmed_usage import UnconfirmedUsage
-from services.engine.served import ServedModel, ServedTotals
+from services.engine.served import ServedModel
+from services.engine.usage.accounting import EngineUsage
 from services.engine.vllm_adapter import VllmBackend
 from services.engine.vllm_adapter.prompts import ImageLimits
 from services.engine.vllm_adapter.tool_calls import known_tool_parsers
 
 
-def backend_factory(
-    settings: EngineSettings, on_cpu: bool, started_uid: str | None, caller_usage: CallerUsage | None = None
-) -> BackendFactory:
+def backend_factory(settings: EngineSettings, on_cpu: bool, started_uid: str | None) -> BackendFactory:
     """`started_uid` is the model the engine starts with: it gets the engine's settings as they are; the
     others are launched at run time (see EngineSettings.engine_args_for)."""
 
-    def build(spec: LaunchSpec, totals: ServedTotals, unconfirmed: UnconfirmedUsage) -> VllmBackend:
+    def build(spec: LaunchSpec, usage: EngineUsage) -> VllmBackend:
         from vllm.engine.arg_utils import AsyncEngineArgs
 
         try:
@@ -53,8 +50,13 @@ def backend_factory(
         served = ServedModel(name=spec.uid, root=source.path, model_name=spec.model_name)
         limits = ImageLimits(settings.image_max_pixels, settings.image_max_side)
         return VllmBackend(
-            engine_args, served, settings.place_engine_core, totals, unconfirmed, limits, caller_usage,
-            tool_call_parser, chat_template,
+            engine_args,
+            served,
+            settings.place_engine_core,
+            usage,
+            limits,
+            tool_call_parser,
+            chat_template,
         )
 
     return build

@@ -89,8 +89,13 @@ def resolve_source(source: str, store: Path) -> ModelSource:
             embedding_model_folder(),
             # Its sentence-transformers config caps inputs at 256 tokens, whatever the engine's own length; an
             # encoder has no KV cache for prefix caching to share (vLLM refuses to start with it on).
-            {"runner": "pooling", "dtype": "float32", "enforce_eager": True, "max_model_len": 256,
-             "enable_prefix_caching": False},
+            {
+                "runner": "pooling",
+                "dtype": "float32",
+                "enforce_eager": True,
+                "max_model_len": 256,
+                "enable_prefix_caching": False,
+            },
         )
     raise ValueError(
         f"unknown built-in model {name!r}; there are {EMBEDDED_MODEL_NAME!r}, {TINY_NAME!r}, {TINY_VLM_NAME!r}"

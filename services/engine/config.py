@@ -59,11 +59,12 @@ class EngineSettings(BaseSettings):
     chat_template: str | None = Field(
         None, description="the started model's chat template (a file or the template), over the model folder's"
     )
-    engine_args: dict[str, Any] = Field(
-        default_factory=dict, description="more AsyncEngineArgs fields, as JSON"
-    )
+    engine_args: dict[str, Any] = Field(default_factory=dict, description="more AsyncEngineArgs fields, as JSON")
     start_model: bool = Field(
-        True, description="serve --model (or the embedded model) from the start; false: start empty, models come by LaunchModel"
+        True,
+        description=(
+            "serve --model (or the embedded model) from the start; false: start empty, models come by LaunchModel"
+        ),
     )
     launch_kv_cache_bytes: int = Field(
         1 << 30, ge=1 << 20, description="on CPU: KV cache of a model launched at run time, unless its launch sets one"
@@ -81,7 +82,8 @@ class EngineSettings(BaseSettings):
     )
     reflection: bool = Field(True, description="gRPC server reflection (grpcurl without .proto files)")
     metering_addr: str = Field(
-        "", description="metering: the engine meters there the requests of callers that do not bill their own; empty: off"
+        "",
+        description="metering: the engine meters there the requests of callers that do not bill their own; empty: off",
     )
     service_token_file: Path | None = Field(None, description="the engine's credential on metering (engine.token)")
     data_dir: Path = Field(

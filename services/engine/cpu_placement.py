@@ -61,7 +61,11 @@ def place_engine_core(parent_pid: int | None = None) -> list[int] | None:
             continue
         cpus = sorted(worker_cpus)
         _set_affinity(core, cpus)
-        log.info("vLLM engine core (pid %d) placed on its workers' cores %s; cores %s stay free for serving",
-                 core.pid, cpus, sorted(current - worker_cpus))
+        log.info(
+            "vLLM engine core (pid %d) placed on its workers' cores %s; cores %s stay free for serving",
+            core.pid,
+            cpus,
+            sorted(current - worker_cpus),
+        )
         moved = cpus
     return moved

@@ -119,7 +119,9 @@ async def _read(
             outbox.end("", grpc.StatusCode.INVALID_ARGUMENT, "request_id is required on GenerateMany")
             continue
         if request_id in running:
-            outbox.end(request_id, grpc.StatusCode.INVALID_ARGUMENT, f"request {request_id} is already open on this stream")
+            outbox.end(
+                request_id, grpc.StatusCode.INVALID_ARGUMENT, f"request {request_id} is already open on this stream"
+            )
             continue
         task = asyncio.create_task(_run(start, outbox, updates, statuses))
         running[request_id] = task

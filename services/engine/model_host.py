@@ -31,8 +31,7 @@ from services.engine.generation import (
     ModelInfo,
     Prompt,
 )
-from services.engine.unconfirmed_usage import UnconfirmedUsage
-from services.engine.served import ServedTotals
+from services.engine.usage.accounting import EngineUsage
 from services.engine.vllm_adapter import VllmBackend
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ class LaunchSpec:
 
 
 # Builds a model's backend (not started) from a launch; raises InvalidRequestError for a bad spec.
-BackendFactory = Callable[[LaunchSpec, ServedTotals, UnconfirmedUsage], VllmBackend]
+BackendFactory = Callable[[LaunchSpec, EngineUsage], VllmBackend]
 
 
 @dataclass(frozen=True)
@@ -64,14 +63,13 @@ class HostLoad:
 
 
 class ModelHost:
-    def __init__(self, factory: BackendFactory, caller_lease_seconds: float = 10.0) -> None:
+    def __init__(self, factory: BackendFactory, usage: EngineUsage | None = None) -> None:
         self._factory = factory
         self._ready: dict[str, VllmBackend] = {}
         self._loading: set[str] = set()
         self._first: str | None = None
         self._draining = False
-        self.totals = ServedTotals()
-        self.unconfirmed = UnconfirmedUsage(lease_seconds=caller_lease_seconds)
+        self.usage = usage if usage is not None else EngineUsage()
 
     # Lifecycle
 
@@ -81,7 +79,8 @@ class ModelHost:
             raise EngineUnavailableError("the engine is shutting down")
         if not UID_PATTERN.fullmatch(spec.uid):
             raise InvalidRequestError(
-                f"model uid {spec.uid!r}: use 1-128 letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
+                f"model uid {spec.uid!r}: use 1-128 letters, digits, '.', '_', ':' or '-',"
+                " starting with a letter or digit"
             )
         if spec.uid in self._ready or spec.uid in self._loading:
             raise ModelExistsError(f"a model with uid `{spec.uid}` is already running or loading here")
@@ -89,7 +88,7 @@ class ModelHost:
         backend: VllmBackend | None = None
         try:
             # In a thread: resolving a built-in may convert the embedded model (about 30 s, once).
-            backend = await asyncio.to_thread(self._factory, spec, self.totals, self.unconfirmed)
+            backend = await asyncio.to_thread(self._factory, spec, self.usage)
             await backend.start()
         except asyncio.CancelledError:
             if backend is not None:
@@ -101,7 +100,9 @@ class ModelHost:
             log.exception("launching %s (%s) failed", spec.uid, spec.source)
             if backend is not None:
                 backend.shutdown()
-            raise LaunchFailedError(f"vLLM could not start `{spec.uid}` from {spec.source}: {_root_cause(exc)}") from exc
+            raise LaunchFailedError(
+                f"vLLM could not start `{spec.uid}` from {spec.source}: {_root_cause(exc)}"
+            ) from exc
         finally:
             self._loading.discard(spec.uid)
         if self._draining:

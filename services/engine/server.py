@@ -22,7 +22,10 @@ SERVICE_NAME = engine_pb2.DESCRIPTOR.services_by_name["EngineService"].full_name
 # The gateway runs work and bills it itself (its bookkeeping: ConfirmUsage, ClaimUsage, Abort); an
 # internal caller (generate) runs work the engine meters for it; an admin reads the load and manages models.
 POLICY = {
-    **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, GENERATE}) for method in ("Generate", "GenerateMany", "Embed", "Tokenize", "Detokenize")},
+    **{
+        f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, GENERATE})
+        for method in ("Generate", "GenerateMany", "Embed", "Tokenize", "Detokenize")
+    },
     **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY}) for method in ("Abort", "ConfirmUsage", "ClaimUsage")},
     # The gateway manages models for its admin-key holders; an operator may too.
     **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, ADMIN}) for method in ("LaunchModel", "TerminateModel")},
@@ -54,8 +57,13 @@ class UsageKeeper(Protocol):
 
 
 async def serve(
-    host: ModelHost, first: LaunchSpec | None, address: str, grace_seconds: float,
-    auth: AuthInterceptor | None = None, reflection: bool = True, keepers: Sequence[UsageKeeper] = (),
+    host: ModelHost,
+    first: LaunchSpec | None,
+    address: str,
+    grace_seconds: float,
+    auth: AuthInterceptor | None = None,
+    reflection: bool = True,
+    keepers: Sequence[UsageKeeper] = (),
 ) -> int:
     """Serves once the first model (if any) is up. Returns the exit code: 1 when vLLM failed to start
     the first model, or when every model's vLLM died (so a supervisor restarts the engine). The usage
@@ -71,8 +79,12 @@ async def serve(
 
 
 async def _serve(
-    host: ModelHost, first: LaunchSpec | None, address: str, grace_seconds: float,
-    auth: AuthInterceptor | None, reflection: bool,
+    host: ModelHost,
+    first: LaunchSpec | None,
+    address: str,
+    grace_seconds: float,
+    auth: AuthInterceptor | None,
+    reflection: bool,
 ) -> int:
     engine = build_engine_server(host, address, auth, reflection)
     await engine.set_serving(False)

@@ -22,7 +22,10 @@ def declared_png(width: int, height: int) -> bytes:
 def test_declared_dimensions_over_the_limits_are_refused_before_decoding() -> None:
     limits = ImageLimits(max_pixels=10_000, max_side=200)
     with pytest.raises(InvalidRequestError, match="11000x11000"):
-        _decode_images([("messages[0].content[1].image_url", ImageInput(declared_png(11000, 11000)[:200], "image/png"))], ImageLimits())
+        _decode_images(
+            [("messages[0].content[1].image_url", ImageInput(declared_png(11000, 11000)[:200], "image/png"))],
+            ImageLimits(),
+        )
     with pytest.raises(InvalidRequestError, match="at most 10000"):
         _decode_images([("img", ImageInput(declared_png(150, 150), "image/png"))], limits)
     with pytest.raises(InvalidRequestError, match="at most 200 pixels"):

@@ -9,11 +9,18 @@ def _output(
     index: int, token_ids: list[int], cached: int, finished: bool = False, prompt_token_ids: list[int] | None = None
 ) -> SimpleNamespace:
     completion = SimpleNamespace(
-        index=index, text="x" * len(token_ids), token_ids=token_ids, logprobs=None,
-        finish_reason="length" if finished else None, stop_reason=None,
+        index=index,
+        text="x" * len(token_ids),
+        token_ids=token_ids,
+        logprobs=None,
+        finish_reason="length" if finished else None,
+        stop_reason=None,
     )
     return SimpleNamespace(
-        outputs=[completion], num_cached_tokens=cached, finished=finished, metrics=None,
+        outputs=[completion],
+        num_cached_tokens=cached,
+        finished=finished,
+        metrics=None,
         prompt_token_ids=prompt_token_ids,
     )
 

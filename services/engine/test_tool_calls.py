@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from services.engine.prepare_model import ensure_embedded_model
 from services.engine.errors import InvalidRequestError
 from services.engine.generation import ChoiceDelta, FinishReason, Tool, ToolChoice, Tools
+from services.engine.prepare_model import ensure_embedded_model
 from services.engine.vllm_adapter.tool_calls import ToolCallReader, parser_classes
 
 WEATHER = Tool(
@@ -33,13 +33,15 @@ def reader(tokenizer: Any, tools: Tools, parser: str | None = None) -> ToolCallR
     return ToolCallReader(tools, parser_classes(parser, tokenizer), parser is not None, tokenizer, [1, 2, 3])
 
 
-def stream(reader: ToolCallReader, tokenizer: Any, text: str, finish: FinishReason = FinishReason.STOP) -> list[ChoiceDelta]:
+def stream(
+    reader: ToolCallReader, tokenizer: Any, text: str, finish: FinishReason = FinishReason.STOP
+) -> list[ChoiceDelta]:
     """The text as the engine streams it (a token per delta), read by `reader`."""
     ids = tokenizer.encode(text)
     out, previous = [], ""
     for i, token in enumerate(ids):
         current = tokenizer.decode(ids[: i + 1])
-        delta = ChoiceDelta(index=0, text=current[len(previous):], token_ids=[token])
+        delta = ChoiceDelta(index=0, text=current[len(previous) :], token_ids=[token])
         previous = current
         if i == len(ids) - 1:
             delta.finish_reason = finish
@@ -77,11 +79,14 @@ def test_required_reads_every_call_and_ends_with_tool_calls(tokenizer: Any) -> N
     r = reader(tokenizer, Tools((WEATHER, TIME), ToolChoice.REQUIRED))
     schema = r.structured_outputs.json
     assert schema["type"] == "array" and schema["minItems"] == 1 and "maxItems" not in schema
-    output = json.dumps([{"name": "get_weather", "parameters": {"city": "Oslo"}}, {"name": "get_time", "parameters": {"zone": "CET"}}])
+    output = json.dumps(
+        [{"name": "get_weather", "parameters": {"city": "Oslo"}}, {"name": "get_time", "parameters": {"zone": "CET"}}]
+    )
     deltas = stream(r, tokenizer, output)
     got = calls(deltas)
     assert [(c["name"], json.loads(c["arguments"])) for c in got] == [
-        ("get_weather", {"city": "Oslo"}), ("get_time", {"zone": "CET"})
+        ("get_weather", {"city": "Oslo"}),
+        ("get_time", {"zone": "CET"}),
     ]
     assert len({c["id"] for c in got}) == 2
     assert deltas[-1].finish_reason is FinishReason.TOOL_CALLS
@@ -97,7 +102,9 @@ def test_parallel_tool_calls_false_allows_one_call(tokenizer: Any) -> None:
 
 def test_auto_with_the_hermes_parser_splits_content_from_calls(tokenizer: Any) -> None:
     r = reader(tokenizer, Tools((WEATHER,), ToolChoice.AUTO), parser="hermes")
-    deltas = stream(r, tokenizer, 'Let me look.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>')
+    deltas = stream(
+        r, tokenizer, 'Let me look.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>'
+    )
     assert "".join(d.text for d in deltas) == "Let me look."
     (call,) = calls(deltas)
     assert call["name"] == "get_weather" and json.loads(call["arguments"]) == {"city": "Rome"}
@@ -123,8 +130,13 @@ def test_none_leaves_the_output_alone(tokenizer: Any) -> None:
     [
         (Tools((WEATHER,), ToolChoice.FUNCTION, function="nope"), None, "does not match any"),
         (Tools((Tool("f", parameters={"type": "objectx"}),), ToolChoice.REQUIRED), None, "not a valid JSON Schema"),
-        (Tools((Tool("f", parameters={"type": "object", "properties": {"a": {"minLength": -1}}}),), ToolChoice.REQUIRED),
-         None, "not a valid JSON Schema"),
+        (
+            Tools(
+                (Tool("f", parameters={"type": "object", "properties": {"a": {"minLength": -1}}}),), ToolChoice.REQUIRED
+            ),
+            None,
+            "not a valid JSON Schema",
+        ),
         (Tools((WEATHER,), ToolChoice.AUTO), None, "needs a tool-call parser"),
     ],
 )

@@ -11,8 +11,14 @@ from services.contracts.builtin_models import TINY_VLM_NAME
 from services.engine.prepare_model import write_model_folder
 
 _SPECIAL = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<fake_token_around_image>", "<global-img>",
-    "<end_of_utterance>", *(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)),
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<image>",
+    "<fake_token_around_image>",
+    "<global-img>",
+    "<end_of_utterance>",
+    *(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)),
 ]
 # Messages whose content is a list of parts get `<image>` where each image goes.
 _CHAT_TEMPLATE = (
@@ -22,7 +28,9 @@ _CHAT_TEMPLATE = (
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
     "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-_CORPUS = ["Hello, how are you? Describe the image. What is in this picture? The quick brown fox jumps over the lazy dog."]
+_CORPUS = [
+    "Hello, how are you? Describe the image. What is in this picture? The quick brown fox jumps over the lazy dog."
+]
 
 
 def make_tiny_vlm(store: Path) -> Path:
@@ -49,21 +57,42 @@ def make_tiny_vlm(store: Path) -> Path:
     )
     tokenizer.train_from_iterator(_CORPUS * 50, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="<|im_start|>", eos_token="<|im_end|>",
-        pad_token="<|endoftext|>", unk_token="<|endoftext|>", additional_special_tokens=_SPECIAL[3:],
+        tokenizer_object=tokenizer,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        additional_special_tokens=_SPECIAL[3:],
     )
     fast.chat_template = _CHAT_TEMPLATE
     text = LlamaConfig(
-        vocab_size=len(fast), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        vocab_size=len(fast),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
         # vLLM's CPU attention rejects head_dim 16; 64 works.
-        num_attention_heads=2, num_key_value_heads=1, head_dim=64, max_position_embeddings=2048,
-        bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,
+        max_position_embeddings=2048,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
     )
-    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "image_size": 64, "patch_size": 16}
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 64,
+        "patch_size": 16,
+    }
     config = Idefics3Config(
-        text_config=text.to_dict(), vision_config=vision, scale_factor=2,
-        image_token_id=fast.convert_tokens_to_ids("<image>"), pad_token_id=fast.pad_token_id,
+        text_config=text.to_dict(),
+        vision_config=vision,
+        scale_factor=2,
+        image_token_id=fast.convert_tokens_to_ids("<image>"),
+        pad_token_id=fast.pad_token_id,
         tie_word_embeddings=False,
     )
     images = Idefics3ImageProcessorPil(size={"longest_edge": 128}, max_image_size={"longest_edge": 64})

@@ -57,11 +57,14 @@ class HostedVllmMetrics(Collector):
                 for family in collector.collect():
                     merged = families.get(family.name)
                     if merged is None:
-                        merged = families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+                        merged = families[family.name] = Metric(
+                            family.name, family.documentation, family.type, family.unit
+                        )
                     # vLLM's config-info gauges carry no model label: without one, two models' samples
                     # would be the same series.
                     merged.samples.extend(
-                        sample if "model_name" in sample.labels
+                        sample
+                        if "model_name" in sample.labels
                         else sample._replace(labels={**sample.labels, "model_name": model})
                         for sample in family.samples
                     )

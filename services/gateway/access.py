@@ -2,7 +2,8 @@
 
 API keys guard the OpenAI routes; the admin keys (a subset, by key id) also open /metrics, the API docs
 and the model management that changes something (launch, terminate, register, unregister); /health is
-open, and so is /v1/cluster/auth, where Xinference's client asks whether to send its key at all. With no keys configured everything is open (a warning says so at start)."""
+open, and so is /v1/cluster/auth, where Xinference's client asks whether to send its key at all. With no keys
+configured everything is open (a warning says so at start)."""
 
 from __future__ import annotations
 

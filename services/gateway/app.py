@@ -22,7 +22,6 @@ from services.gateway.fleet.catalog import CATALOG_FILE, Catalog
 from services.gateway.fleet.engines import EngineFleet, split_targets
 from services.gateway.fleet.manager import ModelManager
 from services.gateway.fleet.router import RequestRouter
-from services.gateway.ops import limits as limit_routes
 from services.gateway.limits.keeper import LimitsKeeper, LimitsSettings
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.middleware import InFlight, RequestLimits, RouteTable
@@ -35,6 +34,7 @@ from services.gateway.openai_api.protocol import InvalidText, UnsupportedFields
 from services.gateway.openai_api.respond import Responder
 from services.gateway.openai_api.tokenize import api_router as tokenize
 from services.gateway.ops import exposition, health
+from services.gateway.ops import limits as limit_routes
 from services.gateway.streaming.open_generations import OpenGenerations
 from services.gateway.usage.delivery import DeliverySettings, UsageDelivery
 from services.gateway.usage.recorder import OutcomeRecorder
@@ -54,7 +54,9 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
         return ApiError(400, str(cause), param=cause.names[0], code="unsupported_parameter")
     if isinstance(cause, InvalidText):
         param = ".".join([str(p) for p in first.get("loc", ()) if p != "body"] + [cause.path])
-        return ApiError(400, f"{param}: not valid Unicode text (it holds a lone surrogate)", param=param, code="invalid_value")
+        return ApiError(
+            400, f"{param}: not valid Unicode text (it holds a lone surrogate)", param=param, code="invalid_value"
+        )
     location = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = ".".join(location) or None
     message = first.get("msg", "Invalid request.").removeprefix("Value error, ")
@@ -96,6 +98,7 @@ def _usage_delivery(settings: GatewaySettings, metrics: GatewayMetrics, fleet: E
         batch_size=settings.usage_batch_size,
         drain_seconds=settings.usage_drain_seconds,
     )
+
     def engines() -> list[EngineClient]:
         return [m.client for m in fleet.members if m.healthy]
 
@@ -104,10 +107,15 @@ def _usage_delivery(settings: GatewaySettings, metrics: GatewayMetrics, fleet: E
 
 def _limits_keeper(settings: GatewaySettings, source: str) -> LimitsKeeper:
     metering = MeteringClient(settings.metering_addr, settings.service_token())
-    return LimitsKeeper(metering, LimitsSettings(
-        source=source, lease_seconds=settings.limits_lease_seconds, poll_seconds=settings.limits_poll_seconds,
-        fail_open=settings.limits_fail_open,
-    ))
+    return LimitsKeeper(
+        metering,
+        LimitsSettings(
+            source=source,
+            lease_seconds=settings.limits_lease_seconds,
+            poll_seconds=settings.limits_poll_seconds,
+            fail_open=settings.limits_fail_open,
+        ),
+    )
 
 
 def _image_policy(settings: GatewaySettings) -> ImagePolicy:
@@ -135,14 +143,18 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
     keys = ApiKeys.parse(settings.api_keys, settings.api_keys_file)
     if keys.open:
         log.warning("no API keys configured: the gateway is open to anyone who can reach it")
-    access = AccessPolicy(keys, [k.strip() for k in settings.admin_key_ids.split(",") if k.strip()], settings.metrics_open)
+    access = AccessPolicy(
+        keys, [k.strip() for k in settings.admin_key_ids.split(",") if k.strip()], settings.metrics_open
+    )
     metrics_ = GatewayMetrics()
     in_flight = InFlight(settings.max_in_flight, metrics_)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         fleet = EngineFleet(
-            split_targets(settings.engine_addr), settings.service_token(), settings.engine_poll_seconds,
+            split_targets(settings.engine_addr),
+            settings.service_token(),
+            settings.engine_poll_seconds,
             clients={engine.address: engine} if engine is not None else None,
             multiplexed=settings.multiplex_engine_streams,
         )

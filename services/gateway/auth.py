@@ -6,14 +6,13 @@ import hashlib
 import hmac
 from pathlib import Path
 
-
 HASHED_PREFIX = "sha256:"
 
 
 def _digest(secret: str) -> bytes:
     """A secret given as `sha256:<64 hex>` is already its digest (key files need not hold secrets)."""
     if secret.startswith(HASHED_PREFIX):
-        hex_digest = secret[len(HASHED_PREFIX):]
+        hex_digest = secret[len(HASHED_PREFIX) :]
         if len(hex_digest) == 64 and all(c in "0123456789abcdefABCDEF" for c in hex_digest):
             return bytes.fromhex(hex_digest)
         raise ValueError("a hashed API key must be `sha256:` and 64 hex digits")

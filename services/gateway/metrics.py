@@ -24,22 +24,42 @@ class GatewayMetrics:
         self.known_models: set[str] = set()
         r = self.registry
         self.requests = Counter(
-            "gateway_requests", "HTTP requests by endpoint, model and status code", ["endpoint", "model", "status"], registry=r
+            "gateway_requests",
+            "HTTP requests by endpoint, model and status code",
+            ["endpoint", "model", "status"],
+            registry=r,
         )
-        self.prompt_tokens = Counter("gateway_prompt_tokens", "Prompt tokens, as counted by the engine", ["model"], registry=r)
+        self.prompt_tokens = Counter(
+            "gateway_prompt_tokens", "Prompt tokens, as counted by the engine", ["model"], registry=r
+        )
         self.completion_tokens = Counter(
             "gateway_completion_tokens", "Completion tokens, as counted by the engine", ["model"], registry=r
         )
-        self.cached_tokens = Counter("gateway_cached_tokens", "Prompt tokens served from the prefix cache", ["model"], registry=r)
-        self.ttft = Histogram(
-            "gateway_time_to_first_token_seconds", "From request to first token", ["model"], buckets=LATENCY_BUCKETS, registry=r
+        self.cached_tokens = Counter(
+            "gateway_cached_tokens", "Prompt tokens served from the prefix cache", ["model"], registry=r
         )
-        itl = ("gateway_inter_token_latency_seconds", "Time between tokens as the gateway received them", LATENCY_BUCKETS, r)
+        self.ttft = Histogram(
+            "gateway_time_to_first_token_seconds",
+            "From request to first token",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        itl = (
+            "gateway_inter_token_latency_seconds",
+            "Time between tokens as the gateway received them",
+            LATENCY_BUCKETS,
+            r,
+        )
         # Several workers (services.gateway.workers) keep their metrics in prometheus_client's multiprocess
         # files, which only the library's own metric types write.
         self.itl: TokenGaps | HistogramGaps = HistogramGaps(*itl) if multiprocess() else TokenGaps(*itl)
         self.duration = Histogram(
-            "gateway_request_duration_seconds", "Whole request", ["endpoint", "model"], buckets=DURATION_BUCKETS, registry=r
+            "gateway_request_duration_seconds",
+            "Whole request",
+            ["endpoint", "model"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
         )
         self.in_flight = Gauge(
             "gateway_requests_in_flight", "Generation requests in progress", registry=r, multiprocess_mode="livesum"

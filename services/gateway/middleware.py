@@ -53,7 +53,7 @@ class RouteTable:
 
 
 def _template(path: str) -> str:
-    """"/v1/models/{model:path}" -> "/v1/models/{model}"."""
+    """ "/v1/models/{model:path}" -> "/v1/models/{model}"."""
     return re.sub(r"\{(\w+):\w+\}", r"{\1}", path)
 
 
@@ -96,7 +96,8 @@ class InFlight:
 
     def busy_error(self) -> ApiError:
         return ApiError(
-            429, f"The gateway is at its limit of {self.limit} requests in flight; retry shortly.",
+            429,
+            f"The gateway is at its limit of {self.limit} requests in flight; retry shortly.",
             code="rate_limit_exceeded",
         )
 
@@ -158,8 +159,14 @@ class RequestLimits:
             async with asyncio.timeout(self.body_timeout_seconds):
                 body, complete = await self._read_body(receive)
         except TimeoutError:
-            await send_error(accounting_send, ApiError(
-                408, f"The request body did not arrive within {self.body_timeout_seconds:g} s.", code="request_timeout"))
+            await send_error(
+                accounting_send,
+                ApiError(
+                    408,
+                    f"The request body did not arrive within {self.body_timeout_seconds:g} s.",
+                    code="request_timeout",
+                ),
+            )
             self._account(scope, endpoint, status_seen)
             return
         if not complete:

@@ -76,7 +76,9 @@ class FakeEngine(engine_pb2_grpc.EngineServiceServicer):
             if self.break_stream and i == 1:
                 # The engine goes on counting (and aborts once the call is gone): it will hold 5 tokens.
                 self.held[rid] = pb.UnconfirmedUsage(
-                    request_id=rid, model="fake", usage=pb.Usage(prompt_tokens=4, completion_tokens=5),
+                    request_id=rid,
+                    model="fake",
+                    usage=pb.Usage(prompt_tokens=4, completion_tokens=5),
                     finish_reasons=[pb.FINISH_REASON_ABORT],
                 )
             if self.break_stream and i == 2:
@@ -112,12 +114,16 @@ class FakeEngine(engine_pb2_grpc.EngineServiceServicer):
                 model="fake", embeddings=[pb.Embedding(values=[0.5, 0.5])], usage=pb.Usage(prompt_tokens=3)
             )
         self.held[request.request_id] = pb.UnconfirmedUsage(
-            request_id=request.request_id, model="fake-embed", usage=pb.Usage(prompt_tokens=7),
+            request_id=request.request_id,
+            model="fake-embed",
+            usage=pb.Usage(prompt_tokens=7),
             finish_reasons=[pb.FINISH_REASON_STOP],
         )
         await context.abort(grpc.StatusCode.UNAVAILABLE, "connection lost after the engine counted the request")
 
-    async def ClaimUsage(self, request: pb.ClaimUsageRequest, context: grpc.aio.ServicerContext) -> pb.ClaimUsageResponse:
+    async def ClaimUsage(
+        self, request: pb.ClaimUsageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ClaimUsageResponse:
         return pb.ClaimUsageResponse(usage=[self.held[r] for r in request.request_ids if r in self.held])
 
     async def ConfirmUsage(self, request, context):
@@ -155,7 +161,9 @@ async def fake(request):
 
 
 async def gateway(fake: FakeEngine, recorded: list[Outcome] | None = None, **settings):
-    app = create_app(GatewaySettings(engine_addr=fake.address, **settings), EngineClient(fake.address, multiplexed=fake.multiplexed))
+    app = create_app(
+        GatewaySettings(engine_addr=fake.address, **settings), EngineClient(fake.address, multiplexed=fake.multiplexed)
+    )
     transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app):
         if recorded is not None:
@@ -255,7 +263,9 @@ async def test_keys_hashed_keys_and_admin_paths(fake: FakeEngine, tmp_path) -> N
 async def test_no_key_is_refused_before_the_body_is_read(fake: FakeEngine) -> None:
     async for client in gateway(fake, api_keys="alpha:sk-a", max_body_bytes=1024):
         for body in (b"{not json", b"x" * 4096):
-            reply = await client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+            reply = await client.post(
+                "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+            )
             assert reply.status_code == 401
             assert reply.json()["error"]["code"] == "invalid_api_key"
         assert not fake.started.is_set()
@@ -306,7 +316,12 @@ async def test_an_embedding_counted_but_never_answered_is_billed_from_the_engine
                 await asyncio.sleep(0.01)
         [outcome] = recorded
         assert list(fake.held) == outcome.engine_request_ids
-        assert (outcome.model, outcome.prompt_tokens, outcome.completion_tokens, outcome.status) == ("fake-embed", 7, 0, "abort")
+        assert (outcome.model, outcome.prompt_tokens, outcome.completion_tokens, outcome.status) == (
+            "fake-embed",
+            7,
+            0,
+            "abort",
+        )
 
 
 async def test_a_call_broken_mid_stream_is_billed_from_the_engines_held_usage(fake: FakeEngine, tmp_path) -> None:
@@ -316,7 +331,15 @@ async def test_a_call_broken_mid_stream_is_billed_from_the_engines_held_usage(fa
     recorded: list[Outcome] = []
     async for client in gateway(fake, recorded, metering_addr="127.0.0.1:9", data_dir=tmp_path, usage_drain_seconds=0):
         stream = events((await client.post("/v1/chat/completions", json=CHAT)).content)
-        assert "".join(c["delta"].get("content", "") for e in stream if isinstance(e, dict) and "choices" in e for c in e["choices"]) == "t0t1"
+        assert (
+            "".join(
+                c["delta"].get("content", "")
+                for e in stream
+                if isinstance(e, dict) and "choices" in e
+                for c in e["choices"]
+            )
+            == "t0t1"
+        )
         assert any(isinstance(e, dict) and "error" in e for e in stream)
         [usage] = [e["usage"] for e in stream if isinstance(e, dict) and e.get("usage")]
         assert (usage["prompt_tokens"], usage["completion_tokens"]) == (4, 5)
@@ -352,7 +375,11 @@ async def test_values_the_engine_contract_cannot_carry_are_400s_naming_the_field
         cases = [
             ("/detokenize", {"tokens": [1, 2**32]}, "tokens.1"),
             ("/tokenize", {"prompt": "ok \ud800"}, "prompt"),
-            ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": "\ud800"}]}, "messages.0.content"),
+            (
+                "/v1/chat/completions",
+                {**CHAT, "messages": [{"role": "user", "content": "\ud800"}]},
+                "messages.0.content",
+            ),
             ("/v1/chat/completions", {**CHAT, "max_tokens": 2**40}, "max_tokens"),
             ("/v1/chat/completions", {**CHAT, "seed": 2**70}, "seed"),
             ("/v1/completions", {"model": "fake", "prompt": "x", "stop": ["\ud800"]}, "stop"),
@@ -439,6 +466,8 @@ async def test_a_trickled_body_gets_408(fake: FakeEngine) -> None:
         yield b'"messages": []}'
 
     async for client in gateway(fake, body_timeout_seconds=0.3):
-        reply = await client.post("/v1/chat/completions", content=trickle(), headers={"content-type": "application/json"})
+        reply = await client.post(
+            "/v1/chat/completions", content=trickle(), headers={"content-type": "application/json"}
+        )
         assert reply.status_code == 408 and reply.json()["error"]["code"] == "request_timeout"
         assert not fake.started.is_set()

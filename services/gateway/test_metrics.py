@@ -23,8 +23,11 @@ def test_token_gaps_expose_the_same_histogram_as_prometheus_client() -> None:
     metrics.known_models.add("m")
     reference_registry = CollectorRegistry()
     reference = Histogram(
-        "gateway_inter_token_latency_seconds", "Time between tokens as the gateway received them", ["model"],
-        buckets=LATENCY_BUCKETS, registry=reference_registry,
+        "gateway_inter_token_latency_seconds",
+        "Time between tokens as the gateway received them",
+        ["model"],
+        buckets=LATENCY_BUCKETS,
+        registry=reference_registry,
     )
     shuffled = random.Random(7)
     for model in ("m", "unknown"):

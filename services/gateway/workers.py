@@ -46,13 +46,15 @@ class Supervisor:
     def _environment(self, slot: int) -> dict[str, str]:
         settings = self._settings
         env = dict(os.environ)
-        env.update({
-            "GATEWAY_WORKERS": "1",
-            "GATEWAY_REUSE_PORT": "true",
-            "GATEWAY_DATA_DIR": str(worker_dir(settings.data_dir, slot)),
-            "GATEWAY_CATALOG_DIR": str(settings.catalog_dir or settings.data_dir),
-            "PROMETHEUS_MULTIPROC_DIR": str(self._metrics_dir),
-        })
+        env.update(
+            {
+                "GATEWAY_WORKERS": "1",
+                "GATEWAY_REUSE_PORT": "true",
+                "GATEWAY_DATA_DIR": str(worker_dir(settings.data_dir, slot)),
+                "GATEWAY_CATALOG_DIR": str(settings.catalog_dir or settings.data_dir),
+                "PROMETHEUS_MULTIPROC_DIR": str(self._metrics_dir),
+            }
+        )
         if settings.instance_id:
             env["GATEWAY_INSTANCE_ID"] = f"{settings.instance_id}-w{slot}"
         return env
@@ -78,7 +80,12 @@ class Supervisor:
                 time.sleep(0.2)
                 for slot, process in list(self._workers.items()):
                     if process.poll() is not None and not self._stopping:
-                        log.error("gateway worker %d (pid %d) exited with %s; starting it again", slot, process.pid, process.returncode)
+                        log.error(
+                            "gateway worker %d (pid %d) exited with %s; starting it again",
+                            slot,
+                            process.pid,
+                            process.returncode,
+                        )
                         _forget_process(self._metrics_dir, process.pid)
                         time.sleep(RESTART_PAUSE_SECONDS)
                         self._start(slot)

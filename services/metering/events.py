@@ -12,7 +12,17 @@ STATUSES = ("ok", "abort", "error")
 MAX_TOKENS = 2**32 - 1
 MAX_SECONDS = 7 * 24 * 3600.0
 MAX_TEXT = 1024
-_TEXT_FIELDS = ("event_id", "source", "model", "api_key_id", "endpoint", "finish_reason", "trace_id", "model_name", "caller")
+_TEXT_FIELDS = (
+    "event_id",
+    "source",
+    "model",
+    "api_key_id",
+    "endpoint",
+    "finish_reason",
+    "trace_id",
+    "model_name",
+    "caller",
+)
 
 
 @dataclass(frozen=True, slots=True)

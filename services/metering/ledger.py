@@ -199,4 +199,3 @@ class Ledger:
 
     async def series(self, query: Query, bucket_seconds: int) -> list[tuple[float, Totals]]:
         return await self._run(self._store.series, query, bucket_seconds)
-

@@ -92,18 +92,34 @@ class Decision:
 def decide(limits: KeyLimits, spent: Spent, tokens: int) -> Decision:
     """Whether one more request reserving `tokens` fits every limit of the key."""
     if limits.requests_per_minute is not None and spent.requests_last_minute + 1 > limits.requests_per_minute:
-        return Decision(False, RATE_LIMITED, f"Rate limit reached for requests per minute: limit {limits.requests_per_minute}, "
-                        f"used {spent.requests_last_minute}.")
+        return Decision(
+            False,
+            RATE_LIMITED,
+            f"Rate limit reached for requests per minute: limit {limits.requests_per_minute}, "
+            f"used {spent.requests_last_minute}.",
+        )
     if limits.tokens_per_minute is not None:
         if tokens > limits.tokens_per_minute:
-            return Decision(False, RATE_LIMITED, f"Request too large for tokens per minute: limit {limits.tokens_per_minute}, "
-                            f"requested {tokens} (prompt plus max_tokens). Lower max_tokens or the prompt.")
+            return Decision(
+                False,
+                RATE_LIMITED,
+                f"Request too large for tokens per minute: limit {limits.tokens_per_minute}, "
+                f"requested {tokens} (prompt plus max_tokens). Lower max_tokens or the prompt.",
+            )
         if spent.tokens_last_minute + tokens > limits.tokens_per_minute:
-            return Decision(False, RATE_LIMITED, f"Rate limit reached for tokens per minute: limit {limits.tokens_per_minute}, "
-                            f"used {spent.tokens_last_minute}, requested {tokens}.")
+            return Decision(
+                False,
+                RATE_LIMITED,
+                f"Rate limit reached for tokens per minute: limit {limits.tokens_per_minute}, "
+                f"used {spent.tokens_last_minute}, requested {tokens}.",
+            )
     if limits.token_budget is not None and spent.budget_used + tokens > limits.token_budget:
-        return Decision(False, OUT_OF_QUOTA, f"This key's token budget ({limits.budget_period}) is spent: budget "
-                        f"{limits.token_budget}, used {spent.budget_used}, requested {tokens}.")
+        return Decision(
+            False,
+            OUT_OF_QUOTA,
+            f"This key's token budget ({limits.budget_period}) is spent: budget "
+            f"{limits.token_budget}, used {spent.budget_used}, requested {tokens}.",
+        )
     return Decision(True)
 
 

@@ -23,23 +23,35 @@ class MeteringMetrics:
         self._models: set[str] = set()
         self.registry = r = CollectorRegistry()
         self.prompt_tokens = Counter("metering_prompt_tokens", "Prompt tokens recorded", ["model"], registry=r)
-        self.completion_tokens = Counter("metering_completion_tokens", "Completion tokens recorded", ["model"], registry=r)
-        self.cached_tokens = Counter("metering_cached_tokens", "Prompt tokens served from the prefix cache", ["model"], registry=r)
+        self.completion_tokens = Counter(
+            "metering_completion_tokens", "Completion tokens recorded", ["model"], registry=r
+        )
+        self.cached_tokens = Counter(
+            "metering_cached_tokens", "Prompt tokens served from the prefix cache", ["model"], registry=r
+        )
         self.generation_seconds = Counter(
             "metering_generation_seconds",
             "Seconds spent generating (first to last token); rate(completion)/rate(this) is throughput",
             ["model"],
             registry=r,
         )
-        self.requests = Counter("metering_requests", "Requests recorded, by final status", ["model", "status"], registry=r)
+        self.requests = Counter(
+            "metering_requests", "Requests recorded, by final status", ["model", "status"], registry=r
+        )
         self.ingested = Counter("metering_events_ingested", "Events recorded for the first time", ["model"], registry=r)
-        self.duplicated = Counter("metering_events_duplicated", "Events received again and not counted", ["model"], registry=r)
+        self.duplicated = Counter(
+            "metering_events_duplicated", "Events received again and not counted", ["model"], registry=r
+        )
         self.rejected = Counter("metering_events_rejected", "Events refused, by reason", ["reason"], registry=r)
         self.auth_failures = Counter(
             "metering_auth_failures", "gRPC calls refused for their credential", ["method", "reason"], registry=r
         )
         self.ttft = Histogram(
-            "metering_time_to_first_token_seconds", "Time to first token", ["model"], buckets=LATENCY_BUCKETS, registry=r
+            "metering_time_to_first_token_seconds",
+            "Time to first token",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.tpot = Histogram(
             "metering_time_per_output_token_seconds",
@@ -58,11 +70,16 @@ class MeteringMetrics:
             registry=r,
         )
         self.stored_requests = Gauge(
-            "metering_stored_requests", "Requests in the store, from every replica (take max across replicas)", ["model"],
+            "metering_stored_requests",
+            "Requests in the store, from every replica (take max across replicas)",
+            ["model"],
             registry=r,
         )
         self.throughput = Gauge(
-            "metering_output_tokens_per_second", "Output tokens per second over a sliding window", ["model", "window"], registry=r
+            "metering_output_tokens_per_second",
+            "Output tokens per second over a sliding window",
+            ["model", "window"],
+            registry=r,
         )
 
     def model_label(self, model: str) -> str:

@@ -23,9 +23,15 @@ from services.metering.store import EVENT_COLUMNS, Commit, StoreUnavailable, Usa
 log = logging.getLogger(__name__)
 
 _TYPES = {
-    "occurred_at": "float8", "received_at": "float8", "streamed": "int2", "prompt_tokens": "int8",
-    "completion_tokens": "int8", "cached_tokens": "int8", "ttft_seconds": "float8",
-    "generation_seconds": "float8", "request_seconds": "float8",
+    "occurred_at": "float8",
+    "received_at": "float8",
+    "streamed": "int2",
+    "prompt_tokens": "int8",
+    "completion_tokens": "int8",
+    "cached_tokens": "int8",
+    "ttft_seconds": "float8",
+    "generation_seconds": "float8",
+    "request_seconds": "float8",
 }
 # One statement for the whole batch: the columns as arrays, unnested in the given (sorted) order, so
 # two replicas inserting overlapping batches take the key locks in one order.
@@ -59,7 +65,9 @@ class PostgresStore(UsageStore):
         if self._db is None or self._db.closed:
             try:
                 self._db = psycopg.connect(
-                    self._url, autocommit=True, connect_timeout=max(1, int(self._connect_timeout)),
+                    self._url,
+                    autocommit=True,
+                    connect_timeout=max(1, int(self._connect_timeout)),
                     application_name="llmserve-metering",
                 )
             except psycopg.OperationalError as error:

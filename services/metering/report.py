@@ -6,14 +6,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 from llmserve.metering.v1 import metering_pb2 as pb
 
-from services.contracts.usage_terms import BUDGET_PERIOD_NAMES
 from services.contracts.metering_client import MeteringClient
+from services.contracts.usage_terms import BUDGET_PERIOD_NAMES
 from services.service_auth import read_token
 
 
@@ -21,22 +21,34 @@ def _when(text: str) -> datetime:
     """ISO time (UTC if no zone), or a duration back from now: 15m, 2h, 7d."""
     units = {"m": "minutes", "h": "hours", "d": "days"}
     if text[-1:] in units and text[:-1].isdigit():
-        return datetime.now(timezone.utc) - timedelta(**{units[text[-1]]: int(text[:-1])})
+        return datetime.now(UTC) - timedelta(**{units[text[-1]]: int(text[:-1])})
     moment = datetime.fromisoformat(text)
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def render(rows: list[pb.TotalsRow]) -> str:
-    header = f"{'model':<28} {'key / caller':<16} {'requests':>9} {'ok':>7} {'abort':>6} {'error':>6} {'prompt':>10} {'completion':>11} {'cached':>9}"
+    header = (
+        f"{'model':<28} {'key / caller':<16} {'requests':>9} {'ok':>7} {'abort':>6} {'error':>6}"
+        f" {'prompt':>10} {'completion':>11} {'cached':>9}"
+    )
     lines = [header, "-" * len(header)]
     sums = pb.Totals()
     for row in rows:
         t = row.totals
         lines.append(
-            f"{row.model:<28} {row.api_key_id or f'caller:{row.caller}':<16} {t.requests:>9} {t.ok_requests:>7} {t.aborted_requests:>6}"
+            f"{row.model:<28} {row.api_key_id or f'caller:{row.caller}':<16} {t.requests:>9} {t.ok_requests:>7}"
+            f" {t.aborted_requests:>6}"
             f" {t.failed_requests:>6} {t.prompt_tokens:>10} {t.completion_tokens:>11} {t.cached_tokens:>9}"
         )
-        for name in ("requests", "ok_requests", "aborted_requests", "failed_requests", "prompt_tokens", "completion_tokens", "cached_tokens"):
+        for name in (
+            "requests",
+            "ok_requests",
+            "aborted_requests",
+            "failed_requests",
+            "prompt_tokens",
+            "completion_tokens",
+            "cached_tokens",
+        ):
             setattr(sums, name, getattr(sums, name) + getattr(t, name))
     lines.append("-" * len(header))
     lines.append(
@@ -53,8 +65,10 @@ def _limit(value: int | None) -> str:
 def render_standings(standings: list[pb.Standing]) -> str:
     if not standings:
         return "no key has limits"
-    header = (f"{'key':<16} {'req/min':>9} {'used':>6} {'tok/min':>9} {'used':>9} {'budget':>11} {'period':>6}"
-              f" {'used':>11} {'reserved':>9} {'remaining':>11}")
+    header = (
+        f"{'key':<16} {'req/min':>9} {'used':>6} {'tok/min':>9} {'used':>9} {'budget':>11} {'period':>6}"
+        f" {'used':>11} {'reserved':>9} {'remaining':>11}"
+    )
     lines = [header, "-" * len(header)]
     for s in standings:
         limits = s.limits
@@ -64,7 +78,8 @@ def render_standings(standings: list[pb.Standing]) -> str:
         remaining = s.remaining_budget if s.HasField("remaining_budget") else None
         period = BUDGET_PERIOD_NAMES.get(limits.budget_period, "total")
         lines.append(
-            f"{s.api_key_id:<16} {_limit(rpm):>9} {s.requests_last_minute:>6} {_limit(tpm):>9} {s.tokens_last_minute:>9}"
+            f"{s.api_key_id:<16} {_limit(rpm):>9} {s.requests_last_minute:>6} {_limit(tpm):>9}"
+            f" {s.tokens_last_minute:>9}"
             f" {_limit(budget):>11} {period:>6} {s.budget_used:>11}"
             f" {s.reserved_tokens:>9} {_limit(remaining):>11}"
         )
@@ -72,11 +87,20 @@ def render_standings(standings: list[pb.Standing]) -> str:
 
 
 async def report(
-    address: str, start: datetime | None, end: datetime | None, model: str, key: str, token: str | None = None,
+    address: str,
+    start: datetime | None,
+    end: datetime | None,
+    model: str,
+    key: str,
+    token: str | None = None,
     model_name: str = "",
 ) -> str:
     request = pb.GetTotalsRequest(
-        model=model, model_name=model_name, api_key_id=key, group_by_model=True, group_by_api_key=True,
+        model=model,
+        model_name=model_name,
+        api_key_id=key,
+        group_by_model=True,
+        group_by_api_key=True,
         group_by_caller=True,
     )
     if start is not None:
@@ -93,13 +117,17 @@ async def report(
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m services.metering report", description=__doc__)
     parser.add_argument("--addr", default="127.0.0.1:50052", help="the metering service")
-    parser.add_argument("--from", dest="start", type=_when, help="ISO time or 15m / 2h / 7d ago (default: the beginning)")
+    parser.add_argument(
+        "--from", dest="start", type=_when, help="ISO time or 15m / 2h / 7d ago (default: the beginning)"
+    )
     parser.add_argument("--to", dest="end", type=_when, help="ISO time (default: now)")
     parser.add_argument("--model", default="", help="a served model (a launch's uid)")
     parser.add_argument("--model-name", default="", help="a registered model: every uid that runs it")
     parser.add_argument("--key", default="", help="an API key id")
     parser.add_argument(
-        "--token-file", type=Path, default=Path(os.environ.get("METERING_ADMIN_TOKEN_FILE", "var/credentials/admin.token")),
+        "--token-file",
+        type=Path,
+        default=Path(os.environ.get("METERING_ADMIN_TOKEN_FILE", "var/credentials/admin.token")),
         help="an admin credential (default: $METERING_ADMIN_TOKEN_FILE or var/credentials/admin.token, if it exists)",
     )
     args = parser.parse_args(argv)

@@ -25,11 +25,16 @@ SERVICE_NAME = metering_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_
 POLICY = {
     # Gateways record their requests' usage; the engine records that of callers that do not bill their own.
     **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, ENGINE}) for method in ("RecordUsage", "StreamUsage")},
-    **{f"/{SERVICE_NAME}/{method}": frozenset({ADMIN}) for method in (
-        "GetTotals", "GetUsageSeries", "GetCounters", "GetThroughput")},
+    **{
+        f"/{SERVICE_NAME}/{method}": frozenset({ADMIN})
+        for method in ("GetTotals", "GetUsageSeries", "GetCounters", "GetThroughput")
+    },
     # Gateways enforce the limits (and relay their admins' changes); an admin reads and sets them too.
     **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY}) for method in ("Reserve", "Settle", "RenewLease")},
-    **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, ADMIN}) for method in ("SetLimits", "ListLimits", "GetStanding")},
+    **{
+        f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, ADMIN})
+        for method in ("SetLimits", "ListLimits", "GetStanding")
+    },
 }
 
 
@@ -58,7 +63,12 @@ async def serve(settings: MeteringSettings) -> None:
     start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
     await metering.server.start()
     await metering.set_serving(True)
-    log.info("metering on port %d (metrics on %d), store %s", metering.port, settings.metrics_port, settings.store_description)
+    log.info(
+        "metering on port %d (metrics on %d), store %s",
+        metering.port,
+        settings.metrics_port,
+        settings.store_description,
+    )
     await wait_for_stop_signal()
 
     async def drain() -> None:

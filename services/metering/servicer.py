@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator, Sequence
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from opentelemetry import trace
 from llmserve.metering.v1 import metering_pb2 as pb
 from llmserve.metering.v1 import metering_pb2_grpc
+from opentelemetry import trace
 
 from services.contracts.usage_terms import BUDGET_PERIOD_NAMES, BUDGET_PERIODS
 from services.metering.events import UsageEvent
@@ -87,7 +87,9 @@ def _query(time_range: pb.TimeRange, model: str, api_key_id: str, model_name: st
 
 
 def _acks(acks: list[Ack]) -> pb.RecordUsageResponse:
-    return pb.RecordUsageResponse(acks=[pb.Ack(event_id=a.event_id, status=_ACK[a.status], reason=a.reason) for a in acks])
+    return pb.RecordUsageResponse(
+        acks=[pb.Ack(event_id=a.event_id, status=_ACK[a.status], reason=a.reason) for a in acks]
+    )
 
 
 def trace_ingest(events: Sequence[pb.UsageEvent], acks: list[Ack]) -> None:
@@ -121,8 +123,6 @@ def trace_ingest(events: Sequence[pb.UsageEvent], acks: list[Ack]) -> None:
                     "gen_ai.usage.output_tokens": event.completion_tokens,
                 }
             )
-
-
 
 
 def to_limits(message: pb.KeyLimits) -> KeyLimits:
@@ -187,7 +187,9 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             raise AllRejected(f"every event was rejected: {reasons}")
         return acks
 
-    async def RecordUsage(self, request: pb.RecordUsageRequest, context: grpc.aio.ServicerContext) -> pb.RecordUsageResponse:
+    async def RecordUsage(
+        self, request: pb.RecordUsageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordUsageResponse:
         return _acks(await self._record(request))
 
     async def StreamUsage(
@@ -238,7 +240,9 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             point.start.FromSeconds(int(start))
         return response
 
-    async def GetCounters(self, request: pb.GetCountersRequest, context: grpc.aio.ServicerContext) -> pb.GetCountersResponse:
+    async def GetCounters(
+        self, request: pb.GetCountersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetCountersResponse:
         counters = await self._ledger.counters()
         models = [
             pb.ModelCounters(
@@ -281,7 +285,9 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             request.source, request.event_id, request.api_key_id, request.tokens, request.lease_seconds
         )
         return pb.ReserveResponse(
-            granted=decision.granted, refusal=decision.refusal, reason=decision.reason,
+            granted=decision.granted,
+            refusal=decision.refusal,
+            reason=decision.reason,
             standing=standing_message(standing),
         )
 
@@ -291,7 +297,9 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         await self._ledger.settle(request.source, request.event_id, request.tokens)
         return pb.SettleResponse()
 
-    async def RenewLease(self, request: pb.RenewLeaseRequest, context: grpc.aio.ServicerContext) -> pb.RenewLeaseResponse:
+    async def RenewLease(
+        self, request: pb.RenewLeaseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RenewLeaseResponse:
         _holder(request.source, request.lease_seconds)
         await self._ledger.renew(request.source, request.lease_seconds)
         return pb.RenewLeaseResponse()
@@ -300,7 +308,9 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         standing = await self._ledger.set_limits(to_limits(request))
         return pb.SetLimitsResponse(standing=standing_message(standing))
 
-    async def ListLimits(self, request: pb.ListLimitsRequest, context: grpc.aio.ServicerContext) -> pb.ListLimitsResponse:
+    async def ListLimits(
+        self, request: pb.ListLimitsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListLimitsResponse:
         return pb.ListLimitsResponse(limits=[limits_message(k) for k in await self._ledger.all_limits()])
 
     async def GetStanding(self, request: pb.GetStandingRequest, context: grpc.aio.ServicerContext) -> pb.Standing:

@@ -4,41 +4,19 @@ service itself is tested end to end in tests/."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from services.metering.events import UsageEvent
+from services.metering.conftest import NOW, event
 from services.metering.ledger import DUPLICATE, RECORDED, REJECTED, Ledger
 from services.metering.metrics import MeteringMetrics
 from services.metering.postgres_store import PostgresStore
 from services.metering.sqlite_store import SqliteStore
 from services.metering.store import Query, UsageStore
 from services.metering.throughput import spread, window_rate
-
-NOW = 1_800_000_000.0
-
-
-def event(i: int = 0, **changes: object) -> UsageEvent:
-    base = UsageEvent(
-        event_id=f"ev-{i}", source="gw-1", occurred_at=NOW - 30, model="m1", api_key_id="team-a",
-        endpoint="/v1/chat/completions", streamed=True, finish_reason="stop", status="ok",
-        prompt_tokens=10, completion_tokens=5, cached_tokens=2, time_to_first_token_seconds=0.1,
-        generation_seconds=0.4, request_seconds=0.6,
-    )
-    return dataclasses.replace(base, **changes)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], UsageStore]:
-    """Opens the test's store (the same database each time it is called)."""
-    if request.param == "sqlite":
-        return lambda: SqliteStore(tmp_path / "u.db")
-    url = request.getfixturevalue("new_database")()
-    return lambda: PostgresStore(url)
 
 
 async def open_ledger(store: UsageStore, metrics: MeteringMetrics | None = None) -> Ledger:
@@ -103,10 +81,17 @@ async def test_counters_reload_after_restart(open_store: Callable[[], UsageStore
 async def test_totals_by_key_and_time_buckets(open_store: Callable[[], UsageStore]) -> None:
     ledger = await open_ledger(open_store())
     await ledger.record(
-        [event(1, api_key_id="a"), event(2, api_key_id="b", model="m2"), event(3, api_key_id="a", occurred_at=NOW - 1000)]
+        [
+            event(1, api_key_id="a"),
+            event(2, api_key_id="b", model="m2"),
+            event(3, api_key_id="a", occurred_at=NOW - 1000),
+        ]
     )
     rows = await ledger.totals(Query(), ("model", "api_key_id"))
-    assert [(labels["model"], labels["api_key_id"], t.requests) for labels, t in rows] == [("m1", "a", 2), ("m2", "b", 1)]
+    assert [(labels["model"], labels["api_key_id"], t.requests) for labels, t in rows] == [
+        ("m1", "a", 2),
+        ("m2", "b", 1),
+    ]
     recent = await ledger.totals(Query(start=NOW - 100, api_key_id="a"), ())
     assert recent[0][1].requests == 1
     minutes = await ledger.series(Query(), 60)
@@ -187,16 +172,20 @@ async def test_totals_by_registered_model_name_and_an_older_store(tmp_path: Path
         " ttft_seconds REAL NOT NULL, generation_seconds REAL NOT NULL, request_seconds REAL NOT NULL,"
         " trace_id TEXT NOT NULL, PRIMARY KEY (source, event_id))"
     )
-    old.execute(f"INSERT INTO events VALUES ('gw-0','old',{NOW - 30},{NOW - 30},'tiny','k','/v1/completions',0,"
-                "'stop','ok',1,1,0,0,0,0,'')")
+    old.execute(
+        f"INSERT INTO events VALUES ('gw-0','old',{NOW - 30},{NOW - 30},'tiny','k','/v1/completions',0,"
+        "'stop','ok',1,1,0,0,0,0,'')"
+    )
     old.commit()
     old.close()
     ledger = await open_ledger(SqliteStore(path))
-    await ledger.record([
-        event(1, model="tiny-a", model_name="tiny"),
-        event(2, model="tiny-b", model_name="tiny"),
-        event(3, model="m1"),
-    ])
+    await ledger.record(
+        [
+            event(1, model="tiny-a", model_name="tiny"),
+            event(2, model="tiny-b", model_name="tiny"),
+            event(3, model="m1"),
+        ]
+    )
     rows = await ledger.totals(Query(), ("model_name",))
     assert [(labels["model_name"], t.requests) for labels, t in rows] == [("m1", 1), ("tiny", 3)]
     by_uid = await ledger.totals(Query(model="tiny-b"), ())

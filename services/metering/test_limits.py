@@ -7,9 +7,9 @@ import dataclasses
 import threading
 from collections.abc import Callable
 
+from services.metering.conftest import NOW, event
 from services.metering.limits import OUT_OF_QUOTA, RATE_LIMITED, KeyLimits, period_end, period_start
 from services.metering.store import UsageStore
-from services.metering.test_ledger import NOW, event, open_store  # noqa: F401 (the store fixture)
 
 LEASE = 30.0
 
@@ -44,7 +44,9 @@ def test_a_budget_counts_reservations_settles_and_events_never_twice(open_store:
     assert not store.reserve("gw-1", "r3", "team-a", 1, LEASE, NOW)[0].granted
 
 
-def test_an_open_reservation_stops_counting_when_its_holders_lease_runs_out(open_store: Callable[[], UsageStore]) -> None:
+def test_an_open_reservation_stops_counting_when_its_holders_lease_runs_out(
+    open_store: Callable[[], UsageStore],
+) -> None:
     store = open_store()
     limited(store, token_budget=100)
     assert store.reserve("gw-dead", "r1", "team-a", 90, LEASE, NOW)[0].granted

@@ -21,7 +21,9 @@ from services.service_auth.provision import add_caller, ensure_credentials, list
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m services.service_auth", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m services.service_auth",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--dir", type=Path, default=Path("var/credentials"))
     commands = parser.add_subparsers(dest="command", required=True)
@@ -41,7 +43,10 @@ def main() -> None:
     try:
         if args.command == "init":
             callers = ensure_credentials(args.dir)
-            print(f"credentials in {args.dir}: {callers.name} (for the engine and metering), gateway.token, admin.token, engine.token")
+            print(
+                f"credentials in {args.dir}: {callers.name} (for the engine and metering),"
+                " gateway.token, admin.token, engine.token"
+            )
         elif args.command == "add":
             print(add_caller(args.dir, args.name, [r.strip() for r in args.roles.split(",") if r.strip()]))
         elif args.command == "rotate":
@@ -51,8 +56,11 @@ def main() -> None:
         else:
             now = time.time()
             for entry in list_callers(args.dir):
-                ends = "" if entry.not_after is None else (
-                    f"  expires in {entry.not_after - now:.0f} s" if entry.not_after > now else "  expired")
+                ends = (
+                    ""
+                    if entry.not_after is None
+                    else (f"  expires in {entry.not_after - now:.0f} s" if entry.not_after > now else "  expired")
+                )
                 print(f"{entry.name:20} {','.join(sorted(entry.roles)):24} sha256:{entry.digest[:12]}{ends}")
     except ValueError as error:
         sys.exit(f"error: {error}")

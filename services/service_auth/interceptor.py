@@ -20,7 +20,11 @@ log = logging.getLogger(__name__)
 # services that are missing here are refused to everyone (fail closed).
 MethodPolicy = Mapping[str, frozenset[str]]
 
-OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
+OPEN_SERVICES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
 
 
 _CALLER: ContextVar[Caller | None] = ContextVar("llmserve_caller", default=None)

@@ -93,7 +93,9 @@ async def test_roles_and_refusals(served, credentials: Path, caplog: pytest.LogC
     reasons = {"unauthenticated": 4, "permission_denied": 4}
     for reason, count in reasons.items():
         total = sum(
-            sample.value for metric in registry.collect() for sample in metric.samples
+            sample.value
+            for metric in registry.collect()
+            for sample in metric.samples
             if sample.name == "test_auth_failures_total" and sample.labels["reason"] == reason
         )
         assert total == count
@@ -126,7 +128,13 @@ def test_bad_callers_file_stops_the_start(tmp_path: Path, text: str) -> None:
 
 
 def test_callers_are_added_rotated_with_a_grace_period_and_removed(tmp_path) -> None:
-    from services.service_auth.provision import add_caller, ensure_credentials, list_callers, remove_caller, rotate_caller
+    from services.service_auth.provision import (
+        add_caller,
+        ensure_credentials,
+        list_callers,
+        remove_caller,
+        rotate_caller,
+    )
 
     ensure_credentials(tmp_path)
     token = add_caller(tmp_path, "batch", ["generate"])

@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
 OUTBOX_FILE = "outbox.sqlite3"
 
 
@@ -30,10 +29,12 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS pending (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT UNIQUE, payload BLOB)"
+            "CREATE TABLE IF NOT EXISTS pending"
+            " (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT UNIQUE, payload BLOB)"
         )
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS dead_letter (event_id TEXT PRIMARY KEY, payload BLOB, reason TEXT, failed_at REAL)"
+            "CREATE TABLE IF NOT EXISTS dead_letter"
+            " (event_id TEXT PRIMARY KEY, payload BLOB, reason TEXT, failed_at REAL)"
         )
 
     def add(self, events: list[tuple[str, bytes]]) -> None:
@@ -80,7 +81,8 @@ class Outbox:
             moved = 0
             for event_id in event_ids:
                 cursor = self._db.execute(
-                    "INSERT OR IGNORE INTO pending (event_id, payload) SELECT event_id, payload FROM dead_letter WHERE event_id = ?",
+                    "INSERT OR IGNORE INTO pending (event_id, payload)"
+                    " SELECT event_id, payload FROM dead_letter WHERE event_id = ?",
                     (event_id,),
                 )
                 moved += cursor.rowcount

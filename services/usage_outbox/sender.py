@@ -6,7 +6,8 @@ moment after it answered still has the event. Events that arrive
 while a commit is under way are committed together by the next one (group commit: one fsync for many).
 One sender task sends the outbox's oldest events in batches and removes each once metering acknowledged
 it; events metering refuses for good go to the dead-letter table (metric, log line;
-`python -m services.gateway.usage.admin` lists and replays them). Metering down means retries with backoff; nothing is dropped.
+`python -m services.gateway.usage.admin` lists and replays them). Metering down means retries with backoff;
+nothing is dropped.
 
 If the outbox cannot be written (disk full, I/O error), events are held in memory and sent from there,
 and `<prefix>_usage_outbox_healthy` (and the gateway's /health) say so until a write succeeds again."""
@@ -25,8 +26,8 @@ from google.protobuf.message import DecodeError
 from llmserve.metering.v1 import metering_pb2 as mpb
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from services.usage_outbox.outbox import Outbox
 from services.contracts.metering_client import MeteringClient
+from services.usage_outbox.outbox import Outbox
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -54,24 +55,37 @@ class SenderMetrics:
     def __init__(self, registry: CollectorRegistry, prefix: str = "gateway") -> None:
         self.events = Counter(
             f"{prefix}_usage_events",
-            "Usage events by what happened to them: persisted, held_in_memory (outbox failing), sent, duplicate, dead_lettered",
+            "Usage events by what happened to them: persisted, held_in_memory (outbox failing), sent, duplicate,"
+            " dead_lettered",
             ["outcome"],
             registry=registry,
         )
         # The multiprocess modes apply only in prometheus_client's multiprocess mode (the gateway's workers):
         # depths summed over live workers; healthy only if every live worker's outbox is.
         self.spool_depth = Gauge(
-            f"{prefix}_usage_spool_depth", "Usage events in the outbox (or held in memory) not yet acknowledged",
-            registry=registry, multiprocess_mode="livesum",
+            f"{prefix}_usage_spool_depth",
+            "Usage events in the outbox (or held in memory) not yet acknowledged",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         self.dead_letters = Gauge(
-            f"{prefix}_usage_dead_letters", "Usage events metering refused, kept for replay", registry=registry,
+            f"{prefix}_usage_dead_letters",
+            "Usage events metering refused, kept for replay",
+            registry=registry,
             multiprocess_mode="livesum",
         )
         self.outbox_healthy = Gauge(
-            f"{prefix}_usage_outbox_healthy", "1 while the outbox accepts writes", registry=registry, multiprocess_mode="livemin"
+            f"{prefix}_usage_outbox_healthy",
+            "1 while the outbox accepts writes",
+            registry=registry,
+            multiprocess_mode="livemin",
         )
-        self.errors = Counter(f"{prefix}_usage_sender_errors", "Failures of the outbox or the sender loop, by kind", ["kind"], registry=registry)
+        self.errors = Counter(
+            f"{prefix}_usage_sender_errors",
+            "Failures of the outbox or the sender loop, by kind",
+            ["kind"],
+            registry=registry,
+        )
         for outcome in _OUTCOMES:
             self.events.labels(outcome)
         self.outbox_healthy.set(1)
@@ -233,7 +247,9 @@ class UsageSender:
                 log.debug("metering unavailable (%s); will retry", error.code().name)
                 return False
             if error.code() in _CREDENTIAL_REFUSED:
-                log.error("metering refused this service's credential (%s); events stay in the outbox", error.code().name)
+                log.error(
+                    "metering refused this service's credential (%s); events stay in the outbox", error.code().name
+                )
                 self._metrics.errors.labels("credential").inc()
                 return False
             reason = f"metering refused the batch: {error.code().name}: {error.details()}"

@@ -1,5 +1,5 @@
-"""One model's AsyncLLM: its lifecycle (start, drain, shutdown) and its requests (generate, abort,
-tokenize, detokenize), with every request's usage counted into the engine's totals and held usage."""
+"""One model's AsyncLLM: its lifecycle (start, drain, shutdown) and its requests (generate, embed, abort,
+tokenize, detokenize); each request's usage is reported to the engine's usage (services.engine.usage)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from services.engine.caller_usage import CallerUsage, Metered
 from services.engine.cpu_placement import place_engine_core
 from services.engine.errors import EngineUnavailableError, InvalidRequestError, ModelNotFoundError
 from services.engine.generation import (
@@ -23,8 +22,8 @@ from services.engine.generation import (
     Timings,
     Usage,
 )
-from services.engine.served import ServedModel, ServedTotals
-from services.engine.unconfirmed_usage import UnconfirmedUsage
+from services.engine.served import ServedModel
+from services.engine.usage.accounting import Counted, EngineUsage
 from services.engine.vllm_adapter.failures import FailedAfterStart, translate_errors
 from services.engine.vllm_adapter.prompts import ImageLimits, PromptRenderer
 from services.engine.vllm_adapter.sampling import sampling_params
@@ -38,18 +37,16 @@ log = logging.getLogger(__name__)
 class VllmBackend:
     """Owns one AsyncLLM. Not ready until `start()` has returned.
 
-    The counters are passed in so that every model of one engine adds to the same totals and the same
-    held usage (a model's usage outlives the model)."""
+    The usage is passed in so that every model of one engine adds to the same totals and the same held
+    usage (a model's usage outlives the model)."""
 
     def __init__(
         self,
         engine_args: Any,
         served: ServedModel,
         place_engine_core: bool = True,
-        totals: ServedTotals | None = None,
-        unconfirmed: UnconfirmedUsage | None = None,
+        usage: EngineUsage | None = None,
         image_limits: ImageLimits = ImageLimits(),
-        caller_usage: CallerUsage | None = None,
         tool_call_parser: str | None = None,
         chat_template: str | None = None,
     ) -> None:
@@ -58,7 +55,6 @@ class VllmBackend:
         # vLLM's tool-call parser for `auto` tool choice (None: only `required` and named functions).
         self._tool_call_parser = tool_call_parser
         self._tool_parsers: dict[bool, type] = {}
-        self._caller_usage = caller_usage
         self._engine_args = engine_args
         self._served = served
         self._place_engine_core = place_engine_core
@@ -67,8 +63,7 @@ class VllmBackend:
         self._info: ModelInfo | None = None
         self._draining = False
         self._open: set[str] = set()
-        self.served = totals if totals is not None else ServedTotals()
-        self.unconfirmed = unconfirmed if unconfirmed is not None else UnconfirmedUsage()
+        self.usage = usage if usage is not None else EngineUsage()
         # The model's generation_config defaults, for fields a request leaves unset (as vLLM's server does).
         self._sampling_defaults: dict[str, Any] = {}
 
@@ -196,8 +191,7 @@ class VllmBackend:
         params = PoolingParams(task="embed", dimensions=request.dimensions)
         started = time.monotonic()
         ids = [f"{request.request_id}-{i}" for i in range(len(token_ids))]
-        if request.caller:
-            self.unconfirmed.open(request.request_id, request.caller, request.usage_context, info.id)
+        self.usage.opened(request, info.id)
         self._open.update(ids)
 
         async def one(sub_id: str, prompt_ids: list[int]) -> list[float]:
@@ -212,21 +206,17 @@ class VllmBackend:
             vectors = await asyncio.gather(*(one(sub_id, x) for sub_id, x in zip(ids, token_ids)))
         except BaseException:
             await self._llm.abort(ids)
-            if request.caller:
-                self.unconfirmed.discard(request.request_id)
+            self.usage.closed(request, info, None, metered=False)
             raise
         finally:
             self._open.difference_update(ids)
-        seconds = time.monotonic() - started
         usage = Usage(prompt_tokens=sum(len(x) for x in token_ids))
-        timings = Timings(total_seconds=seconds)
-        self.served.add(usage)
-        if request.caller:
-            self.unconfirmed.finish(request.request_id, usage, [FinishReason.STOP], timings, None)
-        if request.meter_as and self._caller_usage is not None:
-            await self._caller_usage.record(
-                Metered(request.meter_as, info, usage, [FinishReason.STOP], timings, None, endpoint="grpc:Embed")
-            )
+        counted = Counted(usage, [FinishReason.STOP], Timings(total_seconds=time.monotonic() - started))
+        metered = False
+        try:
+            metered = await self.usage.meter(request, info, counted, endpoint="grpc:Embed")
+        finally:
+            self.usage.closed(request, info, counted, metered)
         log.info("embedding %s done: %d input(s), prompt=%d", request.request_id, len(ids), usage.prompt_tokens)
         return EmbeddingResult(vectors=vectors, usage=usage, model=info.id)
 
@@ -239,13 +229,18 @@ class VllmBackend:
         tool_calls = None
         if request.prompt.tools is not None:
             tool_calls = ToolCallReader(
-                request.prompt.tools, self._tool_parsers, self._tool_call_parser is not None, prompts.tokenizer, prompt_ids
+                request.prompt.tools,
+                self._tool_parsers,
+                self._tool_call_parser is not None,
+                prompts.tokenizer,
+                prompt_ids,
             )
-        params = sampling_params(request.sampling, len(prompt_ids), info.max_model_len, self._sampling_defaults, tool_calls)
+        params = sampling_params(
+            request.sampling, len(prompt_ids), info.max_model_len, self._sampling_defaults, tool_calls
+        )
         stream = StreamState(prompt_tokens=len(prompt_ids), started=time.monotonic())
         self._open.add(request.request_id)
-        if request.caller:
-            self.unconfirmed.open(request.request_id, request.caller, request.usage_context, info.id)
+        self.usage.opened(request, info.id)
         metered = False
         try:
             final: GenerationUpdate | None = None
@@ -267,42 +262,21 @@ class VllmBackend:
             except FailedAfterStart as failure:
                 final = stream.failure(str(failure), info.id)
             # An internal caller's usage is durable before its stream's final message leaves.
-            metered = await self._meter(request, stream, info)
+            metered = await self.usage.meter(request, info, _counted(stream))
             yield final
         finally:
             self._open.discard(request.request_id)
-            self._count(request, stream)
-            if not metered and request.meter_as and stream.started_output and self._caller_usage is not None:
-                # Cut short (the caller went away): vLLM aborted it; its usage so far is committed with the next group.
-                self._caller_usage.record_soon(self._metered(request, stream, info))
+            # Cut short (the caller went away) before it was metered: committed with the next group.
+            self.usage.closed(request, info, _counted(stream) if stream.started_output else None, metered)
+            log.info(
+                "request %s done: prompt=%d completion=%d cached=%d finished=%s",
+                request.request_id,
+                stream.prompt_tokens,
+                stream.completion_tokens,
+                stream.cached_tokens,
+                stream.finished,
+            )
 
-    async def _meter(self, request: GenerationRequest, stream: StreamState, info: ModelInfo) -> bool:
-        if not request.meter_as or self._caller_usage is None:
-            return False
-        await self._caller_usage.record(self._metered(request, stream, info))
-        return True
 
-    @staticmethod
-    def _metered(request: GenerationRequest, stream: StreamState, info: ModelInfo) -> Metered:
-        return Metered(request.meter_as, info, stream.usage(), stream.final_reasons(), stream.timings(), stream.error)
-
-    def _count(self, request: GenerationRequest, stream: StreamState) -> None:
-        # The one rule every counter follows: a request counts once vLLM produced output for it (an
-        # abort's final output included); one refused before that counts nothing anywhere.
-        if stream.started_output:
-            self.served.add(stream.usage())
-        if request.caller:
-            if stream.started_output:
-                self.unconfirmed.finish(
-                    request.request_id, stream.usage(), stream.final_reasons(), stream.timings(), stream.error
-                )
-            else:
-                self.unconfirmed.discard(request.request_id)
-        log.info(
-            "request %s done: prompt=%d completion=%d cached=%d finished=%s",
-            request.request_id,
-            stream.prompt_tokens,
-            stream.completion_tokens,
-            stream.cached_tokens,
-            stream.finished,
-        )
+def _counted(stream: StreamState) -> Counted:
+    return Counted(stream.usage(), stream.final_reasons(), stream.timings(), stream.error)

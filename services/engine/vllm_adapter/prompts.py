@@ -186,10 +186,13 @@ def _decode_images(images: list[tuple[str, ImageInput]], limits: ImageLimits) ->
 def _check_size(where: str, size: tuple[int, int], limits: ImageLimits) -> None:
     width, height = size
     if width > limits.max_side or height > limits.max_side:
-        raise InvalidRequestError(f"{where}: the image is {width}x{height}; each side may be at most {limits.max_side} pixels")
+        raise InvalidRequestError(
+            f"{where}: the image is {width}x{height}; each side may be at most {limits.max_side} pixels"
+        )
     if width * height > limits.max_pixels:
         raise InvalidRequestError(
-            f"{where}: the image is {width}x{height} = {width * height} pixels; at most {limits.max_pixels} are accepted"
+            f"{where}: the image is {width}x{height} = {width * height} pixels;"
+            f" at most {limits.max_pixels} are accepted"
         )
 
 

@@ -126,8 +126,7 @@ def _choice_delta(completion: Any, ids: list[int], logprobs: int | None) -> Choi
     delta = ChoiceDelta(index=completion.index, text=completion.text, token_ids=ids)
     if logprobs is not None and completion.logprobs is not None:
         delta.logprobs = [
-            _token_logprob(token_id, position, logprobs)
-            for token_id, position in zip(ids, completion.logprobs)
+            _token_logprob(token_id, position, logprobs) for token_id, position in zip(ids, completion.logprobs)
         ]
     if completion.finish_reason is not None:
         delta.finish_reason = _FINISH_REASONS.get(str(completion.finish_reason), FinishReason.STOP)

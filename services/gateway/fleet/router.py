@@ -18,14 +18,11 @@ from services.gateway.outcome import Outcome, OutcomeSink
 from services.gateway.streaming.generation import GapObserver, Generation
 from services.gateway.streaming.open_generations import OpenGenerations
 
-
 T = TypeVar("T")
 
 
 class RequestRouter:
-    def __init__(
-        self, fleet: EngineFleet, generations: OpenGenerations, timeout: float, settle_timeout: float
-    ) -> None:
+    def __init__(self, fleet: EngineFleet, generations: OpenGenerations, timeout: float, settle_timeout: float) -> None:
         self._fleet = fleet
         self._generations = generations
         self._timeout = timeout

@@ -48,7 +48,11 @@ def test_names_resolve_to_addresses_and_literals_stay() -> None:
 
 
 async def test_requests_go_to_the_least_busy_healthy_replica() -> None:
-    a, b, c = FakeEngine("10.0.0.1:1", ["tiny", "big"]), FakeEngine("10.0.0.2:1", ["tiny"]), FakeEngine("10.0.0.3:1", [])
+    a, b, c = (
+        FakeEngine("10.0.0.1:1", ["tiny", "big"]),
+        FakeEngine("10.0.0.2:1", ["tiny"]),
+        FakeEngine("10.0.0.3:1", []),
+    )
     fleet = fleet_of(a, b, c)
     await fleet.refresh()
     picks = [fleet.pick("tiny").address for _ in range(4)]

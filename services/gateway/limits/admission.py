@@ -1,6 +1,7 @@
 """What a request reserves before it runs: its prompt tokens, exactly (the engine renders and counts them,
 as it will when the request runs), plus its completion cap for every choice (`max_tokens`, or the rest
-of the model's context when it is absent). It reads the fleet without routing: the turn does not move. An embedding reserves each input at most the model's length
+of the model's context when it is absent). It reads the fleet without routing: the turn does not move. An
+embedding reserves each input at most the model's length
 (the engine refuses longer ones), since its usage is settled the moment it is answered."""
 
 from __future__ import annotations

@@ -101,17 +101,23 @@ class LimitsKeeper:
     async def reserve(self, event_id: str, api_key_id: str, tokens: int) -> dict[str, str]:
         """Takes the reservation (the key's rate-limit headers), or raises OpenAI's 429."""
         request = mpb.ReserveRequest(
-            source=self._settings.source, event_id=event_id, api_key_id=api_key_id, tokens=tokens,
+            source=self._settings.source,
+            event_id=event_id,
+            api_key_id=api_key_id,
+            tokens=tokens,
             lease_seconds=self._settings.lease_seconds,
         )
         try:
             answer = await self._metering.reserve(request)
         except grpc.aio.AioRpcError as error:
             if self._settings.fail_open:
-                log.warning("metering unreachable (%s): %s's request let through unreserved", error.code().name, api_key_id)
+                log.warning(
+                    "metering unreachable (%s): %s's request let through unreserved", error.code().name, api_key_id
+                )
                 return {}
             raise ApiError(
-                503, "The usage limits of this key cannot be checked right now; retry shortly.",
+                503,
+                "The usage limits of this key cannot be checked right now; retry shortly.",
                 code="limits_unavailable",
             ) from error
         headers = rate_limit_headers(answer.standing)
@@ -120,7 +126,8 @@ class LimitsKeeper:
             return headers
         if not answer.granted:
             wait = (
-                answer.standing.budget_reset_seconds if answer.refusal == "insufficient_quota"
+                answer.standing.budget_reset_seconds
+                if answer.refusal == "insufficient_quota"
                 else max(answer.standing.reset_requests_seconds, answer.standing.reset_tokens_seconds)
             )
             headers["retry-after"] = str(max(1, int(wait + 0.999)))

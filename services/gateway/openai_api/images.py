@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import ipaddress
 import io
+import ipaddress
 import socket
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
@@ -45,9 +45,7 @@ class ImagePolicy:
 
 # Address translation and multicast ranges that `is_global` lets through: NAT64 and 6to4 addresses
 # carry an IPv4 address (possibly a private one) inside.
-_NOT_FETCHED = tuple(
-    ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "2001::/32")
-)
+_NOT_FETCHED = tuple(ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "2001::/32"))
 
 
 def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -68,7 +66,9 @@ def check_dimensions(data: bytes, policy: ImagePolicy, param: str) -> None:
     if width > policy.max_side or height > policy.max_side:
         raise _refuse(param, f"the image is {width}x{height}; each side may be at most {policy.max_side} pixels")
     if width * height > policy.max_pixels:
-        raise _refuse(param, f"the image is {width}x{height} = {width * height} pixels; at most {policy.max_pixels} are accepted")
+        raise _refuse(
+            param, f"the image is {width}x{height} = {width * height} pixels; at most {policy.max_pixels} are accepted"
+        )
 
 
 def _refuse(param: str, message: str) -> ApiError:
@@ -78,7 +78,9 @@ def _refuse(param: str, message: str) -> ApiError:
 def _media_type(value: str, param: str) -> str:
     media = value.split(";", 1)[0].strip().lower()
     if media not in MEDIA_TYPES:
-        raise _refuse(param, f"unsupported media type {media or '(none)'!r}; send one of {', '.join(sorted(MEDIA_TYPES))}")
+        raise _refuse(
+            param, f"unsupported media type {media or '(none)'!r}; send one of {', '.join(sorted(MEDIA_TYPES))}"
+        )
     return media
 
 
@@ -144,7 +146,9 @@ async def _fetch(url: str, policy: ImagePolicy, param: str) -> pb.Image:
             try:
                 # TLS still verifies the certificate against the name (sni_hostname), not the address.
                 request = client.build_request(
-                    "GET", target.url, headers={"Host": target.host_header},
+                    "GET",
+                    target.url,
+                    headers={"Host": target.host_header},
                     extensions={"sni_hostname": target.hostname},
                 )
                 response = await client.send(request, stream=True)

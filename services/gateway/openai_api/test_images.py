@@ -24,9 +24,14 @@ PNG = base64.b64decode(
 
 
 def message(url: str) -> list[ChatMessage]:
-    return [ChatMessage.model_validate(
-        {"role": "user", "content": [{"type": "text", "text": "what is it?"}, {"type": "image_url", "image_url": {"url": url}}]}
-    )]
+    return [
+        ChatMessage.model_validate(
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "what is it?"}, {"type": "image_url", "image_url": {"url": url}}],
+            }
+        )
+    ]
 
 
 async def refusal(url: str, policy: ImagePolicy = ImagePolicy()) -> ApiError:
@@ -41,27 +46,38 @@ async def test_a_data_uri_becomes_bytes_with_its_media_type() -> None:
     assert images[(0, 1)].data == PNG and images[(0, 1)].media_type == "image/png"
 
 
-@pytest.mark.parametrize(("url", "words"), [
-    ("data:image/png;base64,not base64!", "does not decode"),
-    ("data:image/bmp;base64,AAAA", "unsupported media type"),
-    ("data:image/png,rawbytes", "base64"),
-    ("http://example.com/cat.png", "does not fetch"),
-    ("ftp://example.com/cat.png", "does not fetch"),
-])
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("data:image/png;base64,not base64!", "does not decode"),
+        ("data:image/bmp;base64,AAAA", "unsupported media type"),
+        ("data:image/png,rawbytes", "base64"),
+        ("http://example.com/cat.png", "does not fetch"),
+        ("ftp://example.com/cat.png", "does not fetch"),
+    ],
+)
 async def test_bad_images_are_refused_naming_the_part(url: str, words: str) -> None:
     assert words in (await refusal(url)).message
 
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1:9/x.png", "http://localhost:9/x.png", "http://169.254.169.254/latest/meta-data",
-    "http://10.0.0.1/x.png", "http://[::1]:9/x.png",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/x.png",
+        "http://localhost:9/x.png",
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.1/x.png",
+        "http://[::1]:9/x.png",
+    ],
+)
 async def test_fetching_never_reaches_internal_addresses(url: str) -> None:
     assert "non-public" in (await refusal(url, ImagePolicy(fetch=True))).message
 
 
 async def test_fetching_keeps_to_the_allowlist_and_the_size_limit() -> None:
-    off_list = await refusal("http://example.com/x.png", ImagePolicy(fetch=True, allowed_hosts=frozenset({"images.example.org"})))
+    off_list = await refusal(
+        "http://example.com/x.png", ImagePolicy(fetch=True, allowed_hosts=frozenset({"images.example.org"}))
+    )
     assert "allowlist" in off_list.message
     big = "data:image/png;base64," + base64.b64encode(b"x" * 2000).decode()
     assert "larger than" in (await refusal(big, ImagePolicy(max_bytes=1000))).message
@@ -133,7 +149,9 @@ async def test_a_fetch_connects_to_the_address_it_checked_not_to_a_second_lookup
     port = image_server.rsplit(":", 1)[1]
     monkeypatch.setattr(socket, "getaddrinfo", _resolver({"images.test": ["127.0.0.1"]}, answers=1))
     _Images.hosts.clear()
-    images = await load_images(message(f"http://images.test:{port}/cat.png"), ImagePolicy(fetch=True, allow_private=True))
+    images = await load_images(
+        message(f"http://images.test:{port}/cat.png"), ImagePolicy(fetch=True, allow_private=True)
+    )
     assert images[(0, 1)].data == PNG
     assert _Images.hosts == [f"images.test:{port}"]
 
@@ -146,11 +164,14 @@ async def test_a_name_with_any_non_public_address_is_refused(monkeypatch: pytest
 def declared_png(width: int, height: int) -> bytes:
     """A 1-bit greyscale PNG header declaring these dimensions (a few KB of real PNG can: 14 KB declared
     11000x11000 and cost the engine 2.6 GB); the size check reads no further."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def as_data_uri(data: bytes) -> str:

@@ -35,7 +35,9 @@ def chat_messages(messages: list[ChatMessage], images: dict[tuple[int, int], pb.
     """`images`: the image parts' bytes by (message, part) index (services.gateway.openai_api.images)."""
     chat = pb.Chat()
     for i, m in enumerate(messages):
-        message = chat.messages.add(role=_ROLES[m.role], content=m.text(), name=m.name or "", tool_call_id=m.tool_call_id or "")
+        message = chat.messages.add(
+            role=_ROLES[m.role], content=m.text(), name=m.name or "", tool_call_id=m.tool_call_id or ""
+        )
         for call in m.tool_calls or ():
             message.tool_calls.add(id=call.id, name=call.function.name, arguments=call.function.arguments)
         if m.has_images:
@@ -83,7 +85,9 @@ def _structured(response_format: ResponseFormat | None) -> pb.StructuredOutput |
     return pb.StructuredOutput(json_schema=json.dumps(spec.schema_))
 
 
-def sampling_params(body: SamplingFields, max_tokens: int | None, logprobs: int | None, fmt: ResponseFormat | None) -> pb.SamplingParams:
+def sampling_params(
+    body: SamplingFields, max_tokens: int | None, logprobs: int | None, fmt: ResponseFormat | None
+) -> pb.SamplingParams:
     params = pb.SamplingParams(
         n=body.n,
         stop=body.stop_list(),

@@ -1,6 +1,5 @@
 """GET /metrics: the gateway's Prometheus exposition (who may read it: services.gateway.access)."""
 
-
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
@@ -18,5 +17,3 @@ async def metrics(gateway_metrics: Metrics) -> Response:
         multiprocess.MultiProcessCollector(registry)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
     return Response(generate_latest(gateway_metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-

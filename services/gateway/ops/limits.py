@@ -18,7 +18,6 @@ from services.gateway.limits.keeper import LimitsKeeper
 router = APIRouter(prefix="/v1")
 
 
-
 class LimitsBody(BaseModel):
     """A field left out or null: no such limit. All left out: the key has no limits."""
 

@@ -254,9 +254,7 @@ class Generation:
         outcome.duration_seconds = time.monotonic() - self._started
         await self._sink(outcome)
 
-    def settle_in_background(
-        self, finish_reasons: list[str], tasks: set[asyncio.Task], status: str = "abort"
-    ) -> None:
+    def settle_in_background(self, finish_reasons: list[str], tasks: set[asyncio.Task], status: str = "abort") -> None:
         """The client left (or a sibling call was refused): abort what still runs, read each call to the
         engine's final usage, then record; in a task that the HTTP request does not own."""
         if self._closed:
@@ -301,7 +299,8 @@ class Generation:
             return
         self._asked_for_held_usage = True
         unseen = {
-            r.request_id: s for r, s in zip(self._requests, self._streams)
+            r.request_id: s
+            for r, s in zip(self._requests, self._streams)
             if (s.last is None or not s.last.finished) and r.caller
         }
         if not unseen:
@@ -314,7 +313,10 @@ class Generation:
             return
         for held in held_usage:
             unseen[held.request_id].last = pb.GenerateResponse(
-                request_id=held.request_id, model=held.model, usage=held.usage, finished=True,
+                request_id=held.request_id,
+                model=held.model,
+                usage=held.usage,
+                finished=True,
                 choices=[pb.ChoiceDelta(index=i, finish_reason=r) for i, r in enumerate(held.finish_reasons)],
             )
 

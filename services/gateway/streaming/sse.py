@@ -10,7 +10,6 @@ from typing import Literal
 import orjson
 
 from services.gateway.errors import ApiError
-from services.gateway.streaming.generation import Generation
 from services.gateway.streaming.chunks import (
     ChoiceAccumulator,
     CompletionLogprobs,
@@ -21,6 +20,7 @@ from services.gateway.streaming.chunks import (
     tool_call_delta,
     usage_object,
 )
+from services.gateway.streaming.generation import Generation
 
 Kind = Literal["chat", "completion"]
 DONE = b"data: [DONE]\n\n"
@@ -112,9 +112,9 @@ class _ChunkTemplate:
 
     def render(self, choices: list[Json], gen: Generation) -> bytes:
         if self._continuous_usage:
-            return b"".join((
-                self._prefix, orjson.dumps(choices), b',"usage":', orjson.dumps(usage_object(*gen.usage())), b"}\n\n"
-            ))
+            return b"".join(
+                (self._prefix, orjson.dumps(choices), b',"usage":', orjson.dumps(usage_object(*gen.usage())), b"}\n\n")
+            )
         return b"".join((self._prefix, orjson.dumps(choices), b"}\n\n"))
 
 
@@ -160,7 +160,9 @@ async def aggregate(gen: Generation, meta: ResponseMeta, settling: set[asyncio.T
             )
         else:
             logprobs = acc.completion_logprobs.as_json() if meta.logprobs else None
-            out.append({"index": index, "text": "".join(acc.text), "logprobs": logprobs, "finish_reason": acc.finish_reason})
+            out.append(
+                {"index": index, "text": "".join(acc.text), "logprobs": logprobs, "finish_reason": acc.finish_reason}
+            )
     return {
         "id": meta.id,
         "object": "chat.completion" if meta.kind == "chat" else "text_completion",

@@ -23,12 +23,17 @@ def _describe(payload: bytes) -> str:
         event = mpb.UsageEvent.FromString(payload)
     except Exception:  # noqa: BLE001 - a poison row is listed as such
         return "(undecodable)"
-    return f"model={event.model} key={event.api_key_id} prompt={event.prompt_tokens} completion={event.completion_tokens}"
+    return (
+        f"model={event.model} key={event.api_key_id} prompt={event.prompt_tokens} completion={event.completion_tokens}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m services.gateway.usage.admin", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m services.gateway.usage.admin",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("command", choices=["status", "dead-letters", "replay"])
     parser.add_argument("event_ids", nargs="*")
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("GATEWAY_DATA_DIR", "var/gateway")))
@@ -42,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"pending {outbox.count()}\ndead_letters {outbox.dead_letter_count()}")
         elif args.command == "dead-letters":
             for dead in outbox.dead_letters():
-                when = datetime.datetime.fromtimestamp(dead.failed_at, datetime.timezone.utc).isoformat(timespec="seconds")
+                when = datetime.datetime.fromtimestamp(dead.failed_at, datetime.UTC).isoformat(timespec="seconds")
                 print(f"{dead.event_id}\t{when}\t{_describe(dead.payload)}\t{dead.reason}")
         else:
             moved = outbox.replay(args.event_ids or None)

@@ -22,8 +22,8 @@ from services.contracts.held_usage import holder_name
 from services.contracts.metering_client import MeteringClient
 from services.gateway.outcome import Outcome
 from services.gateway.usage.events import events_from_unconfirmed, usage_context, usage_event
-from services.usage_outbox.outbox import OUTBOX_FILE, Outbox
 from services.gateway.usage.recovery import UsageConfirmer, new_incarnation, recover_unconfirmed
+from services.usage_outbox.outbox import OUTBOX_FILE, Outbox
 from services.usage_outbox.sender import SenderMetrics, UsageSender
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,9 @@ class UsageDelivery:
         self._sweeping = asyncio.create_task(self._claim_expired_forever())
         log.info(
             "usage events go to %s as source %s (incarnation %s)",
-            self._settings.metering_addr, self.source, self.incarnation,
+            self._settings.metering_addr,
+            self.source,
+            self.incarnation,
         )
 
     def stamp(self, requests: list[pb.GenerateRequest], outcome: Outcome) -> None:

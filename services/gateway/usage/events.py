@@ -13,7 +13,6 @@ from services.contracts.usage_terms import REQUEST_STATUS, request_status
 from services.gateway.outcome import FINISH_REASONS, Outcome
 
 
-
 def usage_event(outcome: Outcome, source: str) -> mpb.UsageEvent:
     """The event id is the response id: deterministic per request, so a retry is recognised."""
     event = usage_context(outcome, source)

@@ -16,10 +16,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import grpc
+from llmserve.metering.v1 import metering_pb2 as mpb
 
 from services.contracts.engine_client import EngineClient
 from services.gateway.usage.events import events_from_unconfirmed
-from llmserve.metering.v1 import metering_pb2 as mpb
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,9 @@ async def recover_unconfirmed(
         await confirmer.flush()
         if not answer.still_open or loop.time() > deadline:
             if answer.still_open:
-                log.warning("%d stream(s) of an earlier incarnation still open; left for the next start", answer.still_open)
+                log.warning(
+                    "%d stream(s) of an earlier incarnation still open; left for the next start", answer.still_open
+                )
             break
         await asyncio.sleep(0.5)
     if recovered:

@@ -9,21 +9,21 @@ import time
 from pathlib import Path
 
 import grpc
-from llmserve.metering.v1 import metering_pb2_grpc
 from llmserve.engine.v1 import engine_pb2_grpc
+from llmserve.metering.v1 import metering_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from services.gateway.outcome import Outcome
-from services.usage_outbox.outbox import Outbox
-from services.gateway.usage.events import usage_event
-from services.usage_outbox.sender import SenderMetrics, UsageSender
-from services.grpc_lifecycle import build_server
 from services.contracts.metering_client import MeteringClient
+from services.gateway.outcome import Outcome
+from services.gateway.usage.events import usage_event
+from services.grpc_lifecycle import build_server
 from services.metering.ledger import Ledger
 from services.metering.metrics import MeteringMetrics
 from services.metering.servicer import STATUS_BY_ERROR, MeteringServicer
 from services.metering.sqlite_store import SqliteStore
 from services.metering.store import Totals
+from services.usage_outbox.outbox import Outbox
+from services.usage_outbox.sender import SenderMetrics, UsageSender
 
 
 def free_port() -> int:
@@ -46,8 +46,16 @@ async def start_metering(port: int, db: Path):
 
 
 def outcome(i: int) -> Outcome:
-    return Outcome(request_id=f"chatcmpl-{i}", endpoint="/v1/chat/completions", model="m", api_key_id="k",
-                   streamed=True, prompt_tokens=3, completion_tokens=i, finish_reasons=["stop"])
+    return Outcome(
+        request_id=f"chatcmpl-{i}",
+        endpoint="/v1/chat/completions",
+        model="m",
+        api_key_id="k",
+        streamed=True,
+        prompt_tokens=3,
+        completion_tokens=i,
+        finish_reasons=["stop"],
+    )
 
 
 async def wait_for(predicate, timeout: float = 20.0) -> None:
@@ -73,8 +81,14 @@ async def wait_metered(ledger: Ledger, requests: int, timeout: float = 20.0) -> 
 
 def sender_for(port: int, outbox: Path, registry: CollectorRegistry, **kwargs) -> UsageSender:
     kwargs.setdefault("batch_size", 4)
-    return UsageSender(MeteringClient(f"127.0.0.1:{port}"), Outbox(outbox), SenderMetrics(registry),
-                       send_timeout=1.0, max_backoff=0.3, **kwargs)
+    return UsageSender(
+        MeteringClient(f"127.0.0.1:{port}"),
+        Outbox(outbox),
+        SenderMetrics(registry),
+        send_timeout=1.0,
+        max_backoff=0.3,
+        **kwargs,
+    )
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:

@@ -18,9 +18,23 @@ router = APIRouter(prefix="/v1")
 # Fields of Xinference's launch that choose hardware or packaging this stack leaves to vLLM's
 # arguments and the engines' configuration; accepted and ignored when they are the client's defaults.
 _IGNORED_LAUNCH_FIELDS = {
-    "model_engine", "model_size_in_billions", "model_format", "quantization", "n_worker", "n_gpu",
-    "peft_model_config", "request_limits", "worker_ip", "gpu_idx", "replica_config", "model_path",
-    "enable_thinking", "enable_virtual_env", "virtual_env_packages", "virtual_env_find_links", "envs",
+    "model_engine",
+    "model_size_in_billions",
+    "model_format",
+    "quantization",
+    "n_worker",
+    "n_gpu",
+    "peft_model_config",
+    "request_limits",
+    "worker_ip",
+    "gpu_idx",
+    "replica_config",
+    "model_path",
+    "enable_thinking",
+    "enable_virtual_env",
+    "virtual_env_packages",
+    "virtual_env_find_links",
+    "envs",
 }
 
 
@@ -47,8 +61,9 @@ class RegisterBody(BaseModel):
 
 def _model_type(model_type: str) -> None:
     if model_type not in MODEL_TYPES:
-        raise ApiError(400, f"model_type {model_type!r}: one of {', '.join(MODEL_TYPES)}", param="model_type",
-                       code="invalid_value")
+        raise ApiError(
+            400, f"model_type {model_type!r}: one of {', '.join(MODEL_TYPES)}", param="model_type", code="invalid_value"
+        )
 
 
 @router.get("/cluster/auth")
@@ -72,8 +87,9 @@ async def get_registration(model_type: str, model_name: str, models: Models, acc
     _model_type(model_type)
     registration = models.catalog.registration(model_name)
     if registration is None or registration.model_type != model_type:
-        raise ApiError(404, f"No {model_type} model registered as `{model_name}`.", param="model_name",
-                       code="model_not_found")
+        raise ApiError(
+            404, f"No {model_type} model registered as `{model_name}`.", param="model_name", code="model_not_found"
+        )
     return registration.spec(access.is_operator(key_id))
 
 
@@ -94,19 +110,28 @@ async def unregister(model_type: str, model_name: str, models: Models, key_id: K
     if catalog.registration(model_name) is not None and catalog.registration(model_name).is_builtin:
         raise ApiError(400, f"`{model_name}` is a built-in model.", param="model_name", code="invalid_value")
     if not catalog.unregister(model_name):
-        raise ApiError(404, f"No {model_type} model registered as `{model_name}`.", param="model_name",
-                       code="model_not_found")
+        raise ApiError(
+            404, f"No {model_type} model registered as `{model_name}`.", param="model_name", code="model_not_found"
+        )
 
 
 @router.post("/models")
 async def launch(body: LaunchBody, models: Models, metrics: Metrics, key_id: KeyId) -> dict:
     if body.model_type not in SERVED_TYPES:
-        raise ApiError(400, f"model_type {body.model_type!r}: this stack serves {' and '.join(SERVED_TYPES)} models",
-                       param="model_type", code="invalid_value")
+        raise ApiError(
+            400,
+            f"model_type {body.model_type!r}: this stack serves {' and '.join(SERVED_TYPES)} models",
+            param="model_type",
+            code="invalid_value",
+        )
     registration = models.catalog.registration(body.model_name)
     if registration is not None and registration.model_type != body.model_type:
-        raise ApiError(400, f"`{body.model_name}` is registered as an {registration.model_type} model, not"
-                       f" {body.model_type}", param="model_type", code="invalid_value")
+        raise ApiError(
+            400,
+            f"`{body.model_name}` is registered as an {registration.model_type} model, not {body.model_type}",
+            param="model_type",
+            code="invalid_value",
+        )
     uid = await models.launch(body.model_name, body.model_uid, body.replica, body.engine_args())
     metrics.known_models.add(uid)
     return {"model_uid": uid}

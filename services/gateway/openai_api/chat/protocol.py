@@ -6,7 +6,14 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from services.gateway.openai_api.protocol import UINT32_MAX, ChatMessage, ChatTool, NamedToolChoice, ResponseFormat, SamplingFields
+from services.gateway.openai_api.protocol import (
+    UINT32_MAX,
+    ChatMessage,
+    ChatTool,
+    NamedToolChoice,
+    ResponseFormat,
+    SamplingFields,
+)
 
 
 class ChatCompletionRequest(SamplingFields):

@@ -18,13 +18,25 @@ router = APIRouter(prefix="/v1", tags=[ENGINE_WORK])
 
 @router.post("/embeddings", response_model=None)
 async def create_embeddings(
-    body: EmbeddingRequest, request: Request, requests: Router, fleet: Fleet, recorder: Record, metrics: Metrics,
-    settings: Settings, generations: Generations, limits: KeyLimits, key_id: KeyId,
+    body: EmbeddingRequest,
+    request: Request,
+    requests: Router,
+    fleet: Fleet,
+    recorder: Record,
+    metrics: Metrics,
+    settings: Settings,
+    generations: Generations,
+    limits: KeyLimits,
+    key_id: KeyId,
 ) -> Response:
     request.state.model = body.model
     outcome = Outcome(
-        request_id=f"embd-{uuid.uuid4().hex}", endpoint=request.url.path, model=body.model, api_key_id=key_id,
-        streamed=False, model_name=fleet.model_name(body.model),
+        request_id=f"embd-{uuid.uuid4().hex}",
+        endpoint=request.url.path,
+        model=body.model,
+        api_key_id=key_id,
+        streamed=False,
+        model_name=fleet.model_name(body.model),
     )
     embed = engine_request(body, outcome.request_id, settings.max_prompts_per_request)
     serving = EmbeddingServing(requests, recorder, generations, limits, settings.settle_timeout_seconds)

@@ -26,8 +26,14 @@ from services.gateway.usage.recorder import OutcomeRecorder
 
 log = logging.getLogger(__name__)
 # Refused before the engine counted anything: nothing is held.
-_REFUSED = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAUTHENTICATED,
-                      grpc.StatusCode.PERMISSION_DENIED})
+_REFUSED = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+    }
+)
 
 
 def _encode(values: Sequence[float], encoding: str) -> list[float] | str:
@@ -44,9 +50,13 @@ def engine_request(body: EmbeddingRequest, request_id: str, limit: int) -> pb.Em
         raise ApiError(400, str(error), param="input") from error
     if len(inputs) > limit:
         raise ApiError(400, f"At most {limit} inputs per request; got {len(inputs)}.", param="input")
-    request = pb.EmbedRequest(request_id=request_id, model=body.model, inputs=[
-        pb.EmbedInput(text=x) if isinstance(x, str) else pb.EmbedInput(token_ids=pb.TokenIds(ids=x)) for x in inputs
-    ])
+    request = pb.EmbedRequest(
+        request_id=request_id,
+        model=body.model,
+        inputs=[
+            pb.EmbedInput(text=x) if isinstance(x, str) else pb.EmbedInput(token_ids=pb.TokenIds(ids=x)) for x in inputs
+        ],
+    )
     if body.dimensions is not None:
         request.dimensions = body.dimensions
     return request
@@ -103,12 +113,16 @@ class EmbeddingServing:
         usage = {"prompt_tokens": outcome.prompt_tokens, "total_tokens": outcome.prompt_tokens}
         return {"object": "list", "data": data, "model": outcome.model, "usage": usage}, headers
 
-    def _record_held_usage(self, member: EngineMember, request: pb.EmbedRequest, outcome: Outcome, started: float) -> None:
+    def _record_held_usage(
+        self, member: EngineMember, request: pb.EmbedRequest, outcome: Outcome, started: float
+    ) -> None:
         task = asyncio.create_task(self._held_usage(member, request, outcome, started))
         self.generations.settling.add(task)
         task.add_done_callback(self.generations.settling.discard)
 
-    async def _held_usage(self, member: EngineMember, request: pb.EmbedRequest, outcome: Outcome, started: float) -> None:
+    async def _held_usage(
+        self, member: EngineMember, request: pb.EmbedRequest, outcome: Outcome, started: float
+    ) -> None:
         """Asks the engine for the usage it holds for a request whose answer never reached us, and records it:
         a request the engine finished is billed even if its vectors were lost on the way."""
         if not request.caller:
@@ -116,7 +130,9 @@ class EmbeddingServing:
         try:
             held_usage = await member.client.claim_held(request.caller, [request.request_id], self.settle_seconds)
         except grpc.aio.AioRpcError as error:
-            log.warning("could not ask the engine for the usage of embedding %s: %s", request.request_id, error.code().name)
+            log.warning(
+                "could not ask the engine for the usage of embedding %s: %s", request.request_id, error.code().name
+            )
             return
         for held in held_usage:
             outcome.model = held.model or outcome.model

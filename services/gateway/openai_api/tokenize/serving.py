@@ -26,7 +26,12 @@ async def tokenize(body: TokenizeRequest, router: RequestRouter, image_policy: I
         return await member.client.tokenize(request)
 
     reply = await router.call(request.model, rpc)
-    return {"count": reply.count, "max_model_len": reply.max_model_len, "tokens": list(reply.token_ids), "token_strs": None}
+    return {
+        "count": reply.count,
+        "max_model_len": reply.max_model_len,
+        "tokens": list(reply.token_ids),
+        "token_strs": None,
+    }
 
 
 async def detokenize(body: DetokenizeRequest, router: RequestRouter) -> dict:

@@ -15,23 +15,30 @@ import sqlite3
 from pathlib import Path
 
 from services.engine.generation import FinishReason, Timings, Usage
-from services.engine.unconfirmed_usage import HeldUsage, UnconfirmedUsage
+from services.engine.usage.held import HeldUsage, HeldUsageStore
 
 log = logging.getLogger(__name__)
 
 
 def encode(held: HeldUsage) -> str:
     timings = held.timings
-    return json.dumps({
-        "usage_context": held.usage_context.hex(),
-        "model": held.model,
-        "usage": [held.usage.prompt_tokens, held.usage.completion_tokens, held.usage.cached_tokens],
-        "finish_reasons": [r.value for r in held.finish_reasons],
-        "timings": None if timings is None else [
-            timings.queue_seconds, timings.time_to_first_token_seconds, timings.generation_seconds, timings.total_seconds,
-        ],
-        "error": held.error,
-    })
+    return json.dumps(
+        {
+            "usage_context": held.usage_context.hex(),
+            "model": held.model,
+            "usage": [held.usage.prompt_tokens, held.usage.completion_tokens, held.usage.cached_tokens],
+            "finish_reasons": [r.value for r in held.finish_reasons],
+            "timings": None
+            if timings is None
+            else [
+                timings.queue_seconds,
+                timings.time_to_first_token_seconds,
+                timings.generation_seconds,
+                timings.total_seconds,
+            ],
+            "error": held.error,
+        }
+    )
 
 
 def decode(request_id: str, caller: str, text: str) -> HeldUsage:
@@ -80,7 +87,9 @@ class HeldUsageJournal:
                 " entry = excluded.entry",
                 [(h.request_id, h.caller, encode(h)) for h in changes.values() if h is not None],
             )
-            self._db.executemany("DELETE FROM held WHERE request_id = ?", [(r,) for r, h in changes.items() if h is None])
+            self._db.executemany(
+                "DELETE FROM held WHERE request_id = ?", [(r,) for r, h in changes.items() if h is None]
+            )
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
@@ -94,7 +103,7 @@ class HeldUsageKeeper:
     """Restores the journal into the engine's held usage at start, then writes its changes every
     `interval` seconds, and once more at stop."""
 
-    def __init__(self, journal: HeldUsageJournal, unconfirmed: UnconfirmedUsage, interval: float = 0.2) -> None:
+    def __init__(self, journal: HeldUsageJournal, unconfirmed: HeldUsageStore, interval: float = 0.2) -> None:
         self._journal = journal
         self._unconfirmed = unconfirmed
         self._interval = interval

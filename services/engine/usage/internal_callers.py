@@ -67,7 +67,7 @@ def usage_event(metered: Metered, trace_id: str = "") -> mpb.UsageEvent:
     return event
 
 
-class CallerUsage:
+class InternalCallerUsage:
     def __init__(self, metering_addr: str, token: str | None, data_dir: Path, drain_seconds: float) -> None:
         self._metering_addr = metering_addr
         self._token = token

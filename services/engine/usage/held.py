@@ -1,4 +1,5 @@
-"""Final usage the engine keeps until the caller that bills it confirms it is recorded durably.
+"""Final usage the engine holds for a caller that bills it (a gateway) until that caller confirms it is
+recorded durably.
 
 A caller (a gateway) names itself "<source>/<incarnation>": the source survives its restarts (its
 instance id), the incarnation is new at each start. When a gateway is killed, the requests it was
@@ -35,7 +36,7 @@ class HeldUsage:
     open: bool = True
 
 
-class UnconfirmedUsage:
+class HeldUsageStore:
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
         self._held: OrderedDict[str, HeldUsage] = OrderedDict()
         self._max_entries = max_entries
