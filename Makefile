@@ -10,9 +10,13 @@ MODEL_STORE ?= var/models
 PROTO_OUT := gen
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: setup deps protos model credentials run engine lint test fuzz client check-protos bench-engine bench-serving bench-metering bench-gateway bench-stalls compose-check clean
+.PHONY: setup system-packages deps protos model credentials run engine lint test fuzz client check-protos bench-engine bench-serving bench-metering bench-gateway bench-stalls compose-check clean
 
 setup: deps protos model
+
+# PostgreSQL's server and promtool, which the tests start and run (Debian packages; needs root).
+system-packages:
+	bash tools/system_packages.sh
 
 deps: $(VENV)/.deps-stamp
 
@@ -63,7 +67,7 @@ lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: setup lint
+test: setup system-packages lint
 	$(PY) -m pytest -q
 
 # The gateway's OpenAPI schema fuzzed with schemathesis against real processes (about 10 minutes at most).

@@ -21,7 +21,7 @@ from llmserve.engine.v1 import engine_pb2 as pb
 from benchmarks.workload import RunResult, Workload, prompts, summarize
 from services.contracts.engine_client import EngineClient
 from services.engine.prepare_model import ensure_embedded_model
-from tools.processes import ROOT, ServiceProcess, free_port
+from tools.processes import ROOT, ServiceProcess, free_port, grpc_serving
 
 
 async def _one(client: EngineClient, ids: list[int], output_len: int) -> tuple[int, float]:
@@ -136,12 +136,7 @@ def main() -> None:
             f"127.0.0.1:{port}",
         )
         try:
-
-            async def serving() -> bool:
-                async with EngineClient(engine.address) as client:
-                    return await client.serving(timeout=2.0)
-
-            engine.wait_ready(serving, 900)
+            engine.wait_ready(lambda: grpc_serving(engine.address), 900)
             ours = [r.as_dict() for r in asyncio.run(run_engine(engine.address, workload, plan, vocab))]
         finally:
             engine.stop()

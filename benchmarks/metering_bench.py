@@ -24,12 +24,11 @@ from llmserve.metering.v1 import metering_pb2 as mpb
 
 from benchmarks.serving_bench import FIELDS, ModelCase, load, vllm_settings
 from benchmarks.workload import percentile
-from services.contracts.engine_client import EngineClient
 from services.contracts.metering_client import MeteringClient
 from services.engine.builtin_models import make_tiny_model
 from services.engine.prepare_model import ensure_embedded_model
 from tools.postgres import PostgresServer
-from tools.processes import ROOT, ServiceProcess, free_port, gateway_env, http_ok, metering_env
+from tools.processes import ROOT, ServiceProcess, free_port, gateway_env, grpc_serving, http_ok, metering_env
 
 STORES = (("sqlite", 1), ("postgres", 1), ("postgres", 2))
 BATCHES = (1, 100, 1000)
@@ -42,12 +41,7 @@ def start_metering(logs: Path, data: Path, database_url: str = "") -> ServicePro
         "METERING_DATABASE_URL": database_url,
     }
     process = ServiceProcess("metering", "services.metering", [], logs, f"127.0.0.1:{port}", env=env)
-
-    async def serving() -> bool:
-        async with MeteringClient(process.address) as client:
-            return await client.serving(timeout=2.0)
-
-    process.wait_ready(serving, 60)
+    process.wait_ready(lambda: grpc_serving(process.address), 60)
     return process
 
 
@@ -120,12 +114,7 @@ def gateway_cost(logs: Path, data: Path, concurrency: int) -> dict:
     metering = start_metering(logs, data / "gateway-cost")
     results = {}
     try:
-
-        async def serving() -> bool:
-            async with EngineClient(engine.address) as client:
-                return await client.serving(timeout=2.0)
-
-        engine.wait_ready(serving, 900)
+        engine.wait_ready(lambda: grpc_serving(engine.address), 900)
         # Alternate off/on twice, so drift on a shared machine hits both sides alike.
         for _ in range(2):
             for label, extra in (("off", {}), ("on", {"metering_addr": metering.address})):

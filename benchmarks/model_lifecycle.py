@@ -17,7 +17,7 @@ import psutil
 from llmserve.engine.v1 import engine_pb2 as pb
 
 from services.contracts.engine_client import EngineClient
-from tools.processes import ROOT, ServiceProcess, engine_args, free_port
+from tools.processes import ROOT, ServiceProcess, engine_args, free_port, grpc_serving
 
 
 def tree_rss_mib(pid: int) -> float:
@@ -71,12 +71,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as logs:
         engine = ServiceProcess("engine", "services.engine", engine_args(port), Path(logs), f"127.0.0.1:{port}")
         try:
-
-            async def serving() -> bool:
-                async with EngineClient(engine.address) as client:
-                    return await client.serving(timeout=2.0)
-
-            engine.wait_ready(serving, 900)
+            engine.wait_ready(lambda: grpc_serving(engine.address), 900)
             results = asyncio.run(rounds(engine, args.source, args.rounds))
         finally:
             engine.stop()

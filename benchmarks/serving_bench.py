@@ -25,11 +25,10 @@ from pathlib import Path
 
 import psutil
 
-from services.contracts.engine_client import EngineClient
 from services.engine.builtin_models import make_tiny_model
 from services.engine.cpu_placement import place_engine_core
 from services.engine.prepare_model import ensure_embedded_model
-from tools.processes import ROOT, ServiceProcess, free_port, gateway_env, http_ok
+from tools.processes import ROOT, ServiceProcess, free_port, gateway_env, grpc_serving, http_ok
 
 
 @dataclass(frozen=True)
@@ -120,12 +119,7 @@ def engine_process(case: ModelCase, logs: Path) -> Iterator[str]:
         f"127.0.0.1:{port}",
     )
     try:
-
-        async def serving() -> bool:
-            async with EngineClient(engine.address) as client:
-                return await client.serving(timeout=2.0)
-
-        engine.wait_ready(serving, 900)
+        engine.wait_ready(lambda: grpc_serving(engine.address), 900)
         yield engine.address
     finally:
         engine.stop()

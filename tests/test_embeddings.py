@@ -21,9 +21,17 @@ from xinference_client import RESTfulClient
 
 from services.contracts.builtin_models import EMBEDDED_MODEL_NAME, EMBEDDING_NAME
 from services.engine.builtin_models import embedding_model_folder
-from tests.conftest import ADMIN_API_KEY, API_KEY, start_gateway, start_metering
-from tests.test_metering import engine_served, metering_totals, wait_for, wait_idle
-from tests.test_usage_faults import metering_reaches_engine
+from tests.stack import (
+    ADMIN_API_KEY,
+    API_KEY,
+    engine_served,
+    metering_reaches_engine,
+    metering_totals,
+    start_gateway,
+    start_metering,
+    wait_for,
+    wait_idle,
+)
 from tools.processes import ServiceProcess
 
 UID = "minilm"

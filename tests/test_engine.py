@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
-import time
-import uuid
 
 import grpc
 import pytest
@@ -16,49 +13,16 @@ from llmserve.engine.v1 import engine_pb2 as pb
 from transformers import AutoTokenizer
 
 from services.contracts.engine_client import EngineClient
+from tests.calls import QUESTION, chat, finish_of, request, text_of, token_ids_of
 from tests.credentials import engine_client
+from tests.stack import wait_for, wait_idle
 from tools.processes import MODEL_STORE, ServiceProcess
-
-QUESTION = "What is the capital of France?"
-
-
-def chat(*contents: str) -> pb.Chat:
-    return pb.Chat(messages=[pb.ChatMessage(role=pb.ROLE_USER, content=c) for c in contents])
-
-
-def request(**sampling: object) -> pb.GenerateRequest:
-    return pb.GenerateRequest(
-        request_id=f"test-{uuid.uuid4().hex[:8]}",
-        chat=chat(QUESTION),
-        sampling=pb.SamplingParams(**{"max_tokens": 12, "temperature": 0.0, **sampling}),
-    )
-
-
-def text_of(messages: list[pb.GenerateResponse], index: int = 0) -> str:
-    return "".join(c.text for m in messages for c in m.choices if c.index == index)
-
-
-def token_ids_of(messages: list[pb.GenerateResponse], index: int | None = None) -> list[int]:
-    return [t for m in messages for c in m.choices if index is None or c.index == index for t in c.token_ids]
-
-
-def finish_of(messages: list[pb.GenerateResponse], index: int = 0) -> pb.ChoiceDelta:
-    return next(c for m in messages for c in m.choices if c.index == index and c.finish_reason)
 
 
 @pytest.fixture
 async def engine(engine_address: str):
     async with engine_client(engine_address) as client:
         yield client
-
-
-async def wait_idle(engine: EngineClient, timeout: float = 10.0) -> pb.GetLoadResponse:
-    deadline = time.monotonic() + timeout
-    while True:
-        load = await engine.load()
-        if load.unfinished_requests == 0 and load.open_streams == 0 or time.monotonic() > deadline:
-            return load
-        await asyncio.sleep(0.1)
 
 
 async def test_health_and_reflection(engine_address: str) -> None:
@@ -191,7 +155,7 @@ async def test_cancel_mid_stream_aborts_in_vllm(engine: EngineClient) -> None:
             break
     assert (await engine.load()).unfinished_requests >= 1
     call.cancel()
-    load = await wait_idle(engine)
+    load = await wait_idle(engine.address)
     assert load.unfinished_requests == 0 and load.open_streams == 0
 
 
@@ -206,7 +170,7 @@ async def test_abort_ends_stream_with_final_usage(engine: EngineClient) -> None:
     assert final.finished
     assert {c.finish_reason for m in messages for c in m.choices if c.finish_reason} == {pb.FINISH_REASON_ABORT}
     assert 0 < final.usage.completion_tokens == len(token_ids_of(messages)) < 800
-    assert (await wait_idle(engine)).unfinished_requests == 0
+    assert (await wait_idle(engine.address)).unfinished_requests == 0
 
 
 @pytest.mark.parametrize(
@@ -306,10 +270,11 @@ async def test_sigterm_drains_then_aborts_with_final_usage(engine_process: Servi
             messages.append(message)
             if len(messages) == 2:
                 engine_process.signal(signal.SIGTERM)
-                deadline = time.monotonic() + 10
-                while await engine.serving():
-                    assert time.monotonic() < deadline, "the engine still reports serving after SIGTERM"
-                    await asyncio.sleep(0.05)
+
+                async def stopped_serving() -> bool:
+                    return not await engine.serving()
+
+                await wait_for(stopped_serving, 10, "the engine to stop reporting serving after SIGTERM")
                 with pytest.raises(grpc.aio.AioRpcError) as raised:
                     await engine.generate_all(request(max_tokens=2), timeout=10)
                 assert raised.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -16,30 +16,11 @@ import pytest
 from xinference_client import RESTfulClient
 
 from services.contracts.builtin_models import TINY_NAME
-from tests.conftest import ADMIN_API_KEY, API_KEY, start_gateway
-from tests.credentials import CALLERS_FILE, engine_client
-from tests.test_metering import wait_for
-from tools.processes import ServiceProcess, engine_args, free_port
+from tests.credentials import engine_client
+from tests.stack import ADMIN_API_KEY, API_KEY, start_engine, start_gateway, wait_for
+from tools.processes import ServiceProcess, free_port
 
 UID = "tiny-replicated"
-
-
-def start_empty_engine(log_dir: Path, port: int, name: str) -> ServiceProcess:
-    process = ServiceProcess(
-        name,
-        "services.engine",
-        engine_args(port),
-        log_dir,
-        f"127.0.0.1:{port}",
-        env={"ENGINE_START_MODEL": "false", "ENGINE_CALLERS_FILE": str(CALLERS_FILE)},
-    )
-
-    async def serving() -> bool:
-        async with engine_client(process.address) as client:
-            return await client.serving(timeout=2.0)
-
-    process.wait_ready(serving, 120)
-    return process
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +30,7 @@ def second_engine_port() -> int:
 
 @pytest.fixture(scope="module")
 def second_engine(log_dir: Path, second_engine_port: int) -> Iterator[ServiceProcess]:
-    process = start_empty_engine(log_dir, second_engine_port, "engine-b")
+    process = start_engine(log_dir, "engine-b", second_engine_port, env={"ENGINE_START_MODEL": "false"})
     try:
         yield process
     finally:
@@ -123,7 +104,9 @@ async def test_replicas_balance_fail_over_and_rejoin(
 
     # The engine comes back (empty, as a restarted engine is): it rejoins the rotation.
     second_engine.stop()
-    back = await asyncio.to_thread(start_empty_engine, log_dir, second_engine_port, "engine-b-again")
+    back = await asyncio.to_thread(
+        start_engine, log_dir, "engine-b-again", second_engine_port, env={"ENGINE_START_MODEL": "false"}
+    )
     try:
 
         async def rejoined() -> bool:

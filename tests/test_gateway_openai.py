@@ -5,17 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import ADMIN_HEADERS, API_KEY, start_gateway
-from tests.credentials import engine_client
+from tests.calls import assert_error, post
+from tests.stack import ADMIN_HEADERS, API_KEY, MODEL, metric, start_gateway, wait_for, wait_idle
 
-MODEL = "SmolLM2-135M-Instruct"
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 
 
@@ -30,15 +28,6 @@ async def prompt_tokens(gateway_url: str, messages: list[dict] | None = None, pr
         reply = await http.post(f"{gateway_url}/tokenize", json=body)
     reply.raise_for_status()
     return reply.json()["count"]
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 async def scrape(gateway_url: str) -> str:
@@ -154,14 +143,6 @@ async def test_json_response_format(client: openai.AsyncOpenAI) -> None:
     assert isinstance(json.loads(reply.choices[0].message.content)["a"], int)
 
 
-async def wait_engine_idle(engine_address: str, timeout: float = 15.0) -> None:
-    async with engine_client(engine_address) as engine:
-        deadline = time.monotonic() + timeout
-        while (load := await engine.load()).unfinished_requests or load.open_streams:
-            assert time.monotonic() < deadline, load
-            await asyncio.sleep(0.1)
-
-
 async def test_disconnect_aborts_in_engine_and_still_counts(gateway_url: str, engine_address: str) -> None:
     before = metric(await scrape(gateway_url), "gateway_completion_tokens_total", model=MODEL)
     body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 500, "stream": True, "ignore_eos": True}
@@ -173,11 +154,13 @@ async def test_disconnect_aborts_in_engine_and_still_counts(gateway_url: str, en
                     received += 1
                 if received == 5:
                     break
-    await wait_engine_idle(engine_address)
-    deadline = time.monotonic() + 10
-    while (after := metric(await scrape(gateway_url), "gateway_completion_tokens_total", model=MODEL)) == before:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.1)
+    await wait_idle(engine_address)
+
+    async def counted() -> bool:
+        return metric(await scrape(gateway_url), "gateway_completion_tokens_total", model=MODEL) > before
+
+    await wait_for(counted, 10, "the aborted stream's tokens in the gateway's metrics")
+    after = metric(await scrape(gateway_url), "gateway_completion_tokens_total", model=MODEL)
     assert 5 <= after - before < 500
 
 
@@ -205,25 +188,6 @@ async def test_64_simultaneous_streams(client: openai.AsyncOpenAI, gateway_url: 
 
 
 # Errors: the status and OpenAI's error object.
-
-
-async def post(url: str, body: bytes | dict, key: str | None = API_KEY, **headers: str) -> httpx.Response:
-    if key is not None:
-        headers["Authorization"] = f"Bearer {key}"
-    async with httpx.AsyncClient(timeout=60) as http:
-        if isinstance(body, dict):
-            return await http.post(url, json=body, headers=headers)
-        return await http.post(url, content=body, headers={"content-type": "application/json", **headers})
-
-
-def assert_error(reply: httpx.Response, status: int, *words: str) -> dict:
-    assert reply.status_code == status, reply.text
-    error = reply.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    for word in words:
-        assert word in error["message"]
-    assert "Traceback" not in reply.text
-    return error
 
 
 @pytest.mark.parametrize(
@@ -290,7 +254,7 @@ async def test_in_flight_limit_and_engine_unavailable(log_dir: Path, engine_addr
             assert (await http.get(f"{dead.address}/health")).status_code == 503
     finally:
         dead.stop()
-    await wait_engine_idle(engine_address)
+    await wait_idle(engine_address)
 
 
 async def test_tokenize_detokenize_and_openapi(gateway_url: str) -> None:

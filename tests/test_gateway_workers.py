@@ -13,9 +13,15 @@ from pathlib import Path
 import httpx
 import psutil
 
-from tests.conftest import ADMIN_HEADERS, API_KEY, start_gateway, start_metering
-from tests.test_gateway_openai import metric
-from tests.test_metering import metering_totals, wait_for
+from tests.stack import (
+    ADMIN_HEADERS,
+    API_KEY,
+    metering_totals,
+    metric,
+    start_gateway,
+    start_metering,
+    wait_for,
+)
 
 MODEL = "SmolLM2-135M-Instruct"
 
@@ -47,6 +53,13 @@ async def stream(url: str, max_tokens: int) -> tuple[int, int]:
 async def scrape_fresh(url: str) -> str:
     async with httpx.AsyncClient(headers=ADMIN_HEADERS) as http:
         return (await http.get(f"{url}/metrics")).text
+
+
+def listening(worker: psutil.Process, port: int) -> bool:
+    try:
+        return any(c.laddr.port == port and c.status == psutil.CONN_LISTEN for c in worker.net_connections())
+    except psutil.NoSuchProcess:
+        return False
 
 
 async def test_two_workers_on_one_port(log_dir: Path, tmp_path: Path, engine_address: str) -> None:
@@ -98,10 +111,14 @@ async def test_two_workers_on_one_port(log_dir: Path, tmp_path: Path, engine_add
         killed.send_signal(signal.SIGKILL)
         during = await asyncio.gather(*(stream(gateway.address, 8) for _ in range(4)))
         deadline = time.monotonic() + 60
-        while len(workers_of(supervisor)) < 2 or killed.pid in {w.pid for w in workers_of(supervisor)}:
-            assert time.monotonic() < deadline, "the killed worker started again"
+        # Serving once it listens: uvicorn binds after the app's start-up (engine poll, outbox) is done.
+        while (
+            len(workers_of(supervisor)) < 2
+            or killed.pid in {w.pid for w in workers_of(supervisor)}
+            or not all(listening(w, port) for w in workers_of(supervisor))
+        ):
+            assert time.monotonic() < deadline, "the killed worker started again and listens"
             await asyncio.sleep(0.2)
-        await asyncio.sleep(3)  # the new worker is serving (its engine poll and outbox are up)
         after = await asyncio.gather(*(stream(gateway.address, 8) for _ in range(4)))
         assert {s: (data / "workers" / s / "instance-id").read_text() for s in "01"} == identities
         await wait_for(lambda: metered(usages + during + after), 30, "metering to hold every stream, exactly")

@@ -13,8 +13,9 @@ from llmserve.engine.v1 import engine_pb2_grpc
 
 from services.contracts.channel import CHANNEL_OPTIONS
 from services.contracts.engine_client import EngineClient
+from tests.calls import request, token_ids_of
 from tests.credentials import TESTER_TOKEN, engine_client
-from tests.test_engine import request, token_ids_of, wait_idle
+from tests.stack import wait_idle
 
 METADATA = (("authorization", f"Bearer {TESTER_TOKEN}"),)
 
@@ -88,8 +89,7 @@ async def test_errors_cancels_and_duplicates_end_only_their_own_request(engine_a
     codes = [e.code for r in responses for e in r.ends if e.request_id == cut.request_id]
     assert grpc.StatusCode.INVALID_ARGUMENT.value[0] in codes and grpc.StatusCode.CANCELLED.value[0] in codes
     assert sum(len(c.token_ids) for u in updates[cut.request_id] for c in u.choices) < 2000
-    async with engine_client(engine_address) as engine:
-        load = await wait_idle(engine)
+    load = await wait_idle(engine_address)
     assert load.unfinished_requests == 0 and load.open_streams == 0
 
 
@@ -103,8 +103,7 @@ async def test_the_client_library_and_a_dropped_stream(engine_address: str) -> N
         assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         long = engine.generate(request(max_tokens=1500, ignore_eos=True))
         await long.read()
-    async with engine_client(engine_address) as engine:
-        load = await wait_idle(engine)
+    load = await wait_idle(engine_address)
     assert load.unfinished_requests == 0 and load.open_streams == 0
 
 

@@ -19,9 +19,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from llmserve.metering.v1 import metering_pb2 as mpb
 
-from tests.conftest import API_KEY, start_gateway, start_metering
+from tests.calls import event
 from tests.credentials import metering_client
-from tests.test_metering import MODEL, engine_served, event, metering_totals, wait_for, wait_idle
+from tests.stack import (
+    API_KEY,
+    MODEL,
+    engine_served,
+    metering_totals,
+    start_gateway,
+    start_metering,
+    wait_for,
+    wait_idle,
+)
 from tools.processes import ServiceProcess
 
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
@@ -68,7 +77,6 @@ async def test_a_non_streamed_request_whose_client_left_is_aborted_and_billed_fo
         await wait_idle(engine_address)
         before = await engine_served(engine_address)
         body = {**CHAT, "max_tokens": 400, "ignore_eos": True}
-        started = time.monotonic()
         async with httpx.AsyncClient(headers=HEADERS, timeout=1.5) as http:
             with pytest.raises(httpx.ReadTimeout):
                 await http.post(f"{gateway.address}/v1/chat/completions", json=body)
@@ -81,9 +89,9 @@ async def test_a_non_streamed_request_whose_client_left_is_aborted_and_billed_fo
         after = await engine_served(engine_address)
         totals = await metering_totals(metering.address)
         assert totals.aborted_requests == 1
+        # The engine stopped generating once the client left.
         assert 0 < totals.completion_tokens < 400
         assert (totals.prompt_tokens, totals.completion_tokens) == (after[0] - before[0], after[1] - before[1])
-        assert time.monotonic() - started < 12, "the engine stopped generating once the client left"
     finally:
         gateway.stop()
         metering.stop()

@@ -19,10 +19,9 @@ from PIL import Image
 from xinference_client import RESTfulClient
 
 from services.contracts.builtin_models import EMBEDDED_MODEL_NAME, TINY_VLM_NAME
-from tests.conftest import ADMIN_API_KEY, API_KEY, start_gateway, start_metering
 from tests.credentials import metering_client
 from tests.otlp_receiver import OtlpReceiver
-from tests.test_metering import wait_for
+from tests.stack import ADMIN_API_KEY, API_KEY, start_gateway, start_metering, wait_for
 from tools.processes import ServiceProcess
 
 UID = "vlm"

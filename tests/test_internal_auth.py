@@ -17,8 +17,8 @@ from llmserve.metering.v1 import metering_pb2_grpc
 
 from services.engine.server import POLICY as ENGINE_POLICY
 from services.metering.server import POLICY as METERING_POLICY
-from tests.conftest import API_KEY, start_gateway, start_metering
 from tests.credentials import ADMIN_TOKEN, GATEWAY_TOKEN, TESTER_TOKEN
+from tests.stack import API_KEY, start_gateway, start_metering
 from tools.processes import ServiceProcess
 
 WRONG_TOKEN = "not-the-secret-0123456789"

@@ -21,46 +21,19 @@ from llmserve.metering.v1 import metering_pb2 as mpb
 from services.contracts.builtin_models import TINY_NAME
 from services.contracts.engine_client import EngineClient
 from services.contracts.metering_client import MeteringClient
-from services.engine.builtin_models import make_tiny_model
-from services.engine.prepare_model import ensure_embedded_model
 from services.service_auth.provision import add_caller, remove_caller, rotate_caller
-from tests.conftest import API_KEY, start_gateway, start_metering
-from tests.credentials import CALLERS_FILE, DIRECTORY, metering_client
-from tests.test_metering import metering_totals, wait_for
-from tools.processes import MODEL_STORE, ServiceProcess, engine_args, free_port
+from tests.credentials import DIRECTORY, metering_client
+from tests.stack import (
+    API_KEY,
+    metering_totals,
+    start_gateway,
+    start_metering,
+    start_tiny_engine,
+    wait_for,
+)
+from tools.processes import free_port
 
 CALLER = "batch-job"
-
-
-def start_engine(log_dir: Path, port: int, metering_address: str, data_dir: Path, name: str) -> ServiceProcess:
-    tiny = make_tiny_model(ensure_embedded_model(MODEL_STORE), MODEL_STORE)
-    process = ServiceProcess(
-        name,
-        "services.engine",
-        [
-            *engine_args(port, data_dir),
-            "--model",
-            str(tiny),
-            "--served-model-name",
-            TINY_NAME,
-            "--load-format",
-            "dummy",
-        ],
-        log_dir,
-        f"127.0.0.1:{port}",
-        env={
-            "ENGINE_CALLERS_FILE": str(CALLERS_FILE),
-            "ENGINE_METERING_ADDR": metering_address,
-            "ENGINE_SERVICE_TOKEN_FILE": str(DIRECTORY / "engine.token"),
-        },
-    )
-
-    async def serving() -> bool:
-        async with EngineClient(process.address) as client:
-            return await client.serving(timeout=2.0)
-
-    process.wait_ready(serving, 600)
-    return process
 
 
 @pytest.fixture
@@ -123,7 +96,9 @@ async def test_callers_are_managed_like_keys_and_every_token_they_generate_is_me
 ) -> None:
     metering = await asyncio.to_thread(start_metering, log_dir, tmp_path / "m", None, "metering-callers")
     port = free_port()
-    engine = await asyncio.to_thread(start_engine, log_dir, port, metering.address, tmp_path / "e", "engine-callers")
+    engine = await asyncio.to_thread(
+        start_tiny_engine, log_dir, port, metering.address, tmp_path / "e", "engine-callers"
+    )
     gateway = await asyncio.to_thread(
         start_gateway,
         log_dir,
@@ -196,7 +171,7 @@ async def test_callers_are_managed_like_keys_and_every_token_they_generate_is_me
             metering.signal(signal.SIGCONT)
         assert final is not None and final.completion_tokens == 16
         engine = await asyncio.to_thread(
-            start_engine, log_dir, port, metering.address, tmp_path / "e", "engine-callers-2"
+            start_tiny_engine, log_dir, port, metering.address, tmp_path / "e", "engine-callers-2"
         )
 
         async def delivered() -> bool:

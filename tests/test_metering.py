@@ -17,35 +17,21 @@ import httpx
 import pytest
 from llmserve.metering.v1 import metering_pb2 as mpb
 
-from tests.conftest import ADMIN_HEADERS, API_KEY, start_gateway, start_metering
+from tests.calls import event
 from tests.credentials import DIRECTORY as CREDENTIALS
-from tests.credentials import engine_client, metering_client
+from tests.credentials import metering_client
+from tests.stack import (
+    ADMIN_HEADERS,
+    API_KEY,
+    MODEL,
+    engine_served,
+    metering_totals,
+    start_gateway,
+    start_metering,
+    wait_for,
+    wait_idle,
+)
 from tools.processes import ROOT, free_port
-
-MODEL = "SmolLM2-135M-Instruct"
-
-
-def event(i: int, source: str = "test-source", **changes: object) -> mpb.UsageEvent:
-    e = mpb.UsageEvent(
-        event_id=f"ev-{i}",
-        source=source,
-        model="m1",
-        api_key_id="team-a",
-        endpoint="/v1/chat/completions",
-        streamed=True,
-        finish_reason="stop",
-        status=mpb.REQUEST_STATUS_OK,
-        prompt_tokens=10,
-        completion_tokens=i % 7 + 1,
-        cached_tokens=0,
-        time_to_first_token_seconds=0.05,
-        generation_seconds=0.2,
-        request_seconds=0.3,
-    )
-    e.occurred_at.FromNanoseconds(time.time_ns())
-    for name, value in changes.items():
-        setattr(e, name, value)
-    return e
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -54,13 +40,6 @@ def store_env(request: pytest.FixtureRequest) -> dict[str, str]:
     if request.param == "sqlite":
         return {}
     return {"METERING_DATABASE_URL": request.getfixturevalue("new_database")()}
-
-
-async def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
 
 
 async def test_same_event_sent_1000_times_counts_once(log_dir: Path, tmp_path: Path, store_env: dict[str, str]) -> None:
@@ -132,9 +111,9 @@ async def test_bad_events_are_invalid_argument_and_counted(
             text = (await http.get(metering.metrics_url)).text
         assert 'metering_events_rejected_total{reason="negative"} 2.0' in text
         promtool = shutil.which("promtool")
-        if promtool:
-            check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
-            assert check.returncode == 0, check.stdout + check.stderr
+        assert promtool, "promtool is missing: `make test` installs it (Debian's prometheus package)"
+        check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
     finally:
         metering.stop()
 
@@ -209,31 +188,11 @@ async def chat(gateway: str, n_tokens: int, cancel_after: int | None = None) -> 
             return usage
 
 
-async def engine_served(engine_address: str) -> tuple[int, int]:
-    async with engine_client(engine_address) as engine:
-        load = await engine.load()
-        return load.prompt_tokens, load.completion_tokens
-
-
-async def wait_idle(engine_address: str) -> None:
-    async def idle() -> bool:
-        async with engine_client(engine_address) as engine:
-            load = await engine.load()
-            return load.unfinished_requests == 0 and load.open_streams == 0
-
-    await wait_for(idle, 30, "the engine to go idle")
-
-
 async def spool_depth(gateway: str) -> float:
     async with httpx.AsyncClient() as http:
         text = (await http.get(f"{gateway}/metrics", headers=ADMIN_HEADERS)).text
     line = next(line for line in text.splitlines() if line.startswith("gateway_usage_spool_depth "))
     return float(line.split()[1])
-
-
-async def metering_totals(address: str) -> mpb.Totals:
-    async with metering_client(address) as client:
-        return (await client.counters()).all
 
 
 async def test_delivery_survives_metering_and_gateway_restarts_exactly_once(

@@ -9,7 +9,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,9 +22,16 @@ from xinference_client import RESTfulClient
 from services.contracts.builtin_models import EMBEDDED_MODEL_NAME, EMBEDDING_NAME, TINY_NAME
 from services.engine.builtin_models import make_tiny_model
 from services.engine.prepare_model import ensure_embedded_model
-from tests.conftest import ADMIN_API_KEY, ADMIN_HEADERS, API_KEY, start_gateway, start_metering
 from tests.credentials import metering_client
-from tests.test_metering import wait_for
+from tests.stack import (
+    ADMIN_API_KEY,
+    ADMIN_HEADERS,
+    API_KEY,
+    start_gateway,
+    start_metering,
+    wait_for,
+    wait_until,
+)
 from tools.processes import MODEL_STORE, ServiceProcess
 
 TINY_UID = "tiny-1"
@@ -115,11 +121,12 @@ def test_launch_chat_generate_and_terminate_with_the_xinference_client(
     assert TINY_UID in openai_ids
     # vLLM's own metrics cover both models, the launched one included (counted as vLLM's output
     # handler records each step, so shortly after the replies).
-    deadline = time.monotonic() + 10
-    while (finished := vllm_requests_by_model(engine_process.metrics_url)).get(TINY_UID, 0) < 4:
-        assert time.monotonic() < deadline, f"vLLM's metrics count {finished} finished requests"
-        time.sleep(0.2)
-    assert finished[EMBEDDED_MODEL_NAME] >= 1
+    wait_until(
+        lambda: vllm_requests_by_model(engine_process.metrics_url).get(TINY_UID, 0) >= 4,
+        10,
+        "vLLM's metrics to count the launched model's 4 finished requests",
+    )
+    assert vllm_requests_by_model(engine_process.metrics_url)[EMBEDDED_MODEL_NAME] >= 1
 
     xinference.terminate_model(TINY_UID)
     assert TINY_UID not in xinference.list_models()

@@ -13,14 +13,25 @@ import signal
 import time
 from pathlib import Path
 
-from tests.conftest import start_gateway, start_metering
+from tests.calls import CANCELLER, FINISHER, KEYS, stream_chat
 from tests.credentials import engine_client
-from tests.test_metering import engine_served, metering_totals, wait_idle
-from tests.test_usage_faults import CANCELLER, FINISHER, KEYS, metering_reaches_engine, stream_chat, totals_by_key
+from tests.stack import (
+    engine_served,
+    metering_reaches_engine,
+    metering_totals,
+    start_gateway,
+    start_metering,
+    totals_by_key,
+    wait_idle,
+)
 from tools.postgres import PostgresServer
 from tools.processes import ServiceProcess, free_port
 
-LOAD_SECONDS = 40.0
+# Each fault twice, in an order the seed shuffles; the load runs until they are done and 20 streams were
+# seen to their usage chunk (the cap only bounds a run that cannot get there).
+FAULTS = ("gateway", "metering", "postgres") * 2
+MIN_STREAMS = 20
+CAP_SECONDS = 300.0
 
 
 async def test_gateways_metering_replicas_and_postgres_killed_at_random_lose_and_double_nothing(
@@ -52,10 +63,14 @@ async def test_gateways_metering_replicas_and_postgres_killed_at_random_lose_and
     try:
         await wait_idle(engine_address)
         before = await engine_served(engine_address)
-        deadline = time.monotonic() + LOAD_SECONDS
+        cap = time.monotonic() + CAP_SECONDS
+        faults_done = asyncio.Event()
+
+        def load_over() -> bool:
+            return (faults_done.is_set() and len(seen) >= MIN_STREAMS) or time.monotonic() > cap
 
         async def client(n: int) -> None:
-            while time.monotonic() < deadline:
+            while not load_over():
                 url = rng.choice(gateways).address
                 if n % 3 == 0:
                     await stream_chat(url, CANCELLER, 48, rng.uniform(0.01, 1.0))
@@ -65,10 +80,12 @@ async def test_gateways_metering_replicas_and_postgres_killed_at_random_lose_and
                         seen.append(usage)
 
         async def faults() -> None:
-            for what in itertools.cycle(("gateway", "metering", "postgres")):
+            plan = list(FAULTS)
+            rng.shuffle(plan)
+            for what in plan:
                 await asyncio.sleep(rng.uniform(2.0, 5.0))
-                if time.monotonic() > deadline - 5:
-                    return
+                if time.monotonic() > cap:
+                    break
                 kills[what] += 1
                 if what == "gateway":
                     i = rng.randrange(2)
@@ -84,10 +101,10 @@ async def test_gateways_metering_replicas_and_postgres_killed_at_random_lose_and
                     postgres_server.kill()
                     await asyncio.sleep(rng.uniform(0.2, 1.5))
                     await asyncio.to_thread(postgres_server.start)
+            faults_done.set()
 
         await asyncio.gather(*(client(n) for n in range(8)), faults())
-        assert min(kills.values()) >= 2, kills
-        assert len(seen) >= 20
+        assert sum(kills.values()) == len(FAULTS) and len(seen) >= MIN_STREAMS, (kills, len(seen))
         await metering_reaches_engine(meterings[0].address, engine_address, before, 120)
         after = await engine_served(engine_address)
         one, two = await metering_totals(meterings[0].address), await metering_totals(meterings[1].address)

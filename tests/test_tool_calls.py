@@ -12,8 +12,8 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import API_KEY
-from tests.test_gateway_openai import MODEL, assert_error, post
+from tests.calls import assert_error, post
+from tests.stack import API_KEY, MODEL
 
 WEATHER = {
     "type": "function",

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import API_KEY, start_gateway, start_metering
 from tests.otlp_receiver import OtlpReceiver
+from tests.stack import API_KEY, start_gateway, start_metering, wait_until
 
 MODEL = "SmolLM2-135M-Instruct"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -46,10 +45,8 @@ async def test_one_request_is_one_trace_with_genai_attributes(
         assert reply.status_code == 200
         response_id = reply.text.split('"id":"', 1)[1].split('"', 1)[0]
 
-        deadline = time.monotonic() + 30
-        while not _all_four_exported(spans := otlp_receiver.spans(TRACE_ID)):
-            assert time.monotonic() < deadline, [(s.service, s.name) for s in spans]
-            await asyncio.sleep(0.2)
+        wait_until(lambda: _all_four_exported(otlp_receiver.spans(TRACE_ID)), 30, "all four services' spans")
+        spans = otlp_receiver.spans(TRACE_ID)
         by_id = {s.span_id: s for s in spans}
 
         gateway_server = next(s for s in spans if s.service == "gateway" and s.parent_span_id == PARENT)

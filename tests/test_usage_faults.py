@@ -17,82 +17,22 @@ import httpx
 from llmserve.metering.v1 import metering_pb2 as mpb
 
 from services.contracts.builtin_models import TINY_NAME
-from tests.conftest import ADMIN_API_KEY, ADMIN_HEADERS, start_gateway, start_metering
+from tests.calls import CANCELLER, FINISHER, KEYS, stream_chat
 from tests.credentials import engine_client, metering_client
-from tests.test_internal_callers import start_engine
-from tests.test_metering import MODEL, engine_served, metering_totals, wait_for, wait_idle
+from tests.stack import (
+    ADMIN_HEADERS,
+    MODEL,
+    engine_served,
+    metering_reaches_engine,
+    metering_totals,
+    start_gateway,
+    start_metering,
+    start_tiny_engine,
+    totals_by_key,
+    wait_for,
+    wait_idle,
+)
 from tools.processes import free_port
-
-FINISHER, CANCELLER = "sk-finisher", "sk-canceller"
-KEYS = f"finisher:{FINISHER},canceller:{CANCELLER},test-admin:{ADMIN_API_KEY}"
-
-
-async def stream_chat(
-    url: str,
-    key: str,
-    max_tokens: int,
-    hang_up_after: float | None = None,
-    text: str = "Count to ten.",
-    model: str = MODEL,
-) -> tuple[int, int] | None:
-    """A streamed chat; the usage chunk's (prompt, completion), or None if it hung up (or was cut)."""
-    body = {
-        "model": model,
-        "messages": [{"role": "user", "content": text}],
-        "max_tokens": max_tokens,
-        "stream": True,
-        "ignore_eos": True,
-    }
-
-    async def read() -> tuple[int, int] | None:
-        async with httpx.AsyncClient(timeout=120, headers={"Authorization": f"Bearer {key}"}) as http:
-            async with http.stream("POST", f"{url}/v1/chat/completions", json=body) as reply:
-                assert reply.status_code == 200, await reply.aread()
-                usage = None
-                async for line in reply.aiter_lines():
-                    if line.startswith("data: {") and '"usage":{' in line:
-                        u = json.loads(line[6:])["usage"]
-                        usage = (u["prompt_tokens"], u["completion_tokens"])
-                return usage
-
-    if hang_up_after is None:
-        try:
-            return await read()
-        except httpx.HTTPError:
-            return None
-    try:
-        return await asyncio.wait_for(read(), hang_up_after)
-    except (TimeoutError, httpx.HTTPError):
-        return None
-
-
-async def metering_reaches_engine(
-    metering_address: str, engine_address: str, before: tuple[int, int], timeout: float
-) -> None:
-    """Waits until metering's (prompt, completion) totals equal what the engine counted since `before`,
-    and the engine holds no usage unconfirmed."""
-    await wait_idle(engine_address)
-    after = await engine_served(engine_address)
-    engine_delta = (after[0] - before[0], after[1] - before[1])
-
-    async def reached() -> bool:
-        totals = await metering_totals(metering_address)
-        return (totals.prompt_tokens, totals.completion_tokens) == engine_delta
-
-    await wait_for(reached, timeout, f"metering to reach the engine's {engine_delta}")
-
-    async def confirmed() -> bool:
-        async with engine_client(engine_address) as engine:
-            return (await engine.load()).held_usage == 0
-
-    # Nothing left held for a later test's gateway to claim (and bill to that test's metering).
-    await wait_for(confirmed, 30, "the engine to hold no unconfirmed usage")
-
-
-async def totals_by_key(address: str) -> dict[str, mpb.Totals]:
-    async with metering_client(address) as client:
-        rows = await client.totals(mpb.GetTotalsRequest(group_by_api_key=True))
-    return {row.api_key_id: row.totals for row in rows}
 
 
 async def test_clients_hanging_up_at_random_moments_agree_exactly(
@@ -239,7 +179,7 @@ async def test_a_gateway_lost_then_the_engine_restarted_before_any_claim_loses_n
     and holds exactly what the clients saw."""
     metering = await asyncio.to_thread(start_metering, log_dir, tmp_path / "m", None, "metering-held")
     port, engine_data = free_port(), tmp_path / "engine"
-    engine = await asyncio.to_thread(start_engine, log_dir, port, metering.address, engine_data, "engine-held-1")
+    engine = await asyncio.to_thread(start_tiny_engine, log_dir, port, metering.address, engine_data, "engine-held-1")
     settings = dict(metering_addr=metering.address, api_keys=KEYS)
     first = await asyncio.to_thread(
         start_gateway, log_dir, engine.address, "gateway-held-1", data_dir=str(tmp_path / "g1"), **settings
@@ -260,7 +200,9 @@ async def test_a_gateway_lost_then_the_engine_restarted_before_any_claim_loses_n
         await wait_for(journaled, 10, "the engine to write the held usage to disk")
         engine.signal(signal.SIGKILL)
         engine.stop()
-        engine = await asyncio.to_thread(start_engine, log_dir, port, metering.address, engine_data, "engine-held-2")
+        engine = await asyncio.to_thread(
+            start_tiny_engine, log_dir, port, metering.address, engine_data, "engine-held-2"
+        )
         second = await asyncio.to_thread(
             start_gateway, log_dir, engine.address, "gateway-held-2", data_dir=str(tmp_path / "g2"), **settings
         )

@@ -94,8 +94,10 @@ class ServiceProcess:
 
 
 def engine_args(port: int, data_dir: Path | None = None) -> list[str]:
-    """Test settings: eager mode starts fastest; a short context keeps the KV cache small; a data folder
-    (held usage, outbox) of its own for each engine unless one is given."""
+    """Test settings: eager mode starts fastest; a short context, and a KV cache sized in bytes (2 GiB, about
+    23,000 tokens of the embedded model), not as a share of the machine's RAM, which other processes'
+    memory would make too small to start; a data folder (held usage, outbox) of its own for each engine
+    unless one is given."""
     return [
         "--data-dir",
         str(data_dir or tempfile.mkdtemp(prefix=f"llmserve-engine-{port}-")),
@@ -110,6 +112,8 @@ def engine_args(port: int, data_dir: Path | None = None) -> list[str]:
         "--enforce-eager",
         "--max-model-len",
         "2048",
+        "--kv-cache-memory-bytes",
+        str(2 << 30),
         "--shutdown-grace-seconds",
         "3",
     ]
@@ -119,6 +123,14 @@ def gateway_env(port: int, engine_address: str, **settings: str) -> dict[str, st
     env = {"GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), "GATEWAY_ENGINE_ADDR": engine_address}
     env.update({f"GATEWAY_{k.upper()}": v for k, v in settings.items()})
     return env
+
+
+async def grpc_serving(address: str) -> bool:
+    """Whether the gRPC service at `address` says SERVING on its (open) health check."""
+    from services.contracts.channel import ServiceChannel
+
+    async with ServiceChannel(address) as channel:
+        return await channel.serving(timeout=2.0)
 
 
 async def http_ok(url: str, headers: dict[str, str] | None = None) -> bool:

@@ -42,6 +42,9 @@ class EngineSettings(BaseSettings):
     gpu_memory_utilization: float | None = Field(
         None, gt=0, le=1, description=f"on CPU: share of RAM for the KV cache (default {CPU_MEMORY_SHARE})"
     )
+    kv_cache_memory_bytes: int | None = Field(
+        None, ge=1, description="the KV cache's size in bytes (vLLM's argument): overrides the share of memory"
+    )
     tensor_parallel_size: int = Field(1, ge=1)
     pipeline_parallel_size: int = Field(1, ge=1)
     distributed_executor_backend: Literal["mp", "ray", "uni"] | None = None
@@ -131,6 +134,7 @@ class EngineSettings(BaseSettings):
             "seed": self.seed,
             "max_logprobs": self.max_logprobs,
             "gpu_memory_utilization": memory_share,
+            "kv_cache_memory_bytes": self.kv_cache_memory_bytes,
         }
         if on_cpu:
             args["enable_chunked_prefill"] = CPU_CHUNKED_PREFILL

@@ -105,7 +105,7 @@ def _usage_delivery(settings: GatewaySettings, metrics: GatewayMetrics, fleet: E
     return UsageDelivery(delivery_settings, metrics.registry, engine_at, engines)
 
 
-def _limits_keeper(settings: GatewaySettings, source: str) -> LimitsKeeper:
+def _limits_keeper(settings: GatewaySettings, source: str, metrics: GatewayMetrics) -> LimitsKeeper:
     metering = MeteringClient(settings.metering_addr, settings.service_token())
     return LimitsKeeper(
         metering,
@@ -115,6 +115,7 @@ def _limits_keeper(settings: GatewaySettings, source: str) -> LimitsKeeper:
             poll_seconds=settings.limits_poll_seconds,
             fail_open=settings.limits_fail_open,
         ),
+        on_poll=metrics.limits_polls.inc,
     )
 
 
@@ -160,7 +161,7 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
         )
         manager = ModelManager(fleet, Catalog((settings.catalog_dir or settings.data_dir) / CATALOG_FILE))
         delivery = _usage_delivery(settings, metrics_, fleet) if settings.metering_addr else None
-        limits = _limits_keeper(settings, delivery.source) if delivery is not None else None
+        limits = _limits_keeper(settings, delivery.source, metrics_) if delivery is not None else None
         generations = OpenGenerations()
         router = RequestRouter(fleet, generations, settings.request_timeout_seconds, settings.settle_timeout_seconds)
         recorder = OutcomeRecorder(metrics_, delivery, limits)

@@ -61,6 +61,12 @@ class GatewayMetrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+        self.limits_polls = Counter(
+            "gateway_limits_polls",
+            "Reads of which keys are limited, from metering, that succeeded (a change made through another"
+            " replica applies here from the next one)",
+            registry=r,
+        )
         self.in_flight = Gauge(
             "gateway_requests_in_flight", "Generation requests in progress", registry=r, multiprocess_mode="livesum"
         )

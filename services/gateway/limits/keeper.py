@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -56,7 +57,10 @@ def rate_limit_headers(standing: mpb.Standing) -> dict[str, str]:
 
 
 class LimitsKeeper:
-    def __init__(self, metering: MeteringClient, settings: LimitsSettings) -> None:
+    def __init__(
+        self, metering: MeteringClient, settings: LimitsSettings, on_poll: Callable[[], None] | None = None
+    ) -> None:
+        self._on_poll = on_poll
         self._metering = metering
         self._settings = settings
         self._limited: dict[str, mpb.KeyLimits] = {}
@@ -79,6 +83,8 @@ class LimitsKeeper:
     async def _poll_once(self) -> None:
         try:
             self._limited = {k.api_key_id: k for k in await self._metering.list_limits()}
+            if self._on_poll is not None:
+                self._on_poll()
         except grpc.aio.AioRpcError as error:
             log.warning("could not read the key limits from metering: %s", error.code().name)
 
