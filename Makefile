@@ -68,7 +68,7 @@ lint: deps
 	$(VENV)/bin/ruff format --check .
 
 test: setup system-packages lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # The gateway's OpenAPI schema fuzzed with schemathesis against real processes (about 10 minutes at most).
 fuzz: setup

@@ -38,16 +38,16 @@ def main() -> None:
 
     from vllm.platforms import current_platform
 
-    caller_usage = None
+    internal_callers = None
     if settings.metering_addr:
         token = read_token(settings.service_token_file) if settings.service_token_file else None
-        caller_usage = InternalCallerUsage(
+        internal_callers = InternalCallerUsage(
             settings.metering_addr, token, settings.data_dir, settings.usage_drain_seconds
         )
     else:
         log.warning("no metering configured: requests of callers that do not bill their own are not metered")
     factory = backend_factory(settings, current_platform.is_cpu(), first.uid if first else None)
-    usage = EngineUsage(held=HeldUsageStore(lease_seconds=settings.caller_lease_seconds), internal=caller_usage)
+    usage = EngineUsage(held=HeldUsageStore(lease_seconds=settings.caller_lease_seconds), internal=internal_callers)
     host = ModelHost(factory, usage)
     held = HeldUsageKeeper(HeldUsageJournal(settings.data_dir / "held_usage.sqlite3"), usage.held)
     if settings.metrics_port:
@@ -63,7 +63,7 @@ def main() -> None:
             settings.shutdown_grace_seconds,
             auth,
             settings.reflection,
-            [held] if caller_usage is None else [caller_usage, held],
+            [held] if internal_callers is None else [internal_callers, held],
         )
     )
     shutdown_tracing()

@@ -44,7 +44,7 @@ class HeldUsageStore:
         self.lease_seconds = lease_seconds
         # Caller → when it was last heard from (a Generate naming it, a ConfirmUsage, a claim).
         self._seen: dict[str, float] = {}
-        # With a journal (held_usage_journal.py): finished entries written (or dropped: None) since it
+        # With a journal (journal.py): finished entries written (or dropped: None) since it
         # last took them.
         self._journaled = False
         self._changes: dict[str, HeldUsage | None] = {}

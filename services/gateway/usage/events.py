@@ -1,5 +1,5 @@
 """Builds the metering event of one request: from its Outcome, or from usage the engine held for a
-gateway that crashed before recording it (see services.engine.unconfirmed_usage)."""
+gateway that crashed before recording it (see services.engine.usage.held)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The gateway's half of the engine's hold on usage (services.engine.unconfirmed_usage).
+"""The gateway's half of the engine's hold on usage (services.engine.usage.held).
 
 The gateway sends each engine call as "<source>/<incarnation>" with the event it would bill. Once
 metering has acknowledged the event (not merely once it is in this gateway's outbox, which a replaced
