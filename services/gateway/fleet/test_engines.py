@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 from llmserve.engine.v1 import engine_pb2 as pb
 
-from services.gateway.fleet.engines import EngineFleet, resolve
+from services.gateway.errors import ApiError
+from services.gateway.fleet.engines import EngineFleet, EngineMember, resolve
+from services.gateway.fleet.router import RequestRouter
 from services.gateway.limits.admission import embedding_tokens
+from services.gateway.streaming.open_generations import OpenGenerations
 
 
 class FakeEngine:
@@ -102,3 +106,29 @@ async def test_a_poll_that_began_before_a_launch_does_not_undo_it() -> None:
     a.gate.set()
     await stale
     assert member.serves("launched")
+
+
+async def test_a_unary_call_refused_as_unavailable_goes_to_another_replica_and_counts_while_it_runs() -> None:
+    a, b = FakeEngine("10.0.0.1:1", ["tiny"]), FakeEngine("10.0.0.2:1", ["tiny"])
+    fleet = fleet_of(a, b)
+    await fleet.refresh()
+    router = RequestRouter(fleet, OpenGenerations(), timeout=5, settle_timeout=1)
+    tried: list[str] = []
+
+    async def embed(member: EngineMember) -> str:
+        tried.append(member.address)
+        assert member.outstanding == 1, "the call holds its replica's count while it runs"
+        if len(tried) == 1:
+            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata())
+        return member.address
+
+    assert await router.call("tiny", embed) == tried[1] != tried[0]
+    assert not fleet.member(tried[0]).healthy and fleet.member(tried[1]).healthy
+    assert [m.outstanding for m in fleet.members] == [0, 0]
+
+    async def refused(member: EngineMember) -> str:
+        raise grpc.aio.AioRpcError(grpc.StatusCode.INVALID_ARGUMENT, grpc.aio.Metadata(), grpc.aio.Metadata(), "bad")
+
+    with pytest.raises(ApiError) as error:
+        await router.call("tiny", refused)
+    assert error.value.status == 400
