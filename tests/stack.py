@@ -1,5 +1,5 @@
 """The test harness: the stack's services started as real processes on free loopback ports (functions that
-return the running process, and context managers that stop it too), waiting on a condition, and reading
+return the running process; `running` stops one when a block ends), waiting on a condition, and reading
 what the engine and metering counted. Every test module takes these from here; none imports another."""
 
 from __future__ import annotations
@@ -227,13 +227,3 @@ def running(process: ServiceProcess) -> Iterator[ServiceProcess]:
         yield process
     finally:
         process.stop()
-
-
-def gateway(log_dir: Path, engine_address: str, name: str = "gateway", **settings: str):
-    """`with gateway(...) as gw:` a gateway for the block."""
-    return running(start_gateway(log_dir, engine_address, name, **settings))
-
-
-def metering(log_dir: Path, data_dir: Path, name: str = "metering", env: dict[str, str] | None = None):
-    """`with metering(...) as m:` a metering service for the block."""
-    return running(start_metering(log_dir, data_dir, name=name, env=env))

@@ -25,6 +25,7 @@ from tests.stack import (
     API_KEY,
     MODEL,
     engine_served,
+    metering_reaches_engine,
     metering_totals,
     start_gateway,
     start_metering,
@@ -340,3 +341,32 @@ async def test_concurrent_load_with_cancellations_agrees_exactly(
     finally:
         gateway.stop()
         metering.stop()
+
+
+async def test_a_request_of_many_prompts_and_choices_is_billed_to_the_token(
+    log_dir: Path, tmp_path: Path, engine_address: str
+) -> None:
+    """64 prompts with n=3 (192 choices): the event once joined 192 finish reasons, metering refused it as
+    too long, and everything the engine counted was billed to nobody."""
+    meter = await asyncio.to_thread(start_metering, log_dir, tmp_path / "m", None, "metering-many")
+    settings = dict(metering_addr=meter.address, data_dir=str(tmp_path / "g"))
+    gw = await asyncio.to_thread(start_gateway, log_dir, engine_address, "gateway-many", **settings)
+    try:
+        await wait_idle(engine_address)
+        before = await engine_served(engine_address)
+        body = {"model": MODEL, "prompt": [f"Count to {i}." for i in range(64)], "n": 3, "max_tokens": 2}
+        async with httpx.AsyncClient(timeout=300, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+            reply = await http.post(f"{gw.address}/v1/completions", json=body)
+        assert reply.status_code == 200, reply.text
+        usage = reply.json()["usage"]
+        assert usage["completion_tokens"] > 0
+        await metering_reaches_engine(meter.address, engine_address, before, 60)
+        totals = await metering_totals(meter.address)
+        assert (totals.requests, totals.prompt_tokens, totals.completion_tokens) == (
+            1,
+            usage["prompt_tokens"],
+            usage["completion_tokens"],
+        )
+    finally:
+        gw.stop()
+        meter.stop()

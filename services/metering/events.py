@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -12,17 +13,11 @@ STATUSES = ("ok", "abort", "error")
 MAX_TOKENS = 2**32 - 1
 MAX_SECONDS = 7 * 24 * 3600.0
 MAX_TEXT = 1024
-_TEXT_FIELDS = (
-    "event_id",
-    "source",
-    "model",
-    "api_key_id",
-    "endpoint",
-    "finish_reason",
-    "trace_id",
-    "model_name",
-    "caller",
-)
+# Who and what an event bills: too long, it cannot be counted under its name, and is refused.
+_IDENTITY_FIELDS = ("event_id", "source", "model", "api_key_id", "caller")
+# What describes it: too long, it is cut to the bound and the event counted all the same (a billable
+# event is never refused for how it describes itself).
+_DESCRIPTIVE_FIELDS = ("endpoint", "finish_reason", "trace_id", "model_name")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +52,16 @@ class Rejection(ValueError):
         self.kind = kind
 
 
+def clamped(event: UsageEvent) -> UsageEvent:
+    """The event with its descriptive fields cut to MAX_TEXT characters (itself when none is longer)."""
+    long = {
+        name: getattr(event, name)[:MAX_TEXT] for name in _DESCRIPTIVE_FIELDS if len(getattr(event, name)) > MAX_TEXT
+    }
+    return dataclasses.replace(event, **long) if long else event
+
+
 def check(event: UsageEvent, now: float, max_age_seconds: float, max_future_seconds: float) -> None:
-    """Raises Rejection when the event cannot be counted."""
+    """Raises Rejection when the event cannot be counted (its descriptive fields are clamped, not checked)."""
     for name in ("event_id", "source", "model"):
         if not getattr(event, name):
             raise Rejection("missing_field", f"{name} is missing")
@@ -70,7 +73,7 @@ def check(event: UsageEvent, now: float, max_age_seconds: float, max_future_seco
         raise Rejection("too_old", f"occurred_at is more than {max_age_seconds:.0f} s in the past")
     if event.occurred_at > now + max_future_seconds:
         raise Rejection("in_future", f"occurred_at is more than {max_future_seconds:.0f} s in the future")
-    for name in _TEXT_FIELDS:
+    for name in _IDENTITY_FIELDS:
         if len(getattr(event, name)) > MAX_TEXT:
             raise Rejection("out_of_range", f"{name} is longer than {MAX_TEXT} characters")
     for name in ("prompt_tokens", "completion_tokens", "cached_tokens"):

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from services.metering.events import Rejection, UsageEvent, check
+from services.metering.events import Rejection, UsageEvent, check, clamped
 from services.metering.limits import Decision, KeyLimits, Standing
 from services.metering.metrics import MeteringMetrics
 from services.metering.store import Commit, ModelTotals, Query, Totals, UsageStore
@@ -95,7 +95,8 @@ class Ledger:
         acks: list[Ack | None] = [None] * len(events)
         accepted: list[tuple[int, UsageEvent]] = []
         rejected: dict[str, int] = defaultdict(int)
-        for i, event in enumerate(events):
+        for i, given in enumerate(events):
+            event = clamped(given)
             try:
                 check(event, now, self._max_age, self._max_future)
             except Rejection as why:

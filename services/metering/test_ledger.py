@@ -62,6 +62,26 @@ async def test_bad_events_are_rejected_and_counted(
     await ledger.stop()
 
 
+async def test_an_event_too_long_in_what_describes_it_is_counted_with_those_fields_cut(
+    open_store: Callable[[], UsageStore],
+) -> None:
+    """Before: refused (and dead-lettered by its sender): 64 prompts x n=3 joined 192 finish reasons, and
+    2,048 tokens the engine had counted were billed to nobody."""
+    store = open_store()
+    ledger = await open_ledger(store)
+    long = event(1, finish_reason=",".join(["length"] * 192), endpoint="/" * 2000, trace_id="t" * 5000)
+    too_long_key = event(2, api_key_id="k" * 2000)
+    acks = await ledger.record([long, too_long_key])
+    assert acks[0].status == RECORDED
+    assert acks[1].status == REJECTED and "api_key_id" in acks[1].reason, "who pays is never cut"
+    totals = (await ledger.counters()).models["m1"].totals
+    assert (totals.requests, totals.prompt_tokens, totals.completion_tokens) == (1, 10, 5)
+    [(reason, endpoint, trace)] = store._rows("SELECT finish_reason, endpoint, trace_id FROM events")
+    assert (len(reason), len(endpoint), len(trace)) == (1024, 1024, 1024)
+    assert reason.startswith("length,length")
+    await ledger.stop()
+
+
 async def test_counters_reload_after_restart(open_store: Callable[[], UsageStore]) -> None:
     ledger = await open_ledger(open_store())
     await ledger.record([event(i, status=("ok", "abort", "error")[i % 3]) for i in range(30)])

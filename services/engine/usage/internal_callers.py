@@ -20,7 +20,7 @@ from opentelemetry import trace
 from prometheus_client import REGISTRY
 
 from services.contracts.metering_client import MeteringClient
-from services.contracts.usage_terms import REQUEST_STATUS, request_status
+from services.contracts.usage_terms import REQUEST_STATUS, finish_reason_summary, request_status
 from services.engine.generation import FinishReason, ModelInfo, Timings, Usage
 from services.usage_outbox.outbox import OUTBOX_FILE, Outbox
 from services.usage_outbox.sender import SenderMetrics, UsageSender
@@ -53,7 +53,7 @@ def usage_event(metered: Metered, trace_id: str = "") -> mpb.UsageEvent:
         caller=metered.caller,
         endpoint=metered.endpoint,
         streamed=metered.endpoint == ENDPOINT,
-        finish_reason=",".join(reasons),
+        finish_reason=finish_reason_summary(reasons),
         status=status,
         prompt_tokens=metered.usage.prompt_tokens,
         completion_tokens=metered.usage.completion_tokens,

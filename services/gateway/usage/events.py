@@ -9,7 +9,7 @@ from collections import defaultdict
 from llmserve.engine.v1 import engine_pb2 as pb
 from llmserve.metering.v1 import metering_pb2 as mpb
 
-from services.contracts.usage_terms import REQUEST_STATUS, request_status
+from services.contracts.usage_terms import REQUEST_STATUS, finish_reason_summary, request_status
 from services.gateway.outcome import FINISH_REASONS, Outcome
 
 
@@ -17,7 +17,7 @@ def usage_event(outcome: Outcome, source: str) -> mpb.UsageEvent:
     """The event id is the response id: deterministic per request, so a retry is recognised."""
     event = usage_context(outcome, source)
     event.model = outcome.model
-    event.finish_reason = ",".join(outcome.finish_reasons)
+    event.finish_reason = finish_reason_summary(outcome.finish_reasons)
     event.status = REQUEST_STATUS[outcome.status]
     event.prompt_tokens = outcome.prompt_tokens
     event.completion_tokens = outcome.completion_tokens
@@ -61,7 +61,7 @@ def events_from_unconfirmed(held: list[pb.UnconfirmedUsage]) -> list[tuple[mpb.U
         event.prompt_tokens = sum(i.usage.prompt_tokens for i in items)
         event.completion_tokens = sum(i.usage.completion_tokens for i in items)
         event.cached_tokens = sum(i.usage.cached_tokens for i in items)
-        event.finish_reason = ",".join(reasons)
+        event.finish_reason = finish_reason_summary(reasons)
         event.status = REQUEST_STATUS[request_status(reasons, any(i.error for i in items))]
         event.time_to_first_token_seconds = max(i.timings.time_to_first_token_seconds for i in items)
         event.generation_seconds = max(i.timings.generation_seconds for i in items)

@@ -253,3 +253,11 @@ def test_instance_id_is_made_once_and_kept(tmp_path: Path) -> None:
         assert "empty" in str(error)
     else:
         raise AssertionError("an empty instance-id file must stop the start")
+
+
+def test_the_event_of_many_choices_names_each_finish_reason_once() -> None:
+    """64 prompts with n=3: the event once joined 192 reasons, past what metering accepts."""
+    many = outcome(1)
+    many.finish_reasons = ["length"] * 191 + ["stop"]
+    event = usage_event(many, "gw")
+    assert event.finish_reason == "length:191,stop" and event.completion_tokens == 1
