@@ -64,6 +64,7 @@ def main() -> None:
             auth,
             settings.reflection,
             [held] if internal_callers is None else [internal_callers, held],
+            settings.request_bounds,
         )
     )
     shutdown_tracing()

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.engine.request_bounds import RequestBounds
 from services.engine.served import ServedModel
 
 # On vLLM's CPU backend gpu_memory_utilization is the share of RAM for the KV cache;
@@ -28,6 +29,7 @@ class EngineSettings(BaseSettings):
         cli_implicit_flags=True,
         cli_prog_name="python -m services.engine",
         protected_namespaces=(),
+        env_nested_delimiter="__",
     )
 
     host: str = "0.0.0.0"
@@ -95,6 +97,11 @@ class EngineSettings(BaseSettings):
     usage_drain_seconds: float = Field(10.0, ge=0, description="on shutdown, time to deliver the outbox")
     caller_lease_seconds: float = Field(
         10.0, gt=0, description="a gateway silent this long loses the usage held for it to any gateway that claims it"
+    )
+    request_bounds: RequestBounds = Field(
+        default_factory=RequestBounds,
+        description="what one request may ask (services/engine/request_bounds.py): "
+        'JSON (`{"max_messages": 100}`) or one field (ENGINE_REQUEST_BOUNDS__MAX_MESSAGES)',
     )
     log_level: str = "INFO"
 

@@ -11,6 +11,7 @@ from llmserve.engine.v1 import engine_pb2, engine_pb2_grpc
 from prometheus_client import Counter
 
 from services.engine.model_host import LaunchSpec, ModelHost
+from services.engine.request_bounds import RequestBounds
 from services.engine.servicer import STATUS_BY_ERROR, EngineServicer
 from services.grpc_lifecycle import GrpcServer, build_server, shut_down, wait_for_stop_signal
 from services.service_auth import ADMIN, GATEWAY, GENERATE, AuthInterceptor
@@ -38,11 +39,15 @@ AUTH_FAILURES = Counter("engine_auth_failures", "gRPC calls refused for their cr
 
 
 def build_engine_server(
-    host: ModelHost, address: str, auth: AuthInterceptor | None = None, reflection: bool = True
+    host: ModelHost,
+    address: str,
+    auth: AuthInterceptor | None = None,
+    reflection: bool = True,
+    bounds: RequestBounds = RequestBounds(),
 ) -> GrpcServer:
     return build_server(
         address,
-        lambda server: engine_pb2_grpc.add_EngineServiceServicer_to_server(EngineServicer(host), server),
+        lambda server: engine_pb2_grpc.add_EngineServiceServicer_to_server(EngineServicer(host, bounds), server),
         [SERVICE_NAME],
         STATUS_BY_ERROR,
         auth=auth,
@@ -64,6 +69,7 @@ async def serve(
     auth: AuthInterceptor | None = None,
     reflection: bool = True,
     keepers: Sequence[UsageKeeper] = (),
+    bounds: RequestBounds = RequestBounds(),
 ) -> int:
     """Serves once the first model (if any) is up. Returns the exit code: 1 when vLLM failed to start
     the first model, or when every model's vLLM died (so a supervisor restarts the engine). The usage
@@ -72,7 +78,7 @@ async def serve(
     for keeper in keepers:
         await keeper.start()
     try:
-        return await _serve(host, first, address, grace_seconds, auth, reflection)
+        return await _serve(host, first, address, grace_seconds, auth, reflection, bounds)
     finally:
         for keeper in keepers:
             await keeper.stop()
@@ -85,8 +91,9 @@ async def _serve(
     grace_seconds: float,
     auth: AuthInterceptor | None,
     reflection: bool,
+    bounds: RequestBounds,
 ) -> int:
-    engine = build_engine_server(host, address, auth, reflection)
+    engine = build_engine_server(host, address, auth, reflection, bounds)
     await engine.set_serving(False)
     await engine.server.start()
     log.info("engine listening on port %d; starting vLLM", engine.port)

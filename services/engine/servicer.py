@@ -22,6 +22,7 @@ from services.engine.errors import (
 from services.engine.generate_many import generate_many
 from services.engine.generation import EmbeddingRequest, GenerationRequest, GenerationUpdate, Prompt
 from services.engine.model_host import LaunchSpec, ModelHost
+from services.engine.request_bounds import RequestBounds, check_chat, check_generate
 from services.engine.spans import traced
 from services.engine.usage.billing import billing
 from services.engine.wire import chat_turns, fill_response, held_usage, model_card, prompt, sampling, tools
@@ -37,8 +38,9 @@ STATUS_BY_ERROR: dict[type[Exception], grpc.StatusCode] = {
 
 
 class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
-    def __init__(self, host: ModelHost) -> None:
+    def __init__(self, host: ModelHost, bounds: RequestBounds = RequestBounds()) -> None:
         self._host = host
+        self._bounds = bounds
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -56,6 +58,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     def updates(self, request: pb.GenerateRequest) -> tuple[str, AsyncIterator[GenerationUpdate]]:
         """One request's id and stream, for the current caller; when its span (the current one) records,
         it gets the GenAI attributes and events. No layer is added per update when it does not."""
+        check_generate(request, self._bounds)
         request_id = request.request_id or f"gen-{uuid.uuid4().hex}"
         billed = billing(request.caller, request.usage_context, current_caller())
         domain = GenerationRequest(
@@ -106,6 +109,8 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         which = request.WhichOneof("prompt")
         if which is None:
             raise InvalidRequestError("give text or chat messages to tokenize")
+        if which == "chat":
+            check_chat(request.chat, self._bounds)
         prompt = (
             Prompt(text=request.text)
             if which == "text"

@@ -80,6 +80,7 @@ class VllmBackend:
 
         self._llm = await asyncio.to_thread(VLLM_METRICS.make_engine, self._served.name, make)
         self._prompts = PromptRenderer(self._llm, self._served.name, self._image_limits, self._chat_template)
+        await asyncio.to_thread(self._prompts.measure_tokens)
         try:
             self._tool_parsers = parser_classes(self._tool_call_parser, self._prompts.tokenizer)
         except InvalidRequestError:

@@ -16,8 +16,10 @@ from services.engine.vllm_adapter.tool_calls import template_tool_calls, templat
 
 _T = TypeVar("_T")
 
-# Tokenizing or templating more than this many characters goes to a thread, off the event loop.
+# Tokenizing or templating more than this many characters goes to a thread, off the event loop; a message
+# counts as this many characters (templating 100,000 empty messages takes seconds).
 _INLINE_TOKENIZE_CHARS = 4096
+_CHARS_PER_MESSAGE = 128
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,31 @@ class PromptRenderer:
         self._llm = llm
         self._tokenizer = llm.get_tokenizer()
         self._model_name = model_name
+        self._max_model_len = llm.model_config.max_model_len
+        # Set by measure_tokens(); until then no text is refused for its length before it is tokenized.
+        self._longest_token_bytes: int | None = None
+
+    def measure_tokens(self) -> None:
+        """Finds the vocabulary's longest token in UTF-8 bytes (a fraction of a second for 50k tokens: call
+        it in a thread). A text of more bytes than the context length times that holds more tokens than the
+        context: it is refused without being tokenized. A token decoded alone is never shorter than what it
+        adds to a text (a lone byte of a multi-byte character decodes to U+FFFD, three bytes); the margin
+        covers a space the decoder's clean-up may drop."""
+        texts = self._tokenizer.batch_decode([[i] for i in range(len(self._tokenizer))])
+        self._longest_token_bytes = max(len(t.encode("utf-8", "surrogatepass")) for t in texts) + 4
+
+    def _check_fits(self, where: str, text_bytes: int) -> None:
+        longest = self._longest_token_bytes
+        if longest is not None and text_bytes > self._max_model_len * longest:
+            raise InvalidRequestError(
+                f"{where} holds at least {text_bytes} bytes: more than {self._max_model_len} tokens of at most"
+                f" {longest} bytes each, this model's context length (`{self._model_name}`);"
+                " it is refused without being tokenized"
+            )
+
+    def _check_text_fits(self, where: str, text: str) -> None:
+        if self._longest_token_bytes is not None and len(text) * 4 > self._max_model_len * self._longest_token_bytes:
+            self._check_fits(where, len(text.encode("utf-8", "surrogatepass")))
 
     @property
     def tokenizer(self) -> Any:
@@ -87,6 +114,7 @@ class PromptRenderer:
         if isinstance(given, str):
             if not given:
                 raise InvalidRequestError(f"input {index} is empty")
+            self._check_text_fits(f"input {index}", given)
             ids = await _off_loop(len(given), self._tokenizer.encode, given, add_special_tokens=True)
         else:
             if not given:
@@ -133,9 +161,11 @@ class PromptRenderer:
                 raise InvalidRequestError(f"prompt token ids must be below the vocabulary size {vocab}")
         elif prompt.chat is not None:
             text = await self._chat_text(prompt, add_generation_prompt)
+            self._check_text_fits("the templated chat", text)
             # The template already wrote the special tokens (as vLLM's chat path does).
             ids = await _off_loop(len(text), self._tokenizer.encode, text, add_special_tokens=False)
         elif prompt.text is not None:
+            self._check_text_fits("the prompt", prompt.text)
             ids = await _off_loop(
                 len(prompt.text), self._tokenizer.encode, prompt.text, add_special_tokens=add_special_tokens
             )
@@ -149,9 +179,11 @@ class PromptRenderer:
         chat = prompt.chat
         if not chat:
             raise InvalidRequestError("messages must hold at least one message")
+        content = sum(len(turn.content) for turn in chat)
+        self._check_fits("the messages' content", content)
         messages = [_chat_message(i, turn) for i, turn in enumerate(chat)]
         tools = template_tools(prompt.tools)
-        size = sum(len(turn.content) for turn in chat) + (len(json.dumps(tools)) if tools else 0)
+        size = content + _CHARS_PER_MESSAGE * len(chat) + (len(json.dumps(tools)) if tools else 0)
         try:
             return await _off_loop(
                 size,
