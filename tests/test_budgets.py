@@ -22,7 +22,7 @@ from tests.stack import ADMIN_API_KEY, MODEL, metric, start_gateway, start_meter
 from tools.postgres import PostgresServer
 from tools.processes import ServiceProcess, free_port
 
-KEYS = {name: f"sk-{name}" for name in ("budget", "rpm", "tpm", "cancel", "lease", "later", "sdk")}
+KEYS = {name: f"sk-{name}" for name in ("budget", "rpm", "tpm", "cancel", "lease", "later", "sdk", "spent", "daily")}
 ADMIN = {"Authorization": f"Bearer {ADMIN_API_KEY}"}
 ASK = [{"role": "user", "content": "Count to ten."}]
 LEASE_SECONDS = 5.0
@@ -270,3 +270,54 @@ async def test_a_key_reads_its_own_standing_and_only_an_admin_another_keys(fleet
         assert (await http.get(f"{fleet.url(0)}/v1/limits/rpm", headers=ADMIN)).json()["api_key_id"] == "rpm"
         bad = await http.put(f"{fleet.url(0)}/v1/limits/rpm", json={"token_budget": -1}, headers=ADMIN)
         assert bad.status_code == 400
+
+
+async def test_a_spent_budget_is_refused_before_the_prompt_is_tokenized_and_retry_after_only_where_it_resets(
+    fleet: Fleet,
+) -> None:
+    """Before: a spent key still had the engine tokenize each prompt before its 429 (seconds of engine CPU
+    for a large one), and a total budget, which never starts over, said `retry-after: 1`."""
+    await fleet.set_limits("spent", token_budget=0)
+    # A prompt the engine would refuse (400) once tokenized: a 429 shows it never got that far.
+    too_long = {"model": MODEL, "messages": [{"role": "user", "content": "word " * 700_000}], "max_tokens": 1}
+    async with httpx.AsyncClient(timeout=60, headers={"Authorization": f"Bearer {KEYS['spent']}"}) as http:
+        refused = await http.post(f"{fleet.url(0)}/v1/chat/completions", json=too_long)
+    assert refused.status_code == 429, refused.text[:300]
+    assert refused.json()["error"]["type"] == "insufficient_quota"
+    assert "retry-after" not in refused.headers and refused.headers["x-should-retry"] == "false"
+
+    await fleet.set_limits("daily", token_budget=0, budget_period="day")
+    daily = await chat(fleet.url(1), "daily", 2)
+    assert daily.status_code == 429
+    assert 0 < int(daily.headers["retry-after"]) <= 86400
+
+
+async def test_a_gateway_started_while_metering_is_down_refuses_until_it_knows_the_limits(
+    log_dir: Path, tmp_path: Path, engine_address: str
+) -> None:
+    """Before: it knew no limited keys, so a spent key got 200 there despite LIMITS_FAIL_OPEN=false."""
+    port = free_port()
+    gateway = await asyncio.to_thread(
+        start_gateway,
+        log_dir,
+        engine_address,
+        "gateway-limits-closed",
+        data_dir=str(tmp_path / "g"),
+        api_keys=f"spent:{KEYS['spent']},test-admin:{ADMIN_API_KEY}",
+        metering_addr=f"127.0.0.1:{port}",
+    )
+    try:
+        refused = await chat(gateway.address, "spent", 2)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "limits_unavailable"
+        metering = await asyncio.to_thread(start_metering, log_dir, tmp_path / "m", port, "metering-limits-closed")
+        try:
+
+            async def served() -> bool:
+                return (await chat(gateway.address, "spent", 2)).status_code == 200
+
+            # This metering holds no limits for the key: once the gateway has read that, it serves.
+            await wait_for(served, 60, "the gateway to read the limits and serve")
+        finally:
+            metering.stop()
+    finally:
+        gateway.stop()

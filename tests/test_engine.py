@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 
 from services.contracts.engine_client import EngineClient
 from tests.calls import QUESTION, chat, finish_of, request, text_of, token_ids_of
-from tests.credentials import engine_client
+from tests.credentials import GATEWAY_TOKEN, engine_client
 from tests.stack import wait_for, wait_idle
 from tools.processes import MODEL_STORE, ServiceProcess
 
@@ -171,6 +171,24 @@ async def test_abort_ends_stream_with_final_usage(engine: EngineClient) -> None:
     assert {c.finish_reason for m in messages for c in m.choices if c.finish_reason} == {pb.FINISH_REASON_ABORT}
     assert 0 < final.usage.completion_tokens == len(token_ids_of(messages)) < 800
     assert (await wait_idle(engine.address)).unfinished_requests == 0
+
+
+async def test_request_ids_are_each_callers_own(engine_address: str, engine: EngineClient) -> None:
+    """Before: two callers' requests of one id met in vLLM, so one caller's abort reached the other's."""
+    mine, theirs = request(max_tokens=400, ignore_eos=True), request(max_tokens=40, ignore_eos=True)
+    mine.request_id = theirs.request_id = "shared-id"
+    async with EngineClient(engine_address, GATEWAY_TOKEN) as other:
+        my_call, their_call = engine.generate(mine), other.generate(theirs)
+        my_messages = [await my_call.read()]
+        their_messages = [await their_call.read()]
+        assert await engine.abort(["shared-id"]) == ["shared-id"]
+        for messages, call in ((my_messages, my_call), (their_messages, their_call)):
+            while not messages[-1].finished:
+                messages.append(await call.read())
+    assert my_messages[-1].choices[0].finish_reason == pb.FINISH_REASON_ABORT
+    assert my_messages[-1].usage.completion_tokens < 400
+    assert their_messages[-1].choices[0].finish_reason == pb.FINISH_REASON_LENGTH
+    assert their_messages[-1].usage.completion_tokens == len(token_ids_of(their_messages)) == 40
 
 
 @pytest.mark.parametrize(

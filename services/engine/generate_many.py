@@ -67,10 +67,15 @@ class _Outbox:
 
 
 async def generate_many(
-    updates: Updates, fill: Fill, statuses: StatusTable, requests: AsyncIterator[pb.GenerateManyRequest]
+    updates: Updates,
+    fill: Fill,
+    statuses: StatusTable,
+    requests: AsyncIterator[pb.GenerateManyRequest],
+    max_open: int = 1024,
 ) -> AsyncIterator[pb.GenerateManyResponse]:
     """The responses of one GenerateMany stream. It ends once the caller has sent its last request and every
-    request has ended; cancelling it (the caller went away) cancels every request still open."""
+    request has ended; cancelling it (the caller went away) cancels every request still open. A request
+    beyond `max_open` open ones ends at once with RESOURCE_EXHAUSTED."""
     outbox = _Outbox(fill)
     running: dict[str, asyncio.Task] = {}
 
@@ -78,7 +83,7 @@ async def generate_many(
         running.pop(request_id, None)
         outbox.wake()
 
-    reading = asyncio.create_task(_read(requests, running, finished, outbox, updates, statuses))
+    reading = asyncio.create_task(_read(requests, running, finished, outbox, updates, statuses, max_open))
     reading.add_done_callback(lambda _: outbox.wake())
     try:
         while True:
@@ -106,6 +111,7 @@ async def _read(
     outbox: _Outbox,
     updates: Updates,
     statuses: StatusTable,
+    max_open: int,
 ) -> None:
     async for message in requests:
         if message.WhichOneof("kind") == "cancel":
@@ -121,6 +127,14 @@ async def _read(
         if request_id in running:
             outbox.end(
                 request_id, grpc.StatusCode.INVALID_ARGUMENT, f"request {request_id} is already open on this stream"
+            )
+            continue
+        if len(running) >= max_open:
+            outbox.end(
+                request_id,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this GenerateMany stream already carries {len(running)} open requests; at most {max_open}"
+                " are accepted (max_stream_requests): wait for one to end or open another stream",
             )
             continue
         task = asyncio.create_task(_run(start, outbox, updates, statuses))

@@ -125,6 +125,15 @@ class GenerationRequest:
     usage_context: bytes = b""
     # Nobody bills it: the engine meters it itself under this internal caller's name.
     meter_as: str = ""
+    # The authenticated caller that sent it: request ids are the caller's own, so two callers' ids never
+    # meet inside vLLM (one caller's abort cannot reach the other's request).
+    scope: str = ""
+    # Requests share cached prefixes only with requests of the same salt (empty: the shared cache).
+    cache_salt: str = ""
+
+    @property
+    def engine_id(self) -> str:
+        return engine_request_id(self.scope, self.request_id)
 
 
 @dataclass(slots=True)
@@ -137,6 +146,16 @@ class EmbeddingRequest:
     caller: str = ""
     usage_context: bytes = b""
     meter_as: str = ""
+    scope: str = ""
+
+    @property
+    def engine_id(self) -> str:
+        return engine_request_id(self.scope, self.request_id)
+
+
+def engine_request_id(scope: str, request_id: str) -> str:
+    """The id vLLM knows a request by: the caller's id within its caller's scope."""
+    return f"{scope}:{request_id}" if scope else request_id
 
 
 @dataclass(slots=True)

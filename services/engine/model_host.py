@@ -30,6 +30,7 @@ from services.engine.generation import (
     GenerationUpdate,
     ModelInfo,
     Prompt,
+    engine_request_id,
 )
 from services.engine.usage.accounting import EngineUsage
 from services.engine.vllm_adapter import VllmBackend
@@ -184,11 +185,12 @@ class ModelHost:
     async def detokenize(self, model: str, token_ids: list[int]) -> str:
         return await self.backend(model).detokenize(model, token_ids)
 
-    async def abort(self, request_ids: Iterable[str]) -> list[str]:
-        ids = list(request_ids)
+    async def abort(self, request_ids: Iterable[str], scope: str = "") -> list[str]:
+        """Aborts `scope`'s requests of these ids; the ids it aborted."""
+        by_engine_id = {engine_request_id(scope, r): r for r in request_ids}
         aborted: list[str] = []
         for backend in list(self._ready.values()):
-            aborted += await backend.abort(ids)
+            aborted += [by_engine_id[e] for e in await backend.abort(list(by_engine_id))]
         return aborted
 
     def models(self) -> list[tuple[ModelInfo, int]]:

@@ -43,6 +43,8 @@ class RequestBounds:
     max_pattern_repeat: int = 256
     max_pattern_size: int = 8192
     max_choice_options: int = 1024
+    # Requests open at once on one GenerateMany stream (a gateway worker carries its streams on one).
+    max_stream_requests: int = 1024
 
 
 def check_generate(request: pb.GenerateRequest, bounds: RequestBounds) -> None:

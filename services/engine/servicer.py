@@ -37,6 +37,12 @@ STATUS_BY_ERROR: dict[type[Exception], grpc.StatusCode] = {
 }
 
 
+def _scope() -> str:
+    """The scope of the current caller's request ids: its credential's name (none on an open engine)."""
+    caller = current_caller()
+    return caller.name if caller is not None else ""
+
+
 class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     def __init__(self, host: ModelHost, bounds: RequestBounds = RequestBounds()) -> None:
         self._host = host
@@ -52,7 +58,9 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     async def GenerateMany(
         self, requests: AsyncIterator[pb.GenerateManyRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateManyResponse]:
-        async for batch in generate_many(self.updates, fill_response, STATUS_BY_ERROR, requests):
+        async for batch in generate_many(
+            self.updates, fill_response, STATUS_BY_ERROR, requests, self._bounds.max_stream_requests
+        ):
             yield batch
 
     def updates(self, request: pb.GenerateRequest) -> tuple[str, AsyncIterator[GenerationUpdate]]:
@@ -69,13 +77,15 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             caller=billed.caller,
             usage_context=billed.usage_context,
             meter_as=billed.meter_as,
+            scope=_scope(),
+            cache_salt=request.cache_salt,
         )
         span = trace.get_current_span()
         updates = self._host.generate(domain)
         return request_id, (traced(span, domain, updates) if span.is_recording() else updates)
 
     async def Abort(self, request: pb.AbortRequest, context: grpc.aio.ServicerContext) -> pb.AbortResponse:
-        aborted = await self._host.abort(list(request.request_ids))
+        aborted = await self._host.abort(list(request.request_ids), _scope())
         return pb.AbortResponse(aborted_ids=aborted)
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
@@ -97,6 +107,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
                 caller=billed.caller,
                 usage_context=billed.usage_context,
                 meter_as=billed.meter_as,
+                scope=_scope(),
             )
         )
         return pb.EmbedResponse(

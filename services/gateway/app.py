@@ -177,7 +177,9 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
         app.state.generations = generations
         app.state.router = router
         app.state.limits = limits
-        app.state.responder = Responder(router, recorder, metrics_, generations, settings.force_include_usage, limits)
+        app.state.responder = Responder(
+            router, recorder, metrics_, generations, settings.force_include_usage, limits, settings.share_prefix_cache
+        )
         if limits is not None:
             await limits.start()
         if delivery is not None:

@@ -78,6 +78,10 @@ class GatewaySettings(BaseSettings):
     limits_poll_seconds: float = Field(1.0, gt=0)
     limits_lease_seconds: float = Field(30.0, gt=0, le=3600)
     limits_fail_open: bool = False
+    # Prefix caching across API keys: off (the default), each key's requests reuse only the key's own cached
+    # prefixes (vLLM's cache_salt), so cached_tokens cannot tell one key what another sent; on, keys share
+    # them (more hits where tenants share prompts and trust each other).
+    share_prefix_cache: bool = False
     # Images in chat (`image_url` parts): data: URIs always; http(s) URLs only when fetching is on, to
     # the allowed hosts (comma-separated; empty: any public host), never to non-public addresses unless
     # allowed.

@@ -171,8 +171,9 @@ class VllmBackend:
         _, prompts = self._check_model(model)
         return await prompts.decode(token_ids)
 
-    async def abort(self, request_ids: Iterable[str]) -> list[str]:
-        running = [r for r in request_ids if r in self._open]
+    async def abort(self, engine_ids: Iterable[str]) -> list[str]:
+        """Aborts the requests (by their engine ids) that run here; the ones it aborted."""
+        running = [r for r in engine_ids if r in self._open]
         if running and self._llm is not None:
             await self._llm.abort(running)
         return running
@@ -191,7 +192,7 @@ class VllmBackend:
         token_ids = [await prompts.embedding_input(i, x, info.max_model_len) for i, x in enumerate(request.inputs)]
         params = PoolingParams(task="embed", dimensions=request.dimensions)
         started = time.monotonic()
-        ids = [f"{request.request_id}-{i}" for i in range(len(token_ids))]
+        ids = [f"{request.engine_id}-{i}" for i in range(len(token_ids))]
         self.usage.opened(request, info.id)
         self._open.update(ids)
 
@@ -227,6 +228,8 @@ class VllmBackend:
         if info.embeds:
             raise InvalidRequestError(f"`{info.id}` is an embedding model; it does not generate (use /v1/embeddings)")
         prompt_ids, engine_prompt = await prompts.render(request.prompt, True, True, for_generation=True)
+        if request.cache_salt:
+            engine_prompt["cache_salt"] = request.cache_salt
         tool_calls = None
         if request.prompt.tools is not None:
             tool_calls = ToolCallReader(
@@ -240,13 +243,13 @@ class VllmBackend:
             request.sampling, len(prompt_ids), info.max_model_len, self._sampling_defaults, tool_calls
         )
         stream = StreamState(prompt_tokens=len(prompt_ids), started=time.monotonic())
-        self._open.add(request.request_id)
+        self._open.add(request.engine_id)
         self.usage.opened(request, info.id)
         metered = False
         try:
             final: GenerationUpdate | None = None
             try:
-                outputs = self._llm.generate(engine_prompt, params, request.request_id)
+                outputs = self._llm.generate(engine_prompt, params, request.engine_id)
                 async for output in translate_errors(outputs, stream):
                     update = stream.update(output, request.sampling.logprobs)
                     if tool_calls is not None:
@@ -266,7 +269,7 @@ class VllmBackend:
             metered = await self.usage.meter(request, info, _counted(stream))
             yield final
         finally:
-            self._open.discard(request.request_id)
+            self._open.discard(request.engine_id)
             # Cut short (the caller went away) before it was metered: committed with the next group.
             self.usage.closed(request, info, _counted(stream) if stream.started_output else None, metered)
             log.info(

@@ -56,6 +56,21 @@ def rate_limit_headers(standing: mpb.Standing) -> dict[str, str]:
     return headers
 
 
+def _refusal(standing: mpb.Standing, refusal: str, reason: str) -> ApiError:
+    """OpenAI's 429 with the key's headers; `retry-after` only where waiting helps (a total budget never
+    starts over)."""
+    headers = rate_limit_headers(standing)
+    if refusal == "insufficient_quota":
+        wait = standing.budget_reset_seconds
+        # The budget does not come back within a retry's patience: the SDK should not retry.
+        headers["x-should-retry"] = "false"
+    else:
+        wait = max(standing.reset_requests_seconds, standing.reset_tokens_seconds)
+    if wait > 0 or refusal != "insufficient_quota":
+        headers["retry-after"] = str(max(1, int(wait + 0.999)))
+    return ApiError(429, reason, type_=refusal, code=refusal, headers=headers)
+
+
 class LimitsKeeper:
     def __init__(
         self, metering: MeteringClient, settings: LimitsSettings, on_poll: Callable[[], None] | None = None
@@ -64,6 +79,9 @@ class LimitsKeeper:
         self._metering = metering
         self._settings = settings
         self._limited: dict[str, mpb.KeyLimits] = {}
+        # Until the first poll answers, any key may be limited: with fail_open off each request asks
+        # metering (a gateway started while metering is down refuses rather than serving spent keys).
+        self._known = False
         # Event ids of the reservations this gateway holds open.
         self._open: set[str] = set()
         self._tasks: list[asyncio.Task] = []
@@ -83,6 +101,7 @@ class LimitsKeeper:
     async def _poll_once(self) -> None:
         try:
             self._limited = {k.api_key_id: k for k in await self._metering.list_limits()}
+            self._known = True
             if self._on_poll is not None:
                 self._on_poll()
         except grpc.aio.AioRpcError as error:
@@ -102,7 +121,21 @@ class LimitsKeeper:
                 log.warning("could not renew the reservations' lease: %s", error.code().name)
 
     def limited(self, api_key_id: str) -> bool:
-        return api_key_id in self._limited
+        return api_key_id in self._limited or not (self._known or self._settings.fail_open)
+
+    async def refuse_if_spent(self, api_key_id: str) -> None:
+        """Before a request's prompt is tokenized to size its reservation: a key whose token budget is spent
+        is refused without the engine doing that work."""
+        limits = self._limited.get(api_key_id)
+        if limits is None or not limits.HasField("token_budget"):
+            return
+        try:
+            standing = await self._metering.standing(api_key_id)
+        except grpc.aio.AioRpcError:
+            return  # the reservation that follows decides, fail-open or not
+        if standing.limited and standing.HasField("remaining_budget") and standing.remaining_budget == 0:
+            spent = f"budget {standing.limits.token_budget}, used {standing.budget_used}"
+            raise _refusal(standing, "insufficient_quota", f"This key's token budget is spent: {spent}.")
 
     async def reserve(self, event_id: str, api_key_id: str, tokens: int) -> dict[str, str]:
         """Takes the reservation (the key's rate-limit headers), or raises OpenAI's 429."""
@@ -131,16 +164,7 @@ class LimitsKeeper:
             self._limited.pop(api_key_id, None)
             return headers
         if not answer.granted:
-            wait = (
-                answer.standing.budget_reset_seconds
-                if answer.refusal == "insufficient_quota"
-                else max(answer.standing.reset_requests_seconds, answer.standing.reset_tokens_seconds)
-            )
-            headers["retry-after"] = str(max(1, int(wait + 0.999)))
-            if answer.refusal == "insufficient_quota":
-                # The budget does not come back within a retry's patience: the SDK should not retry.
-                headers["x-should-retry"] = "false"
-            raise ApiError(429, answer.reason, type_=answer.refusal, code=answer.refusal, headers=headers)
+            raise _refusal(answer.standing, answer.refusal, answer.reason)
         self._open.add(event_id)
         return headers
 

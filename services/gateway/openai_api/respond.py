@@ -38,7 +38,9 @@ class Responder:
         generations: OpenGenerations,
         force_include_usage: bool,
         limits: LimitsKeeper | None = None,
+        share_prefix_cache: bool = False,
     ) -> None:
+        self._share_prefix_cache = share_prefix_cache
         self._limits = limits
         self._router = router
         self._recorder = recorder
@@ -83,10 +85,15 @@ class Responder:
             trace_id=span.trace_id,
             span_id=span.span_id,
         )
+        if not self._share_prefix_cache:
+            # A key's cached prefixes are its own: a hit (cached_tokens) tells nothing of another key's prompts.
+            for engine_request in requests:
+                engine_request.cache_salt = f"key:{key_id}"
         headers: dict[str, str] = {}
         on_unbilled = None
         limits = self._limits
         if limits is not None and limits.limited(key_id):
+            await limits.refuse_if_spent(key_id)
             tokens = await generation_tokens(self._router.fleet, requests, max_tokens)
             headers = await limits.reserve(meta.id, key_id, tokens)
 

@@ -6,11 +6,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from services.gateway.openai_api.protocol import ResponseFormat, SamplingFields, TokenId, one_or_many
+from services.gateway.openai_api.protocol import PromptInput, ResponseFormat, SamplingFields, one_or_many
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
+    prompt: PromptInput
     logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
     echo: Literal[False] = False

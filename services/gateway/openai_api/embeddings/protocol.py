@@ -6,12 +6,12 @@ from typing import Literal
 
 from pydantic import Field
 
-from services.gateway.openai_api.protocol import Strict, TokenId, one_or_many
+from services.gateway.openai_api.protocol import PromptInput, Strict, one_or_many
 
 
 class EmbeddingRequest(Strict):
     model: str
-    input: str | list[str] | list[TokenId] | list[list[TokenId]]
+    input: PromptInput
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1, lt=2**32)
     user: str | None = None

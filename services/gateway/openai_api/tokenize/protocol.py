@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
-from services.gateway.openai_api.protocol import ChatMessage, ChatTool, Strict, TokenId
+from services.gateway.openai_api.protocol import MAX_MESSAGES, ChatMessage, ChatTool, Strict, TokenId
 
 
 class TokenizeRequest(Strict):
     model: str | None = None
     prompt: str | None = None
-    messages: list[ChatMessage] | None = None
+    messages: list[ChatMessage] | None = Field(None, max_length=MAX_MESSAGES)
     tools: list[ChatTool] | None = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
