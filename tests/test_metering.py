@@ -123,7 +123,7 @@ async def test_report_command_prints_totals(log_dir: Path, tmp_path: Path, store
     metering = await asyncio.to_thread(start_metering, log_dir, tmp_path, None, "metering-report", store_env)
     try:
         async with metering_client(metering.address) as client:
-            await client.record([event(1), event(2, api_key_id="team-b")])
+            await client.record([event(1), event(2, api_key_id="team-b"), event(3, prompt_tokens=-1)])
             await client.set_limits(
                 mpb.KeyLimits(api_key_id="team-a", token_budget=1000, budget_period=mpb.BUDGET_PERIOD_DAY)
             )
@@ -137,6 +137,9 @@ async def test_report_command_prints_totals(log_dir: Path, tmp_path: Path, store
         assert "team-a" in result.stdout and "team-b" in result.stdout
         lines = result.stdout.strip().splitlines()
         assert next(line for line in lines if line.startswith("total")).split()[1] == "2"
+        # What was never billed is in the report too.
+        assert "events refused (never billed): 1 (negative 1)" in lines
+        assert "reservations settled without their event: 0 (0 tokens)" in lines
         # The limited key's standing: its budget, the day period, what it used (its one event) and what remains.
         team_a = event(1)
         used = team_a.prompt_tokens + team_a.completion_tokens

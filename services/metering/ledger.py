@@ -43,6 +43,8 @@ class _Submission:
 class Counters:
     models: dict[str, ModelTotals] = field(default_factory=dict)
     rejections: dict[str, int] = field(default_factory=dict)
+    # (reservations, tokens) settled long ago whose event never arrived.
+    without_event: tuple[int, int] = (0, 0)
 
     def all(self) -> Totals:
         total = Totals()
@@ -147,7 +149,11 @@ class Ledger:
 
     async def counters(self) -> Counters:
         """Every replica's running totals, as committed."""
-        return Counters(await self._run(self._store.model_totals), await self._run(self._store.rejections))
+        return Counters(
+            await self._run(self._store.model_totals),
+            await self._run(self._store.rejections),
+            await self._run(self._store.settled_without_event, self._clock()),
+        )
 
     async def throughput(self) -> dict[str, dict[float, float]]:
         """Output tokens per second by model and window, from every replica's commits."""

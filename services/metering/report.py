@@ -111,7 +111,19 @@ async def report(
         totals = render(await client.totals(request))
         limited = [k.api_key_id for k in await client.list_limits() if not key or k.api_key_id == key]
         standings = [await client.standing(k) for k in limited]
-    return f"{totals}\n\nlimits per key (now):\n{render_standings(standings)}"
+        counters = await client.counters()
+    return f"{totals}\n\n{render_unbilled(counters)}\n\nlimits per key (now):\n{render_standings(standings)}"
+
+
+def render_unbilled(counters: pb.GetCountersResponse) -> str:
+    """What metering refused (never billed; each a dead letter at its sender) and settled reservations
+    whose event never came (they still count against their key's limits). All time, every replica."""
+    reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(counters.events_rejected_by_reason.items()))
+    return (
+        f"events refused (never billed): {counters.events_rejected}{f' ({reasons})' if reasons else ''}\n"
+        f"reservations settled without their event: {counters.reservations_without_event}"
+        f" ({counters.reservation_tokens_without_event} tokens)"
+    )
 
 
 def main(argv: list[str]) -> None:

@@ -30,7 +30,9 @@ _SPENT = f"""SELECT
  (SELECT COALESCE(SUM({_COUNTED}), 0) {_RESERVATIONS} AND r.created_at >= ?),
  (SELECT COALESCE(SUM(r.reserved_tokens), 0) {_RESERVATIONS} AND r.settled_tokens IS NULL AND h.lease_until >= ?)"""
 _LIMIT_COLUMNS = "api_key_id, requests_per_minute, tokens_per_minute, token_budget, budget_period"
-# Open reservations of holders gone this long, and settled ones whose event never came, are deleted.
+# Open reservations this old are deleted (a holder renews its lease far more often; one gone this long
+# holds nothing). A settled reservation is kept until its event replaces it: if the event never comes
+# (refused, lost), the settled usage still counts, and GetCounters shows it.
 _RESERVATION_KEEP_SECONDS = 3600.0
 
 
@@ -135,5 +137,17 @@ class Reservations(ABC):
         )
 
     def _prune_reservations(self, now: float) -> None:
-        """Inside a transaction: reservations older than the keep period go."""
-        self._rows("DELETE FROM reservations WHERE created_at < ?", (now - _RESERVATION_KEEP_SECONDS,))
+        """Inside a transaction: open reservations older than the keep period go; settled ones stay."""
+        self._rows(
+            "DELETE FROM reservations WHERE settled_tokens IS NULL AND created_at < ?",
+            (now - _RESERVATION_KEEP_SECONDS,),
+        )
+
+    def settled_without_event(self, now: float) -> tuple[int, int]:
+        """(reservations, their tokens) settled more than the keep period ago whose event never arrived."""
+        row = self._rows(
+            "SELECT COUNT(*), COALESCE(SUM(settled_tokens), 0) FROM reservations"
+            " WHERE settled_tokens IS NOT NULL AND created_at < ?",
+            (now - _RESERVATION_KEEP_SECONDS,),
+        )[0]
+        return int(row[0]), int(row[1])

@@ -256,6 +256,9 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             events_ingested=sum(m.events_ingested for m in models),
             events_duplicated=sum(m.events_duplicated for m in models),
             events_rejected=sum(counters.rejections.values()),
+            events_rejected_by_reason=counters.rejections,
+            reservations_without_event=counters.without_event[0],
+            reservation_tokens_without_event=counters.without_event[1],
         )
 
     async def GetThroughput(

@@ -108,3 +108,22 @@ def test_periods() -> None:
     assert period_end("month", june_15) == 1782864000.0  # 2026-07-01
     assert period_start("total", june_15) == 0.0 and period_end("total", june_15) is None
     assert dataclasses.replace(KeyLimits("k"), token_budget=0).any
+
+
+def test_a_settled_reservation_whose_event_never_came_keeps_counting_and_is_shown(
+    open_store: Callable[[], UsageStore],
+) -> None:
+    """Before: pruned after an hour, so a key whose event was refused got its budget back (2,048 -> 0)."""
+    store = open_store()
+    limited(store, token_budget=5000)
+    assert store.reserve("gw-1", "refused", "team-a", 3000, LEASE, NOW)[0].granted
+    store.settle("gw-1", "refused", 2048)
+    assert store.reserve("gw-1", "abandoned", "team-a", 100, LEASE, NOW)[0].granted
+    later = NOW + 7200
+    with store._transaction():
+        store._prune_reservations(later)
+    # The open one of a holder long gone went; the settled one stays, counted and shown.
+    assert store._rows("SELECT event_id FROM reservations") == [("refused",)]
+    assert store.standing("team-a", later).spent.budget_used == 2048
+    assert store.settled_without_event(later) == (1, 2048)
+    assert store.settled_without_event(NOW) == (0, 0)

@@ -119,6 +119,8 @@ class UsageSender:
         self._wake = asyncio.Event()
         self._spooled = 0
         self.outbox_error = ""
+        # Events metering refused (they are never billed), kept in the outbox's dead-letter table.
+        self.dead_letters = 0
 
     async def _disk(self, fn: Callable[..., _T], *args: object) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -126,7 +128,8 @@ class UsageSender:
     async def start(self) -> None:
         self._spooled = await self._disk(self._outbox.count)
         self._metrics.spool_depth.set(self._spooled)
-        self._metrics.dead_letters.set(await self._disk(self._outbox.dead_letter_count))
+        self.dead_letters = await self._disk(self._outbox.dead_letter_count)
+        self._metrics.dead_letters.set(self.dead_letters)
         if self._spooled:
             log.info("%d usage event(s) waiting in the outbox from before", self._spooled)
         self._task = asyncio.create_task(self._run())
@@ -203,7 +206,9 @@ class UsageSender:
                 try:
                     await asyncio.wait_for(self._wake.wait(), _IDLE_POLL_SECONDS)
                 except TimeoutError:
-                    pass
+                    # Idle: an operator may have replayed dead letters meanwhile.
+                    self.dead_letters = await self._disk(self._outbox.dead_letter_count)
+                    self._metrics.dead_letters.set(self.dead_letters)
                 continue
             if delivered:
                 backoff = 0.1
@@ -282,7 +287,8 @@ class UsageSender:
             log.error("usage event %s dead-lettered: %s", event_id, reason)
         await self._disk(self._outbox.bury, failures)
         self._metrics.events.labels("dead_lettered").inc(len(failures))
-        self._metrics.dead_letters.set(await self._disk(self._outbox.dead_letter_count))
+        self.dead_letters = await self._disk(self._outbox.dead_letter_count)
+        self._metrics.dead_letters.set(self.dead_letters)
 
     async def stop(self, grace_seconds: float) -> None:
         """Delivers what it can within the grace period; the rest stays on disk for the next start."""

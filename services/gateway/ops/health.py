@@ -26,6 +26,8 @@ async def health(fleet: Fleet, usage: Usage) -> JSONResponse:
         body["usage"] = {
             "status": "ok" if usage_ok else "failing",
             "pending": usage.pending,
+            # Events metering refused: never billed until an operator replays them (services.gateway.usage.admin).
+            "dead_letters": usage.dead_letters,
             **({"outbox_error": usage.outbox_error} if usage.outbox_error else {}),
         }
         healthy = healthy and usage_ok

@@ -138,6 +138,10 @@ class UsageDelivery:
         return self._sender.pending
 
     @property
+    def dead_letters(self) -> int:
+        return self._sender.dead_letters
+
+    @property
     def outbox_error(self) -> str:
         return self._sender.outbox_error
 

@@ -155,6 +155,7 @@ async def test_refused_events_are_dead_lettered_and_replayable(tmp_path: Path) -
         await sender.persist(future)
         await sender.persist(usage_event(outcome(2), "gw"))
         await wait_for(lambda: sample(registry, "gateway_usage_dead_letters") == 1 and sender.pending == 0)
+        assert sender.dead_letters == 1
         outbox = Outbox(tmp_path / "outbox.db")
         [dead] = outbox.dead_letters()
         assert dead.event_id == "chatcmpl-1" and "future" in dead.reason

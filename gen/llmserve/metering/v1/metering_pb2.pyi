@@ -352,18 +352,31 @@ class ModelCounters(_message.Message):
     def __init__(self, model: _Optional[str] = ..., totals: _Optional[_Union[Totals, _Mapping]] = ..., events_ingested: _Optional[int] = ..., events_duplicated: _Optional[int] = ...) -> None: ...
 
 class GetCountersResponse(_message.Message):
-    __slots__ = ("models", "all", "events_ingested", "events_duplicated", "events_rejected")
+    __slots__ = ("models", "all", "events_ingested", "events_duplicated", "events_rejected", "events_rejected_by_reason", "reservations_without_event", "reservation_tokens_without_event")
+    class EventsRejectedByReasonEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     MODELS_FIELD_NUMBER: _ClassVar[int]
     ALL_FIELD_NUMBER: _ClassVar[int]
     EVENTS_INGESTED_FIELD_NUMBER: _ClassVar[int]
     EVENTS_DUPLICATED_FIELD_NUMBER: _ClassVar[int]
     EVENTS_REJECTED_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_REJECTED_BY_REASON_FIELD_NUMBER: _ClassVar[int]
+    RESERVATIONS_WITHOUT_EVENT_FIELD_NUMBER: _ClassVar[int]
+    RESERVATION_TOKENS_WITHOUT_EVENT_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelCounters]
     all: Totals
     events_ingested: int
     events_duplicated: int
     events_rejected: int
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelCounters, _Mapping]]] = ..., all: _Optional[_Union[Totals, _Mapping]] = ..., events_ingested: _Optional[int] = ..., events_duplicated: _Optional[int] = ..., events_rejected: _Optional[int] = ...) -> None: ...
+    events_rejected_by_reason: _containers.ScalarMap[str, int]
+    reservations_without_event: int
+    reservation_tokens_without_event: int
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelCounters, _Mapping]]] = ..., all: _Optional[_Union[Totals, _Mapping]] = ..., events_ingested: _Optional[int] = ..., events_duplicated: _Optional[int] = ..., events_rejected: _Optional[int] = ..., events_rejected_by_reason: _Optional[_Mapping[str, int]] = ..., reservations_without_event: _Optional[int] = ..., reservation_tokens_without_event: _Optional[int] = ...) -> None: ...
 
 class GetThroughputRequest(_message.Message):
     __slots__ = ()
