@@ -5,7 +5,6 @@ without being tokenized; one key's cached prefixes are not another's; and the st
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,82 +13,22 @@ import httpx
 import pytest
 
 from tests.stack import ADMIN_API_KEY, API_KEY, MODEL, start_gateway
+from tools.hostile_shapes import Shape, refusal_problem, send, shapes
 from tools.processes import ServiceProcess
 
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
 # Before these bounds the first shape alone held the engine for minutes: a refusal must come long before.
 PATIENCE_SECONDS = 60.0
+SHAPES = shapes(MODEL)
 
 
-def _schema_format(schema: dict) -> dict:
-    return {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
-
-
-def _tool(parameters: dict) -> list[dict]:
-    return [{"type": "function", "function": {"name": "f", "parameters": parameters}}]
-
-
-def _deep(levels: int) -> dict:
-    deep: dict = {"type": "string"}
-    for _ in range(levels):
-        deep = {"type": "object", "properties": {"x": deep}}
-    return deep
-
-
-PATTERN = {"type": "object", "properties": {"a": {"type": "string", "pattern": "^.{0,8000}$"}}, "required": ["a"]}
-OPTIONAL = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(3000)}}
-WIDE = {"type": "object", "properties": {f"p{i}": {"type": "string", "description": "d" * 20} for i in range(40_000)}}
-
-# (what, body, the words the 400 must hold)
-SHAPES = [
-    ("pattern in response_format", {**CHAT, "response_format": _schema_format(PATTERN)}, ["max_pattern_repeat"]),
-    (
-        "pattern in required tool parameters",
-        {**CHAT, "tools": _tool(PATTERN), "tool_choice": "required"},
-        ["tools[0].function.parameters", "max_pattern_repeat"],
-    ),
-    ("3000 optional properties", {**CHAT, "response_format": _schema_format(OPTIONAL)}, ["max_object_properties"]),
-    ("150,000 stop strings", {**CHAT, "stop": [f"s{i}" for i in range(150_000)], "n": 64}, ["max_stop_strings"]),
-    ("40,000 tool properties", {**CHAT, "tools": _tool(WIDE)}, ["max_schema_bytes"]),
-    ("100,000 messages", {**CHAT, "messages": [{"role": "user", "content": ""}] * 100_000}, ["at most 4096"]),
-    ("200-deep tool parameters", {**CHAT, "tools": _tool(_deep(200))}, ["max_json_depth"]),
-    (
-        "200-deep arguments in history",
-        {
-            **CHAT,
-            "messages": [
-                {"role": "user", "content": "Hi"},
-                {
-                    "role": "assistant",
-                    "tool_calls": [
-                        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": json.dumps(_deep(200))}}
-                    ],
-                },
-                {"role": "tool", "tool_call_id": "c1", "content": "ok"},
-            ],
-        },
-        ["max_json_depth"],
-    ),
-    (
-        "lone surrogate in tool parameters",
-        {**CHAT, "tools": _tool({"type": "object", "description": "\ud800"})},
-        ["lone surrogate"],
-    ),
-]
-
-
-@pytest.mark.parametrize("what,body,words", SHAPES, ids=[s[0] for s in SHAPES])
-async def test_a_stalling_shape_is_refused_naming_its_bound(gateway_url: str, what: str, body: dict, words: list[str]):
+@pytest.mark.parametrize("shape", SHAPES, ids=[s.name for s in SHAPES])
+async def test_a_stalling_shape_is_refused_naming_its_bound(gateway_url: str, shape: Shape) -> None:
     async with httpx.AsyncClient(base_url=gateway_url, headers=HEADERS, timeout=PATIENCE_SECONDS) as http:
-        # Sent as bytes: httpx's own JSON encoder refuses the lone surrogate that a client can still send.
-        content = json.dumps(body).encode()
-        reply = await http.post("/v1/chat/completions", content=content, headers={"content-type": "application/json"})
-        assert reply.status_code == 400, reply.text[:500]
-        error = reply.json()["error"]
-        assert error["type"] == "invalid_request_error"
-        for word in words:
-            assert word in error["message"], error["message"]
+        reply = await send(http, shape)
+        assert refusal_problem(shape, reply) is None, refusal_problem(shape, reply)
+        assert reply.json()["error"]["type"] == "invalid_request_error"
         assert (await http.post("/v1/chat/completions", json=CHAT)).status_code == 200
 
 
@@ -97,11 +36,11 @@ async def test_a_prompt_too_long_for_the_context_is_refused_without_being_tokeni
     """Before: /tokenize of 3.6 MB took 4.7 s of engine CPU, billed to nobody."""
     huge = "word " * 700_000
     async with httpx.AsyncClient(base_url=gateway_url, headers=HEADERS, timeout=PATIENCE_SECONDS) as http:
-        for path, body in (
-            ("/tokenize", {"model": MODEL, "prompt": huge}),
-            ("/v1/completions", {"model": MODEL, "prompt": huge, "max_tokens": 1}),
+        for body in (
+            {"model": MODEL, "prompt": huge, "max_tokens": 1},
+            {"model": MODEL, "messages": [{"role": "user", "content": huge}], "max_tokens": 1},
         ):
-            reply = await http.post(path, json=body)
+            reply = await http.post("/v1/chat/completions" if "messages" in body else "/v1/completions", json=body)
             assert reply.status_code == 400, reply.text[:300]
             assert "refused without being tokenized" in reply.json()["error"]["message"]
         fits = await http.post("/tokenize", json={"model": MODEL, "prompt": "word " * 100})
