@@ -65,7 +65,8 @@ def _peak_rss_mb(process: ServiceProcess) -> float:
 
 
 async def test_huge_invalid_arrays_cost_the_gateway_no_memory(lone_gateway: ServiceProcess) -> None:
-    """Before: a 900 KB body of -1s made FastAPI build every union error: +1.1 GB of gateway memory."""
+    """Before: a 900 KB body of -1s made FastAPI build every union error: +1.1 GB of gateway memory; 1.9 M
+    token ids +470 MB before their 400; 120,000 empty messages +440 MB."""
     before = _peak_rss_mb(lone_gateway)
     async with httpx.AsyncClient(base_url=lone_gateway.address, headers=HEADERS, timeout=PATIENCE_SECONDS) as http:
         for path, field, extra in (("/v1/completions", "prompt", {"max_tokens": 1}), ("/v1/embeddings", "input", {})):
@@ -75,6 +76,13 @@ async def test_huge_invalid_arrays_cost_the_gateway_no_memory(lone_gateway: Serv
                 message = reply.json()["error"]["message"]
                 assert message.startswith(f"{field}: item "), message
                 assert len(message) < 200
+        # Valid token ids, far more than the context: a plain union first tried them all as strings.
+        ids = {"model": MODEL, "prompt": [1234] * 700_000, "max_tokens": 1}
+        many_ids = await http.post("/v1/completions", json=ids)
+        assert many_ids.status_code == 400 and "2048" in many_ids.json()["error"]["message"], many_ids.text[:300]
+        empty = [{"role": "user", "content": ""}] * 100_000
+        many_messages = await http.post("/v1/chat/completions", json={"model": MODEL, "messages": empty})
+        assert many_messages.status_code == 400 and "4096" in many_messages.json()["error"]["message"]
         valid = await http.post("/v1/completions", json={"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 1})
         assert valid.status_code == 200
     grown = _peak_rss_mb(lone_gateway) - before

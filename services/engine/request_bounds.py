@@ -43,6 +43,8 @@ class RequestBounds:
     max_pattern_repeat: int = 256
     max_pattern_size: int = 8192
     max_choice_options: int = 1024
+    # Inputs of one Embed request (OpenAI's limit).
+    max_embed_inputs: int = 2048
     # Requests open at once on one GenerateMany stream (a gateway worker carries its streams on one).
     max_stream_requests: int = 1024
 
@@ -73,6 +75,11 @@ def check_generate(request: pb.GenerateRequest, bounds: RequestBounds) -> None:
         if len(options) > bounds.max_choice_options:
             raise _over("structured_output.choice", len(options), bounds.max_choice_options, "options")
         budget.spend_bytes("structured_output.choice", sum(len(o) for o in options))
+
+
+def check_embed(request: pb.EmbedRequest, bounds: RequestBounds) -> None:
+    if len(request.inputs) > bounds.max_embed_inputs:
+        raise _over("inputs", len(request.inputs), bounds.max_embed_inputs, "inputs", name="max_embed_inputs")
 
 
 def check_chat(chat: pb.Chat, bounds: RequestBounds, budget: _Budget | None = None) -> None:

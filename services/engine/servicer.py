@@ -22,7 +22,7 @@ from services.engine.errors import (
 from services.engine.generate_many import generate_many
 from services.engine.generation import EmbeddingRequest, GenerationRequest, GenerationUpdate, Prompt
 from services.engine.model_host import LaunchSpec, ModelHost
-from services.engine.request_bounds import RequestBounds, check_chat, check_generate
+from services.engine.request_bounds import RequestBounds, check_chat, check_embed, check_generate
 from services.engine.spans import traced
 from services.engine.usage.billing import billing
 from services.engine.wire import chat_turns, fill_response, held_usage, model_card, prompt, sampling, tools
@@ -91,6 +91,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         if not request.inputs:
             raise InvalidRequestError("give at least one input to embed")
+        check_embed(request, self._bounds)
         inputs: list[str | list[int]] = []
         for i, given in enumerate(request.inputs):
             which = given.WhichOneof("kind")

@@ -9,7 +9,7 @@ import pytest
 from llmserve.engine.v1 import engine_pb2 as pb
 
 from services.engine.errors import InvalidRequestError
-from services.engine.request_bounds import RequestBounds, check_chat, check_generate
+from services.engine.request_bounds import RequestBounds, check_chat, check_embed, check_generate
 
 BOUNDS = RequestBounds()
 
@@ -91,6 +91,13 @@ def test_many_messages_or_tools_are_refused() -> None:
     for i in range(129):
         request.chat.tools.add(name=f"t{i}")
     _refused(request, "max_tools")
+
+
+def test_embed_inputs_are_bounded() -> None:
+    request = pb.EmbedRequest(model="m", inputs=[pb.EmbedInput(text="x")] * 2049)
+    with pytest.raises(InvalidRequestError, match="2049 inputs; at most 2048 are accepted .max_embed_inputs."):
+        check_embed(request, BOUNDS)
+    check_embed(pb.EmbedRequest(model="m", inputs=[pb.EmbedInput(text="x")] * 2048), BOUNDS)
 
 
 def test_deep_json_and_lone_surrogates_are_refused_not_crashed_on() -> None:
