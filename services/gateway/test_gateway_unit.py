@@ -184,6 +184,10 @@ def events(body: bytes) -> list[dict | str]:
 
 CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
+# Usage goes to an outbox for a metering that never answers; limits let requests through (fail closed, a
+# gateway that never read the limits would refuse every key).
+UNREACHABLE_METERING = {"metering_addr": "127.0.0.1:9", "limits_fail_open": True, "usage_drain_seconds": 0}
+
 
 async def test_open_without_keys_and_forced_usage_chunk(fake: FakeEngine) -> None:
     async for client in gateway(fake):
@@ -308,7 +312,7 @@ async def test_an_embedding_counted_but_never_answered_is_billed_from_the_engine
 ) -> None:
     recorded: list[Outcome] = []
     # Usage delivery on (metering unreachable: the outbox keeps the events), so requests name their caller.
-    async for client in gateway(fake, recorded, metering_addr="127.0.0.1:9", data_dir=tmp_path, usage_drain_seconds=0):
+    async for client in gateway(fake, recorded, **UNREACHABLE_METERING, data_dir=tmp_path):
         reply = await client.post("/v1/embeddings", json={"model": "fake", "input": "hi"})
         assert reply.status_code == 503
         async with asyncio.timeout(5):
@@ -329,7 +333,7 @@ async def test_a_call_broken_mid_stream_is_billed_from_the_engines_held_usage(fa
     its abort: the request is billed the engine's five, and the client's usage chunk says five too."""
     fake.break_stream = True
     recorded: list[Outcome] = []
-    async for client in gateway(fake, recorded, metering_addr="127.0.0.1:9", data_dir=tmp_path, usage_drain_seconds=0):
+    async for client in gateway(fake, recorded, **UNREACHABLE_METERING, data_dir=tmp_path):
         stream = events((await client.post("/v1/chat/completions", json=CHAT)).content)
         assert (
             "".join(
