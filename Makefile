@@ -10,7 +10,7 @@ MODEL_STORE ?= var/models
 PROTO_OUT := gen
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: setup system-packages deps protos model credentials run engine lint test fuzz client check-protos bench-engine bench-serving bench-metering bench-gateway bench-stalls compose-check clean
+.PHONY: setup system-packages deps protos model credentials run engine lint test fuzz client check-protos bench-engine bench-serving bench-metering bench-ledger bench-gateway bench-stalls compose-check clean
 
 setup: deps protos model
 
@@ -99,6 +99,10 @@ bench-serving: setup
 
 bench-metering: setup
 	$(PY) -m benchmarks.metering_bench
+
+# How metering's costs grow with its history: 0, 1 M and 10 M events on both stores (about an hour).
+bench-ledger: setup
+	$(PY) -m benchmarks.ledger_growth
 
 bench-gateway: setup
 	$(PY) -m benchmarks.gateway_stream_bench
