@@ -389,6 +389,12 @@ async def check(stack: Stack, figures: dict) -> None:
     log("4. down, then up: metering's totals and the credentials are kept")
     before, digest = stack.metering_totals(), stack.credentials_digest()
     stack.compose("down", timeout=300)
+    # A container still stopping when `down` removes it can be left behind (seen once with docker-compose v1
+    # on a loaded machine: the engine's, which `up` then did not start): remove what is left.
+    leftover = stack.compose("ps", "-a", "-q", check=False, timeout=60).stdout.split()
+    if leftover:
+        log(f"`down` left {len(leftover)} container(s): removing them")
+        run(["docker", "rm", "-f", *leftover], check=False, timeout=120)
     stack.compose("up", "-d", *STACK, timeout=1200)
     await stack.healthy(engines=1, timeout=900)
     assert stack.metering_totals() == before
