@@ -114,6 +114,7 @@ def _limits_keeper(settings: GatewaySettings, source: str, metrics: GatewayMetri
             lease_seconds=settings.limits_lease_seconds,
             poll_seconds=settings.limits_poll_seconds,
             fail_open=settings.limits_fail_open,
+            known_limits_file=settings.data_dir / "known-limits.json",
         ),
         on_poll=metrics.limits_polls.inc,
     )

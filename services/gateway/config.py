@@ -64,7 +64,7 @@ class GatewaySettings(BaseSettings):
     metering_addr: str = ""
     # This gateway's credential on the engine and metering (services.service_auth; `make credentials`).
     service_token_file: Path | None = None
-    # The outbox of undelivered usage events and the instance id live here.
+    # The outbox of undelivered usage events, the instance id and the limits last read live here.
     data_dir: Path = Path("var/gateway")
     # Names this gateway in usage events (idempotency is per source + event id); default: made once
     # and kept in the data directory.

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
+from google.protobuf.message import DecodeError
 from llmserve.metering.v1 import metering_pb2 as mpb
 
 from services.contracts.metering_client import MeteringClient
@@ -26,6 +29,8 @@ class LimitsSettings:
     poll_seconds: float = 1.0
     # When metering cannot be reached: refuse a limited key's requests (503), or let them through.
     fail_open: bool = False
+    # The limited keys as last read, kept on disk: a gateway restarted while metering is down knows them.
+    known_limits_file: Path | None = None
 
 
 def _duration(seconds: float) -> str:
@@ -79,15 +84,18 @@ class LimitsKeeper:
         self._metering = metering
         self._settings = settings
         self._limited: dict[str, mpb.KeyLimits] = {}
-        # Until the first poll answers, any key may be limited: with fail_open off each request asks
-        # metering (a gateway started while metering is down refuses rather than serving spent keys).
+        # Until the limits have been read once (now, or by an earlier run of this gateway: its file), any
+        # key may be limited: with fail_open off each request asks metering (a new gateway started while
+        # metering is down refuses rather than serving spent keys).
         self._known = False
+        self._written: bytes | None = None
         # Event ids of the reservations this gateway holds open.
         self._open: set[str] = set()
         self._tasks: list[asyncio.Task] = []
         self._settling: set[asyncio.Task] = set()
 
     async def start(self) -> None:
+        self._read_known()
         await self._poll_once()
         self._tasks = [asyncio.create_task(self._poll_forever()), asyncio.create_task(self._renew_forever())]
 
@@ -102,10 +110,41 @@ class LimitsKeeper:
         try:
             self._limited = {k.api_key_id: k for k in await self._metering.list_limits()}
             self._known = True
+            self._write_known()
             if self._on_poll is not None:
                 self._on_poll()
         except grpc.aio.AioRpcError as error:
             log.warning("could not read the key limits from metering: %s", error.code().name)
+
+    def _read_known(self) -> None:
+        path = self._settings.known_limits_file
+        if path is None or not path.exists():
+            return
+        try:
+            known = mpb.ListLimitsResponse.FromString(path.read_bytes())
+        except (OSError, DecodeError) as error:
+            log.warning("ignoring %s: %s", path, error)
+            return
+        self._limited = {k.api_key_id: k for k in known.limits}
+        self._known = True
+        self._written = path.read_bytes()
+
+    def _write_known(self) -> None:
+        """Atomically, and only when the limits changed (a poll a second must not mean a write a second)."""
+        path = self._settings.known_limits_file
+        if path is None:
+            return
+        data = mpb.ListLimitsResponse(limits=[self._limited[k] for k in sorted(self._limited)]).SerializeToString()
+        if data == self._written:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            temporary.write_bytes(data)
+            os.replace(temporary, path)
+            self._written = data
+        except OSError as error:
+            log.warning("could not keep the limits in %s: %s", path, error)
 
     async def _poll_forever(self) -> None:
         while True:
