@@ -52,15 +52,11 @@ class RequestBounds:
 def check_generate(request: pb.GenerateRequest, bounds: RequestBounds) -> None:
     """A Generate request's bounds, on the wire message (before its JSON is parsed)."""
     params = request.sampling
-    if params.n > bounds.max_choices:
-        raise _over("n", params.n, bounds.max_choices, "choices")
-    if len(params.stop) > bounds.max_stop_strings:
-        raise _over("stop", len(params.stop), bounds.max_stop_strings, "stop strings")
+    _at_most(bounds, "max_choices", "n", params.n, "choices")
+    _at_most(bounds, "max_stop_strings", "stop", len(params.stop), "stop strings")
     for i, stop in enumerate(params.stop):
-        if len(stop) > bounds.max_stop_chars:
-            raise _over(f"stop[{i}]", len(stop), bounds.max_stop_chars, "characters")
-    if len(params.stop_token_ids) > bounds.max_stop_token_ids:
-        raise _over("stop_token_ids", len(params.stop_token_ids), bounds.max_stop_token_ids, "token ids")
+        _at_most(bounds, "max_stop_chars", f"stop[{i}]", len(stop), "characters")
+    _at_most(bounds, "max_stop_token_ids", "stop_token_ids", len(params.stop_token_ids), "token ids")
     budget = _Budget(bounds)
     if request.WhichOneof("prompt") == "chat":
         check_chat(request.chat, bounds, budget)
@@ -72,23 +68,19 @@ def check_generate(request: pb.GenerateRequest, bounds: RequestBounds) -> None:
         budget.pattern("structured_output.regex", structured.regex)
     elif which == "choice":
         options = structured.choice.values
-        if len(options) > bounds.max_choice_options:
-            raise _over("structured_output.choice", len(options), bounds.max_choice_options, "options")
+        _at_most(bounds, "max_choice_options", "structured_output.choice", len(options), "options")
         budget.spend_bytes("structured_output.choice", sum(len(o) for o in options))
 
 
 def check_embed(request: pb.EmbedRequest, bounds: RequestBounds) -> None:
-    if len(request.inputs) > bounds.max_embed_inputs:
-        raise _over("inputs", len(request.inputs), bounds.max_embed_inputs, "inputs", name="max_embed_inputs")
+    _at_most(bounds, "max_embed_inputs", "inputs", len(request.inputs), "inputs")
 
 
 def check_chat(chat: pb.Chat, bounds: RequestBounds, budget: _Budget | None = None) -> None:
     """A chat's messages, tools and the tool calls in its history (Generate and Tokenize)."""
     budget = budget or _Budget(bounds)
-    if len(chat.messages) > bounds.max_messages:
-        raise _over("messages", len(chat.messages), bounds.max_messages, "messages")
-    if len(chat.tools) > bounds.max_tools:
-        raise _over("tools", len(chat.tools), bounds.max_tools, "tools")
+    _at_most(bounds, "max_messages", "messages", len(chat.messages), "messages")
+    _at_most(bounds, "max_tools", "tools", len(chat.tools), "tools")
     for i, tool in enumerate(chat.tools):
         if tool.parameters_json:
             budget.schema(f"tools[{i}].function.parameters", tool.parameters_json)
@@ -130,9 +122,8 @@ class _Budget:
 
     def pattern(self, where: str, pattern: str) -> None:
         bounds = self.bounds
-        if len(pattern) > bounds.max_pattern_chars:
-            raise _over(where, len(pattern), bounds.max_pattern_chars, "characters in a pattern")
-        self.pattern_size += _pattern_size(where, pattern, bounds.max_pattern_repeat)
+        _at_most(bounds, "max_pattern_chars", where, len(pattern), "characters in a pattern")
+        self.pattern_size += _pattern_size(where, pattern, bounds)
         if self.pattern_size > bounds.max_pattern_size:
             raise InvalidRequestError(
                 f"{where}: the request's patterns written out come to {self.pattern_size} states;"
@@ -146,8 +137,7 @@ def _walk(where: str, value: Any, bounds: RequestBounds, budget: _Budget | None)
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
-        if depth > bounds.max_json_depth:
-            raise _over(where, depth, bounds.max_json_depth, "levels of nesting", name="max_json_depth")
+        _at_most(bounds, "max_json_depth", where, depth, "levels of nesting")
         if isinstance(node, dict):
             for key, item in node.items():
                 _text(where, key)
@@ -157,11 +147,9 @@ def _walk(where: str, value: Any, bounds: RequestBounds, budget: _Budget | None)
                     for name in item:
                         budget.pattern(f"{where} (patternProperties)", name)
                 if budget is not None and key == "properties" and isinstance(item, dict):
-                    if len(item) > bounds.max_object_properties:
-                        raise _over(where, len(item), bounds.max_object_properties, "properties in one object")
+                    _at_most(bounds, "max_object_properties", where, len(item), "properties in one object")
                     budget.properties += len(item)
-                    if budget.properties > bounds.max_schema_properties:
-                        raise _over(where, budget.properties, bounds.max_schema_properties, "schema properties")
+                    _at_most(bounds, "max_schema_properties", where, budget.properties, "schema properties")
                 if isinstance(item, (dict, list)):
                     stack.append((item, depth + 1))
                 elif isinstance(item, str):
@@ -183,7 +171,7 @@ def _text(where: str, text: str) -> None:
         raise InvalidRequestError(f"{where}: not valid Unicode text (it holds a lone surrogate)") from None
 
 
-def _pattern_size(where: str, pattern: str, max_repeat: int) -> int:
+def _pattern_size(where: str, pattern: str, bounds: RequestBounds) -> int:
     """The pattern's states with every bounded quantifier written out, as a grammar expands it."""
     import re._constants as sre
     import re._parser as sre_parse
@@ -198,8 +186,7 @@ def _pattern_size(where: str, pattern: str, max_repeat: int) -> int:
         for quantifier in _QUANTIFIER.finditer(pattern):
             low, high = quantifier.group(1), quantifier.group(2)
             count = int(high) if high else int(low)
-            if count > max_repeat:
-                raise _over(where, count, max_repeat, "repetitions in one quantifier", name="max_pattern_repeat")
+            _at_most(bounds, "max_pattern_repeat", where, count, "repetitions in one quantifier")
             size += count
         return size
 
@@ -211,8 +198,7 @@ def _pattern_size(where: str, pattern: str, max_repeat: int) -> int:
             if op in repeats:
                 low, high, sub = av
                 count = low if high == sre.MAXREPEAT else high
-                if count > max_repeat:
-                    raise _over(where, count, max_repeat, "repetitions in one quantifier", name="max_pattern_repeat")
+                _at_most(bounds, "max_pattern_repeat", where, count, "repetitions in one quantifier")
                 total += max(count, 1) * size_of(sub)
             elif op is sre.SUBPATTERN:
                 total += size_of(av[-1])
@@ -229,21 +215,8 @@ def _pattern_size(where: str, pattern: str, max_repeat: int) -> int:
     return size_of(parsed)
 
 
-def _over(where: str, got: int, limit: int, what: str, name: str | None = None) -> InvalidRequestError:
-    setting = name or _SETTING_BY_WHAT.get(what, "")
-    suffix = f" ({setting})" if setting else ""
-    return InvalidRequestError(f"{where}: {got} {what}; at most {limit} are accepted{suffix}")
-
-
-_SETTING_BY_WHAT = {
-    "choices": "max_choices",
-    "stop strings": "max_stop_strings",
-    "characters": "max_stop_chars",
-    "token ids": "max_stop_token_ids",
-    "messages": "max_messages",
-    "tools": "max_tools",
-    "properties in one object": "max_object_properties",
-    "schema properties": "max_schema_properties",
-    "characters in a pattern": "max_pattern_chars",
-    "options": "max_choice_options",
-}
+def _at_most(bounds: RequestBounds, name: str, where: str, got: int, what: str) -> None:
+    """Refuses `got` over the bound `name`, naming it (the setting an operator changes)."""
+    limit = getattr(bounds, name)
+    if got > limit:
+        raise InvalidRequestError(f"{where}: {got} {what}; at most {limit} are accepted ({name})")

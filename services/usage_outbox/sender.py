@@ -128,8 +128,7 @@ class UsageSender:
     async def start(self) -> None:
         self._spooled = await self._disk(self._outbox.count)
         self._metrics.spool_depth.set(self._spooled)
-        self.dead_letters = await self._disk(self._outbox.dead_letter_count)
-        self._metrics.dead_letters.set(self.dead_letters)
+        await self._count_dead_letters()
         if self._spooled:
             log.info("%d usage event(s) waiting in the outbox from before", self._spooled)
         self._task = asyncio.create_task(self._run())
@@ -207,8 +206,7 @@ class UsageSender:
                     await asyncio.wait_for(self._wake.wait(), _IDLE_POLL_SECONDS)
                 except TimeoutError:
                     # Idle: an operator may have replayed dead letters meanwhile.
-                    self.dead_letters = await self._disk(self._outbox.dead_letter_count)
-                    self._metrics.dead_letters.set(self.dead_letters)
+                    await self._count_dead_letters()
                 continue
             if delivered:
                 backoff = 0.1
@@ -287,6 +285,9 @@ class UsageSender:
             log.error("usage event %s dead-lettered: %s", event_id, reason)
         await self._disk(self._outbox.bury, failures)
         self._metrics.events.labels("dead_lettered").inc(len(failures))
+        await self._count_dead_letters()
+
+    async def _count_dead_letters(self) -> None:
         self.dead_letters = await self._disk(self._outbox.dead_letter_count)
         self._metrics.dead_letters.set(self.dead_letters)
 

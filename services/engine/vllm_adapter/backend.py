@@ -243,13 +243,14 @@ class VllmBackend:
             request.sampling, len(prompt_ids), info.max_model_len, self._sampling_defaults, tool_calls
         )
         stream = StreamState(prompt_tokens=len(prompt_ids), started=time.monotonic())
-        self._open.add(request.engine_id)
+        engine_id = request.engine_id
+        self._open.add(engine_id)
         self.usage.opened(request, info.id)
         metered = False
         try:
             final: GenerationUpdate | None = None
             try:
-                outputs = self._llm.generate(engine_prompt, params, request.engine_id)
+                outputs = self._llm.generate(engine_prompt, params, engine_id)
                 async for output in translate_errors(outputs, stream):
                     update = stream.update(output, request.sampling.logprobs)
                     if tool_calls is not None:
@@ -269,7 +270,7 @@ class VllmBackend:
             metered = await self.usage.meter(request, info, _counted(stream))
             yield final
         finally:
-            self._open.discard(request.engine_id)
+            self._open.discard(engine_id)
             # Cut short (the caller went away) before it was metered: committed with the next group.
             self.usage.closed(request, info, _counted(stream) if stream.started_output else None, metered)
             log.info(

@@ -121,13 +121,14 @@ class LimitsKeeper:
         if path is None or not path.exists():
             return
         try:
-            known = mpb.ListLimitsResponse.FromString(path.read_bytes())
+            data = path.read_bytes()
+            known = mpb.ListLimitsResponse.FromString(data)
         except (OSError, DecodeError) as error:
             log.warning("ignoring %s: %s", path, error)
             return
         self._limited = {k.api_key_id: k for k in known.limits}
         self._known = True
-        self._written = path.read_bytes()
+        self._written = data
 
     def _write_known(self) -> None:
         """Atomically, and only when the limits changed (a poll a second must not mean a write a second)."""
