@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -32,7 +33,7 @@ from tests.stack import (
     wait_for,
     wait_idle,
 )
-from tools.processes import ROOT, free_port
+from tools.processes import ROOT, free_port, metering_env
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -373,3 +374,110 @@ async def test_a_request_of_many_prompts_and_choices_is_billed_to_the_token(
     finally:
         gw.stop()
         meter.stop()
+
+
+async def test_sums_equal_a_recount_after_a_randomized_run_with_kill_9(
+    log_dir: Path, tmp_path: Path, store_env: dict[str, str]
+) -> None:
+    """Random batches (duplicates, refused events, reservations and settles of a limited key) while metering
+    is SIGKILLed twice; every batch is retried until acknowledged. Then the rollups, the keys' running
+    spend and the counters equal a recount from the events (`python -m services.metering reconcile`),
+    and the totals read from them equal what was acknowledged."""
+    import random
+
+    rng = random.Random(31)
+    port = free_port()
+    data = tmp_path / "metering"
+    metering = await asyncio.to_thread(start_metering, log_dir, data, port, "metering-recount", store_env)
+    recorded: dict[str, mpb.UsageEvent] = {}
+    sent: list[mpb.UsageEvent] = []
+
+    async def until_acked(call):  # noqa: ANN001, ANN202 - a coroutine factory, retried
+        for _ in range(300):
+            try:
+                return await call()
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise
+                await asyncio.sleep(0.1)
+        raise AssertionError("metering did not come back")
+
+    restarts: list[asyncio.Task] = []
+
+    async def traffic(client) -> None:  # noqa: ANN001
+        nonlocal metering
+        for round_ in range(40):
+            if round_ in (8, 20):
+                # Killed between two batches (and, as it restarts, while the next ones are being sent).
+                if restarts:
+                    metering = await restarts[-1]
+                metering.signal(signal.SIGKILL)
+                metering.stop()
+                restarts.append(
+                    asyncio.create_task(
+                        asyncio.to_thread(start_metering, log_dir, data, port, f"metering-recount-{round_}", store_env)
+                    )
+                )
+            batch = []
+            for _ in range(rng.randint(1, 60)):
+                if sent and rng.random() < 0.2:
+                    batch.append(rng.choice(sent))
+                    continue
+                e = event(
+                    len(sent),
+                    source=rng.choice(["gw-a", "gw-b"]),
+                    model=rng.choice(["m1", "m2"]),
+                    api_key_id=rng.choice(["team-a", "team-b", ""]),
+                    caller=rng.choice(["", "batch"]),
+                    status=rng.choice([mpb.REQUEST_STATUS_OK, mpb.REQUEST_STATUS_ABORT]),
+                    prompt_tokens=rng.randint(1, 300),
+                )
+                e.occurred_at.FromNanoseconds(time.time_ns() - rng.randint(0, 3 * 86400) * 10**9)
+                sent.append(e)
+                batch.append(e)
+            refused = event(10**6 + round_, prompt_tokens=-1) if round_ % 3 == 0 else None
+            for e in batch[:2]:
+                if e.api_key_id == "team-a":
+                    ask = mpb.ReserveRequest(
+                        source=e.source, event_id=e.event_id, api_key_id="team-a", tokens=500, lease_seconds=30
+                    )
+                    await until_acked(lambda ask=ask: client.reserve(ask))
+                    tokens = e.prompt_tokens + e.completion_tokens
+                    await until_acked(lambda e=e, tokens=tokens: client.settle(e.source, e.event_id, tokens))
+            whole = batch + ([refused] if refused else [])
+            acks = await until_acked(lambda whole=whole: client.record(whole))
+            for e, ack in zip(batch, acks):
+                assert ack.status in (mpb.ACK_STATUS_RECORDED, mpb.ACK_STATUS_DUPLICATE)
+                recorded.setdefault(e.event_id, e)
+            assert (acks[-1].status == mpb.ACK_STATUS_REJECTED) == (refused is not None)
+
+    try:
+        async with metering_client(metering.address) as client:
+            await client.set_limits(mpb.KeyLimits(api_key_id="team-a", token_budget=10**9))
+            running = asyncio.create_task(traffic(client))
+            await asyncio.wait_for(running, 300)
+            metering = await restarts[-1]
+            rows = await client.totals(mpb.GetTotalsRequest(group_by_api_key=True))
+            got = {r.api_key_id: (r.totals.requests, r.totals.prompt_tokens) for r in rows}
+            want: dict[str, tuple[int, int]] = {}
+            for e in recorded.values():
+                requests, prompt = want.get(e.api_key_id, (0, 0))
+                want[e.api_key_id] = (requests + 1, prompt + e.prompt_tokens)
+            assert got == want
+            standing = await client.standing("team-a")
+            assert standing.budget_used == sum(
+                e.prompt_tokens + e.completion_tokens for e in recorded.values() if e.api_key_id == "team-a"
+            )
+    finally:
+        metering.stop()
+    env = {**metering_env(free_port(), free_port(), data), **store_env}
+    check = subprocess.run(
+        [sys.executable, "-m", "services.metering", "reconcile", "--all"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "equal the events" in check.stdout

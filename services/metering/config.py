@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,6 +20,10 @@ class MeteringSettings(BaseSettings):
     # Events older than this, or further ahead than the allowed clock skew, are refused.
     max_event_age_seconds: float = Field(7 * 24 * 3600, gt=0)
     max_future_seconds: float = Field(300, ge=0)
+    # Raw events are kept this long after they occurred (0: for good), then pruned in small batches off the
+    # request path; their usage stays in the rollups and running totals. At least max_event_age_seconds, so
+    # an event can never arrive again after its first copy is pruned (deduplication stays exact).
+    event_retention_seconds: float = Field(35 * 86400, ge=0)
     shutdown_grace_seconds: float = Field(5.0, ge=0)
     # Distinct model names that become Prometheus label values; later ones count under "other".
     max_model_labels: int = Field(100, ge=1)
@@ -27,6 +31,16 @@ class MeteringSettings(BaseSettings):
     callers_file: Path | None = None
     reflection: bool = True
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _retention_covers_event_age(self) -> MeteringSettings:
+        if 0 < self.event_retention_seconds < self.max_event_age_seconds:
+            raise ValueError(
+                f"METERING_EVENT_RETENTION_SECONDS ({self.event_retention_seconds:g}) must be 0 (keep for good) or"
+                f" at least METERING_MAX_EVENT_AGE_SECONDS ({self.max_event_age_seconds:g}): a copy of a pruned"
+                " event could still arrive and be counted again"
+            )
+        return self
 
     @property
     def sqlite_path(self) -> Path:

@@ -23,6 +23,11 @@ _T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 RECORDED, DUPLICATE, REJECTED = "recorded", "duplicate", "rejected"
+# Pruning: small batches (each a short write transaction), a pause between them so commits go first.
+_PRUNE_BATCH = 2000
+_PRUNE_PAUSE_SECONDS = 0.05
+_PRUNE_INTERVAL_SECONDS = 60.0
+_PRUNE_MARGIN_SECONDS = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +66,14 @@ class Ledger:
         max_age_seconds: float,
         max_future_seconds: float,
         clock: Callable[[], float] = time.time,
+        retention_seconds: float | None = None,
     ) -> None:
         self._store = store
         self._metrics = metrics
         self._max_age = max_age_seconds
         self._max_future = max_future_seconds
         self._clock = clock
+        self._retention = retention_seconds
         # Store work happens on one thread, off the event loop.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-store")
         self._pending: list[_Submission] = []
@@ -83,6 +90,8 @@ class Ledger:
             counters = await self.counters()
             self._metrics.reload(counters.models, counters.rejections)
         self._tasks = [asyncio.create_task(self._writer()), asyncio.create_task(self._refresh_gauges())]
+        if self._retention is not None:
+            self._tasks.append(asyncio.create_task(self._prune_events(self._retention)))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -180,6 +189,31 @@ class Ledger:
                 self._metrics.throughput.labels(label, f"{window:.0f}s").set(rate)
             await asyncio.sleep(interval)
 
+    def _kept_since(self) -> float | None:
+        """Events that occurred before this may have been pruned."""
+        return None if self._retention is None else self._clock() - self._retention
+
+    async def prune_once(self, retention_seconds: float, batch: int = _PRUNE_BATCH) -> int:
+        """Prunes the events older than the retention (and a day more, for replicas' clock skew) in
+        batches, each its own short transaction between commits; how many went."""
+        before = self._clock() - retention_seconds - _PRUNE_MARGIN_SECONDS
+        pruned = 0
+        while True:
+            gone = await self._run(self._store.prune_events, before, batch)
+            pruned += gone
+            if gone < batch:
+                return pruned
+            await asyncio.sleep(_PRUNE_PAUSE_SECONDS)
+
+    async def _prune_events(self, retention_seconds: float) -> None:
+        while True:
+            try:
+                if pruned := await self.prune_once(retention_seconds):
+                    log.info("pruned %d events older than the retention", pruned)
+            except Exception as error:
+                log.warning("events not pruned: %s", error)
+            await asyncio.sleep(_PRUNE_INTERVAL_SECONDS)
+
     async def reserve(
         self, source: str, event_id: str, api_key_id: str, tokens: int, lease_seconds: float
     ) -> tuple[Decision, Standing]:
@@ -202,7 +236,7 @@ class Ledger:
         return await self._run(self._store.standing, api_key_id, self._clock())
 
     async def totals(self, query: Query, group_by: tuple[str, ...]) -> list[tuple[dict[str, str], Totals]]:
-        return await self._run(self._store.totals, query, group_by)
+        return await self._run(self._store.totals, query, group_by, self._kept_since())
 
     async def series(self, query: Query, bucket_seconds: int) -> list[tuple[float, Totals]]:
-        return await self._run(self._store.series, query, bucket_seconds)
+        return await self._run(self._store.series, query, bucket_seconds, self._kept_since())

@@ -52,7 +52,7 @@ def _placeholders(sql: str) -> str:
 
 class PostgresStore(UsageStore):
     shared = True
-    bucket_sql = "FLOOR(occurred_at / ?) * ?"
+    bucket_sql = "CAST(FLOOR({}) AS BIGINT) / ? * ?"
 
     def __init__(self, url: str, connect_timeout: float = 5.0) -> None:
         super().__init__(writer=uuid.uuid4().hex[:16])

@@ -14,6 +14,7 @@ from llmserve.metering.v1 import metering_pb2 as pb
 
 from services.contracts.metering_client import MeteringClient
 from services.contracts.usage_terms import BUDGET_PERIOD_NAMES
+from services.metering.rollups import TOTAL_FIELDS
 from services.service_auth import read_token
 
 
@@ -40,15 +41,8 @@ def render(rows: list[pb.TotalsRow]) -> str:
             f" {t.aborted_requests:>6}"
             f" {t.failed_requests:>6} {t.prompt_tokens:>10} {t.completion_tokens:>11} {t.cached_tokens:>9}"
         )
-        for name in (
-            "requests",
-            "ok_requests",
-            "aborted_requests",
-            "failed_requests",
-            "prompt_tokens",
-            "completion_tokens",
-            "cached_tokens",
-        ):
+        # The integer sums (every field but the generation seconds).
+        for name in TOTAL_FIELDS[:-1]:
             setattr(sums, name, getattr(sums, name) + getattr(t, name))
     lines.append("-" * len(header))
     lines.append(

@@ -1,6 +1,7 @@
-"""A key's limits and its reservations against them, in the usage database: what a key has spent (its events
-and its reservations, read in one statement), a reservation taken only if it fits, settled to the exact
-usage, and replaced by its event when that is committed (services.metering.store)."""
+"""A key's limits and its reservations against them, in the usage database: what a key has spent (the
+running spend its events added to, services.metering.rollups, and its reservations, read in one
+statement), a reservation taken only if it fits, settled to the exact usage, and replaced by its event
+when that is committed (services.metering.store)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,12 @@ _COUNTED = (
 _RESERVATIONS = "FROM reservations r LEFT JOIN reservation_holders h ON h.source = r.source WHERE r.api_key_id = ?"
 # Everything a key has spent, in one statement (one snapshot: a commit that records an event and
 # deletes its reservation is seen whole or not at all).
+_WINDOW_CELLS = "FROM key_spend WHERE api_key_id = ? AND period = 'second' AND start > ?"
 _SPENT = f"""SELECT
- (SELECT COUNT(*) FROM events WHERE api_key_id = ? AND received_at >= ?),
- (SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM events WHERE api_key_id = ? AND received_at >= ?),
- (SELECT MIN(received_at) FROM events WHERE api_key_id = ? AND received_at >= ?),
- (SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM events WHERE api_key_id = ? AND received_at >= ?),
+ (SELECT COALESCE(SUM(requests), 0) {_WINDOW_CELLS}),
+ (SELECT COALESCE(SUM(tokens), 0) {_WINDOW_CELLS}),
+ (SELECT MIN(start) {_WINDOW_CELLS}),
+ (SELECT COALESCE(SUM(tokens), 0) FROM key_spend WHERE api_key_id = ? AND period = ? AND start = ?),
  (SELECT COUNT(*) {_RESERVATIONS} AND r.created_at >= ?),
  (SELECT COALESCE(SUM({_COUNTED}), 0) {_RESERVATIONS} AND r.created_at >= ?),
  (SELECT MIN(r.created_at) {_RESERVATIONS} AND r.created_at >= ?),
@@ -72,11 +74,15 @@ class Reservations(ABC):
 
     def _spent(self, limits: KeyLimits, now: float) -> Spent:
         key, minute, period = limits.api_key_id, now - WINDOW_SECONDS, period_start(limits.budget_period, now)
+        # A second's cell counts while any part of it is inside the window (a request at most a second
+        # older than the window still counts); it leaves the window a minute after its end.
+        cells = now - WINDOW_SECONDS - 1
         # In _SPENT's order: each sub-select's key and start; a reservation sum first takes `now` (its holder's lease).
-        params = (key, minute, key, minute, key, minute, key, period, key, minute)
+        params = (key, cells, key, cells, key, cells, key, limits.budget_period, int(period), key, minute)
         params += (now, key, minute, key, minute, now, key, period, key, now)
         row = self._rows(_SPENT, params)[0]
-        event_requests, event_tokens, event_oldest, event_budget = row[0], row[1], row[2], row[3]
+        event_requests, event_tokens, event_budget = row[0], row[1], row[3]
+        event_oldest = None if row[2] is None else row[2] + 1
         held_requests, held_tokens, held_oldest, held_budget, reserved = row[4], row[5], row[6], row[7], row[8]
         oldest = min((t for t in (event_oldest, held_oldest) if t is not None), default=None)
         return Spent(

@@ -50,7 +50,13 @@ def open_store(settings: MeteringSettings) -> UsageStore:
 async def serve(settings: MeteringSettings) -> None:
     metrics = MeteringMetrics(settings.max_model_labels)
     store = await asyncio.to_thread(open_store, settings)
-    ledger = Ledger(store, metrics, settings.max_event_age_seconds, settings.max_future_seconds)
+    ledger = Ledger(
+        store,
+        metrics,
+        settings.max_event_age_seconds,
+        settings.max_future_seconds,
+        retention_seconds=settings.event_retention_seconds or None,
+    )
     await ledger.start()
     metering = build_server(
         f"{settings.host}:{settings.port}",

@@ -14,7 +14,7 @@ _INSERT = f"INSERT INTO events VALUES ({','.join('?' * len(EVENT_COLUMNS))})"
 
 
 class SqliteStore(UsageStore):
-    bucket_sql = "CAST(occurred_at / ? AS INTEGER) * ?"
+    bucket_sql = "CAST({} AS INTEGER) / ? * ?"
 
     def __init__(self, path: Path) -> None:
         # One process owns the file, so its running totals are one row per model.

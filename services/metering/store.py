@@ -10,56 +10,31 @@ import time
 from abc import abstractmethod
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from services.metering.events import UsageEvent
+from services.metering.limits import period_start
+from services.metering.range_sql import EVENT_VALUES, Label, Query, range_select
+from services.metering.reconcile import Reconciliation
 from services.metering.reservations import Reservations
+from services.metering.rollups import (
+    MINUTE,
+    PERIODS,
+    TOTAL_FIELDS,
+    WIDTHS,
+    Additions,
+    Totals,
+    additions,
+    ceil_to,
+    pieces,
+    series_pieces,
+)
 from services.metering.schema import MIGRATIONS
 from services.metering.throughput import Cells, oldest_cell, spread
 
 
 class StoreUnavailable(RuntimeError):
     """The database cannot be reached now; the caller may retry (a gRPC UNAVAILABLE)."""
-
-
-_STATUS_COLUMN = {"ok": "ok_requests", "abort": "aborted_requests", "error": "failed_requests"}
-TOTAL_FIELDS = (
-    "requests",
-    "ok_requests",
-    "aborted_requests",
-    "failed_requests",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "generation_seconds",
-)
-
-
-@dataclass
-class Totals:
-    requests: int = 0
-    ok_requests: int = 0
-    aborted_requests: int = 0
-    failed_requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    generation_seconds: float = 0.0
-
-    def add_event(self, event: UsageEvent) -> None:
-        self.requests += 1
-        setattr(self, _STATUS_COLUMN[event.status], getattr(self, _STATUS_COLUMN[event.status]) + 1)
-        self.prompt_tokens += event.prompt_tokens
-        self.completion_tokens += event.completion_tokens
-        self.cached_tokens += event.cached_tokens
-        self.generation_seconds += event.generation_seconds
-
-    def values(self) -> tuple[int | float, ...]:
-        return tuple(getattr(self, name) for name in TOTAL_FIELDS)
-
-    def add(self, other: Totals) -> None:
-        for name in TOTAL_FIELDS:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 @dataclass
@@ -76,24 +51,6 @@ class Commit:
     duplicated_by_model: dict[str, int]
 
 
-@dataclass(frozen=True)
-class Query:
-    start: float | None = None
-    end: float | None = None
-    model: str = ""
-    api_key_id: str = ""
-    model_name: str = ""
-    caller: str = ""
-
-
-# What each grouping key selects; the registered model name of rows stored before it was recorded is
-# their served model's.
-_GROUP_COLUMNS = {
-    "model": "model",
-    "api_key_id": "api_key_id",
-    "caller": "caller",
-    "model_name": "CASE WHEN model_name = '' THEN model ELSE model_name END",
-}
 EVENT_COLUMNS = (
     "source",
     "event_id",
@@ -116,14 +73,8 @@ EVENT_COLUMNS = (
     "caller",
 )
 _INT = "CAST(SUM({}) AS BIGINT)"
-_SUMS = ", ".join(
-    (
-        "COUNT(*)",
-        *(_INT.format(f"CASE WHEN status = '{s}' THEN 1 ELSE 0 END") for s in ("ok", "abort", "error")),
-        *(_INT.format(c) for c in ("prompt_tokens", "completion_tokens", "cached_tokens")),
-        "SUM(generation_seconds)",
-    )
-)
+# The migration that adds the rollups; applying it fills them from the stored events.
+_ROLLUPS_MIGRATION = 4
 _COUNTER_UPSERT = (
     "INSERT INTO counters (model, writer, requests, ok_requests, aborted_requests, failed_requests,"
     " prompt_tokens, completion_tokens, cached_tokens, generation_seconds, duplicated)"
@@ -138,6 +89,20 @@ _CELL_UPSERT = (
     "INSERT INTO throughput_cells (model, second, writer, tokens) VALUES (?,?,?,?)"
     " ON CONFLICT (model, second, writer) DO UPDATE SET tokens = throughput_cells.tokens + excluded.tokens"
 )
+_ROLLUP_KEY = "width, bucket, api_key_id, model, model_name, caller, writer"
+_ROLLUP_UPSERT = (
+    f"INSERT INTO usage_rollups ({_ROLLUP_KEY}, {', '.join(TOTAL_FIELDS)})"
+    f" VALUES ({','.join('?' * (7 + len(TOTAL_FIELDS)))}) ON CONFLICT ({_ROLLUP_KEY}) DO UPDATE SET "
+    + ", ".join(f"{c} = usage_rollups.{c} + excluded.{c}" for c in TOTAL_FIELDS)
+)
+_SPEND_UPSERT = (
+    "INSERT INTO key_spend (api_key_id, period, start, writer, requests, tokens) VALUES (?,?,?,?,?,?)"
+    " ON CONFLICT (api_key_id, period, start, writer) DO UPDATE SET"
+    " requests = key_spend.requests + excluded.requests, tokens = key_spend.tokens + excluded.tokens"
+)
+# Running spend rows no reservation reads any more: per-second cells past the minute window, days and
+# months past (their usage stays in the rollups).
+_SPEND_KEEP_SECONDS = {"second": 120.0, "day": 2 * 86400.0, "month": 62 * 86400.0}
 # Cells this far behind the oldest a window reads are deleted, in their own statement: no commit
 # still adds to them, so the delete never waits on one.
 _CELL_KEEP_SECONDS = 120
@@ -167,13 +132,13 @@ def event_row(e: UsageEvent, received_at: float) -> tuple:
     )
 
 
-class UsageStore(Reservations):
+class UsageStore(Reservations, Reconciliation):
     """`writer` keys this process's rows of the running totals (see migration 0002)."""
 
     # Whether other processes may write the same database (PostgreSQL): then the Prometheus counters
     # of one replica count only its own ingest, and totals come from the database.
     shared: bool = False
-    # SQL of the start of the series bucket an event falls in, from a bucket width parameter.
+    # SQL of the start of the bucket a time column (format field) falls in, from a width parameter (twice).
     bucket_sql: str = ""
 
     def __init__(self, writer: str) -> None:
@@ -208,16 +173,42 @@ class UsageStore(Reservations):
                     continue
                 for statement in migration.statements():
                     self._rows(statement)
+                if migration.version == _ROLLUPS_MIGRATION:
+                    self._backfill_rollups(time.time())
                 self._rows(
                     "INSERT INTO schema_migrations VALUES (?, ?, ?)", (migration.version, migration.name, time.time())
                 )
+
+    def _backfill_rollups(self, now: float) -> None:
+        """Inside the migration that adds them: the rollups and the keys' running spend of the events
+        already stored, as their commits would have written them."""
+        name = "CASE WHEN model_name = '' THEN model ELSE model_name END"
+        sums = ", ".join(_INT.format(value) for value in EVENT_VALUES[:-1])
+        for width in WIDTHS:
+            self._rows(
+                f"INSERT INTO usage_rollups SELECT ?, {self.bucket_sql.format('occurred_at')}, api_key_id, model,"
+                f" {name}, caller, '', {sums}, SUM(generation_seconds) FROM events GROUP BY 2, 3, 4, 5, 6",
+                (width, width, width),
+            )
+        spent = "COUNT(*), SUM(prompt_tokens + completion_tokens) FROM events WHERE api_key_id <> ''"
+        for period in PERIODS:
+            start = int(period_start(period, now))
+            self._rows(
+                f"INSERT INTO key_spend SELECT api_key_id, ?, ?, '', {spent} AND received_at >= ? GROUP BY api_key_id",
+                (period, start, start),
+            )
+        self._rows(
+            f"INSERT INTO key_spend SELECT api_key_id, 'second', {self.bucket_sql.format('received_at')}, '',"
+            f" {spent} AND received_at >= ? GROUP BY api_key_id, 3",
+            (1, 1, now - _SPEND_KEEP_SECONDS["second"]),
+        )
 
     def schema_version(self) -> int:
         return self._rows("SELECT MAX(version) FROM schema_migrations")[0][0] or 0
 
     def commit(self, events: list[UsageEvent], received_at: float, rejected: dict[str, int]) -> Commit:
         """Inserts the events (a (source, event_id) seen before is a duplicate) and adds to the running
-        totals, rejections and throughput cells, all in one transaction."""
+        totals, rollups, keys' running spend, rejections and throughput cells, all in one transaction."""
         candidates: dict[tuple[str, str], tuple] = {}
         for e in events:
             candidates.setdefault((e.source, e.event_id), event_row(e, received_at))
@@ -227,12 +218,14 @@ class UsageStore(Reservations):
             by_model: dict[str, Totals] = defaultdict(Totals)
             duplicated: dict[str, int] = defaultdict(int)
             cells: dict[str, Cells] = defaultdict(dict)
+            fresh_events: list[UsageEvent] = []
             for e in events:
                 key = (e.source, e.event_id)
                 fresh = key in new
                 inserted.append(fresh)
                 if fresh:
                     new.discard(key)
+                    fresh_events.append(e)
                     by_model[e.model].add_event(e)
                     spread(cells[e.model], e.occurred_at, e.generation_seconds, e.completion_tokens, received_at)
                 else:
@@ -254,10 +247,21 @@ class UsageStore(Reservations):
                     for second, tokens in sorted(cells[model].items())
                 ],
             )
+            self._add(additions(fresh_events, received_at))
             # The event now counts against its key: the reservation it replaces is gone (same transaction).
             self._many("DELETE FROM reservations WHERE source = ? AND event_id = ?", sorted(candidates))
         self._prune(received_at)
         return Commit(inserted, dict(duplicated))
+
+    def _add(self, added: Additions) -> None:
+        self._many(
+            _ROLLUP_UPSERT,
+            [(*key[:6], self.writer, *totals.values()) for key, totals in sorted(added.rollups.items())],
+        )
+        self._many(
+            _SPEND_UPSERT,
+            [(key, period, start, self.writer, *sums) for (key, period, start), sums in sorted(added.spend.items())],
+        )
 
     def _prune(self, now: float) -> None:
         if now - self._last_prune < _CELL_KEEP_SECONDS / 2:
@@ -265,7 +269,23 @@ class UsageStore(Reservations):
         self._last_prune = now
         with self._transaction():
             self._rows("DELETE FROM throughput_cells WHERE second < ?", (oldest_cell(now) - _CELL_KEEP_SECONDS,))
+            self._rows(
+                "DELETE FROM key_spend WHERE (period = 'second' AND start < ?) OR (period = 'day' AND start < ?)"
+                " OR (period = 'month' AND start < ?)",
+                tuple(now - _SPEND_KEEP_SECONDS[p] for p in ("second", "day", "month")),
+            )
             self._prune_reservations(now)
+
+    def prune_events(self, before: float, limit: int) -> int:
+        """Deletes at most `limit` of the oldest events that occurred before `before` (their usage stays
+        in the rollups and counters); how many went."""
+        with self._transaction():
+            gone = self._rows(
+                "DELETE FROM events WHERE (source, event_id) IN (SELECT source, event_id FROM events"
+                " WHERE occurred_at < ? ORDER BY occurred_at LIMIT ?) RETURNING 1",
+                (before, limit),
+            )
+        return len(gone)
 
     def model_totals(self) -> dict[str, ModelTotals]:
         sums = ", ".join(_INT.format(f) for f in TOTAL_FIELDS if f != "generation_seconds")
@@ -289,49 +309,47 @@ class UsageStore(Reservations):
             cells[model][second] = tokens
         return dict(cells)
 
-    def _where(self, query: Query) -> tuple[str, list[object]]:
-        clauses, params = [], []
-        if query.start is not None:
-            clauses.append("occurred_at >= ?")
-            params.append(query.start)
-        if query.end is not None:
-            clauses.append("occurred_at < ?")
-            params.append(query.end)
-        if query.model:
-            clauses.append("model = ?")
-            params.append(query.model)
-        if query.api_key_id:
-            clauses.append("api_key_id = ?")
-            params.append(query.api_key_id)
-        if query.model_name:
-            clauses.append(f"{_GROUP_COLUMNS['model_name']} = ?")
-            params.append(query.model_name)
-        if query.caller:
-            clauses.append("caller = ?")
-            params.append(query.caller)
-        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
-
-    def totals(self, query: Query, group_by: tuple[str, ...]) -> list[tuple[dict[str, str], Totals]]:
-        """group_by: any of "model", "model_name", "api_key_id", "caller"."""
-        where, params = self._where(query)
-        keys = ", ".join(f"{_GROUP_COLUMNS[key]} AS {key}" for key in group_by)
-        select = f"SELECT {keys + ', ' if keys else ''}{_SUMS} FROM events{where}"
-        if keys:
-            # By position: a column named like an alias would win over the alias in GROUP BY.
-            positions = ", ".join(str(i + 1) for i in range(len(group_by)))
-            select += f" GROUP BY {positions} ORDER BY {positions}"
+    def totals(
+        self, query: Query, group_by: tuple[str, ...], kept_since: float | None = None
+    ) -> list[tuple[dict[str, str], Totals]]:
+        """group_by: any of "model", "model_name", "api_key_id", "caller". kept_since: events that occurred
+        before it may be pruned; a range edge before it is taken to the minute (see _kept)."""
+        query = _kept(query, kept_since)
+        labels = [Label(key) for key in group_by]
+        parts = pieces(query.start, query.end)
+        if not parts:
+            return []
         out = []
-        for row in self._rows(select, params):
-            labels = dict(zip(group_by, row[: len(group_by)]))
+        for row in self._rows(*range_select([(labels, parts)], query)):
             sums = [v or 0 for v in row[len(group_by) :]]
             if sums[0]:
-                out.append((labels, Totals(*sums)))
+                out.append((dict(zip(group_by, row[: len(group_by)])), Totals(*sums)))
         return out
 
-    def series(self, query: Query, bucket_seconds: int) -> list[tuple[float, Totals]]:
-        where, params = self._where(query)
-        rows = self._rows(
-            f"SELECT {self.bucket_sql} AS bucket, {_SUMS} FROM events{where} GROUP BY 1 ORDER BY 1",
-            [bucket_seconds, bucket_seconds, *params],
-        )
-        return [(float(row[0]), Totals(*[v or 0 for v in row[1:]])) for row in rows]
+    def series(self, query: Query, bucket_seconds: int, kept_since: float | None = None) -> list[tuple[float, Totals]]:
+        """bucket_seconds: one of the rollup widths (a minute, an hour, a UTC day)."""
+        if bucket_seconds not in WIDTHS:
+            raise ValueError(f"a series bucket is one of {WIDTHS} seconds")
+        query = _kept(query, kept_since)
+        parts = [
+            ([Label("bucket", fixed)], part)
+            for fixed, part in series_pieces(query.start, query.end, bucket_seconds)
+            if part
+        ]
+        if not parts:
+            return []
+        rows = self._rows(*range_select(parts, query))
+        return [(float(row[0]), Totals(*[v or 0 for v in row[1:]])) for row in rows if row[1]]
+
+
+def _kept(query: Query, kept_since: float | None) -> Query:
+    """Before `kept_since` only the rollups are sure to hold an event, so an edge there is taken up to
+    its minute: a minute counts in the range when its start does."""
+    if kept_since is None:
+        return query
+    start, end = query.start, query.end
+    if start is not None and start < kept_since:
+        start = ceil_to(start, MINUTE)
+    if end is not None and end < kept_since:
+        end = ceil_to(end, MINUTE)
+    return replace(query, start=start, end=end)

@@ -1,0 +1,94 @@
+"""Recounts the rollups, the keys' running spend and the per-model counters from the raw events and
+says where they differ: the proof that what reads use equals what was recorded, for tests and for
+`python -m services.metering reconcile`."""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from collections.abc import Sequence
+
+from services.metering.limits import period_start
+from services.metering.range_sql import EVENT_VALUES
+from services.metering.rollups import DAY, PERIODS, TOTAL_FIELDS, WIDTHS, bucket
+
+_NAME = "CASE WHEN model_name = '' THEN model ELSE model_name END"
+_INTS = ", ".join(f"CAST(SUM({value}) AS BIGINT)" for value in EVENT_VALUES[:-1])
+_STORED_INTS = ", ".join(f"CAST(SUM({name}) AS BIGINT)" for name in TOTAL_FIELDS[:-1])
+
+
+def _differences(what: str, stored: dict, recounted: dict) -> list[str]:
+    out = []
+    for key in sorted(set(stored) | set(recounted), key=repr):
+        have, want = stored.get(key), recounted.get(key)
+        if have is None or want is None or not _same(have, want):
+            out.append(f"{what} {key}: stored {have}, recounted from events {want}")
+    return out
+
+
+def _same(have: Sequence[float], want: Sequence[float]) -> bool:
+    # Integer sums exactly; the seconds (a float sum, added in another order) to rounding.
+    return all(
+        math.isclose(h, w, rel_tol=1e-9, abs_tol=1e-6) if isinstance(h, float) or isinstance(w, float) else h == w
+        for h, w in zip(have, want)
+    )
+
+
+class Reconciliation:
+    bucket_sql: str
+
+    @abstractmethod
+    def _rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple]: ...
+
+    def reconcile(self, now: float, since: float | None = None) -> list[str]:
+        """Where the rollups (of days from `since` on) and the keys' running spend of now differ from the
+        events. since=None: every event is still kept, so all time and the per-model counters are checked."""
+        day = None if since is None else bucket(since, DAY)
+        out = []
+        for width in WIDTHS:
+            where, params = ("", []) if day is None else (" WHERE occurred_at >= ?", [day])
+            recounted = self._rows(
+                f"SELECT {self.bucket_sql.format('occurred_at')}, api_key_id, model, {_NAME}, caller, {_INTS},"
+                f" SUM(generation_seconds) FROM events{where} GROUP BY 1, 2, 3, 4, 5",
+                [width, width, *params],
+            )
+            where = "" if day is None else " AND bucket >= ?"
+            stored = self._rows(
+                f"SELECT bucket, api_key_id, model, model_name, caller, {_STORED_INTS}, SUM(generation_seconds)"
+                f" FROM usage_rollups WHERE width = ?{where} GROUP BY 1, 2, 3, 4, 5",
+                [width, *params],
+            )
+            out += _differences(
+                f"rollup of {width} s",
+                {tuple(r[:5]): tuple(r[5:]) for r in stored},
+                {(int(r[0]), *r[1:5]): tuple(r[5:]) for r in recounted},
+            )
+        # A period can be recounted only while all its events are kept.
+        starts = {period: int(period_start(period, now)) for period in PERIODS}
+        periods = {period: start for period, start in starts.items() if day is None or start >= day}
+        for period, start in periods.items():
+            recounted = self._rows(
+                "SELECT api_key_id, COUNT(*), CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT) FROM events"
+                " WHERE api_key_id <> '' AND received_at >= ? GROUP BY api_key_id",
+                (start,),
+            )
+            stored = self._rows(
+                "SELECT api_key_id, CAST(SUM(requests) AS BIGINT), CAST(SUM(tokens) AS BIGINT) FROM key_spend"
+                " WHERE period = ? AND start = ? GROUP BY api_key_id",
+                (period, start),
+            )
+            out += _differences(
+                f"running spend ({period})",
+                {r[0]: tuple(r[1:]) for r in stored},
+                {r[0]: tuple(r[1:]) for r in recounted},
+            )
+        if since is None:
+            recounted = self._rows(f"SELECT model, {_INTS}, SUM(generation_seconds) FROM events GROUP BY model")
+            stored = self._rows(
+                f"SELECT model, {_STORED_INTS}, SUM(generation_seconds) FROM counters GROUP BY model"
+                " HAVING SUM(requests) > 0"
+            )
+            out += _differences(
+                "counters of model", {r[0]: tuple(r[1:]) for r in stored}, {r[0]: tuple(r[1:]) for r in recounted}
+            )
+        return out

@@ -1,0 +1,162 @@
+"""Usage summed by time bucket, written with the events so that reads never scan history.
+
+Each committed event adds to three rollup rows (its minute, hour and UTC day by occurred_at, per API key,
+model, registered model name and caller) and to its key's running spend (its second, UTC day, UTC month
+and all time by received_at, the clock budgets are counted on). A range read takes whole days from the
+day rows, the hours and minutes left at its edges from the hour and minute rows, and only the seconds
+left over (less than a minute at each edge) from the raw events: at most 2 × 24 hours + 2 × 60 minutes
+of rollup rows per group and two minutes of events, whatever the history."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+from services.metering.events import UsageEvent
+from services.metering.limits import period_start
+
+MINUTE, HOUR, DAY = 60, 3600, 86400
+WIDTHS = (DAY, HOUR, MINUTE)
+# The rows of a rollup besides its sums, in the table's order.
+GROUP_COLUMNS = ("api_key_id", "model", "model_name", "caller")
+PERIODS = ("total", "day", "month")
+
+
+def bucket(t: float, width: int) -> int:
+    """The start of the bucket t falls in, in integers from t's whole second (no rounding of t / width: the
+    stores compute the same, services.metering.store's bucket_sql)."""
+    return math.floor(t) // width * width
+
+
+def ceil_to(t: float, width: int) -> int:
+    return -(-math.ceil(t) // width) * width
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Part of a range: rollup rows of `width` with start in [start, end), or raw events (width 0) with
+    occurred_at in [start, end). None is unbounded."""
+
+    width: int
+    start: float | None
+    end: float | None
+
+
+def pieces(start: float | None, end: float | None, widths: tuple[int, ...] = WIDTHS) -> list[Piece]:
+    """[start, end) as whole buckets of the widest width that fits, then narrower ones at the edges,
+    then raw events for what is left. Every moment of the range is in exactly one piece."""
+    if start is not None and end is not None and start >= end:
+        return []
+    if not widths:
+        return [Piece(0, start, end)]
+    width = widths[0]
+    first = None if start is None else ceil_to(start, width)
+    last = None if end is None else bucket(end, width)
+    if first is not None and last is not None and first >= last:
+        return pieces(start, end, widths[1:])
+    out = [Piece(width, first, last)]
+    if start is not None and first is not None and start < first:
+        out += pieces(start, first, widths[1:])
+    if end is not None and last is not None and last < end:
+        out += pieces(last, end, widths[1:])
+    return out
+
+
+def series_pieces(start: float | None, end: float | None, width: int) -> list[tuple[int | None, list[Piece]]]:
+    """A series by `width`: (None, whole buckets read as rows of that width) and, for a bucket the range
+    only partly covers at either edge, (its start, the pieces of the covered part)."""
+    if start is not None and end is not None and start >= end:
+        return []
+    first = None if start is None else ceil_to(start, width)
+    last = None if end is None else bucket(end, width)
+    narrower = tuple(w for w in WIDTHS if w < width)
+    if first is not None and last is not None and first > last:
+        # Start and end inside one bucket.
+        return [(bucket(start, width), pieces(start, end, narrower))]
+    out: list[tuple[int | None, list[Piece]]] = [(None, [Piece(width, first, last)])]
+    if start is not None and first is not None and start < first:
+        out.append((bucket(start, width), pieces(start, first, narrower)))
+    if end is not None and last is not None and last < end:
+        out.append((last, pieces(last, end, narrower)))
+    return out
+
+
+TOTAL_FIELDS = (
+    "requests",
+    "ok_requests",
+    "aborted_requests",
+    "failed_requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "generation_seconds",
+)
+
+
+@dataclass
+class Totals:
+    requests: int = 0
+    ok_requests: int = 0
+    aborted_requests: int = 0
+    failed_requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    generation_seconds: float = 0.0
+
+    def add_event(self, e: UsageEvent) -> None:
+        self.requests += 1
+        if e.status == "ok":
+            self.ok_requests += 1
+        elif e.status == "abort":
+            self.aborted_requests += 1
+        else:
+            self.failed_requests += 1
+        self.prompt_tokens += e.prompt_tokens
+        self.completion_tokens += e.completion_tokens
+        self.cached_tokens += e.cached_tokens
+        self.generation_seconds += e.generation_seconds
+
+    def values(self) -> tuple[int | float, ...]:
+        return tuple(getattr(self, name) for name in TOTAL_FIELDS)
+
+    def add(self, other: Totals) -> None:
+        for name in TOTAL_FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+RollupKey = tuple[int, int, str, str, str, str]
+SpendKey = tuple[str, str, int]
+
+
+@dataclass
+class Additions:
+    """What one commit adds to the rollups and the keys' running spend."""
+
+    rollups: dict[RollupKey, Totals]
+    # (key, period, period start) -> [requests, tokens]; period "second" is the per-minute window's cell.
+    spend: dict[SpendKey, list[int]]
+
+
+def additions(events: list[UsageEvent], received_at: float) -> Additions:
+    # Per event only its minute's row and its key's spend are touched; hours and days are summed from
+    # the minutes, and every period of a key's spend from its one sum (received_at is one moment).
+    minutes: dict[RollupKey, Totals] = defaultdict(Totals)
+    by_key: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for e in events:
+        group = (e.api_key_id, e.model, e.model_name or e.model, e.caller)
+        minutes[(MINUTE, bucket(e.occurred_at, MINUTE), *group)].add_event(e)
+        if e.api_key_id:
+            spent = by_key[e.api_key_id]
+            spent[0] += 1
+            spent[1] += e.prompt_tokens + e.completion_tokens
+    rollups = dict(minutes)
+    for width in (HOUR, DAY):
+        wider: dict[RollupKey, Totals] = defaultdict(Totals)
+        for (_, start, *group), totals in minutes.items():
+            wider[(width, bucket(start, width), *group)].add(totals)
+        rollups.update(wider)
+    starts = {"second": math.floor(received_at), **{p: int(period_start(p, received_at)) for p in PERIODS}}
+    spend = {(key, period, start): list(spent) for key, spent in by_key.items() for period, start in starts.items()}
+    return Additions(rollups, spend)
