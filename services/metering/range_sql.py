@@ -56,7 +56,9 @@ def _expression(label: Label, events: bool) -> tuple[str, list[object]]:
     return (_EVENT_COLUMN.get(label.column, label.column) if events else label.column), []
 
 
-def piece_select(piece: Piece, labels: list[Label], query: Query) -> tuple[str, list[object]]:
+def piece_select(piece: Piece, labels: list[Label], query: Query, rollups: str) -> tuple[str, list[object]]:
+    """rollups: the table whole buckets come from (usage_rollups, or model_rollups when the labels and
+    filters name only the model and its registered name)."""
     events = piece.width == 0
     params: list[object] = []
     columns = []
@@ -80,15 +82,15 @@ def piece_select(piece: Piece, labels: list[Label], query: Query) -> tuple[str, 
             clauses.append(f"{_EVENT_COLUMN.get(name, name) if events else name} = ?")
             params.append(value)
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-    return f"SELECT {', '.join(columns)} FROM {'events' if events else 'usage_rollups'}{where}", params
+    return f"SELECT {', '.join(columns)} FROM {'events' if events else rollups}{where}", params
 
 
-def range_select(parts: list[tuple[list[Label], list[Piece]]], query: Query) -> tuple[str, list[object]]:
+def range_select(parts: list[tuple[list[Label], list[Piece]]], query: Query, rollups: str) -> tuple[str, list[object]]:
     """Sums of every part's pieces, grouped by the labels (the same number in every part), in label order."""
     selects, params = [], []
     for labels, part in parts:
         for piece in part:
-            sql, more = piece_select(piece, labels, query)
+            sql, more = piece_select(piece, labels, query, rollups)
             selects.append(sql)
             params += more
     count = len(parts[0][0])

@@ -52,17 +52,28 @@ class Reconciliation:
                 f" SUM(generation_seconds) FROM events{where} GROUP BY 1, 2, 3, 4, 5",
                 [width, width, *params],
             )
-            where = "" if day is None else " AND bucket >= ?"
-            stored = self._rows(
-                f"SELECT bucket, api_key_id, model, model_name, caller, {_STORED_INTS}, SUM(generation_seconds)"
-                f" FROM usage_rollups WHERE width = ?{where} GROUP BY 1, 2, 3, 4, 5",
-                [width, *params],
-            )
-            out += _differences(
-                f"rollup of {width} s",
-                {tuple(r[:5]): tuple(r[5:]) for r in stored},
-                {(int(r[0]), *r[1:5]): tuple(r[5:]) for r in recounted},
-            )
+            by_model: dict[tuple, list] = {}
+            for row in recounted:
+                sums = by_model.setdefault((int(row[0]), row[2], row[3]), [0] * len(TOTAL_FIELDS))
+                for i, value in enumerate(row[5:]):
+                    sums[i] += value
+            since_bucket = "" if day is None else " AND bucket >= ?"
+            for table, columns, want in (
+                (
+                    "usage_rollups",
+                    "bucket, api_key_id, model, model_name, caller",
+                    {(int(r[0]), *r[1:5]): tuple(r[5:]) for r in recounted},
+                ),
+                ("model_rollups", "bucket, model, model_name", {k: tuple(v) for k, v in by_model.items()}),
+            ):
+                count = columns.count(",") + 1
+                positions = ", ".join(str(i + 1) for i in range(count))
+                stored = self._rows(
+                    f"SELECT {columns}, {_STORED_INTS}, SUM(generation_seconds) FROM {table}"
+                    f" WHERE width = ?{since_bucket} GROUP BY {positions}",
+                    [width, *params],
+                )
+                out += _differences(f"{table} of {width} s", {tuple(r[:count]): tuple(r[count:]) for r in stored}, want)
         # A period can be recounted only while all its events are kept.
         starts = {period: int(period_start(period, now)) for period in PERIODS}
         periods = {period: start for period, start in starts.items() if day is None or start >= day}

@@ -1,7 +1,8 @@
 """Usage summed by time bucket, written with the events so that reads never scan history.
 
 Each committed event adds to three rollup rows (its minute, hour and UTC day by occurred_at, per API key,
-model, registered model name and caller) and to its key's running spend (its second, UTC day, UTC month
+model, registered model name and caller; and the same per model and name alone, for reads that neither
+filter nor group by key or caller) and to its key's running spend (its second, UTC day, UTC month
 and all time by received_at, the clock budgets are counted on). A range read takes whole days from the
 day rows, the hours and minutes left at its edges from the hour and minute rows, and only the seconds
 left over (less than a minute at each edge) from the raw events: at most 2 × 24 hours + 2 × 60 minutes
@@ -127,6 +128,7 @@ class Totals:
 
 
 RollupKey = tuple[int, int, str, str, str, str]
+ModelRollupKey = tuple[int, int, str, str]
 SpendKey = tuple[str, str, int]
 
 
@@ -134,7 +136,9 @@ SpendKey = tuple[str, str, int]
 class Additions:
     """What one commit adds to the rollups and the keys' running spend."""
 
+    # (width, bucket, key, model, name, caller) and, for reads by model alone, (width, bucket, model, name).
     rollups: dict[RollupKey, Totals]
+    model_rollups: dict[ModelRollupKey, Totals]
     # (key, period, period start) -> [requests, tokens]; period "second" is the per-minute window's cell.
     spend: dict[SpendKey, list[int]]
 
@@ -157,6 +161,9 @@ def additions(events: list[UsageEvent], received_at: float) -> Additions:
         for (_, start, *group), totals in minutes.items():
             wider[(width, bucket(start, width), *group)].add(totals)
         rollups.update(wider)
+    by_model: dict[ModelRollupKey, Totals] = defaultdict(Totals)
+    for (width, start, _, model, name, _), totals in rollups.items():
+        by_model[width, start, model, name].add(totals)
     starts = {"second": math.floor(received_at), **{p: int(period_start(p, received_at)) for p in PERIODS}}
     spend = {(key, period, start): list(spent) for key, spent in by_key.items() for period, start in starts.items()}
-    return Additions(rollups, spend)
+    return Additions(rollups, dict(by_model), spend)

@@ -89,12 +89,20 @@ _CELL_UPSERT = (
     "INSERT INTO throughput_cells (model, second, writer, tokens) VALUES (?,?,?,?)"
     " ON CONFLICT (model, second, writer) DO UPDATE SET tokens = throughput_cells.tokens + excluded.tokens"
 )
-_ROLLUP_KEY = "width, bucket, api_key_id, model, model_name, caller, writer"
-_ROLLUP_UPSERT = (
-    f"INSERT INTO usage_rollups ({_ROLLUP_KEY}, {', '.join(TOTAL_FIELDS)})"
-    f" VALUES ({','.join('?' * (7 + len(TOTAL_FIELDS)))}) ON CONFLICT ({_ROLLUP_KEY}) DO UPDATE SET "
-    + ", ".join(f"{c} = usage_rollups.{c} + excluded.{c}" for c in TOTAL_FIELDS)
-)
+
+
+def _rollup_upsert(table: str, key: str) -> str:
+    return (
+        f"INSERT INTO {table} ({key}, {', '.join(TOTAL_FIELDS)})"
+        f" VALUES ({','.join('?' * (key.count(',') + 1 + len(TOTAL_FIELDS)))}) ON CONFLICT ({key}) DO UPDATE SET "
+        + ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in TOTAL_FIELDS)
+    )
+
+
+_ROLLUP_UPSERT = _rollup_upsert("usage_rollups", "width, bucket, api_key_id, model, model_name, caller, writer")
+_MODEL_ROLLUP_UPSERT = _rollup_upsert("model_rollups", "width, bucket, model, model_name, writer")
+# Reads that neither filter nor group by these take the rollups per model (MODEL_ROLLUPS).
+_KEY_COLUMNS = {"api_key_id", "caller"}
 _SPEND_UPSERT = (
     "INSERT INTO key_spend (api_key_id, period, start, writer, requests, tokens) VALUES (?,?,?,?,?,?)"
     " ON CONFLICT (api_key_id, period, start, writer) DO UPDATE SET"
@@ -184,11 +192,17 @@ class UsageStore(Reservations, Reconciliation):
         already stored, as their commits would have written them."""
         name = "CASE WHEN model_name = '' THEN model ELSE model_name END"
         sums = ", ".join(_INT.format(value) for value in EVENT_VALUES[:-1])
+        sums_of_rows = ", ".join(_INT.format(value) for value in TOTAL_FIELDS[:-1])
         for width in WIDTHS:
             self._rows(
                 f"INSERT INTO usage_rollups SELECT ?, {self.bucket_sql.format('occurred_at')}, api_key_id, model,"
                 f" {name}, caller, '', {sums}, SUM(generation_seconds) FROM events GROUP BY 2, 3, 4, 5, 6",
                 (width, width, width),
+            )
+            self._rows(
+                f"INSERT INTO model_rollups SELECT width, bucket, model, model_name, '', {sums_of_rows},"
+                " SUM(generation_seconds) FROM usage_rollups WHERE width = ? GROUP BY 1, 2, 3, 4",
+                (width,),
             )
         spent = "COUNT(*), SUM(prompt_tokens + completion_tokens) FROM events WHERE api_key_id <> ''"
         for period in PERIODS:
@@ -256,7 +270,11 @@ class UsageStore(Reservations, Reconciliation):
     def _add(self, added: Additions) -> None:
         self._many(
             _ROLLUP_UPSERT,
-            [(*key[:6], self.writer, *totals.values()) for key, totals in sorted(added.rollups.items())],
+            [(*key, self.writer, *totals.values()) for key, totals in sorted(added.rollups.items())],
+        )
+        self._many(
+            _MODEL_ROLLUP_UPSERT,
+            [(*key, self.writer, *totals.values()) for key, totals in sorted(added.model_rollups.items())],
         )
         self._many(
             _SPEND_UPSERT,
@@ -320,7 +338,7 @@ class UsageStore(Reservations, Reconciliation):
         if not parts:
             return []
         out = []
-        for row in self._rows(*range_select([(labels, parts)], query)):
+        for row in self._rows(*range_select([(labels, parts)], query, _rollups_for(query, group_by))):
             sums = [v or 0 for v in row[len(group_by) :]]
             if sums[0]:
                 out.append((dict(zip(group_by, row[: len(group_by)])), Totals(*sums)))
@@ -338,8 +356,14 @@ class UsageStore(Reservations, Reconciliation):
         ]
         if not parts:
             return []
-        rows = self._rows(*range_select(parts, query))
+        rows = self._rows(*range_select(parts, query, _rollups_for(query, ())))
         return [(float(row[0]), Totals(*[v or 0 for v in row[1:]])) for row in rows if row[1]]
+
+
+def _rollups_for(query: Query, group_by: tuple[str, ...]) -> str:
+    if _KEY_COLUMNS & set(group_by) or query.api_key_id or query.caller:
+        return "usage_rollups"
+    return "model_rollups"
 
 
 def _kept(query: Query, kept_since: float | None) -> Query:

@@ -22,6 +22,24 @@ CREATE TABLE usage_rollups (
     PRIMARY KEY (width, bucket, api_key_id, model, model_name, caller, writer)
 );
 CREATE INDEX usage_rollups_by_key ON usage_rollups (api_key_id, width, bucket);
+-- The same sums per model and registered name alone: what a read that neither filters nor groups by key or
+-- caller (a fleet's series, the usage of a model) takes, a few rows per bucket however many keys there are.
+CREATE TABLE model_rollups (
+    width BIGINT NOT NULL,
+    bucket BIGINT NOT NULL,
+    model TEXT NOT NULL,
+    model_name TEXT NOT NULL,
+    writer TEXT NOT NULL,
+    requests BIGINT NOT NULL,
+    ok_requests BIGINT NOT NULL,
+    aborted_requests BIGINT NOT NULL,
+    failed_requests BIGINT NOT NULL,
+    prompt_tokens BIGINT NOT NULL,
+    completion_tokens BIGINT NOT NULL,
+    cached_tokens BIGINT NOT NULL,
+    generation_seconds DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (width, bucket, model, model_name, writer)
+);
 -- What each key has spent (requests, prompt plus completion tokens) by received_at, the clock budgets count
 -- on: per second (the per-minute window), UTC day, UTC month and all time (start 0). A reservation reads
 -- its key's few rows here instead of summing the key's events.
