@@ -101,7 +101,7 @@ def _rollup_upsert(table: str, key: str) -> str:
 
 _ROLLUP_UPSERT = _rollup_upsert("usage_rollups", "width, bucket, api_key_id, model, model_name, caller, writer")
 _MODEL_ROLLUP_UPSERT = _rollup_upsert("model_rollups", "width, bucket, model, model_name, writer")
-# Reads that neither filter nor group by these take the rollups per model (MODEL_ROLLUPS).
+# Reads that neither filter nor group by these take the rollups per model (model_rollups).
 _KEY_COLUMNS = {"api_key_id", "caller"}
 _SPEND_UPSERT = (
     "INSERT INTO key_spend (api_key_id, period, start, writer, requests, tokens) VALUES (?,?,?,?,?,?)"
