@@ -194,16 +194,19 @@ class Ledger:
         return None if self._retention is None else self._clock() - self._retention
 
     async def prune_once(self, retention_seconds: float, batch: int = _PRUNE_BATCH) -> int:
-        """Prunes the events older than the retention (and a day more, for replicas' clock skew) in
-        batches, each its own short transaction between commits; how many went."""
+        """Prunes the events older than the retention (and a day more, for replicas' clock skew), and their
+        one-second rollups, in batches, each its own short transaction between commits; how many events went."""
         before = self._clock() - retention_seconds - _PRUNE_MARGIN_SECONDS
         pruned = 0
         while True:
             gone = await self._run(self._store.prune_events, before, batch)
             pruned += gone
             if gone < batch:
-                return pruned
+                break
             await asyncio.sleep(_PRUNE_PAUSE_SECONDS)
+        while await self._run(self._store.prune_second_rollups, before):
+            await asyncio.sleep(_PRUNE_PAUSE_SECONDS)
+        return pruned
 
     async def _prune_events(self, retention_seconds: float) -> None:
         while True:

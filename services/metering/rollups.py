@@ -1,12 +1,13 @@
 """Usage summed by time bucket, written with the events so that reads never scan history.
 
-Each committed event adds to three rollup rows (its minute, hour and UTC day by occurred_at, per API key,
+Each committed event adds to four rollup rows (its second, minute, hour and UTC day by occurred_at, per API key,
 model, registered model name and caller; and the same per model and name alone, for reads that neither
 filter nor group by key or caller) and to its key's running spend (its second, UTC day, UTC month
 and all time by received_at, the clock budgets are counted on). A range read takes whole days from the
-day rows, the hours and minutes left at its edges from the hour and minute rows, and only the seconds
-left over (less than a minute at each edge) from the raw events: at most 2 × 24 hours + 2 × 60 minutes
-of rollup rows per group and two minutes of events, whatever the history."""
+day rows, the hours, minutes and seconds left at its edges from the hour, minute and second rows, and only
+the fraction of a second left over at each edge from the raw events: at most 2 × (24 + 60 + 60) rollup
+rows per group and two seconds of events, whatever the history. Second rows are pruned with the raw
+events (services.metering.store); before the retention time a range's edges are taken to the minute."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from dataclasses import dataclass
 from services.metering.events import UsageEvent
 from services.metering.limits import period_start
 
-MINUTE, HOUR, DAY = 60, 3600, 86400
-WIDTHS = (DAY, HOUR, MINUTE)
+SECOND, MINUTE, HOUR, DAY = 1, 60, 3600, 86400
+WIDTHS = (DAY, HOUR, MINUTE, SECOND)
+# Rows of this width are pruned with the raw events (they only serve a range's edges); wider ones stay.
+PRUNED_WIDTH = SECOND
 # The rows of a rollup besides its sums, in the table's order.
 GROUP_COLUMNS = ("api_key_id", "model", "model_name", "caller")
 PERIODS = ("total", "day", "month")
@@ -144,21 +147,21 @@ class Additions:
 
 
 def additions(events: list[UsageEvent], received_at: float) -> Additions:
-    # Per event only its minute's row and its key's spend are touched; hours and days are summed from
-    # the minutes, and every period of a key's spend from its one sum (received_at is one moment).
-    minutes: dict[RollupKey, Totals] = defaultdict(Totals)
+    # Per event only its second's row and its key's spend are touched; minutes, hours and days are summed
+    # from the seconds, and every period of a key's spend from its one sum (received_at is one moment).
+    seconds: dict[RollupKey, Totals] = defaultdict(Totals)
     by_key: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for e in events:
         group = (e.api_key_id, e.model, e.model_name or e.model, e.caller)
-        minutes[(MINUTE, bucket(e.occurred_at, MINUTE), *group)].add_event(e)
+        seconds[(SECOND, math.floor(e.occurred_at), *group)].add_event(e)
         if e.api_key_id:
             spent = by_key[e.api_key_id]
             spent[0] += 1
             spent[1] += e.prompt_tokens + e.completion_tokens
-    rollups = dict(minutes)
-    for width in (HOUR, DAY):
+    rollups = dict(seconds)
+    for width in (MINUTE, HOUR, DAY):
         wider: dict[RollupKey, Totals] = defaultdict(Totals)
-        for (_, start, *group), totals in minutes.items():
+        for (_, start, *group), totals in seconds.items():
             wider[(width, bucket(start, width), *group)].add(totals)
         rollups.update(wider)
     by_model: dict[ModelRollupKey, Totals] = defaultdict(Totals)

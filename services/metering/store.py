@@ -20,6 +20,7 @@ from services.metering.reservations import Reservations
 from services.metering.rollups import (
     MINUTE,
     PERIODS,
+    PRUNED_WIDTH,
     TOTAL_FIELDS,
     WIDTHS,
     Additions,
@@ -304,6 +305,22 @@ class UsageStore(Reservations, Reconciliation):
                 (before, limit),
             )
         return len(gone)
+
+    def prune_second_rollups(self, before: float, span: int = 60) -> int:
+        """Deletes the one-second rollup rows of the oldest `span` seconds before `before` (they serve only
+        the edges of ranges whose events are kept); how many went."""
+        gone = 0
+        with self._transaction():
+            for table in ("usage_rollups", "model_rollups"):
+                oldest = self._rows(f"SELECT MIN(bucket) FROM {table} WHERE width = ?", (PRUNED_WIDTH,))[0][0]
+                if oldest is not None and oldest < before:
+                    gone += len(
+                        self._rows(
+                            f"DELETE FROM {table} WHERE width = ? AND bucket < ? RETURNING 1",
+                            (PRUNED_WIDTH, min(before, oldest + span)),
+                        )
+                    )
+        return gone
 
     def model_totals(self) -> dict[str, ModelTotals]:
         sums = ", ".join(_INT.format(f) for f in TOTAL_FIELDS if f != "generation_seconds")

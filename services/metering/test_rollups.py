@@ -46,8 +46,8 @@ def test_every_moment_of_a_range_is_in_exactly_one_piece() -> None:
         end = start + rng.choice([0.5, 59, 61, 3599, 3601, DAY - 1, DAY + 1, 3 * DAY + 17.25, rng.uniform(0, 9 * DAY)])
         bounds = rng.choice([(start, end), (None, end), (start, None), (None, None)])
         parts = pieces(*bounds)
-        # At most whole days, then two edges of hours, two of minutes and two of raw seconds.
-        assert len(parts) <= 7
+        # At most whole days, then two edges each of hours, minutes, seconds and raw events.
+        assert len(parts) <= 9
         assert sum(p.width == 0 for p in parts) <= 2
         for _ in range(40):
             t = start + rng.uniform(-2 * DAY, (end - start) + 2 * DAY)
@@ -214,6 +214,7 @@ async def test_pruning_keeps_every_event_that_could_still_arrive(open_store: Cal
     # The ledger's own pruning runs as it starts; this call may find part of the work done.
     assert await ledger.prune_once(retention, batch=10) <= 25
     assert store._rows("SELECT COUNT(*) FROM events")[0][0] == 5
+    assert store._rows("SELECT MIN(bucket) FROM usage_rollups WHERE width = 1")[0][0] == int(NOW - max_age + 5)
     assert await ledger.totals(Query(), ("model",)) == before
     acks = await ledger.record(recent)
     assert [a.status for a in acks] == [DUPLICATE] * 5
