@@ -34,11 +34,14 @@ STORES = (("sqlite", 1), ("postgres", 1), ("postgres", 2))
 BATCHES = (1, 100, 1000)
 
 
-def start_metering(logs: Path, data: Path, database_url: str = "") -> ServiceProcess:
+def start_metering(
+    logs: Path, data: Path, database_url: str = "", extra_env: dict[str, str] | None = None
+) -> ServiceProcess:
     port = free_port()
     env = metering_env(port, free_port(), data) | {
         "METERING_LOG_LEVEL": "WARNING",
         "METERING_DATABASE_URL": database_url,
+        **(extra_env or {}),
     }
     process = ServiceProcess("metering", "services.metering", [], logs, f"127.0.0.1:{port}", env=env)
     process.wait_ready(lambda: grpc_serving(process.address), 60)
