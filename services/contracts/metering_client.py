@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from llmserve.metering.v1 import metering_pb2 as pb
 from llmserve.metering.v1 import metering_pb2_grpc
@@ -54,3 +54,27 @@ class MeteringClient(ServiceChannel):
     async def standing(self, api_key_id: str, timeout: float | None = 5.0) -> pb.Standing:
         request = pb.GetStandingRequest(api_key_id=api_key_id)
         return await self._stub.GetStanding(request, timeout=timeout, metadata=self.metadata)
+
+    async def create_key(self, request: pb.CreateKeyRequest, timeout: float | None = 5.0) -> pb.IssuedKey:
+        return await self._stub.CreateKey(request, timeout=timeout, metadata=self.metadata)
+
+    async def list_keys(self, include_revoked: bool = False, timeout: float | None = 5.0) -> list[pb.ApiKey]:
+        request = pb.ListKeysRequest(include_revoked=include_revoked)
+        return list((await self._stub.ListKeys(request, timeout=timeout, metadata=self.metadata)).keys)
+
+    async def get_key(self, key_id: str, timeout: float | None = 5.0) -> pb.ApiKey:
+        return await self._stub.GetKey(pb.GetKeyRequest(key_id=key_id), timeout=timeout, metadata=self.metadata)
+
+    async def update_key(self, request: pb.UpdateKeyRequest, timeout: float | None = 5.0) -> pb.ApiKey:
+        return await self._stub.UpdateKey(request, timeout=timeout, metadata=self.metadata)
+
+    async def rotate_key(self, request: pb.RotateKeyRequest, timeout: float | None = 5.0) -> pb.IssuedKey:
+        return await self._stub.RotateKey(request, timeout=timeout, metadata=self.metadata)
+
+    async def revoke_key(self, key_id: str, actor: str = "", timeout: float | None = 5.0) -> pb.ApiKey:
+        request = pb.RevokeKeyRequest(key_id=key_id, actor=actor)
+        return await self._stub.RevokeKey(request, timeout=timeout, metadata=self.metadata)
+
+    def watch_keys(self) -> AsyncIterator[pb.KeysUpdate]:
+        """Every key, then each change (a stream with no deadline: it lasts as long as the caller reads)."""
+        return self._stub.WatchKeys(pb.WatchKeysRequest(), metadata=self.metadata)

@@ -1,6 +1,7 @@
 """`python -m services.metering` serves (settings from METERING_* variables);
 `python -m services.metering report [--from 1h] ...` prints usage totals from the live service;
-`python -m services.metering reconcile` recounts the store's sums from its events."""
+`python -m services.metering reconcile` recounts the store's sums from its events;
+`python -m services.metering keys ...` issues, lists, rotates and revokes API keys."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import sys
 
 from services.metering.config import MeteringSettings
+from services.metering.keys_command import main as keys_main
 from services.metering.reconcile_command import main as reconcile_main
 from services.metering.report import main as report_main
 from services.metering.server import serve
@@ -17,6 +19,9 @@ from services.tracing import grpc_server_instrumentation, setup_logging, setup_t
 def main() -> None:
     if sys.argv[1:2] == ["report"]:
         report_main(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["keys"]:
+        keys_main(sys.argv[2:])
         return
     if sys.argv[1:2] == ["reconcile"]:
         reconcile_main(sys.argv[2:])

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from services.metering.events import Rejection, UsageEvent, check, clamped
+from services.metering.keys import KeyRecord
 from services.metering.limits import Decision, KeyLimits, Standing
 from services.metering.metrics import MeteringMetrics
 from services.metering.store import Commit, ModelTotals, Query, Totals, UsageStore
@@ -237,6 +238,32 @@ class Ledger:
 
     async def standing(self, api_key_id: str) -> Standing:
         return await self._run(self._store.standing, api_key_id, self._clock())
+
+    async def create_key(
+        self, name: str, expires_at: float | None, models: list[str], metadata: dict[str, str], actor: str
+    ) -> tuple[KeyRecord, str]:
+        return await self._run(self._store.create_key, name, expires_at, models, metadata, actor, self._clock())
+
+    async def update_key(self, key_id: str, actor: str, **changes: object) -> KeyRecord:
+        return await self._run(lambda: self._store.update_key(key_id, actor, self._clock(), **changes))
+
+    async def rotate_key(self, key_id: str, grace_seconds: float, actor: str) -> tuple[KeyRecord, str]:
+        return await self._run(self._store.rotate_key, key_id, grace_seconds, actor, self._clock())
+
+    async def revoke_key(self, key_id: str, actor: str) -> KeyRecord:
+        return await self._run(self._store.revoke_key, key_id, actor, self._clock())
+
+    async def get_key(self, key_id: str) -> KeyRecord:
+        return await self._run(self._store.get_key, key_id)
+
+    async def list_keys(self, include_revoked: bool) -> list[KeyRecord]:
+        return await self._run(self._store.list_keys, include_revoked)
+
+    async def key_version(self) -> int:
+        return await self._run(self._store.key_version)
+
+    async def keys_since(self, version: int) -> list[KeyRecord]:
+        return await self._run(self._store.keys_since, version)
 
     async def totals(self, query: Query, group_by: tuple[str, ...]) -> list[tuple[dict[str, str], Totals]]:
         return await self._run(self._store.totals, query, group_by, self._kept_since())

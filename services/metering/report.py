@@ -4,18 +4,14 @@ limits, what it used and what remains), from the live metering service."""
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-import grpc
 from llmserve.metering.v1 import metering_pb2 as pb
 
 from services.contracts.metering_client import MeteringClient
 from services.contracts.usage_terms import BUDGET_PERIOD_NAMES
+from services.metering.admin_cli import add_connection_arguments, admin_token, run_printing
 from services.metering.rollups import TOTAL_FIELDS
-from services.service_auth import read_token
 
 
 def _when(text: str) -> datetime:
@@ -122,7 +118,7 @@ def render_unbilled(counters: pb.GetCountersResponse) -> str:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m services.metering report", description=__doc__)
-    parser.add_argument("--addr", default="127.0.0.1:50052", help="the metering service")
+    add_connection_arguments(parser)
     parser.add_argument(
         "--from", dest="start", type=_when, help="ISO time or 15m / 2h / 7d ago (default: the beginning)"
     )
@@ -130,15 +126,6 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--model", default="", help="a served model (a launch's uid)")
     parser.add_argument("--model-name", default="", help="a registered model: every uid that runs it")
     parser.add_argument("--key", default="", help="an API key id")
-    parser.add_argument(
-        "--token-file",
-        type=Path,
-        default=Path(os.environ.get("METERING_ADMIN_TOKEN_FILE", "var/credentials/admin.token")),
-        help="an admin credential (default: $METERING_ADMIN_TOKEN_FILE or var/credentials/admin.token, if it exists)",
-    )
     args = parser.parse_args(argv)
-    token = read_token(args.token_file) if args.token_file.exists() else None
-    try:
-        print(asyncio.run(report(args.addr, args.start, args.end, args.model, args.key, token, args.model_name)))
-    except grpc.aio.AioRpcError as error:
-        raise SystemExit(f"metering at {args.addr} answered {error.code().name}: {error.details()}") from None
+    token = admin_token(args)
+    run_printing(args, report(args.addr, args.start, args.end, args.model, args.key, token, args.model_name))

@@ -10,6 +10,7 @@ from prometheus_client import start_http_server
 
 from services.grpc_lifecycle import build_server, shut_down, wait_for_stop_signal
 from services.metering.config import MeteringSettings
+from services.metering.key_watch import KeyWatch
 from services.metering.ledger import Ledger
 from services.metering.metrics import MeteringMetrics
 from services.metering.servicer import STATUS_BY_ERROR, MeteringServicer
@@ -35,6 +36,13 @@ POLICY = {
         f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, ADMIN})
         for method in ("SetLimits", "ListLimits", "GetStanding")
     },
+    # Gateways relay their admins' key changes and keep every key's hash from the watch; an admin (the CLI)
+    # manages keys. Nobody can read a secret back: metering never kept it.
+    **{
+        f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, ADMIN})
+        for method in ("CreateKey", "ListKeys", "GetKey", "UpdateKey", "RotateKey", "RevokeKey")
+    },
+    f"/{SERVICE_NAME}/WatchKeys": frozenset({GATEWAY}),
 }
 
 
@@ -58,9 +66,11 @@ async def serve(settings: MeteringSettings) -> None:
         retention_seconds=settings.event_retention_seconds or None,
     )
     await ledger.start()
+    keys = KeyWatch(ledger)
+    keys.start()
     metering = build_server(
         f"{settings.host}:{settings.port}",
-        lambda server: metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(ledger), server),
+        lambda server: metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(ledger, keys), server),
         [SERVICE_NAME],
         STATUS_BY_ERROR,
         auth=interceptor_from_file(settings.callers_file, POLICY, metrics.auth_failures, "metering"),
@@ -82,4 +92,5 @@ async def serve(settings: MeteringSettings) -> None:
 
     # In-flight RecordUsage calls finish (and commit) within the grace period; then the store closes.
     await shut_down(metering, drain, settings.shutdown_grace_seconds)
+    await keys.stop()
     await ledger.stop()

@@ -12,6 +12,9 @@ from opentelemetry import trace
 
 from services.contracts.usage_terms import BUDGET_PERIOD_NAMES, BUDGET_PERIODS
 from services.metering.events import UsageEvent
+from services.metering.key_rpcs import KeyRpcs
+from services.metering.key_watch import KeyWatch
+from services.metering.keys import DuplicateKeyName, InvalidKeyChange, KeyNotFound
 from services.metering.ledger import DUPLICATE, RECORDED, REJECTED, Ack, Ledger
 from services.metering.limits import KeyLimits, Standing
 from services.metering.store import Query, StoreUnavailable, Totals
@@ -28,6 +31,9 @@ class AllRejected(ValueError):
 # The one place domain errors become gRPC statuses (applied by services.grpc_errors).
 STATUS_BY_ERROR: dict[type[Exception], grpc.StatusCode] = {
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    InvalidKeyChange: grpc.StatusCode.INVALID_ARGUMENT,
+    KeyNotFound: grpc.StatusCode.NOT_FOUND,
+    DuplicateKeyName: grpc.StatusCode.ALREADY_EXISTS,
     InvalidQuery: grpc.StatusCode.INVALID_ARGUMENT,
     AllRejected: grpc.StatusCode.INVALID_ARGUMENT,
 }
@@ -175,9 +181,10 @@ def _holder(source: str, lease_seconds: float) -> None:
         raise InvalidQuery("lease_seconds must be above 0 and at most 3600")
 
 
-class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
-    def __init__(self, ledger: Ledger) -> None:
+class MeteringServicer(KeyRpcs, metering_pb2_grpc.MeteringServiceServicer):
+    def __init__(self, ledger: Ledger, keys: KeyWatch) -> None:
         self._ledger = ledger
+        self._keys = keys
 
     async def _record(self, request: pb.RecordUsageRequest) -> list[Ack]:
         acks = await self._ledger.record([to_event(e) for e in request.events])

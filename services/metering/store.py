@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from services.metering.events import UsageEvent
+from services.metering.key_store import KeyStore
 from services.metering.limits import period_start
 from services.metering.range_sql import EVENT_VALUES, Label, Query, range_select
 from services.metering.reconcile import Reconciliation
@@ -141,7 +142,7 @@ def event_row(e: UsageEvent, received_at: float) -> tuple:
     )
 
 
-class UsageStore(Reservations, Reconciliation):
+class UsageStore(Reservations, KeyStore, Reconciliation):
     """`writer` keys this process's rows of the running totals (see migration 0002)."""
 
     # Whether other processes may write the same database (PostgreSQL): then the Prometheus counters

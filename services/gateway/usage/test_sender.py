@@ -17,6 +17,7 @@ from services.contracts.metering_client import MeteringClient
 from services.gateway.outcome import Outcome
 from services.gateway.usage.events import usage_event
 from services.grpc_lifecycle import build_server
+from services.metering.key_watch import KeyWatch
 from services.metering.ledger import Ledger
 from services.metering.metrics import MeteringMetrics
 from services.metering.servicer import STATUS_BY_ERROR, MeteringServicer
@@ -37,7 +38,9 @@ async def start_metering(port: int, db: Path):
     await ledger.start()
     server = build_server(
         f"127.0.0.1:{port}",
-        lambda s: metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(ledger), s),
+        lambda s: metering_pb2_grpc.add_MeteringServiceServicer_to_server(
+            MeteringServicer(ledger, KeyWatch(ledger)), s
+        ),
         ["llmserve.metering.v1.MeteringService"],
         STATUS_BY_ERROR,
     )

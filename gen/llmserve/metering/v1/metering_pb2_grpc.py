@@ -94,6 +94,41 @@ class MeteringServiceStub:
                 request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetStandingRequest.SerializeToString,
                 response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.Standing.FromString,
                 _registered_method=True)
+        self.CreateKey = channel.unary_unary(
+                '/llmserve.metering.v1.MeteringService/CreateKey',
+                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.CreateKeyRequest.SerializeToString,
+                response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.IssuedKey.FromString,
+                _registered_method=True)
+        self.ListKeys = channel.unary_unary(
+                '/llmserve.metering.v1.MeteringService/ListKeys',
+                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ListKeysRequest.SerializeToString,
+                response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ListKeysResponse.FromString,
+                _registered_method=True)
+        self.GetKey = channel.unary_unary(
+                '/llmserve.metering.v1.MeteringService/GetKey',
+                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetKeyRequest.SerializeToString,
+                response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ApiKey.FromString,
+                _registered_method=True)
+        self.UpdateKey = channel.unary_unary(
+                '/llmserve.metering.v1.MeteringService/UpdateKey',
+                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.UpdateKeyRequest.SerializeToString,
+                response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ApiKey.FromString,
+                _registered_method=True)
+        self.RotateKey = channel.unary_unary(
+                '/llmserve.metering.v1.MeteringService/RotateKey',
+                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.RotateKeyRequest.SerializeToString,
+                response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.IssuedKey.FromString,
+                _registered_method=True)
+        self.RevokeKey = channel.unary_unary(
+                '/llmserve.metering.v1.MeteringService/RevokeKey',
+                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.RevokeKeyRequest.SerializeToString,
+                response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ApiKey.FromString,
+                _registered_method=True)
+        self.WatchKeys = channel.unary_stream(
+                '/llmserve.metering.v1.MeteringService/WatchKeys',
+                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.WatchKeysRequest.SerializeToString,
+                response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.KeysUpdate.FromString,
+                _registered_method=True)
 
 
 class MeteringServiceServicer:
@@ -186,6 +221,53 @@ class MeteringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateKey(self, request, context):
+        """API keys issued at run time. Metering makes the secret and returns it once (CreateKey, RotateKey);
+        it keeps only its SHA-256 and a short display prefix. A revoked key stays listed, revoked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateKey(self, request, context):
+        """A new secret; the old one keeps working for grace_seconds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchKeys(self, request, context):
+        """For gateways: every key (with the hashes they check a secret against), then each change as it is
+        committed, by any replica. The first message is the full set; a reconnecting gateway starts over.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeteringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -248,6 +330,41 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     servicer.GetStanding,
                     request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetStandingRequest.FromString,
                     response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.Standing.SerializeToString,
+            ),
+            'CreateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateKey,
+                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.CreateKeyRequest.FromString,
+                    response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.IssuedKey.SerializeToString,
+            ),
+            'ListKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKeys,
+                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ListKeysRequest.FromString,
+                    response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ListKeysResponse.SerializeToString,
+            ),
+            'GetKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKey,
+                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetKeyRequest.FromString,
+                    response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ApiKey.SerializeToString,
+            ),
+            'UpdateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateKey,
+                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.UpdateKeyRequest.FromString,
+                    response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ApiKey.SerializeToString,
+            ),
+            'RotateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateKey,
+                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.RotateKeyRequest.FromString,
+                    response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.IssuedKey.SerializeToString,
+            ),
+            'RevokeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeKey,
+                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.RevokeKeyRequest.FromString,
+                    response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ApiKey.SerializeToString,
+            ),
+            'WatchKeys': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchKeys,
+                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.WatchKeysRequest.FromString,
+                    response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.KeysUpdate.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -574,6 +691,195 @@ class MeteringService:
             '/llmserve.metering.v1.MeteringService/GetStanding',
             llmserve_dot_metering_dot_v1_dot_metering__pb2.GetStandingRequest.SerializeToString,
             llmserve_dot_metering_dot_v1_dot_metering__pb2.Standing.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.metering.v1.MeteringService/CreateKey',
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.CreateKeyRequest.SerializeToString,
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.IssuedKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.metering.v1.MeteringService/ListKeys',
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.ListKeysRequest.SerializeToString,
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.ListKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.metering.v1.MeteringService/GetKey',
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.GetKeyRequest.SerializeToString,
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.ApiKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.metering.v1.MeteringService/UpdateKey',
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.UpdateKeyRequest.SerializeToString,
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.ApiKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.metering.v1.MeteringService/RotateKey',
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.RotateKeyRequest.SerializeToString,
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.IssuedKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.metering.v1.MeteringService/RevokeKey',
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.RevokeKeyRequest.SerializeToString,
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.ApiKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/llmserve.metering.v1.MeteringService/WatchKeys',
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.WatchKeysRequest.SerializeToString,
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.KeysUpdate.FromString,
             options,
             channel_credentials,
             insecure,
