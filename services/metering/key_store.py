@@ -87,7 +87,7 @@ class KeyStore(ABC):
     def _key_record(self, key_id: str) -> KeyRecord:
         rows = self._rows(f"SELECT {_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,))
         if not rows:
-            raise KeyNotFound(f"no key with id {key_id!r}")
+            raise KeyNotFound(f"key_id: no key has the id {key_id!r}")
         return _record(rows[0])
 
     def _name_free(self, name: str, key_id: str = "") -> None:

@@ -18,7 +18,7 @@ MAX_GRACE_SECONDS = 86400.0
 
 
 class InvalidKeyChange(ValueError):
-    """A change that cannot be made as asked (gRPC INVALID_ARGUMENT); the message names the field."""
+    """A change that cannot be made as asked (gRPC INVALID_ARGUMENT); the message starts with the field."""
 
 
 class KeyNotFound(LookupError):
@@ -60,19 +60,19 @@ def digest(secret: str) -> str:
 def check_name(name: str) -> str:
     name = name.strip()
     if not name or len(name) > MAX_NAME or not name.isprintable():
-        raise InvalidKeyChange(f"name must be 1 to {MAX_NAME} printable characters")
+        raise InvalidKeyChange(f"name: must be 1 to {MAX_NAME} printable characters")
     return name
 
 
 def check_expiry(expires_at: float | None, now: float) -> float | None:
     if expires_at is not None and expires_at <= now:
-        raise InvalidKeyChange("expires_at is in the past")
+        raise InvalidKeyChange("expires_at: the time is in the past")
     return expires_at
 
 
 def check_models(models: list[str]) -> tuple[str, ...]:
     if len(models) > MAX_MODELS:
-        raise InvalidKeyChange(f"allowed_models holds at most {MAX_MODELS} names")
+        raise InvalidKeyChange(f"allowed_models: at most {MAX_MODELS} names")
     if any(not m or len(m) > MAX_MODEL_NAME for m in models):
         raise InvalidKeyChange(f"allowed_models: each name is 1 to {MAX_MODEL_NAME} characters")
     return tuple(dict.fromkeys(models))
@@ -80,7 +80,7 @@ def check_models(models: list[str]) -> tuple[str, ...]:
 
 def check_metadata(metadata: dict[str, str]) -> dict[str, str]:
     if len(metadata) > MAX_METADATA:
-        raise InvalidKeyChange(f"metadata holds at most {MAX_METADATA} entries")
+        raise InvalidKeyChange(f"metadata: at most {MAX_METADATA} entries")
     for name, value in metadata.items():
         if not name or len(name) > MAX_METADATA_KEY or len(value) > MAX_METADATA_VALUE:
             raise InvalidKeyChange(
@@ -91,5 +91,5 @@ def check_metadata(metadata: dict[str, str]) -> dict[str, str]:
 
 def check_grace(seconds: float) -> float:
     if not 0 <= seconds <= MAX_GRACE_SECONDS:
-        raise InvalidKeyChange(f"grace_seconds must be between 0 and {MAX_GRACE_SECONDS:g}")
+        raise InvalidKeyChange(f"grace_seconds: must be between 0 and {MAX_GRACE_SECONDS:g}")
     return seconds

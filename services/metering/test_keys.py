@@ -29,7 +29,7 @@ def test_a_key_is_issued_changed_rotated_and_revoked(open_store: Callable[[], Us
     assert secret not in stored and secret[len(record.display_prefix) :] not in stored
     with pytest.raises(DuplicateKeyName, match="name"):
         store.create_key("team-a ci", None, [], {}, "admin", NOW)
-    with pytest.raises(InvalidKeyChange, match="expires_at is in the past"):
+    with pytest.raises(InvalidKeyChange, match="expires_at: the time is in the past"):
         store.create_key("other", NOW - 1, [], {}, "admin", NOW)
     with pytest.raises(KeyNotFound):
         store.update_key("key_nope", "admin", NOW, name="x")
