@@ -11,17 +11,22 @@ from collections.abc import Iterable
 
 from services.gateway.auth import ApiKeys
 from services.gateway.errors import ApiError
+from services.gateway.issued_keys import IssuedKeys
 
 OPEN_KEY_ID = "anonymous"
 OPEN_PATHS = frozenset({"/health", "/v1/cluster/auth"})
 # Changing anything under these (any method but GET) needs an admin key.
-MANAGEMENT_PREFIXES = ("/v1/models", "/v1/model_registrations", "/v1/limits")
+MANAGEMENT_PREFIXES = ("/v1/models", "/v1/model_registrations", "/v1/limits", "/v1/keys")
 DOC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
 class AccessPolicy:
-    def __init__(self, keys: ApiKeys, admin_key_ids: Iterable[str], metrics_open: bool) -> None:
+    def __init__(
+        self, keys: ApiKeys, admin_key_ids: Iterable[str], metrics_open: bool, issued: IssuedKeys | None = None
+    ) -> None:
+        """keys: the configured (static) keys, among them the admin keys; issued: those metering issues."""
         self.keys = keys
+        self.issued = issued
         self.admin_key_ids = frozenset(admin_key_ids)
         unknown = self.admin_key_ids - keys.key_ids
         if unknown:
@@ -42,6 +47,8 @@ class AccessPolicy:
         if scheme.lower() != "bearer" or not token:
             raise ApiError(401, "Missing API key: send `Authorization: Bearer <key>`.", code="invalid_api_key")
         key_id = self.keys.key_id(token)
+        if key_id is None and self.issued is not None:
+            key_id = self.issued.key_id(token)
         if key_id is None:
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
         if key_id not in self.admin_key_ids and (
@@ -49,3 +56,8 @@ class AccessPolicy:
         ):
             raise ApiError(403, f"{method} {path} needs an admin API key.", code="permission_denied")
         return key_id
+
+    def check_model(self, key_id: str, model: str) -> None:
+        """ApiError 404 if the key may not use the model (as if it did not exist: names do not leak)."""
+        if self.issued is not None and not self.issued.allows(key_id, model):
+            raise ApiError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")

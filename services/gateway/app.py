@@ -22,6 +22,7 @@ from services.gateway.fleet.catalog import CATALOG_FILE, Catalog
 from services.gateway.fleet.engines import EngineFleet, split_targets
 from services.gateway.fleet.manager import ModelManager
 from services.gateway.fleet.router import RequestRouter
+from services.gateway.issued_keys import IssuedKeys
 from services.gateway.limits.keeper import LimitsKeeper, LimitsSettings
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.middleware import InFlight, RequestLimits, RouteTable
@@ -34,6 +35,7 @@ from services.gateway.openai_api.protocol import InvalidText, UnsupportedFields
 from services.gateway.openai_api.respond import Responder
 from services.gateway.openai_api.tokenize import api_router as tokenize
 from services.gateway.ops import exposition, health
+from services.gateway.ops import keys as key_routes
 from services.gateway.ops import limits as limit_routes
 from services.gateway.streaming.open_generations import OpenGenerations
 from services.gateway.usage.delivery import DeliverySettings, UsageDelivery
@@ -145,8 +147,10 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
     keys = ApiKeys.parse(settings.api_keys, settings.api_keys_file)
     if keys.open:
         log.warning("no API keys configured: the gateway is open to anyone who can reach it")
+    # Keys metering issues work beside the configured ones (which an operator needs to issue any).
+    issued = IssuedKeys() if settings.metering_addr and not keys.open else None
     access = AccessPolicy(
-        keys, [k.strip() for k in settings.admin_key_ids.split(",") if k.strip()], settings.metrics_open
+        keys, [k.strip() for k in settings.admin_key_ids.split(",") if k.strip()], settings.metrics_open, issued
     )
     metrics_ = GatewayMetrics()
     in_flight = InFlight(settings.max_in_flight, metrics_)
@@ -178,8 +182,19 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
         app.state.generations = generations
         app.state.router = router
         app.state.limits = limits
+        app.state.issued_keys = issued
+        app.state.key_admin = MeteringClient(settings.metering_addr, settings.service_token()) if issued else None
+        if issued is not None:
+            issued.start(app.state.key_admin)
         app.state.responder = Responder(
-            router, recorder, metrics_, generations, settings.force_include_usage, limits, settings.share_prefix_cache
+            router,
+            recorder,
+            metrics_,
+            generations,
+            settings.force_include_usage,
+            limits,
+            settings.share_prefix_cache,
+            access,
         )
         if limits is not None:
             await limits.start()
@@ -199,6 +214,9 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
         await generations.wait_settled(settings.settle_timeout_seconds)
         if limits is not None:
             await limits.stop()
+        if issued is not None:
+            await issued.stop()
+            await app.state.key_admin.close()
         if delivery is not None:
             await delivery.stop()
         await fleet.close()
@@ -207,7 +225,8 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
     # No redirect to the slashed path: its Location would echo the client's Host header.
     app.router.redirect_slashes = False
     # Model management first: its DELETE /v1/models/{uid} and POST /v1/models sit beside the OpenAI GETs.
-    for module in (model_management, chat, completions, embeddings, models, tokenize, limit_routes, health, exposition):
+    routers = (model_management, chat, completions, embeddings, models, tokenize, limit_routes, key_routes, health)
+    for module in (*routers, exposition):
         app.include_router(module.router)
     _install_error_handlers(app)
     if tracing_configured():

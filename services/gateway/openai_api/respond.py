@@ -12,6 +12,7 @@ from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from llmserve.engine.v1 import engine_pb2 as pb
 
+from services.gateway.access import AccessPolicy
 from services.gateway.errors import ApiError
 from services.gateway.fleet.router import RequestRouter
 from services.gateway.limits.admission import generation_tokens
@@ -39,7 +40,9 @@ class Responder:
         force_include_usage: bool,
         limits: LimitsKeeper | None = None,
         share_prefix_cache: bool = False,
+        access: AccessPolicy | None = None,
     ) -> None:
+        self._access = access
         self._share_prefix_cache = share_prefix_cache
         self._limits = limits
         self._router = router
@@ -74,6 +77,8 @@ class Responder:
         max_tokens: int | None,
     ) -> Response:
         http_request.state.model = meta.model
+        if self._access is not None:
+            self._access.check_model(key_id, meta.model)
         span = RequestSpan(meta, max_tokens, body.temperature)
         outcome = Outcome(
             request_id=meta.id,

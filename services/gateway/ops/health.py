@@ -5,13 +5,13 @@ import asyncio
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from services.gateway.dependencies import Fleet, Usage
+from services.gateway.dependencies import Access, Fleet, Usage
 
 router = APIRouter()
 
 
 @router.get("/health", include_in_schema=True)
-async def health(fleet: Fleet, usage: Usage) -> JSONResponse:
+async def health(fleet: Fleet, usage: Usage, access: Access) -> JSONResponse:
     members = fleet.members
     answers = await asyncio.gather(*(m.client.serving(timeout=2.0) for m in members))
     engine = any(answers)
@@ -31,5 +31,9 @@ async def health(fleet: Fleet, usage: Usage) -> JSONResponse:
             **({"outbox_error": usage.outbox_error} if usage.outbox_error else {}),
         }
         healthy = healthy and usage_ok
+    if access.issued is not None:
+        # Not a failure: keys already known keep working while metering cannot be reached.
+        watch = "connected" if access.issued.connected else "disconnected"
+        body["issued_keys"] = {"watch": watch, "known": access.issued.count}
     body["status"] = "ok" if healthy else "unavailable"
     return JSONResponse(body, status_code=200 if healthy else 503)

@@ -7,7 +7,17 @@ import uuid
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from services.gateway.dependencies import Fleet, Generations, KeyId, KeyLimits, Metrics, Record, Router, Settings
+from services.gateway.dependencies import (
+    Access,
+    Fleet,
+    Generations,
+    KeyId,
+    KeyLimits,
+    Metrics,
+    Record,
+    Router,
+    Settings,
+)
 from services.gateway.middleware import ENGINE_WORK
 from services.gateway.openai_api.embeddings.protocol import EmbeddingRequest
 from services.gateway.openai_api.embeddings.serving import EmbeddingServing, engine_request
@@ -27,9 +37,11 @@ async def create_embeddings(
     settings: Settings,
     generations: Generations,
     limits: KeyLimits,
+    access: Access,
     key_id: KeyId,
 ) -> Response:
     request.state.model = body.model
+    access.check_model(key_id, body.model)
     outcome = Outcome(
         request_id=f"embd-{uuid.uuid4().hex}",
         endpoint=request.url.path,

@@ -1,0 +1,130 @@
+"""API keys issued at run time (kept in metering), as this gateway knows them: every key's hashes, kept
+current from metering's WatchKeys stream and looked up by the presented secret's SHA-256. While metering
+cannot be reached the keys already known keep working; the stream is opened again and starts with every
+key, so nothing missed in between survives it."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+from llmserve.metering.v1 import metering_pb2 as pb
+
+from services.contracts.metering_client import MeteringClient
+
+log = logging.getLogger(__name__)
+
+RETRY_SECONDS = 0.5
+
+
+def _seconds(message: pb.ApiKey, field: str) -> float | None:
+    if not message.HasField(field):
+        return None
+    value = getattr(message, field)
+    return value.seconds + value.nanos / 1e9
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    key_id: str
+    version: int
+    secret_sha256: bytes
+    expires_at: float | None
+    revoked: bool
+    allowed_models: frozenset[str]
+    previous_secret_sha256: bytes
+    previous_valid_until: float | None
+
+    @classmethod
+    def of(cls, message: pb.ApiKey) -> IssuedKey:
+        return cls(
+            message.key_id,
+            message.version,
+            message.secret_sha256,
+            _seconds(message, "expires_at"),
+            message.HasField("revoked_at"),
+            frozenset(message.allowed_models),
+            message.previous_secret_sha256,
+            _seconds(message, "previous_valid_until"),
+        )
+
+    def valid(self, now: float) -> bool:
+        return not self.revoked and (self.expires_at is None or now < self.expires_at)
+
+
+class IssuedKeys:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._by_id: dict[str, IssuedKey] = {}
+        self._by_digest: dict[bytes, str] = {}
+        self.connected = False
+        self.updates = 0
+        self._task: asyncio.Task | None = None
+
+    @property
+    def count(self) -> int:
+        return sum(not k.revoked for k in self._by_id.values())
+
+    def key_id(self, secret: str) -> str | None:
+        """The key a secret belongs to, if it is valid now: its current secret, or the one its last
+        rotation replaced while the grace period runs."""
+        digest = hashlib.sha256(secret.encode()).digest()
+        key_id = self._by_digest.get(digest)
+        key = self._by_id.get(key_id) if key_id is not None else None
+        if key is None:
+            return None
+        now = self._clock()
+        if not key.valid(now):
+            return None
+        if digest == key.secret_sha256:
+            return key_id
+        return key_id if key.previous_valid_until is not None and now < key.previous_valid_until else None
+
+    def allows(self, key_id: str, model: str) -> bool:
+        """Whether the key may use the model (a key not issued here, or with no list, may use any)."""
+        key = self._by_id.get(key_id)
+        return key is None or not key.allowed_models or model in key.allowed_models
+
+    def apply(self, update: pb.KeysUpdate) -> None:
+        if update.full:
+            self._by_id, self._by_digest = {}, {}
+        for message in update.keys:
+            key = IssuedKey.of(message)
+            old = self._by_id.get(key.key_id)
+            if old is not None and old.version >= key.version:
+                continue
+            if old is not None:
+                for digest in (old.secret_sha256, old.previous_secret_sha256):
+                    self._by_digest.pop(digest, None)
+            self._by_id[key.key_id] = key
+            for digest in (key.secret_sha256, key.previous_secret_sha256):
+                if digest:
+                    self._by_digest[digest] = key.key_id
+        self.updates += 1
+
+    def start(self, metering: MeteringClient) -> None:
+        self._task = asyncio.create_task(self._follow(metering))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _follow(self, metering: MeteringClient) -> None:
+        while True:
+            try:
+                async for update in metering.watch_keys():
+                    self.apply(update)
+                    self.connected = True
+            except grpc.aio.AioRpcError as error:
+                if self.connected:
+                    log.warning("the key watch ended (%s); the keys known keep working", error.code().name)
+            except Exception:
+                log.exception("the key watch failed; the keys known keep working")
+            self.connected = False
+            await asyncio.sleep(RETRY_SECONDS)

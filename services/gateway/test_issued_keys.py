@@ -1,0 +1,47 @@
+"""The gateway's copy of the issued keys: applying the watch's updates, and what a secret is worth when."""
+
+from __future__ import annotations
+
+import hashlib
+
+from llmserve.metering.v1 import metering_pb2 as pb
+
+from services.gateway.issued_keys import IssuedKeys
+
+NOW = 1_800_000_000.0
+
+
+def _key(key_id: str, secret: str, version: int, **fields: object) -> pb.ApiKey:
+    message = pb.ApiKey(key_id=key_id, version=version, secret_sha256=hashlib.sha256(secret.encode()).digest())
+    for name in ("expires_at", "revoked_at", "previous_valid_until"):
+        if name in fields:
+            getattr(message, name).FromSeconds(int(fields.pop(name)))
+    if "previous" in fields:
+        message.previous_secret_sha256 = hashlib.sha256(str(fields.pop("previous")).encode()).digest()
+    message.allowed_models.extend(fields.pop("models", []))
+    return message
+
+
+def test_updates_apply_in_version_order_and_a_full_one_starts_over() -> None:
+    now = [NOW]
+    keys = IssuedKeys(clock=lambda: now[0])
+    keys.apply(pb.KeysUpdate(full=True, keys=[_key("k1", "s1", 1), _key("k2", "s2", 2, expires_at=NOW + 10)]))
+    assert (keys.key_id("s1"), keys.key_id("s2"), keys.key_id("nope")) == ("k1", "k2", None)
+    # An older version of a key arriving late changes nothing.
+    keys.apply(pb.KeysUpdate(keys=[_key("k1", "s1", 3, revoked_at=NOW), _key("k1", "s1", 2)]))
+    assert keys.key_id("s1") is None
+    now[0] = NOW + 10
+    assert keys.key_id("s2") is None
+    keys.apply(pb.KeysUpdate(full=True, keys=[_key("k3", "s3", 9)]))
+    assert (keys.key_id("s2"), keys.key_id("s3"), keys.count) == (None, "k3", 1)
+
+
+def test_a_rotated_secret_works_until_its_grace_ends_and_models_are_checked() -> None:
+    now = [NOW]
+    keys = IssuedKeys(clock=lambda: now[0])
+    keys.apply(pb.KeysUpdate(full=True, keys=[_key("k1", "old", 1, models=["m1"])]))
+    keys.apply(pb.KeysUpdate(keys=[_key("k1", "new", 2, previous="old", previous_valid_until=NOW + 5, models=["m1"])]))
+    assert (keys.key_id("old"), keys.key_id("new")) == ("k1", "k1")
+    now[0] = NOW + 5
+    assert (keys.key_id("old"), keys.key_id("new")) == (None, "k1")
+    assert keys.allows("k1", "m1") and not keys.allows("k1", "m2") and keys.allows("static-key", "m2")

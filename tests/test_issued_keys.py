@@ -1,0 +1,190 @@
+"""API keys issued at run time, with three gateway replicas and two metering replicas on one PostgreSQL and
+the session's engine: a key made through one replica works on every replica within a second, a revoked one
+is refused by every replica within a second while streams of it run (they finish and are billed), a
+rotated secret keeps working for its grace period, a key sees only its own record, a key limited to some
+models gets a 404 for the others, bad changes are 4xx naming the field, and the gateways' keys survive
+metering's restart."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from llmserve.metering.v1 import metering_pb2 as mpb
+
+from tests.calls import stream_chat
+from tests.credentials import metering_client
+from tests.stack import ADMIN_API_KEY, MODEL, start_gateway, start_metering, wait_for, wait_idle
+from tools.postgres import PostgresServer
+from tools.processes import ServiceProcess, free_port
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_API_KEY}"}
+PROPAGATION_SECONDS = 1.0
+
+
+class Fleet:
+    def __init__(self, gateways: list[ServiceProcess], meterings: list[ServiceProcess], restart) -> None:  # noqa: ANN001
+        self.gateways = gateways
+        self.meterings = meterings
+        self.restart = restart
+
+    async def call(self, method: str, path: str, gateway: int = 0, key: str = ADMIN_API_KEY, **kw: object):  # noqa: ANN201
+        async with httpx.AsyncClient(timeout=30) as http:
+            return await http.request(
+                method, f"{self.gateways[gateway].address}{path}", headers={"Authorization": f"Bearer {key}"}, **kw
+            )
+
+    async def statuses(self, secret: str) -> list[int]:
+        """What each replica answers the secret (GET /v1/models: no engine work)."""
+        replies = await asyncio.gather(*(self.call("GET", "/v1/models", i, secret) for i in range(len(self.gateways))))
+        return [r.status_code for r in replies]
+
+    async def until_everywhere(self, secret: str, status: int) -> float:
+        """Seconds until every replica answers the secret with `status`."""
+        started = time.monotonic()
+
+        async def there() -> bool:
+            return set(await self.statuses(secret)) == {status}
+
+        await wait_for(there, 30, f"every replica to answer {status}")
+        return time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    log_dir: Path, tmp_path_factory: pytest.TempPathFactory, engine_address: str, postgres_server: PostgresServer
+) -> Iterator[Fleet]:
+    folder = tmp_path_factory.mktemp("keys")
+    env = {"METERING_DATABASE_URL": postgres_server.create_database("issued_keys")}
+    ports = [free_port(), free_port()]
+
+    def metering(i: int, name: str) -> ServiceProcess:
+        return start_metering(log_dir, folder / f"m{i}", ports[i], name, env)
+
+    with ThreadPoolExecutor(3) as pool:
+        meterings = list(pool.map(lambda i: metering(i, f"metering-keys-{i}"), range(2)))
+        gateways = list(
+            pool.map(
+                lambda i: start_gateway(
+                    log_dir,
+                    engine_address,
+                    f"gateway-keys-{i}",
+                    data_dir=str(folder / f"g{i}"),
+                    metering_addr="ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports),
+                ),
+                range(3),
+            )
+        )
+    fleet = Fleet(gateways, meterings, lambda i, name: metering(i, name))
+    try:
+        yield fleet
+    finally:
+        for process in (*fleet.gateways, *fleet.meterings):
+            process.stop()
+
+
+async def _issue(fleet: Fleet, name: str, gateway: int = 0, **fields: object) -> dict:
+    reply = await fleet.call("POST", "/v1/keys", gateway, json={"name": name, **fields})
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+async def test_issued_and_revoked_keys_reach_every_replica_within_a_second(fleet: Fleet, engine_address: str) -> None:
+    key = await _issue(fleet, "ci-team-a")
+    assert key["value"].startswith(key["redacted_value"].rstrip("…")) and key["id"].startswith("key_")
+    issued_in = await fleet.until_everywhere(key["value"], 200)
+    # Streams of the key running when it is revoked finish, and are billed to it.
+    await wait_idle(engine_address)
+    running = [asyncio.create_task(stream_chat(fleet.gateways[i % 3].address, key["value"], 32)) for i in range(6)]
+    await asyncio.sleep(0.3)
+    revoked = await fleet.call("DELETE", f"/v1/keys/{key['id']}", 1)
+    assert revoked.status_code == 200 and revoked.json()["revoked_at"] is not None
+    revoked_in = await fleet.until_everywhere(key["value"], 401)
+    usages = await asyncio.gather(*running)
+    assert all(u is not None for u in usages), usages
+    print(f"\nissued: works on 3 replicas after {issued_in:.3f} s; revoked: refused by all after {revoked_in:.3f} s")
+    assert issued_in <= PROPAGATION_SECONDS and revoked_in <= PROPAGATION_SECONDS
+
+    async def billed() -> bool:
+        async with metering_client(fleet.meterings[0].address) as client:
+            rows = await client.totals(mpb.GetTotalsRequest(api_key_id=key["id"]))
+        return bool(rows) and rows[0].totals.completion_tokens == sum(u[1] for u in usages)
+
+    await wait_for(billed, 60, "the revoked key's streams to be billed to it")
+
+
+async def test_a_rotated_secret_works_for_its_grace_period(fleet: Fleet) -> None:
+    key = await _issue(fleet, "rotating")
+    await fleet.until_everywhere(key["value"], 200)
+    reply = await fleet.call("POST", f"/v1/keys/{key['id']}/rotate", 2, json={"grace_seconds": 3})
+    assert reply.status_code == 200, reply.text
+    rotated = reply.json()
+    assert rotated["value"] != key["value"] and rotated["id"] == key["id"]
+    await fleet.until_everywhere(rotated["value"], 200)
+    assert set(await fleet.statuses(key["value"])) == {200}
+    await fleet.until_everywhere(key["value"], 401)
+    assert set(await fleet.statuses(rotated["value"])) == {200}
+
+
+async def test_a_key_reads_only_its_own_record_and_only_its_models(fleet: Fleet) -> None:
+    mine = await _issue(fleet, "own-record", allowed_models=["some-other-model"])
+    other = await _issue(fleet, "someone-else")
+    await fleet.until_everywhere(mine["value"], 200)
+    own = await fleet.call("GET", f"/v1/keys/{mine['id']}", 1, mine["value"])
+    assert own.status_code == 200 and own.json()["name"] == "own-record" and "value" not in own.json()
+    for method, path in (("GET", f"/v1/keys/{other['id']}"), ("GET", "/v1/keys"), ("POST", "/v1/keys")):
+        reply = await fleet.call(method, path, 1, mine["value"], json={"name": "x"})
+        assert reply.status_code == 403, (method, path, reply.text)
+    ask = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    chat = await fleet.call("POST", "/v1/chat/completions", 0, mine["value"], json=ask)
+    assert chat.status_code == 404 and chat.json()["error"]["code"] == "model_not_found", chat.text
+    listed = (await fleet.call("GET", "/v1/keys")).json()["data"]
+    assert {k["name"] for k in listed} >= {"own-record", "someone-else"}
+    assert all("value" not in k for k in listed)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"name": "ci-dup"}, 409, "name"),
+        ({"name": "expired", "expires_at": 1_000_000}, 400, "expires_at"),
+        ({"name": "extra", "owner": "x"}, 400, "owner"),
+        ({"name": ""}, 400, "name"),
+    ],
+)
+async def test_bad_key_changes_are_refused_naming_the_field(fleet: Fleet, body: dict, status: int, param: str) -> None:
+    if body["name"] == "ci-dup":
+        await fleet.call("POST", "/v1/keys", 0, json={"name": "ci-dup"})
+    reply = await fleet.call("POST", "/v1/keys", 1, json=body)
+    assert reply.status_code == status, reply.text
+    assert reply.json()["error"]["param"] == param, reply.text
+    missing = await fleet.call("DELETE", "/v1/keys/key_nope", 2)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "key_not_found"
+
+
+async def test_known_keys_work_while_metering_is_down_and_the_gateways_resync(fleet: Fleet) -> None:
+    key = await _issue(fleet, "survives")
+    await fleet.until_everywhere(key["value"], 200)
+    for process in fleet.meterings:
+        process.signal(signal.SIGKILL)
+        process.stop()
+
+    async def watches(state: str) -> bool:
+        replies = await asyncio.gather(*(fleet.call("GET", "/health", i) for i in range(3)))
+        return all(r.json()["issued_keys"]["watch"] == state for r in replies)
+
+    await wait_for(lambda: watches("disconnected"), 30, "every gateway to see its key watch end")
+    assert set(await fleet.statuses(key["value"])) == {200}
+    fleet.meterings[:] = await asyncio.gather(
+        *(asyncio.to_thread(fleet.restart, i, f"metering-keys-{i}-again") for i in range(2))
+    )
+    await wait_for(lambda: watches("connected"), 30, "every gateway to watch the keys again")
+    later = await _issue(fleet, "after-restart", gateway=2)
+    await fleet.until_everywhere(later["value"], 200)
+    assert set(await fleet.statuses(key["value"])) == {200}
