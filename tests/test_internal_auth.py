@@ -50,12 +50,24 @@ METERING_CALLS = {
     "SetLimits": mpb.KeyLimits(),
     "ListLimits": mpb.ListLimitsRequest(),
     "GetStanding": mpb.GetStandingRequest(),
+    "CreateKey": mpb.CreateKeyRequest(),
+    "ListKeys": mpb.ListKeysRequest(),
+    "GetKey": mpb.GetKeyRequest(),
+    "UpdateKey": mpb.UpdateKeyRequest(),
+    "RotateKey": mpb.RotateKeyRequest(),
+    "RevokeKey": mpb.RevokeKeyRequest(),
+    "WatchKeys": mpb.WatchKeysRequest(),
 }
 # What each token may do, by role: the gateway runs work and records usage; the admin reads.
 ENGINE_ADMIN = {"ListModels", "GetLoad", "LaunchModel", "TerminateModel"}
 METERING_ADMIN = {"GetTotals", "GetUsageSeries", "GetCounters", "GetThroughput"}
-# Limits: gateways enforce them and relay their admins' changes; an admin reads and sets them too.
-METERING_BOTH = {"SetLimits", "ListLimits", "GetStanding"}
+# Limits and keys: gateways enforce them and relay their admins' changes; an admin reads and sets them too.
+# Only gateways watch the keys (the hashes a secret is checked against).
+METERING_BOTH = (
+    {"SetLimits", "ListLimits", "GetStanding"}
+    | {f"{verb}Key" for verb in ("Create", "Get", "Update", "Rotate", "Revoke")}
+    | {"ListKeys"}
+)
 
 
 def bearer(token: str | None) -> tuple[tuple[str, str], ...]:
@@ -81,6 +93,12 @@ async def call(stub: object, method: str, request: object, token: str | None) ->
         elif method == "Generate":
             async for _ in stub.Generate(request, metadata=bearer(token), timeout=10):
                 pass
+        elif method == "WatchKeys":
+            # A stream with no end: its first message (every key) is the answer.
+            watch = stub.WatchKeys(request, metadata=bearer(token), timeout=10)
+            async for _ in watch:
+                watch.cancel()
+                break
         else:
             await getattr(stub, method)(request, metadata=bearer(token), timeout=10)
     except grpc.aio.AioRpcError as error:

@@ -147,12 +147,14 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
     keys = ApiKeys.parse(settings.api_keys, settings.api_keys_file)
     if keys.open:
         log.warning("no API keys configured: the gateway is open to anyone who can reach it")
+    metrics_ = GatewayMetrics()
     # Keys metering issues work beside the configured ones (which an operator needs to issue any).
-    issued = IssuedKeys() if settings.metering_addr and not keys.open else None
+    issued = None
+    if settings.metering_addr and not keys.open:
+        issued = IssuedKeys(known_file=settings.data_dir / "known-keys.pb", connected_gauge=metrics_.keys_watch)
     access = AccessPolicy(
         keys, [k.strip() for k in settings.admin_key_ids.split(",") if k.strip()], settings.metrics_open, issued
     )
-    metrics_ = GatewayMetrics()
     in_flight = InFlight(settings.max_in_flight, metrics_)
 
     @asynccontextmanager

@@ -11,11 +11,15 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
+from google.protobuf.message import DecodeError
 from llmserve.metering.v1 import metering_pb2 as pb
+from prometheus_client import Gauge
 
 from services.contracts.metering_client import MeteringClient
+from services.gateway.state_file import replace_file
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +62,26 @@ class IssuedKey:
 
 
 class IssuedKeys:
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    """known_file: where the keys last known are kept (hashes only), so a gateway restarted while metering
+    cannot be reached still knows them."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        known_file: Path | None = None,
+        connected_gauge: Gauge | None = None,
+    ) -> None:
         self._clock = clock
         self._by_id: dict[str, IssuedKey] = {}
         self._by_digest: dict[bytes, str] = {}
+        self._messages: dict[str, pb.ApiKey] = {}
+        self._known_file = known_file
+        self._written = b""
+        self._gauge = connected_gauge
         self.connected = False
         self.updates = 0
         self._task: asyncio.Task | None = None
+        self._read_known()
 
     @property
     def count(self) -> int:
@@ -92,7 +109,7 @@ class IssuedKeys:
 
     def apply(self, update: pb.KeysUpdate) -> None:
         if update.full:
-            self._by_id, self._by_digest = {}, {}
+            self._by_id, self._by_digest, self._messages = {}, {}, {}
         for message in update.keys:
             key = IssuedKey.of(message)
             old = self._by_id.get(key.key_id)
@@ -102,10 +119,37 @@ class IssuedKeys:
                 for digest in (old.secret_sha256, old.previous_secret_sha256):
                     self._by_digest.pop(digest, None)
             self._by_id[key.key_id] = key
+            self._messages[key.key_id] = message
             for digest in (key.secret_sha256, key.previous_secret_sha256):
                 if digest:
                     self._by_digest[digest] = key.key_id
         self.updates += 1
+        self._write_known()
+
+    def _read_known(self) -> None:
+        path = self._known_file
+        if path is None or not path.exists():
+            return
+        try:
+            data = path.read_bytes()
+            self.apply(pb.KeysUpdate.FromString(data))
+        except (OSError, DecodeError) as error:
+            log.warning("ignoring %s: %s", path, error)
+            return
+        self._written = data
+
+    def _write_known(self) -> None:
+        if self._known_file is None:
+            return
+        keys = [self._messages[k] for k in sorted(self._messages)]
+        data = pb.KeysUpdate(full=True, keys=keys).SerializeToString(deterministic=True)
+        if data != self._written and replace_file(self._known_file, data):
+            self._written = data
+
+    def _set_connected(self, connected: bool) -> None:
+        self.connected = connected
+        if self._gauge is not None:
+            self._gauge.set(int(connected))
 
     def start(self, metering: MeteringClient) -> None:
         self._task = asyncio.create_task(self._follow(metering))
@@ -120,11 +164,11 @@ class IssuedKeys:
             try:
                 async for update in metering.watch_keys():
                     self.apply(update)
-                    self.connected = True
+                    self._set_connected(True)
             except grpc.aio.AioRpcError as error:
                 if self.connected:
                     log.warning("the key watch ended (%s); the keys known keep working", error.code().name)
             except Exception:
                 log.exception("the key watch failed; the keys known keep working")
-            self.connected = False
+            self._set_connected(False)
             await asyncio.sleep(RETRY_SECONDS)

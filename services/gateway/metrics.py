@@ -67,6 +67,13 @@ class GatewayMetrics:
             " replica applies here from the next one)",
             registry=r,
         )
+        self.keys_watch = Gauge(
+            "gateway_issued_keys_watch_connected",
+            "1 while this gateway follows metering's key changes (0: the keys it knows keep working, no new"
+            " key or revocation reaches it)",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.in_flight = Gauge(
             "gateway_requests_in_flight", "Generation requests in progress", registry=r, multiprocess_mode="livesum"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 from llmserve.metering.v1 import metering_pb2 as pb
 
@@ -45,3 +46,15 @@ def test_a_rotated_secret_works_until_its_grace_ends_and_models_are_checked() ->
     now[0] = NOW + 5
     assert (keys.key_id("old"), keys.key_id("new")) == (None, "k1")
     assert keys.allows("k1", "m1") and not keys.allows("k1", "m2") and keys.allows("static-key", "m2")
+
+
+def test_the_keys_known_survive_a_restart_without_metering(tmp_path: Path) -> None:
+    """The file holds what the last update left (hashes only); a new gateway starts with those keys."""
+    known = tmp_path / "known-keys.pb"
+    first = IssuedKeys(clock=lambda: NOW, known_file=known)
+    first.apply(pb.KeysUpdate(full=True, keys=[_key("k1", "s1", 1), _key("k2", "s2", 2)]))
+    first.apply(pb.KeysUpdate(keys=[_key("k2", "s2", 3, revoked_at=NOW)]))
+    again = IssuedKeys(clock=lambda: NOW, known_file=known)
+    assert (again.key_id("s1"), again.key_id("s2"), again.connected) == ("k1", None, False)
+    known.write_bytes(b"\xff not a message")
+    assert IssuedKeys(clock=lambda: NOW, known_file=known).key_id("s1") is None

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from llmserve.metering.v1 import metering_pb2 as mpb
 
 from services.contracts.metering_client import MeteringClient
 from services.gateway.errors import ApiError
+from services.gateway.state_file import replace_file
 
 log = logging.getLogger(__name__)
 
@@ -138,14 +138,8 @@ class LimitsKeeper:
         data = mpb.ListLimitsResponse(limits=[self._limited[k] for k in sorted(self._limited)]).SerializeToString()
         if data == self._written:
             return
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            temporary.write_bytes(data)
-            os.replace(temporary, path)
+        if replace_file(path, data):
             self._written = data
-        except OSError as error:
-            log.warning("could not keep the limits in %s: %s", path, error)
 
     async def _poll_forever(self) -> None:
         while True:
