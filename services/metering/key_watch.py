@@ -24,6 +24,7 @@ class KeyWatch:
         self._changed = asyncio.Condition()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._failing = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -45,8 +46,14 @@ class KeyWatch:
                     async with self._changed:
                         self._version = version
                         self._changed.notify_all()
+                if self._failing:
+                    log.info("key changes are read again")
+                self._failing = False
             except Exception as error:
-                log.warning("key changes not read: %s", error)
+                # Once per outage, not every poll.
+                if not self._failing:
+                    log.warning("key changes not read (watches wait until they are): %s", error)
+                self._failing = True
             try:
                 await asyncio.wait_for(self._wake.wait(), self._poll)
             except TimeoutError:
