@@ -145,6 +145,14 @@ class Additions:
     # (key, period, period start) -> [requests, tokens]; period "second" is the per-minute window's cell.
     spend: dict[SpendKey, list[int]]
 
+    def per_model(self) -> dict[str, Totals]:
+        """The commit's totals per model (for the running counters), from its day rows: each event is in one."""
+        out: dict[str, Totals] = defaultdict(Totals)
+        for (width, _, model, _), totals in self.model_rollups.items():
+            if width == DAY:
+                out[model].add(totals)
+        return dict(out)
+
 
 def additions(events: list[UsageEvent], received_at: float) -> Additions:
     # Per event only its second's row and its key's spend are touched; minutes, hours and days are summed

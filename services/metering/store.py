@@ -231,7 +231,6 @@ class UsageStore(Reservations, KeyStore, Reconciliation):
         with self._transaction():
             new = self._insert_new([candidates[key] for key in sorted(candidates)])
             inserted: list[bool] = []
-            by_model: dict[str, Totals] = defaultdict(Totals)
             duplicated: dict[str, int] = defaultdict(int)
             cells: dict[str, Cells] = defaultdict(dict)
             fresh_events: list[UsageEvent] = []
@@ -242,10 +241,11 @@ class UsageStore(Reservations, KeyStore, Reconciliation):
                 if fresh:
                     new.discard(key)
                     fresh_events.append(e)
-                    by_model[e.model].add_event(e)
                     spread(cells[e.model], e.occurred_at, e.generation_seconds, e.completion_tokens, received_at)
                 else:
                     duplicated[e.model] += 1
+            added = additions(fresh_events, received_at)
+            by_model = added.per_model()
             # Rows in one order in every transaction: two replicas' commits never wait on each other in a cycle.
             self._many(
                 _COUNTER_UPSERT,
@@ -263,7 +263,7 @@ class UsageStore(Reservations, KeyStore, Reconciliation):
                     for second, tokens in sorted(cells[model].items())
                 ],
             )
-            self._add(additions(fresh_events, received_at))
+            self._add(added)
             # The event now counts against its key: the reservation it replaces is gone (same transaction).
             self._many("DELETE FROM reservations WHERE source = ? AND event_id = ?", sorted(candidates))
         self._prune(received_at)
