@@ -47,7 +47,7 @@ METERING_CALLS = {
     "Reserve": mpb.ReserveRequest(),
     "Settle": mpb.SettleRequest(),
     "RenewLease": mpb.RenewLeaseRequest(),
-    "SetLimits": mpb.KeyLimits(),
+    "SetLimits": mpb.SetLimitsRequest(),
     "ListLimits": mpb.ListLimitsRequest(),
     "GetStanding": mpb.GetStandingRequest(),
     "CreateKey": mpb.CreateKeyRequest(),
@@ -57,6 +57,13 @@ METERING_CALLS = {
     "RotateKey": mpb.RotateKeyRequest(),
     "RevokeKey": mpb.RevokeKeyRequest(),
     "WatchKeys": mpb.WatchKeysRequest(),
+    "CreateOrganization": mpb.CreateOrganizationRequest(),
+    "ListOrganizations": mpb.ListOrganizationsRequest(),
+    "GetOrganization": mpb.GetOrganizationRequest(),
+    "CreateTeam": mpb.CreateTeamRequest(),
+    "UpdateTeam": mpb.UpdateTeamRequest(),
+    "ListTeams": mpb.ListTeamsRequest(),
+    "GetTeam": mpb.GetTeamRequest(),
 }
 # What each token may do, by role: the gateway runs work and records usage; the admin reads.
 ENGINE_ADMIN = {"ListModels", "GetLoad", "LaunchModel", "TerminateModel"}
@@ -67,6 +74,8 @@ METERING_BOTH = (
     {"SetLimits", "ListLimits", "GetStanding"}
     | {f"{verb}Key" for verb in ("Create", "Get", "Update", "Rotate", "Revoke")}
     | {"ListKeys"}
+    | {"CreateOrganization", "ListOrganizations", "GetOrganization"}
+    | {"CreateTeam", "UpdateTeam", "ListTeams", "GetTeam"}
 )
 
 

@@ -1,13 +1,16 @@
-"""API keys issued at run time, with three gateway replicas and two metering replicas on one PostgreSQL and
-the session's engine: a key made through one replica works on every replica within a second, a revoked one
-is refused by every replica within a second while streams of it run (they finish and are billed), a
-rotated secret keeps working for its grace period, a key sees only its own record, a key limited to some
-models gets a 404 for the others, bad changes are 4xx naming the field, and the gateways' keys survive
-metering's restart."""
+"""API keys, teams and organisations issued at run time, with three gateway replicas and two metering
+replicas on one PostgreSQL and the session's engine: a key made through one replica works on every replica
+within a second, a revoked one is refused by every replica within a second while streams of it run (they
+finish and are billed), a rotated secret keeps working for its grace period, a key sees only its own
+record, a key (or its team) limited to some models gets a 404 for the others, an organisation's budget
+shared by two teams is never overshot by 32 concurrent streams, a team's limit and a key's both bind, an
+organisation's admin is refused outside its organisation, bad changes are 4xx naming the field, and the
+gateways' keys survive metering's restart."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -89,10 +92,41 @@ def fleet(
             process.stop()
 
 
-async def _issue(fleet: Fleet, name: str, gateway: int = 0, **fields: object) -> dict:
-    reply = await fleet.call("POST", "/v1/keys", gateway, json={"name": name, **fields})
+async def _issue(fleet: Fleet, name: str, gateway: int = 0, key: str = ADMIN_API_KEY, **fields: object) -> dict:
+    reply = await fleet.call("POST", "/v1/keys", gateway, key, json={"name": name, **fields})
     assert reply.status_code == 200, reply.text
     return reply.json()
+
+
+async def _made(fleet: Fleet, path: str, key: str = ADMIN_API_KEY, **fields: object) -> dict:
+    reply = await fleet.call("POST", path, 0, key, json=fields)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+async def _limit(fleet: Fleet, subject: str, **limits: object) -> dict:
+    reply = await fleet.call("PUT", f"/v1/limits/{subject}", 1, json=limits)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+async def _stream_status(url: str, key: str, max_tokens: int) -> tuple[int, tuple[int, int] | None]:
+    """A streamed chat's status, and its usage chunk's (prompt, completion) when it ran."""
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Count to ten."}],
+        "max_tokens": max_tokens,
+        "stream": True,
+        "ignore_eos": True,
+    }
+    async with httpx.AsyncClient(timeout=120, headers={"Authorization": f"Bearer {key}"}) as http:
+        async with http.stream("POST", f"{url}/v1/chat/completions", json=body) as reply:
+            usage = None
+            async for line in reply.aiter_lines():
+                if line.startswith("data: {") and '"usage":{' in line:
+                    u = json.loads(line[6:])["usage"]
+                    usage = (u["prompt_tokens"], u["completion_tokens"])
+            return reply.status_code, usage
 
 
 async def test_issued_and_revoked_keys_reach_every_replica_within_a_second(fleet: Fleet, engine_address: str) -> None:
@@ -188,3 +222,139 @@ async def test_known_keys_work_while_metering_is_down_and_the_gateways_resync(fl
     later = await _issue(fleet, "after-restart", gateway=2)
     await fleet.until_everywhere(later["value"], 200)
     assert set(await fleet.statuses(key["value"])) == {200}
+
+
+async def test_an_organisation_budget_shared_by_two_teams_is_never_overshot(fleet: Fleet, engine_address: str) -> None:
+    """32 concurrent streams, half from each team's key, over three gateways: exactly as many run as the
+    organisation's budget holds (each reserves and uses its prompt plus max_tokens), and what they used
+    is billed to the token."""
+    org = await _made(fleet, "/v1/organizations", name="shared-budget")
+    keys = []
+    for name in ("red", "blue"):
+        team = await _made(fleet, "/v1/teams", org_id=org["id"], name=name)
+        keys.append(await _issue(fleet, f"{name}-streams", team_id=team["id"]))
+    for key in keys:
+        await fleet.until_everywhere(key["value"], 200)
+    max_tokens = 8
+    status, usage = await _stream_status(fleet.gateways[0].address, ADMIN_API_KEY, max_tokens)
+    assert status == 200 and usage is not None
+    each = usage[0] + max_tokens
+    fits = 11
+    standing = await _limit(fleet, org["id"], token_budget=fits * each + each - 1)
+    assert standing["level"] == "organization"
+    await wait_idle(engine_address)
+    results = await asyncio.gather(
+        *(_stream_status(fleet.gateways[i % 3].address, keys[i % 2]["value"], max_tokens) for i in range(32))
+    )
+    ran = [u for status, u in results if status == 200]
+    assert sorted({status for status, _ in results}) == [200, 429]
+    assert len(ran) == fits and all(u == usage for u in ran), results
+    after = (await fleet.call("GET", f"/v1/limits/{org['id']}")).json()
+    assert after["usage"]["budget_used"] == fits * each
+    refused = await fleet.call(
+        "POST",
+        "/v1/chat/completions",
+        2,
+        keys[1]["value"],
+        json={"model": MODEL, "messages": [{"role": "user", "content": "Count to ten."}], "max_tokens": max_tokens},
+    )
+    assert refused.status_code == 429 and f"organization {org['id']}" in refused.json()["error"]["message"]
+
+    async def billed() -> bool:
+        async with metering_client(fleet.meterings[1].address) as client:
+            rows = [await client.totals(mpb.GetTotalsRequest(api_key_id=k["id"])) for k in keys]
+        return sum(r[0].totals.prompt_tokens + r[0].totals.completion_tokens for r in rows if r) == fits * each
+
+    await wait_for(billed, 60, "the streams to be billed to their keys")
+
+
+async def test_a_team_limit_and_a_key_limit_both_bind(fleet: Fleet) -> None:
+    org = await _made(fleet, "/v1/organizations", name="two-levels", time_zone="Europe/Paris")
+    team = await _made(fleet, "/v1/teams", org_id=org["id"], name="narrow", allowed_models=[MODEL])
+    tight = await _issue(fleet, "tight-key", team_id=team["id"])
+    loose = await _issue(fleet, "loose-key", team_id=team["id"])
+    await _limit(fleet, team["id"], requests_per_minute=3)
+    await _limit(fleet, tight["id"], requests_per_minute=1)
+    await fleet.until_everywhere(loose["value"], 200)
+    ask = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+
+    async def chat(key: dict, gateway: int) -> httpx.Response:
+        return await fleet.call("POST", "/v1/chat/completions", gateway, key["value"], json=ask)
+
+    assert (await chat(tight, 0)).status_code == 200
+    second = await chat(tight, 1)
+    assert second.status_code == 429 and "This key's rate limit" in second.json()["error"]["message"]
+    assert [(await chat(loose, i)).status_code for i in range(2)] == [200, 200]
+    third = await chat(loose, 2)
+    assert third.status_code == 429 and f"The team {team['id']}'s rate limit" in third.json()["error"]["message"]
+    assert third.headers["x-ratelimit-remaining-requests"] == "0"
+    standing = (await fleet.call("GET", "/v1/limits", 0, loose["value"])).json()
+    assert [level["level"] for level in standing["levels"]] == ["team", "organization"]
+    assert standing["levels"][0]["usage"]["requests_last_minute"] == 3
+    # The team's models bind its keys too: once the team may use only another model, this one is as if
+    # it did not exist, on every replica.
+    changed = await fleet.call("POST", f"/v1/teams/{team['id']}", 0, json={"allowed_models": ["another-model"]})
+    assert changed.status_code == 200, changed.text
+
+    async def hidden() -> bool:
+        replies = await asyncio.gather(*(chat(loose, i) for i in range(3)))
+        return all(r.status_code == 404 and r.json()["error"]["code"] == "model_not_found" for r in replies)
+
+    await wait_for(hidden, 10, "every replica to apply the team's models")
+
+
+async def test_an_organisation_admin_is_refused_outside_its_organisation(fleet: Fleet) -> None:
+    mine = await _made(fleet, "/v1/organizations", name="acme")
+    theirs = await _made(fleet, "/v1/organizations", name="globex")
+    their_team = await _made(fleet, "/v1/teams", org_id=theirs["id"], name="search")
+    their_key = await _issue(fleet, "globex-key", team_id=their_team["id"])
+    admin = await _issue(fleet, "acme-admin", org_id=mine["id"], role="org_admin")
+    await fleet.until_everywhere(admin["value"], 200)
+    secret = admin["value"]
+    # Within its organisation it manages teams, keys and limits.
+    my_team = await _made(fleet, "/v1/teams", secret, name="search")
+    assert my_team["org_id"] == mine["id"]
+    my_key = await _issue(fleet, "acme-key", key=secret, team_id=my_team["id"])
+    limited = await fleet.call("PUT", f"/v1/limits/{my_team['id']}", 2, secret, json={"token_budget": 99})
+    assert limited.status_code == 200, limited.text
+    listed = (await fleet.call("GET", "/v1/keys", 1, secret)).json()["data"]
+    assert {k["id"] for k in listed} == {admin["id"], my_key["id"]}
+    assert [o["id"] for o in (await fleet.call("GET", "/v1/organizations", 0, secret)).json()["data"]] == [mine["id"]]
+    # Outside it, nothing exists; what only the operator does is forbidden.
+    for method, path, body, status in (
+        ("GET", f"/v1/teams/{their_team['id']}", None, 404),
+        ("GET", f"/v1/keys/{their_key['id']}", None, 404),
+        ("DELETE", f"/v1/keys/{their_key['id']}", None, 404),
+        ("POST", f"/v1/keys/{their_key['id']}/rotate", {}, 404),
+        ("PUT", f"/v1/limits/{their_team['id']}", {"token_budget": 1}, 404),
+        ("GET", f"/v1/limits/{theirs['id']}", None, 404),
+        ("POST", "/v1/teams", {"name": "x", "org_id": theirs["id"]}, 404),
+        ("POST", "/v1/keys", {"name": "x", "team_id": their_team["id"]}, 404),
+        ("POST", "/v1/organizations", {"name": "mine-too"}, 403),
+        ("POST", "/v1/models", {"model_name": MODEL}, 403),
+    ):
+        reply = await fleet.call(method, path, 0, secret, json=body)
+        assert reply.status_code == status, (method, path, reply.text)
+    assert (await fleet.call("GET", f"/v1/keys/{their_key['id']}")).json()["revoked_at"] is None
+    # A member of the organisation is no admin of it.
+    member = await fleet.call("GET", "/v1/teams", 0, my_key["value"])
+    assert member.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "param"),
+    [
+        ("/v1/organizations", {"name": "bad-zone", "time_zone": "Mars/Olympus"}, 400, "time_zone"),
+        ("/v1/teams", {"name": "orphan", "org_id": "org_nope"}, 404, "org_id"),
+        ("/v1/keys", {"name": "teamless", "team_id": "team_nope"}, 404, "team_id"),
+        ("/v1/keys", {"name": "lonely-admin", "role": "org_admin"}, 400, "role"),
+    ],
+)
+async def test_bad_account_changes_are_refused_naming_the_field(
+    fleet: Fleet, path: str, body: dict, status: int, param: str
+) -> None:
+    reply = await fleet.call("POST", path, 1, json=body)
+    assert reply.status_code == status, reply.text
+    assert reply.json()["error"]["param"] == param, reply.text
+    limits = await fleet.call("PUT", "/v1/limits/team_nope", 0, json={"token_budget": 5})
+    assert limits.status_code == 404 and limits.json()["error"]["param"] == "api_key_id"

@@ -44,26 +44,32 @@ class MeteringClient(ServiceChannel):
         request = pb.RenewLeaseRequest(source=source, lease_seconds=lease_seconds)
         await self._stub.RenewLease(request, timeout=timeout, metadata=self.metadata)
 
-    async def set_limits(self, limits: pb.KeyLimits, timeout: float | None = 5.0) -> pb.Standing:
-        return (await self._stub.SetLimits(limits, timeout=timeout, metadata=self.metadata)).standing
+    async def set_limits(
+        self, limits: pb.KeyLimits, actor: str = "", scope_org_id: str = "", timeout: float | None = 5.0
+    ) -> pb.Standing:
+        request = pb.SetLimitsRequest(limits=limits, actor=actor, scope_org_id=scope_org_id)
+        return (await self._stub.SetLimits(request, timeout=timeout, metadata=self.metadata)).standing
 
     async def list_limits(self, timeout: float | None = 5.0) -> list[pb.KeyLimits]:
         response = await self._stub.ListLimits(pb.ListLimitsRequest(), timeout=timeout, metadata=self.metadata)
         return list(response.limits)
 
-    async def standing(self, api_key_id: str, timeout: float | None = 5.0) -> pb.Standing:
-        request = pb.GetStandingRequest(api_key_id=api_key_id)
+    async def standing(self, api_key_id: str, scope_org_id: str = "", timeout: float | None = 5.0) -> pb.Standing:
+        request = pb.GetStandingRequest(api_key_id=api_key_id, scope_org_id=scope_org_id)
         return await self._stub.GetStanding(request, timeout=timeout, metadata=self.metadata)
 
     async def create_key(self, request: pb.CreateKeyRequest, timeout: float | None = 5.0) -> pb.IssuedKey:
         return await self._stub.CreateKey(request, timeout=timeout, metadata=self.metadata)
 
-    async def list_keys(self, include_revoked: bool = False, timeout: float | None = 5.0) -> list[pb.ApiKey]:
-        request = pb.ListKeysRequest(include_revoked=include_revoked)
+    async def list_keys(
+        self, include_revoked: bool = False, scope_org_id: str = "", team_id: str = "", timeout: float | None = 5.0
+    ) -> list[pb.ApiKey]:
+        request = pb.ListKeysRequest(include_revoked=include_revoked, scope_org_id=scope_org_id, team_id=team_id)
         return list((await self._stub.ListKeys(request, timeout=timeout, metadata=self.metadata)).keys)
 
-    async def get_key(self, key_id: str, timeout: float | None = 5.0) -> pb.ApiKey:
-        return await self._stub.GetKey(pb.GetKeyRequest(key_id=key_id), timeout=timeout, metadata=self.metadata)
+    async def get_key(self, key_id: str, scope_org_id: str = "", timeout: float | None = 5.0) -> pb.ApiKey:
+        request = pb.GetKeyRequest(key_id=key_id, scope_org_id=scope_org_id)
+        return await self._stub.GetKey(request, timeout=timeout, metadata=self.metadata)
 
     async def update_key(self, request: pb.UpdateKeyRequest, timeout: float | None = 5.0) -> pb.ApiKey:
         return await self._stub.UpdateKey(request, timeout=timeout, metadata=self.metadata)
@@ -71,9 +77,41 @@ class MeteringClient(ServiceChannel):
     async def rotate_key(self, request: pb.RotateKeyRequest, timeout: float | None = 5.0) -> pb.IssuedKey:
         return await self._stub.RotateKey(request, timeout=timeout, metadata=self.metadata)
 
-    async def revoke_key(self, key_id: str, actor: str = "", timeout: float | None = 5.0) -> pb.ApiKey:
-        request = pb.RevokeKeyRequest(key_id=key_id, actor=actor)
+    async def revoke_key(
+        self, key_id: str, actor: str = "", scope_org_id: str = "", timeout: float | None = 5.0
+    ) -> pb.ApiKey:
+        request = pb.RevokeKeyRequest(key_id=key_id, actor=actor, scope_org_id=scope_org_id)
         return await self._stub.RevokeKey(request, timeout=timeout, metadata=self.metadata)
+
+    async def create_organization(
+        self, request: pb.CreateOrganizationRequest, timeout: float | None = 5.0
+    ) -> pb.Organization:
+        return await self._stub.CreateOrganization(request, timeout=timeout, metadata=self.metadata)
+
+    async def list_organizations(self, scope_org_id: str = "", timeout: float | None = 5.0) -> list[pb.Organization]:
+        request = pb.ListOrganizationsRequest(scope_org_id=scope_org_id)
+        response = await self._stub.ListOrganizations(request, timeout=timeout, metadata=self.metadata)
+        return list(response.organizations)
+
+    async def get_organization(
+        self, org_id: str, scope_org_id: str = "", timeout: float | None = 5.0
+    ) -> pb.Organization:
+        request = pb.GetOrganizationRequest(org_id=org_id, scope_org_id=scope_org_id)
+        return await self._stub.GetOrganization(request, timeout=timeout, metadata=self.metadata)
+
+    async def create_team(self, request: pb.CreateTeamRequest, timeout: float | None = 5.0) -> pb.Team:
+        return await self._stub.CreateTeam(request, timeout=timeout, metadata=self.metadata)
+
+    async def update_team(self, request: pb.UpdateTeamRequest, timeout: float | None = 5.0) -> pb.Team:
+        return await self._stub.UpdateTeam(request, timeout=timeout, metadata=self.metadata)
+
+    async def list_teams(self, org_id: str = "", scope_org_id: str = "", timeout: float | None = 5.0) -> list[pb.Team]:
+        request = pb.ListTeamsRequest(org_id=org_id, scope_org_id=scope_org_id)
+        return list((await self._stub.ListTeams(request, timeout=timeout, metadata=self.metadata)).teams)
+
+    async def get_team(self, team_id: str, scope_org_id: str = "", timeout: float | None = 5.0) -> pb.Team:
+        request = pb.GetTeamRequest(team_id=team_id, scope_org_id=scope_org_id)
+        return await self._stub.GetTeam(request, timeout=timeout, metadata=self.metadata)
 
     def watch_keys(self) -> AsyncIterator[pb.KeysUpdate]:
         """Every key, then each change (a stream with no deadline: it lasts as long as the caller reads)."""

@@ -3,7 +3,9 @@
 API keys guard the OpenAI routes; the admin keys (a subset, by key id) also open /metrics, the API docs
 and the model management that changes something (launch, terminate, register, unregister); /health is
 open, and so is /v1/cluster/auth, where Xinference's client asks whether to send its key at all. With no keys
-configured everything is open (a warning says so at start)."""
+configured everything is open (a warning says so at start). An organisation's admin key (issued with the
+role org_admin) manages keys, teams and limits within its organisation only: the routes pass its scope
+to metering, which refuses anything outside it."""
 
 from __future__ import annotations
 
@@ -16,7 +18,16 @@ from services.gateway.issued_keys import IssuedKeys
 OPEN_KEY_ID = "anonymous"
 OPEN_PATHS = frozenset({"/health", "/v1/cluster/auth"})
 # Changing anything under these (any method but GET) needs an admin key.
-MANAGEMENT_PREFIXES = ("/v1/models", "/v1/model_registrations", "/v1/limits", "/v1/keys")
+MANAGEMENT_PREFIXES = (
+    "/v1/models",
+    "/v1/model_registrations",
+    "/v1/limits",
+    "/v1/keys",
+    "/v1/teams",
+    "/v1/organizations",
+)
+# What an organisation's admin may change (within its organisation).
+ORG_ADMIN_PREFIXES = ("/v1/limits", "/v1/keys", "/v1/teams", "/v1/organizations")
 DOC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
@@ -38,6 +49,19 @@ class AccessPolicy:
         """An admin key, or anyone on an open gateway."""
         return self.keys.open or key_id in self.admin_key_ids
 
+    def administered_org(self, key_id: str) -> str | None:
+        """The organisation an org_admin key manages; None for any other key."""
+        return None if self.issued is None else self.issued.administered_org(key_id)
+
+    def admin_scope(self, key_id: str, what: str) -> str | None:
+        """None for the operator, the organisation for an org admin; ApiError 403 for any other key."""
+        if self.is_operator(key_id):
+            return None
+        org = self.administered_org(key_id)
+        if org is None:
+            raise ApiError(403, f"{what} needs an admin API key.", code="permission_denied")
+        return org
+
     def key_id(self, path: str, authorization: str | None, method: str = "GET") -> str:
         """The caller's key id, or ApiError 401 (no or unknown key) / 403 (not an admin key)."""
         if self.keys.open or path in self.open_paths:
@@ -54,7 +78,10 @@ class AccessPolicy:
         if key_id not in self.admin_key_ids and (
             path in self.admin_paths or (method != "GET" and path.startswith(MANAGEMENT_PREFIXES))
         ):
-            raise ApiError(403, f"{method} {path} needs an admin API key.", code="permission_denied")
+            if path in self.admin_paths or not (
+                path.startswith(ORG_ADMIN_PREFIXES) and self.administered_org(key_id) is not None
+            ):
+                raise ApiError(403, f"{method} {path} needs an admin API key.", code="permission_denied")
         return key_id
 
     def check_model(self, key_id: str, model: str) -> None:

@@ -34,6 +34,7 @@ from services.gateway.openai_api.models import api_router as models
 from services.gateway.openai_api.protocol import InvalidText, UnsupportedFields
 from services.gateway.openai_api.respond import Responder
 from services.gateway.openai_api.tokenize import api_router as tokenize
+from services.gateway.ops import accounts as account_routes
 from services.gateway.ops import exposition, health
 from services.gateway.ops import keys as key_routes
 from services.gateway.ops import limits as limit_routes
@@ -107,7 +108,9 @@ def _usage_delivery(settings: GatewaySettings, metrics: GatewayMetrics, fleet: E
     return UsageDelivery(delivery_settings, metrics.registry, engine_at, engines)
 
 
-def _limits_keeper(settings: GatewaySettings, source: str, metrics: GatewayMetrics) -> LimitsKeeper:
+def _limits_keeper(
+    settings: GatewaySettings, source: str, metrics: GatewayMetrics, issued: IssuedKeys | None
+) -> LimitsKeeper:
     metering = MeteringClient(settings.metering_addr, settings.service_token())
     return LimitsKeeper(
         metering,
@@ -119,6 +122,7 @@ def _limits_keeper(settings: GatewaySettings, source: str, metrics: GatewayMetri
             known_limits_file=settings.data_dir / "known-limits.json",
         ),
         on_poll=metrics.limits_polls.inc,
+        levels=issued.levels if issued is not None else None,
     )
 
 
@@ -168,7 +172,7 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
         )
         manager = ModelManager(fleet, Catalog((settings.catalog_dir or settings.data_dir) / CATALOG_FILE))
         delivery = _usage_delivery(settings, metrics_, fleet) if settings.metering_addr else None
-        limits = _limits_keeper(settings, delivery.source, metrics_) if delivery is not None else None
+        limits = _limits_keeper(settings, delivery.source, metrics_, issued) if delivery is not None else None
         generations = OpenGenerations()
         router = RequestRouter(fleet, generations, settings.request_timeout_seconds, settings.settle_timeout_seconds)
         recorder = OutcomeRecorder(metrics_, delivery, limits)
@@ -227,7 +231,8 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
     # No redirect to the slashed path: its Location would echo the client's Host header.
     app.router.redirect_slashes = False
     # Model management first: its DELETE /v1/models/{uid} and POST /v1/models sit beside the OpenAI GETs.
-    routers = (model_management, chat, completions, embeddings, models, tokenize, limit_routes, key_routes, health)
+    routers = (model_management, chat, completions, embeddings, models, tokenize)
+    routers += (limit_routes, key_routes, account_routes, health)
     for module in (*routers, exposition):
         app.include_router(module.router)
     _install_error_handlers(app)

@@ -43,6 +43,10 @@ class IssuedKey:
     allowed_models: frozenset[str]
     previous_secret_sha256: bytes
     previous_valid_until: float | None
+    team_id: str = ""
+    org_id: str = ""
+    role: str = ""
+    team_allowed_models: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, message: pb.ApiKey) -> IssuedKey:
@@ -55,6 +59,10 @@ class IssuedKey:
             frozenset(message.allowed_models),
             message.previous_secret_sha256,
             _seconds(message, "previous_valid_until"),
+            message.team_id,
+            message.org_id,
+            message.role,
+            frozenset(message.team_allowed_models),
         )
 
     def valid(self, now: float) -> bool:
@@ -103,9 +111,22 @@ class IssuedKeys:
         return key_id if key.previous_valid_until is not None and now < key.previous_valid_until else None
 
     def allows(self, key_id: str, model: str) -> bool:
-        """Whether the key may use the model (a key not issued here, or with no list, may use any)."""
+        """Whether the key may use the model: both its list and its team's allow it (an empty list allows
+        any; a key not issued here may use any)."""
         key = self._by_id.get(key_id)
-        return key is None or not key.allowed_models or model in key.allowed_models
+        if key is None:
+            return True
+        return all(not listed or model in listed for listed in (key.allowed_models, key.team_allowed_models))
+
+    def levels(self, key_id: str) -> tuple[str, ...]:
+        """The team and organisation above the key, whose limits its requests also count against."""
+        key = self._by_id.get(key_id)
+        return () if key is None else tuple(s for s in (key.team_id, key.org_id) if s)
+
+    def administered_org(self, key_id: str) -> str | None:
+        """The organisation this key administers (an org_admin key), or None."""
+        key = self._by_id.get(key_id)
+        return key.org_id if key is not None and key.role == "org_admin" and key.org_id else None
 
     def apply(self, update: pb.KeysUpdate) -> None:
         if update.full:

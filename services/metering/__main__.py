@@ -1,7 +1,8 @@
 """`python -m services.metering` serves (settings from METERING_* variables);
 `python -m services.metering report [--from 1h] ...` prints usage totals from the live service;
 `python -m services.metering reconcile` recounts the store's sums from its events;
-`python -m services.metering keys ...` issues, lists, rotates and revokes API keys."""
+`python -m services.metering keys ...` issues, lists, rotates and revokes API keys;
+`python -m services.metering orgs ...` / `teams ...` manage the organisations and teams keys belong to."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 import sys
 
 from services.metering.config import MeteringSettings
+from services.metering.keys_command import accounts_main
 from services.metering.keys_command import main as keys_main
 from services.metering.reconcile_command import main as reconcile_main
 from services.metering.report import main as report_main
@@ -22,6 +24,9 @@ def main() -> None:
         return
     if sys.argv[1:2] == ["keys"]:
         keys_main(sys.argv[2:])
+        return
+    if sys.argv[1:2] in (["orgs"], ["teams"]):
+        accounts_main(sys.argv[1], sys.argv[2:])
         return
     if sys.argv[1:2] == ["reconcile"]:
         reconcile_main(sys.argv[2:])

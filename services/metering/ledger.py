@@ -220,7 +220,7 @@ class Ledger:
 
     async def reserve(
         self, source: str, event_id: str, api_key_id: str, tokens: int, lease_seconds: float
-    ) -> tuple[Decision, Standing]:
+    ) -> tuple[Decision, tuple[Standing, ...]]:
         return await self._run(self._store.reserve, source, event_id, api_key_id, tokens, lease_seconds, self._clock())
 
     async def settle(self, source: str, event_id: str, tokens: int) -> None:
@@ -229,35 +229,23 @@ class Ledger:
     async def renew(self, source: str, lease_seconds: float) -> None:
         await self._run(self._store.renew, source, lease_seconds, self._clock())
 
-    async def set_limits(self, limits: KeyLimits) -> Standing:
-        await self._run(self._store.set_limits, limits, self._clock())
+    async def set_limits(self, limits: KeyLimits, actor: str = "", scope: str | None = None) -> tuple[Standing, ...]:
+        await self._run(self._store.set_limits, limits, self._clock(), actor, scope)
         return await self.standing(limits.api_key_id)
 
     async def all_limits(self) -> list[KeyLimits]:
         return await self._run(self._store.all_limits)
 
-    async def standing(self, api_key_id: str) -> Standing:
-        return await self._run(self._store.standing, api_key_id, self._clock())
+    async def standing(self, subject: str, scope: str | None = None) -> tuple[Standing, ...]:
+        return await self._run(self._store.standing, subject, self._clock(), scope)
 
-    async def create_key(
-        self, name: str, expires_at: float | None, models: list[str], metadata: dict[str, str], actor: str
-    ) -> tuple[KeyRecord, str]:
-        return await self._run(self._store.create_key, name, expires_at, models, metadata, actor, self._clock())
+    async def change(self, method: Callable[..., _T], /, **fields: object) -> _T:
+        """A change to keys, teams or organisations (a UsageStore method), at the ledger's clock."""
+        return await self._run(lambda: method(self._store, now=self._clock(), **fields))
 
-    async def update_key(self, key_id: str, actor: str, **changes: object) -> KeyRecord:
-        return await self._run(lambda: self._store.update_key(key_id, actor, self._clock(), **changes))
-
-    async def rotate_key(self, key_id: str, grace_seconds: float, actor: str) -> tuple[KeyRecord, str]:
-        return await self._run(self._store.rotate_key, key_id, grace_seconds, actor, self._clock())
-
-    async def revoke_key(self, key_id: str, actor: str) -> KeyRecord:
-        return await self._run(self._store.revoke_key, key_id, actor, self._clock())
-
-    async def get_key(self, key_id: str) -> KeyRecord:
-        return await self._run(self._store.get_key, key_id)
-
-    async def list_keys(self, include_revoked: bool) -> list[KeyRecord]:
-        return await self._run(self._store.list_keys, include_revoked)
+    async def read(self, method: Callable[..., _T], /, **fields: object) -> _T:
+        """A read of keys, teams or organisations (a UsageStore method)."""
+        return await self._run(lambda: method(self._store, **fields))
 
     async def key_version(self) -> int:
         return await self._run(self._store.key_version)

@@ -1,17 +1,31 @@
-"""Limits per API key and the decision on a reservation: requests and tokens per minute, and a token
-budget over a period. The store gathers what a key has spent (recorded events plus reservations still
-counting) in one snapshot; this module decides and says what remains."""
+"""Limits and the decision on a reservation: requests and tokens per minute, and a token budget over a
+period, set on a key, a team or an organisation (a subject: the id of one of them). The store gathers what
+a subject has spent (recorded events plus reservations still counting) in one snapshot; this module
+decides, naming the level that refuses, and says what remains. Calendar periods are in UTC, or in the
+organisation's time zone."""
 
 from __future__ import annotations
 
 import calendar
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 WINDOW_SECONDS = 60.0
 PERIODS = ("total", "day", "month")
 RATE_LIMITED = "rate_limit_exceeded"
 OUT_OF_QUOTA = "insufficient_quota"
+UTC = "UTC"
+# Levels from the narrowest; each subject's id starts with its level's prefix (a key's may be anything).
+KEY, TEAM, ORGANIZATION = "key", "team", "organization"
+TEAM_PREFIX, ORG_PREFIX = "team_", "org_"
+
+
+def level_of(subject: str) -> str:
+    if subject.startswith(TEAM_PREFIX):
+        return TEAM
+    return ORGANIZATION if subject.startswith(ORG_PREFIX) else KEY
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,11 @@ class Standing:
     limits: KeyLimits
     spent: Spent
     now: float
+    time_zone: str = UTC
+
+    @property
+    def level(self) -> str:
+        return level_of(self.limits.api_key_id)
 
     def _remaining(self, limit: int | None, used: int) -> int | None:
         return None if limit is None else max(0, limit - used)
@@ -78,7 +97,7 @@ class Standing:
 
     @property
     def budget_reset_seconds(self) -> float:
-        end = period_end(self.limits.budget_period, self.now)
+        end = period_end(self.limits.budget_period, self.now, self.time_zone)
         return 0.0 if end is None else max(0.0, end - self.now)
 
 
@@ -89,13 +108,21 @@ class Decision:
     reason: str = ""
 
 
+def _whose(subject: str) -> str:
+    level = level_of(subject)
+    return "This key's" if level == KEY else f"The {level} {subject}'s"
+
+
 def decide(limits: KeyLimits, spent: Spent, tokens: int) -> Decision:
-    """Whether one more request reserving `tokens` fits every limit of the key."""
+    """Whether one more request reserving `tokens` fits every limit of one subject (its level named in
+    a refusal)."""
+    whose = _whose(limits.api_key_id)
+    inner = whose[0].lower() + whose[1:]
     if limits.requests_per_minute is not None and spent.requests_last_minute + 1 > limits.requests_per_minute:
         return Decision(
             False,
             RATE_LIMITED,
-            f"Rate limit reached for requests per minute: limit {limits.requests_per_minute}, "
+            f"{whose} rate limit reached for requests per minute: limit {limits.requests_per_minute}, "
             f"used {spent.requests_last_minute}.",
         )
     if limits.tokens_per_minute is not None:
@@ -103,40 +130,48 @@ def decide(limits: KeyLimits, spent: Spent, tokens: int) -> Decision:
             return Decision(
                 False,
                 RATE_LIMITED,
-                f"Request too large for tokens per minute: limit {limits.tokens_per_minute}, "
+                f"Request too large for {inner} tokens per minute: limit {limits.tokens_per_minute}, "
                 f"requested {tokens} (prompt plus max_tokens). Lower max_tokens or the prompt.",
             )
         if spent.tokens_last_minute + tokens > limits.tokens_per_minute:
             return Decision(
                 False,
                 RATE_LIMITED,
-                f"Rate limit reached for tokens per minute: limit {limits.tokens_per_minute}, "
+                f"{whose} rate limit reached for tokens per minute: limit {limits.tokens_per_minute}, "
                 f"used {spent.tokens_last_minute}, requested {tokens}.",
             )
     if limits.token_budget is not None and spent.budget_used + tokens > limits.token_budget:
         return Decision(
             False,
             OUT_OF_QUOTA,
-            f"This key's token budget ({limits.budget_period}) is spent: budget "
+            f"{whose} token budget ({limits.budget_period}) is spent: budget "
             f"{limits.token_budget}, used {spent.budget_used}, requested {tokens}.",
         )
     return Decision(True)
 
 
-def period_start(period: str, now: float) -> float:
-    """The start of the budget period `now` falls in (UTC); 0 for a total budget."""
+def period_start(period: str, now: float, time_zone: str = UTC) -> float:
+    """The start of the budget period `now` falls in (in the time zone); 0 for a total budget."""
     if period == "total":
         return 0.0
-    t = time.gmtime(now)
-    day = 1 if period == "month" else t.tm_mday
-    return float(calendar.timegm((t.tm_year, t.tm_mon, day, 0, 0, 0)))
+    if time_zone == UTC:
+        t = time.gmtime(now)
+        day = 1 if period == "month" else t.tm_mday
+        return float(calendar.timegm((t.tm_year, t.tm_mon, day, 0, 0, 0)))
+    local = datetime.fromtimestamp(now, ZoneInfo(time_zone))
+    start = local.replace(day=1 if period == "month" else local.day, hour=0, minute=0, second=0, microsecond=0)
+    return start.timestamp()
 
 
-def period_end(period: str, now: float) -> float | None:
+def period_end(period: str, now: float, time_zone: str = UTC) -> float | None:
     if period == "total":
         return None
-    if period == "day":
+    if time_zone == UTC and period == "day":
         return period_start("day", now) + 86400.0
-    t = time.gmtime(now)
-    year, month = (t.tm_year + 1, 1) if t.tm_mon == 12 else (t.tm_year, t.tm_mon + 1)
-    return float(calendar.timegm((year, month, 1, 0, 0, 0)))
+    zone = ZoneInfo(time_zone)
+    start = datetime.fromtimestamp(period_start(period, now, time_zone), zone)
+    if period == "day":
+        following = start.date() + timedelta(days=1)
+    else:
+        following = (start.replace(day=28) + timedelta(days=4)).date().replace(day=1)
+    return datetime(following.year, following.month, following.day, tzinfo=zone).timestamp()

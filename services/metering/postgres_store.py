@@ -97,10 +97,11 @@ class PostgresStore(UsageStore):
     def _lock_schema(self) -> None:
         self._rows("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
 
-    def _lock_key(self, api_key_id: str) -> None:
-        # Reservations of one key wait on each other (every replica's); the next statement then sees
-        # what the one before committed.
-        self._rows("SELECT 1 FROM key_limits WHERE api_key_id = ? FOR UPDATE", (api_key_id,))
+    def _lock_subjects(self, subjects: list[str]) -> None:
+        # Reservations against one subject wait on each other (every replica's); the next statement then
+        # sees what the one before committed. Rows are locked in the sorted order, as asked.
+        marks = ", ".join("?" * len(subjects))
+        self._rows(f"SELECT 1 FROM key_limits WHERE api_key_id IN ({marks}) ORDER BY api_key_id FOR UPDATE", subjects)
 
     def _rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
         with self._lost_connection():

@@ -74,25 +74,36 @@ class Reconciliation:
                     [width, *params],
                 )
                 out += _differences(f"{table} of {width} s", {tuple(r[:count]): tuple(r[count:]) for r in stored}, want)
-        # A period can be recounted only while all its events are kept.
-        starts = {period: int(period_start(period, now)) for period in PERIODS}
-        periods = {period: start for period, start in starts.items() if day is None or start >= day}
-        for period, start in periods.items():
-            recounted = self._rows(
-                "SELECT api_key_id, COUNT(*), CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT) FROM events"
-                " WHERE api_key_id <> '' AND received_at >= ? GROUP BY api_key_id",
-                (start,),
-            )
+        # A period can be recounted only while all its events are kept. Each key's spend is recounted for
+        # it, its team and its organisation (as they are now), with periods in the organisation's time zone.
+        zones = ["UTC", *sorted({r[0] for r in self._rows("SELECT DISTINCT time_zone FROM organizations")} - {"UTC"})]
+        recounted_spend: dict[tuple, tuple] = {}
+        stored_spend: dict[tuple, tuple] = {}
+        cells: set[tuple[str, int]] = set()
+        for zone in zones:
+            for period in PERIODS:
+                start = int(period_start(period, now, zone))
+                if day is not None and start < day:
+                    continue
+                cells.add((period, start))
+                for subject in ("e.api_key_id", "k.team_id", "k.org_id"):
+                    rows = self._rows(
+                        f"SELECT {subject}, COUNT(*), CAST(SUM(e.prompt_tokens + e.completion_tokens) AS BIGINT)"
+                        " FROM events e LEFT JOIN api_keys k ON k.key_id = e.api_key_id"
+                        " LEFT JOIN organizations o ON o.org_id = k.org_id"
+                        f" WHERE e.api_key_id <> '' AND COALESCE({subject}, '') <> ''"
+                        " AND COALESCE(o.time_zone, 'UTC') = ? AND e.received_at >= ? GROUP BY 1",
+                        (zone, start),
+                    )
+                    recounted_spend.update({(r[0], period, start): tuple(r[1:]) for r in rows})
+        for period, start in sorted(cells):
             stored = self._rows(
                 "SELECT api_key_id, CAST(SUM(requests) AS BIGINT), CAST(SUM(tokens) AS BIGINT) FROM key_spend"
                 " WHERE period = ? AND start = ? GROUP BY api_key_id",
                 (period, start),
             )
-            out += _differences(
-                f"running spend ({period})",
-                {r[0]: tuple(r[1:]) for r in stored},
-                {r[0]: tuple(r[1:]) for r in recounted},
-            )
+            stored_spend.update({(r[0], period, start): tuple(r[1:]) for r in stored})
+        out += _differences("running spend", stored_spend, recounted_spend)
         if since is None:
             recounted = self._rows(f"SELECT model, {_INTS}, SUM(generation_seconds) FROM events GROUP BY model")
             stored = self._rows(

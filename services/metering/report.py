@@ -1,5 +1,6 @@
-"""Prints usage totals by model and API key for a time range, then each limited key's standing (its
-limits, what it used and what remains), from the live metering service."""
+"""Prints usage totals by model and API key for a time range, the same rolled up by team and organisation
+(by where each key sits now), then each limited key's, team's and organisation's standing (its limits,
+what it used and what remains), from the live metering service."""
 
 from __future__ import annotations
 
@@ -48,13 +49,36 @@ def render(rows: list[pb.TotalsRow]) -> str:
     return "\n".join(lines)
 
 
+def render_accounts(rows: list[pb.TotalsRow], keys: list[pb.ApiKey]) -> str:
+    """The range's totals per team and per organisation (keys in neither are left out)."""
+    place = {k.key_id: k for k in keys}
+    sums: dict[tuple[str, str], list[int]] = {}
+    for row in rows:
+        key = place.get(row.api_key_id)
+        if key is None:
+            continue
+        for level, subject in (("team", key.team_id), ("organization", key.org_id)):
+            if subject:
+                cell = sums.setdefault((level, subject), [0, 0, 0])
+                cell[0] += row.totals.requests
+                cell[1] += row.totals.prompt_tokens
+                cell[2] += row.totals.completion_tokens
+    if not sums:
+        return "no key in a team or organization"
+    header = f"{'level':<13} {'id':<22} {'requests':>9} {'prompt':>10} {'completion':>11}"
+    lines = [header, "-" * len(header)]
+    for (level, subject), (requests, prompt, completion) in sorted(sums.items()):
+        lines.append(f"{level:<13} {subject:<22} {requests:>9} {prompt:>10} {completion:>11}")
+    return "\n".join(lines)
+
+
 def _limit(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
 def render_standings(standings: list[pb.Standing]) -> str:
     if not standings:
-        return "no key has limits"
+        return "nothing has limits"
     header = (
         f"{'key':<16} {'req/min':>9} {'used':>6} {'tok/min':>9} {'used':>9} {'budget':>11} {'period':>6}"
         f" {'used':>11} {'reserved':>9} {'remaining':>11}"
@@ -98,11 +122,15 @@ async def report(
     if end is not None:
         request.range.to.FromDatetime(end)
     async with MeteringClient(address, token) as client:
-        totals = render(await client.totals(request))
+        rows = await client.totals(request)
+        accounts = render_accounts(rows, await client.list_keys(include_revoked=True))
         limited = [k.api_key_id for k in await client.list_limits() if not key or k.api_key_id == key]
         standings = [await client.standing(k) for k in limited]
         counters = await client.counters()
-    return f"{totals}\n\n{render_unbilled(counters)}\n\nlimits per key (now):\n{render_standings(standings)}"
+    return (
+        f"{render(rows)}\n\nper team and organization:\n{accounts}\n\n{render_unbilled(counters)}"
+        f"\n\nlimits per key, team and organization (now):\n{render_standings(standings)}"
+    )
 
 
 def render_unbilled(counters: pb.GetCountersResponse) -> str:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from services.metering.accounts import Membership
 from services.metering.events import UsageEvent
 from services.metering.limits import period_start
 
@@ -154,7 +156,11 @@ class Additions:
         return dict(out)
 
 
-def additions(events: list[UsageEvent], received_at: float) -> Additions:
+def additions(
+    events: list[UsageEvent], received_at: float, memberships: Mapping[str, Membership] | None = None
+) -> Additions:
+    """memberships: where each key sits (absent: alone, UTC); its spend also goes to its team and
+    organisation, with day and month periods in the organisation's time zone."""
     # Per event only its second's row and its key's spend are touched; minutes, hours and days are summed
     # from the seconds, and every period of a key's spend from its one sum (received_at is one moment).
     seconds: dict[RollupKey, Totals] = defaultdict(Totals)
@@ -175,6 +181,14 @@ def additions(events: list[UsageEvent], received_at: float) -> Additions:
     by_model: dict[ModelRollupKey, Totals] = defaultdict(Totals)
     for (width, start, _, model, name, _), totals in rollups.items():
         by_model[width, start, model, name].add(totals)
-    starts = {"second": math.floor(received_at), **{p: int(period_start(p, received_at)) for p in PERIODS}}
-    spend = {(key, period, start): list(spent) for key, spent in by_key.items() for period, start in starts.items()}
-    return Additions(rollups, dict(by_model), spend)
+    spend: dict[SpendKey, list[int]] = defaultdict(lambda: [0, 0])
+    for key, (requests, tokens) in by_key.items():
+        member = (memberships or {}).get(key) or Membership(key)
+        starts = {p: int(period_start(p, received_at, member.time_zone)) for p in PERIODS}
+        starts["second"] = math.floor(received_at)
+        for subject in member.subjects:
+            for period, start in starts.items():
+                cell = spend[subject, period, start]
+                cell[0] += requests
+                cell[1] += tokens
+    return Additions(rollups, dict(by_model), dict(spend))

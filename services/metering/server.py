@@ -40,7 +40,11 @@ POLICY = {
     # manages keys. Nobody can read a secret back: metering never kept it.
     **{
         f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, ADMIN})
-        for method in ("CreateKey", "ListKeys", "GetKey", "UpdateKey", "RotateKey", "RevokeKey")
+        for method in (
+            *("CreateKey", "ListKeys", "GetKey", "UpdateKey", "RotateKey", "RevokeKey"),
+            *("CreateOrganization", "ListOrganizations", "GetOrganization"),
+            *("CreateTeam", "UpdateTeam", "ListTeams", "GetTeam"),
+        )
     },
     f"/{SERVICE_NAME}/WatchKeys": frozenset({GATEWAY}),
 }

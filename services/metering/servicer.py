@@ -11,10 +11,10 @@ from llmserve.metering.v1 import metering_pb2_grpc
 from opentelemetry import trace
 
 from services.contracts.usage_terms import BUDGET_PERIOD_NAMES, BUDGET_PERIODS
+from services.metering.account_errors import AlreadyExists, InvalidChange, NotFound
 from services.metering.events import UsageEvent
-from services.metering.key_rpcs import KeyRpcs
+from services.metering.key_rpcs import KeyRpcs, scope
 from services.metering.key_watch import KeyWatch
-from services.metering.keys import DuplicateKeyName, InvalidKeyChange, KeyNotFound
 from services.metering.ledger import DUPLICATE, RECORDED, REJECTED, Ack, Ledger
 from services.metering.limits import KeyLimits, Standing
 from services.metering.store import Query, StoreUnavailable, Totals
@@ -31,9 +31,9 @@ class AllRejected(ValueError):
 # The one place domain errors become gRPC statuses (applied by services.grpc_errors).
 STATUS_BY_ERROR: dict[type[Exception], grpc.StatusCode] = {
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
-    InvalidKeyChange: grpc.StatusCode.INVALID_ARGUMENT,
-    KeyNotFound: grpc.StatusCode.NOT_FOUND,
-    DuplicateKeyName: grpc.StatusCode.ALREADY_EXISTS,
+    InvalidChange: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     InvalidQuery: grpc.StatusCode.INVALID_ARGUMENT,
     AllRejected: grpc.StatusCode.INVALID_ARGUMENT,
 }
@@ -154,7 +154,14 @@ def limits_message(limits: KeyLimits) -> pb.KeyLimits:
     return message
 
 
-def standing_message(standing: Standing) -> pb.Standing:
+def standing_message(standings: tuple[Standing, ...]) -> pb.Standing:
+    """The first standing, carrying those of the levels above it."""
+    message = _standing(standings[0])
+    message.levels.extend(_standing(s) for s in standings[1:])
+    return message
+
+
+def _standing(standing: Standing) -> pb.Standing:
     spent = standing.spent
     message = pb.Standing(
         api_key_id=standing.limits.api_key_id,
@@ -167,6 +174,7 @@ def standing_message(standing: Standing) -> pb.Standing:
         reset_requests_seconds=standing.window_reset_seconds if standing.limits.requests_per_minute else 0.0,
         reset_tokens_seconds=standing.window_reset_seconds if standing.limits.tokens_per_minute else 0.0,
         budget_reset_seconds=standing.budget_reset_seconds if standing.limits.token_budget is not None else 0.0,
+        level=standing.level,
     )
     for name in ("remaining_requests", "remaining_tokens", "remaining_budget"):
         if (value := getattr(standing, name)) is not None:
@@ -314,8 +322,8 @@ class MeteringServicer(KeyRpcs, metering_pb2_grpc.MeteringServiceServicer):
         await self._ledger.renew(request.source, request.lease_seconds)
         return pb.RenewLeaseResponse()
 
-    async def SetLimits(self, request: pb.KeyLimits, context: grpc.aio.ServicerContext) -> pb.SetLimitsResponse:
-        standing = await self._ledger.set_limits(to_limits(request))
+    async def SetLimits(self, request: pb.SetLimitsRequest, context: grpc.aio.ServicerContext) -> pb.SetLimitsResponse:
+        standing = await self._ledger.set_limits(to_limits(request.limits), request.actor, scope(request))
         return pb.SetLimitsResponse(standing=standing_message(standing))
 
     async def ListLimits(
@@ -326,4 +334,4 @@ class MeteringServicer(KeyRpcs, metering_pb2_grpc.MeteringServiceServicer):
     async def GetStanding(self, request: pb.GetStandingRequest, context: grpc.aio.ServicerContext) -> pb.Standing:
         if not request.api_key_id:
             raise InvalidQuery("api_key_id is required")
-        return standing_message(await self._ledger.standing(request.api_key_id))
+        return standing_message(await self._ledger.standing(request.api_key_id, scope(request)))

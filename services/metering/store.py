@@ -142,7 +142,7 @@ def event_row(e: UsageEvent, received_at: float) -> tuple:
     )
 
 
-class UsageStore(Reservations, KeyStore, Reconciliation):
+class UsageStore(KeyStore, Reservations, Reconciliation):
     """`writer` keys this process's rows of the running totals (see migration 0002)."""
 
     # Whether other processes may write the same database (PostgreSQL): then the Prometheus counters
@@ -244,7 +244,7 @@ class UsageStore(Reservations, KeyStore, Reconciliation):
                     spread(cells[e.model], e.occurred_at, e.generation_seconds, e.completion_tokens, received_at)
                 else:
                     duplicated[e.model] += 1
-            added = additions(fresh_events, received_at)
+            added = additions(fresh_events, received_at, self.memberships(e.api_key_id for e in fresh_events))
             by_model = added.per_model()
             # Rows in one order in every transaction: two replicas' commits never wait on each other in a cycle.
             self._many(

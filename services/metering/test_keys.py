@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import pytest
 
+from services.metering.account_errors import AlreadyExists, InvalidChange, NotFound
 from services.metering.conftest import NOW
 from services.metering.key_watch import KeyWatch
-from services.metering.keys import DuplicateKeyName, InvalidKeyChange, KeyNotFound
 from services.metering.ledger import Ledger
 from services.metering.metrics import MeteringMetrics
 from services.metering.store import UsageStore
@@ -27,11 +27,11 @@ def test_a_key_is_issued_changed_rotated_and_revoked(open_store: Callable[[], Us
     # Nothing stored can give the secret back.
     stored = repr(store._rows("SELECT * FROM api_keys")) + repr(store._rows("SELECT * FROM audit_log"))
     assert secret not in stored and secret[len(record.display_prefix) :] not in stored
-    with pytest.raises(DuplicateKeyName, match="name"):
+    with pytest.raises(AlreadyExists, match="name"):
         store.create_key("team-a ci", None, [], {}, "admin", NOW)
-    with pytest.raises(InvalidKeyChange, match="expires_at: the time is in the past"):
+    with pytest.raises(InvalidChange, match="expires_at: the time is in the past"):
         store.create_key("other", NOW - 1, [], {}, "admin", NOW)
-    with pytest.raises(KeyNotFound):
+    with pytest.raises(NotFound):
         store.update_key("key_nope", "admin", NOW, name="x")
     changed = store.update_key(record.key_id, "admin", NOW, allowed_models=[], clear_expiry=True, name="renamed")
     assert (changed.name, changed.allowed_models, changed.expires_at) == ("renamed", (), None)
@@ -42,7 +42,7 @@ def test_a_key_is_issued_changed_rotated_and_revoked(open_store: Callable[[], Us
     revoked = store.revoke_key(record.key_id, "admin", NOW + 20)
     assert revoked.revoked_at == NOW + 20 and revoked.previous_secret_sha256 == ""
     assert store.revoke_key(record.key_id, "admin", NOW + 30).revoked_at == NOW + 20
-    with pytest.raises(InvalidKeyChange, match="revoked"):
+    with pytest.raises(InvalidChange, match="revoked"):
         store.rotate_key(record.key_id, 0, "admin", NOW + 40)
     assert store.list_keys(include_revoked=False) == []
     assert [k.key_id for k in store.list_keys(include_revoked=True)] == [record.key_id]

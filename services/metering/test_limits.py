@@ -20,7 +20,7 @@ def limited(store: UsageStore, **limits: object) -> None:
 
 def test_a_key_without_limits_is_granted_without_a_reservation(open_store: Callable[[], UsageStore]) -> None:
     store = open_store()
-    decision, standing = store.reserve("gw-1", "r1", "team-a", 10**9, LEASE, NOW)
+    decision, (standing, *_) = store.reserve("gw-1", "r1", "team-a", 10**9, LEASE, NOW)
     assert decision.granted and not standing.limits.any
     assert store._rows("SELECT COUNT(*) FROM reservations") == [(0,)]
 
@@ -29,17 +29,17 @@ def test_a_budget_counts_reservations_settles_and_events_never_twice(open_store:
     store = open_store()
     limited(store, token_budget=100)
     assert store.reserve("gw-1", "r1", "team-a", 60, LEASE, NOW)[0].granted
-    decision, standing = store.reserve("gw-1", "r2", "team-a", 60, LEASE, NOW)
+    decision, (standing, *_) = store.reserve("gw-1", "r2", "team-a", 60, LEASE, NOW)
     assert (decision.granted, decision.refusal) == (False, OUT_OF_QUOTA)
     assert (standing.spent.budget_used, standing.remaining_budget, standing.spent.reserved_tokens) == (60, 40, 60)
     # A retry of a granted reservation is granted again, not counted twice.
     assert store.reserve("gw-1", "r1", "team-a", 60, LEASE, NOW)[0].granted
     # The request used 15: the rest comes back at once.
     store.settle("gw-1", "r1", 15)
-    assert store.standing("team-a", NOW).spent.budget_used == 15
+    assert store.standing("team-a", NOW)[0].spent.budget_used == 15
     # Its event replaces the reservation: still 15, not 30.
     store.commit([event(1, event_id="r1", source="gw-1")], NOW, {})
-    assert store.standing("team-a", NOW).spent.budget_used == 15
+    assert store.standing("team-a", NOW)[0].spent.budget_used == 15
     assert store.reserve("gw-1", "r2", "team-a", 85, LEASE, NOW)[0].granted
     assert not store.reserve("gw-1", "r3", "team-a", 1, LEASE, NOW)[0].granted
 
@@ -60,7 +60,7 @@ def test_per_minute_limits_slide(open_store: Callable[[], UsageStore]) -> None:
     limited(store, requests_per_minute=2, tokens_per_minute=100)
     assert store.reserve("gw-1", "r1", "team-a", 50, LEASE, NOW)[0].granted
     assert store.reserve("gw-1", "r2", "team-a", 10, LEASE, NOW + 1)[0].granted
-    decision, standing = store.reserve("gw-1", "r3", "team-a", 1, LEASE, NOW + 2)
+    decision, (standing, *_) = store.reserve("gw-1", "r3", "team-a", 1, LEASE, NOW + 2)
     assert (decision.refusal, standing.remaining_requests) == (RATE_LIMITED, 0)
     assert 57 < standing.window_reset_seconds <= 58
     limited(store, requests_per_minute=10, tokens_per_minute=100)
@@ -98,7 +98,7 @@ def test_two_replicas_racing_for_one_budget_never_overshoot(open_store: Callable
     for thread in threads:
         thread.join()
     assert sum(granted) == 1000 // 7 * 7
-    assert first.standing("team-a", NOW).spent.budget_used == sum(granted)
+    assert first.standing("team-a", NOW)[0].spent.budget_used == sum(granted)
 
 
 def test_periods() -> None:
@@ -124,6 +124,6 @@ def test_a_settled_reservation_whose_event_never_came_keeps_counting_and_is_show
         store._prune_reservations(later)
     # The open one of a holder long gone went; the settled one stays, counted and shown.
     assert store._rows("SELECT event_id FROM reservations") == [("refused",)]
-    assert store.standing("team-a", later).spent.budget_used == 2048
+    assert store.standing("team-a", later)[0].spent.budget_used == 2048
     assert store.settled_without_event(later) == (1, 2048)
     assert store.settled_without_event(NOW) == (0, 0)

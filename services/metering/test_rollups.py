@@ -163,7 +163,7 @@ def test_a_randomized_run_recounts_exactly(open_store: Callable[[], UsageStore])
         assert sorted(got_series) == sorted(want_series)
         assert all(_same_totals(got_series[b], want_series[b]) for b in want_series)
     # The month budget counts only what was received since the month began.
-    standing = reader.standing("a", now)
+    standing = reader.standing("a", now)[0]
     received = _received_at(reader)
     this_month = sum(
         e.prompt_tokens + e.completion_tokens
@@ -187,13 +187,13 @@ def test_a_budget_period_and_the_minute_window_reset_exactly(open_store: Callabl
         store.commit([event(0, source=key, api_key_id=key, prompt_tokens=30, completion_tokens=0)], end_of_month, {})
     # Half a second later, a new month and day: only the total budget still holds the 30 tokens.
     after = end_of_month + 0.5
-    used = {key: store.standing(key, after).spent.budget_used for key in ("monthly", "daily", "forever")}
+    used = {key: store.standing(key, after)[0].spent.budget_used for key in ("monthly", "daily", "forever")}
     assert used == {"monthly": 0, "daily": 0, "forever": 30}
-    assert store.standing("monthly", end_of_month).spent.budget_used == 30
+    assert store.standing("monthly", end_of_month)[0].spent.budget_used == 30
     # The request stays in the per-minute window for a minute after its second ends, then leaves it.
-    assert store.standing("monthly", after + 59).spent.requests_last_minute == 1
-    assert 0 < store.standing("monthly", after + 59).window_reset_seconds <= 1.0
-    assert store.standing("monthly", end_of_month + 60.6).spent.requests_last_minute == 0
+    assert store.standing("monthly", after + 59)[0].spent.requests_last_minute == 1
+    assert 0 < store.standing("monthly", after + 59)[0].window_reset_seconds <= 1.0
+    assert store.standing("monthly", end_of_month + 60.6)[0].spent.requests_last_minute == 0
     store.close()
 
 
@@ -252,7 +252,7 @@ def test_an_older_store_gets_its_rollups_when_migrated(tmp_path: Path) -> None:
     # The migration fills the rollups and the keys' spend; the per-model counters were never written.
     assert [d for d in store.reconcile(now) if not d.startswith("counters")] == []
     store.set_limits(KeyLimits("a", requests_per_minute=10**6), now)
-    assert store.standing("a", now).spent.requests_last_minute == sum(e.api_key_id == "a" for e in events)
+    assert store.standing("a", now)[0].spent.requests_last_minute == sum(e.api_key_id == "a" for e in events)
     want = _expected(events, Query(start=now - DAY - 0.5), ("model_name",))
     got = {(labels["model_name"],): t for labels, t in store.totals(Query(start=now - DAY - 0.5), ("model_name",))}
     assert set(got) == set(want) and all(_same_totals(got[k], want[k]) for k in want)

@@ -1,7 +1,8 @@
-"""The gateway's side of the limits per API key: which keys are limited (polled from metering, the one
-authority every replica shares), a reservation before a limited key's request runs, its settlement to
-the exact usage when the request ends, and the lease that keeps this gateway's open reservations
-counting (a gateway that dies stops renewing it, and its reservations stop counting)."""
+"""The gateway's side of the limits of keys, teams and organisations: which are limited (polled from
+metering, the one authority every replica shares), a reservation before a request runs whose key, team
+or organisation is limited, its settlement to the exact usage when the request ends, and the lease that
+keeps this gateway's open reservations counting (a gateway that dies stops renewing it, and its
+reservations stop counting)."""
 
 from __future__ import annotations
 
@@ -43,21 +44,35 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
+def levels(standing: mpb.Standing) -> list[mpb.Standing]:
+    """The key's standing and those of its team and organisation."""
+    return [standing, *standing.levels]
+
+
+def any_limited(standing: mpb.Standing) -> bool:
+    return any(level.limited for level in levels(standing))
+
+
+def _tightest(standing: mpb.Standing, remaining: str) -> mpb.Standing | None:
+    """The level with the least of `remaining` left (the one that binds), if any level has that limit."""
+    limited = [level for level in levels(standing) if level.HasField(remaining)]
+    return min(limited, key=lambda level: getattr(level, remaining), default=None)
+
+
 def rate_limit_headers(standing: mpb.Standing) -> dict[str, str]:
-    """OpenAI's x-ratelimit-* headers for the limits the key has."""
-    limits = standing.limits
+    """OpenAI's x-ratelimit-* headers, each from the level (key, team or organisation) that binds."""
     headers: dict[str, str] = {}
-    if limits.HasField("requests_per_minute"):
-        headers["x-ratelimit-limit-requests"] = str(limits.requests_per_minute)
-        headers["x-ratelimit-remaining-requests"] = str(standing.remaining_requests)
-        headers["x-ratelimit-reset-requests"] = _duration(standing.reset_requests_seconds)
-    if limits.HasField("tokens_per_minute"):
-        headers["x-ratelimit-limit-tokens"] = str(limits.tokens_per_minute)
-        headers["x-ratelimit-remaining-tokens"] = str(standing.remaining_tokens)
-        headers["x-ratelimit-reset-tokens"] = _duration(standing.reset_tokens_seconds)
-    if limits.HasField("token_budget"):
-        headers["x-ratelimit-limit-budget-tokens"] = str(limits.token_budget)
-        headers["x-ratelimit-remaining-budget-tokens"] = str(standing.remaining_budget)
+    if level := _tightest(standing, "remaining_requests"):
+        headers["x-ratelimit-limit-requests"] = str(level.limits.requests_per_minute)
+        headers["x-ratelimit-remaining-requests"] = str(level.remaining_requests)
+        headers["x-ratelimit-reset-requests"] = _duration(level.reset_requests_seconds)
+    if level := _tightest(standing, "remaining_tokens"):
+        headers["x-ratelimit-limit-tokens"] = str(level.limits.tokens_per_minute)
+        headers["x-ratelimit-remaining-tokens"] = str(level.remaining_tokens)
+        headers["x-ratelimit-reset-tokens"] = _duration(level.reset_tokens_seconds)
+    if level := _tightest(standing, "remaining_budget"):
+        headers["x-ratelimit-limit-budget-tokens"] = str(level.limits.token_budget)
+        headers["x-ratelimit-remaining-budget-tokens"] = str(level.remaining_budget)
     return headers
 
 
@@ -66,11 +81,11 @@ def _refusal(standing: mpb.Standing, refusal: str, reason: str) -> ApiError:
     starts over)."""
     headers = rate_limit_headers(standing)
     if refusal == "insufficient_quota":
-        wait = standing.budget_reset_seconds
+        wait = max(level.budget_reset_seconds for level in levels(standing))
         # The budget does not come back within a retry's patience: the SDK should not retry.
         headers["x-should-retry"] = "false"
     else:
-        wait = max(standing.reset_requests_seconds, standing.reset_tokens_seconds)
+        wait = max(max(level.reset_requests_seconds, level.reset_tokens_seconds) for level in levels(standing))
     if wait > 0 or refusal != "insufficient_quota":
         headers["retry-after"] = str(max(1, int(wait + 0.999)))
     return ApiError(429, reason, type_=refusal, code=refusal, headers=headers)
@@ -78,9 +93,15 @@ def _refusal(standing: mpb.Standing, refusal: str, reason: str) -> ApiError:
 
 class LimitsKeeper:
     def __init__(
-        self, metering: MeteringClient, settings: LimitsSettings, on_poll: Callable[[], None] | None = None
+        self,
+        metering: MeteringClient,
+        settings: LimitsSettings,
+        on_poll: Callable[[], None] | None = None,
+        levels: Callable[[str], tuple[str, ...]] | None = None,
     ) -> None:
+        """levels: a key's team and organisation (issued keys), whose limits also bind it."""
         self._on_poll = on_poll
+        self._levels = levels or (lambda key_id: ())
         self._metering = metering
         self._settings = settings
         self._limited: dict[str, mpb.KeyLimits] = {}
@@ -154,22 +175,30 @@ class LimitsKeeper:
             except grpc.aio.AioRpcError as error:
                 log.warning("could not renew the reservations' lease: %s", error.code().name)
 
+    def _subjects(self, api_key_id: str) -> tuple[str, ...]:
+        return (api_key_id, *self._levels(api_key_id))
+
     def limited(self, api_key_id: str) -> bool:
-        return api_key_id in self._limited or not (self._known or self._settings.fail_open)
+        """Whether the key, its team or its organisation has limits (no extra call otherwise)."""
+        if not (self._known or self._settings.fail_open):
+            return True
+        return any(subject in self._limited for subject in self._subjects(api_key_id))
 
     async def refuse_if_spent(self, api_key_id: str) -> None:
-        """Before a request's prompt is tokenized to size its reservation: a key whose token budget is spent
-        is refused without the engine doing that work."""
-        limits = self._limited.get(api_key_id)
-        if limits is None or not limits.HasField("token_budget"):
+        """Before a request's prompt is tokenized to size its reservation: a key whose token budget, or
+        whose team's or organisation's, is spent is refused without the engine doing that work."""
+        budgets = [self._limited.get(s) for s in self._subjects(api_key_id)]
+        if not any(limits is not None and limits.HasField("token_budget") for limits in budgets):
             return
         try:
             standing = await self._metering.standing(api_key_id)
         except grpc.aio.AioRpcError:
             return  # the reservation that follows decides, fail-open or not
-        if standing.limited and standing.HasField("remaining_budget") and standing.remaining_budget == 0:
-            spent = f"budget {standing.limits.token_budget}, used {standing.budget_used}"
-            raise _refusal(standing, "insufficient_quota", f"This key's token budget is spent: {spent}.")
+        for level in levels(standing):
+            if level.limited and level.HasField("remaining_budget") and level.remaining_budget == 0:
+                whose = "This key's" if level.level == "key" else f"The {level.level} {level.api_key_id}'s"
+                spent = f"budget {level.limits.token_budget}, used {level.budget_used}"
+                raise _refusal(standing, "insufficient_quota", f"{whose} token budget is spent: {spent}.")
 
     async def reserve(self, event_id: str, api_key_id: str, tokens: int) -> dict[str, str]:
         """Takes the reservation (the key's rate-limit headers), or raises OpenAI's 429."""
@@ -194,8 +223,9 @@ class LimitsKeeper:
                 code="limits_unavailable",
             ) from error
         headers = rate_limit_headers(answer.standing)
-        if not answer.standing.limited:
-            self._limited.pop(api_key_id, None)
+        if not any_limited(answer.standing):
+            for subject in self._subjects(api_key_id):
+                self._limited.pop(subject, None)
             return headers
         if not answer.granted:
             raise _refusal(answer.standing, answer.refusal, answer.reason)
@@ -218,13 +248,13 @@ class LimitsKeeper:
         except grpc.aio.AioRpcError as error:
             log.warning("could not settle reservation %s: %s (its usage event will)", event_id, error.code().name)
 
-    async def set_limits(self, limits: mpb.KeyLimits) -> mpb.Standing:
-        standing = await self._metering.set_limits(limits)
+    async def set_limits(self, limits: mpb.KeyLimits, actor: str, scope_org_id: str = "") -> mpb.Standing:
+        standing = await self._metering.set_limits(limits, actor, scope_org_id)
         if standing.limited:
             self._limited[limits.api_key_id] = standing.limits
         else:
             self._limited.pop(limits.api_key_id, None)
         return standing
 
-    async def standing(self, api_key_id: str) -> mpb.Standing:
-        return await self._metering.standing(api_key_id)
+    async def standing(self, subject: str, scope_org_id: str = "") -> mpb.Standing:
+        return await self._metering.standing(subject, scope_org_id)

@@ -1,19 +1,20 @@
-"""GET /v1/limits (the calling key's standing), GET /v1/limits/{key_id} (an admin: any key's) and
-PUT /v1/limits/{key_id} (an admin sets a key's limits; every replica applies them to its next request)."""
+"""GET /v1/limits (the calling key's standing, with its team's and organisation's), GET /v1/limits/{id}
+(an admin: any key's, team's or organisation's; an organisation's admin: those of its organisation) and
+PUT /v1/limits/{id} (an admin sets them; every replica applies them to its next request)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-import grpc
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from llmserve.metering.v1 import metering_pb2 as mpb
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.contracts.usage_terms import BUDGET_PERIOD_NAMES, BUDGET_PERIODS
-from services.gateway.dependencies import KeyId, KeyLimits
+from services.gateway.dependencies import Access, KeyId, KeyLimits
 from services.gateway.errors import ApiError
 from services.gateway.limits.keeper import LimitsKeeper
+from services.gateway.ops.metering_calls import call
 
 router = APIRouter(prefix="/v1")
 
@@ -34,9 +35,24 @@ def _optional(message: object, name: str) -> int | None:
 
 
 def standing_json(standing: mpb.Standing) -> dict:
+    """A subject's standing; a key's lists its team's and organisation's under `levels` (each binds: a
+    key's budget above its team's does not lift the team's), and `binding` names the level with the least
+    budget left."""
+    body = _level_json(standing)
+    if standing.levels:
+        body["levels"] = [_level_json(level) for level in standing.levels]
+    budgets = [level for level in (standing, *standing.levels) if level.HasField("remaining_budget")]
+    if budgets:
+        tightest = min(budgets, key=lambda level: level.remaining_budget)
+        body["binding"] = {"level": tightest.level, "id": tightest.api_key_id, "budget": tightest.remaining_budget}
+    return body
+
+
+def _level_json(standing: mpb.Standing) -> dict:
     limits = standing.limits
     return {
         "api_key_id": standing.api_key_id,
+        "level": standing.level,
         "limited": standing.limited,
         "limits": {
             "requests_per_minute": _optional(limits, "requests_per_minute"),
@@ -69,32 +85,22 @@ def _keeper(limits: LimitsKeeper | None) -> LimitsKeeper:
     return limits
 
 
-async def _standing(limits: LimitsKeeper, key_id: str) -> dict:
-    try:
-        return standing_json(await limits.standing(key_id))
-    except grpc.aio.AioRpcError as error:
-        raise ApiError(503, "Metering cannot be reached to read the limits.", code="limits_unavailable") from error
-
-
 @router.get("/limits")
 async def own_standing(limits: KeyLimits, key_id: KeyId) -> dict:
-    return await _standing(_keeper(limits), key_id)
+    return standing_json(await call(_keeper(limits).standing(key_id), "limit"))
 
 
-@router.get("/limits/{api_key_id}")
-async def key_standing(api_key_id: str, request: Request, limits: KeyLimits, key_id: KeyId) -> dict:
-    if api_key_id != key_id and not request.app.state.access.is_operator(key_id):
-        raise ApiError(403, "Reading another key's limits needs an admin API key.", code="permission_denied")
-    return await _standing(_keeper(limits), api_key_id)
+@router.get("/limits/{subject}")
+async def key_standing(subject: str, limits: KeyLimits, key_id: KeyId, access: Access) -> dict:
+    scope = None if subject == key_id else access.admin_scope(key_id, "Reading another key's limits")
+    return standing_json(await call(_keeper(limits).standing(subject, scope or ""), "limit"))
 
 
-@router.put("/limits/{api_key_id}")
-async def set_limits(api_key_id: str, body: LimitsBody, limits: KeyLimits, key_id: KeyId) -> dict:
-    message = mpb.KeyLimits(api_key_id=api_key_id, budget_period=BUDGET_PERIODS[body.budget_period])
+@router.put("/limits/{subject}")
+async def set_limits(subject: str, body: LimitsBody, limits: KeyLimits, key_id: KeyId, access: Access) -> dict:
+    scope = access.admin_scope(key_id, "Setting limits")
+    message = mpb.KeyLimits(api_key_id=subject, budget_period=BUDGET_PERIODS[body.budget_period])
     for name in ("requests_per_minute", "tokens_per_minute", "token_budget"):
         if (value := getattr(body, name)) is not None:
             setattr(message, name, value)
-    try:
-        return standing_json(await _keeper(limits).set_limits(message))
-    except grpc.aio.AioRpcError as error:
-        raise ApiError(503, "Metering cannot be reached to set the limits.", code="limits_unavailable") from error
+    return standing_json(await call(_keeper(limits).set_limits(message, key_id, scope or ""), "limit"))

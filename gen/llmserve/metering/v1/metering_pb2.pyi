@@ -55,7 +55,7 @@ BUCKET_HOUR: Bucket
 BUCKET_DAY: Bucket
 
 class ApiKey(_message.Message):
-    __slots__ = ("key_id", "name", "display_prefix", "created_at", "expires_at", "revoked_at", "allowed_models", "metadata", "previous_valid_until", "secret_sha256", "previous_secret_sha256", "version")
+    __slots__ = ("key_id", "name", "display_prefix", "created_at", "expires_at", "revoked_at", "allowed_models", "metadata", "previous_valid_until", "secret_sha256", "previous_secret_sha256", "version", "team_id", "org_id", "role", "team_allowed_models")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +75,10 @@ class ApiKey(_message.Message):
     SECRET_SHA256_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_SECRET_SHA256_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    TEAM_ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     name: str
     display_prefix: str
@@ -87,7 +91,166 @@ class ApiKey(_message.Message):
     secret_sha256: bytes
     previous_secret_sha256: bytes
     version: int
-    def __init__(self, key_id: _Optional[str] = ..., name: _Optional[str] = ..., display_prefix: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., allowed_models: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., previous_valid_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., secret_sha256: _Optional[bytes] = ..., previous_secret_sha256: _Optional[bytes] = ..., version: _Optional[int] = ...) -> None: ...
+    team_id: str
+    org_id: str
+    role: str
+    team_allowed_models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, key_id: _Optional[str] = ..., name: _Optional[str] = ..., display_prefix: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., allowed_models: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., previous_valid_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., secret_sha256: _Optional[bytes] = ..., previous_secret_sha256: _Optional[bytes] = ..., version: _Optional[int] = ..., team_id: _Optional[str] = ..., org_id: _Optional[str] = ..., role: _Optional[str] = ..., team_allowed_models: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Organization(_message.Message):
+    __slots__ = ("org_id", "name", "time_zone", "created_at", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    org_id: str
+    name: str
+    time_zone: str
+    created_at: _timestamp_pb2.Timestamp
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, org_id: _Optional[str] = ..., name: _Optional[str] = ..., time_zone: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Team(_message.Message):
+    __slots__ = ("team_id", "org_id", "name", "created_at", "allowed_models", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    team_id: str
+    org_id: str
+    name: str
+    created_at: _timestamp_pb2.Timestamp
+    allowed_models: _containers.RepeatedScalarFieldContainer[str]
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, team_id: _Optional[str] = ..., org_id: _Optional[str] = ..., name: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., allowed_models: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class CreateOrganizationRequest(_message.Message):
+    __slots__ = ("name", "time_zone", "metadata", "actor")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    time_zone: str
+    metadata: _containers.ScalarMap[str, str]
+    actor: str
+    def __init__(self, name: _Optional[str] = ..., time_zone: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., actor: _Optional[str] = ...) -> None: ...
+
+class ListOrganizationsRequest(_message.Message):
+    __slots__ = ("scope_org_id",)
+    SCOPE_ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    scope_org_id: str
+    def __init__(self, scope_org_id: _Optional[str] = ...) -> None: ...
+
+class ListOrganizationsResponse(_message.Message):
+    __slots__ = ("organizations",)
+    ORGANIZATIONS_FIELD_NUMBER: _ClassVar[int]
+    organizations: _containers.RepeatedCompositeFieldContainer[Organization]
+    def __init__(self, organizations: _Optional[_Iterable[_Union[Organization, _Mapping]]] = ...) -> None: ...
+
+class GetOrganizationRequest(_message.Message):
+    __slots__ = ("org_id", "scope_org_id")
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    org_id: str
+    scope_org_id: str
+    def __init__(self, org_id: _Optional[str] = ..., scope_org_id: _Optional[str] = ...) -> None: ...
+
+class CreateTeamRequest(_message.Message):
+    __slots__ = ("org_id", "name", "allowed_models", "metadata", "actor", "scope_org_id")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    org_id: str
+    name: str
+    allowed_models: _containers.RepeatedScalarFieldContainer[str]
+    metadata: _containers.ScalarMap[str, str]
+    actor: str
+    scope_org_id: str
+    def __init__(self, org_id: _Optional[str] = ..., name: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., actor: _Optional[str] = ..., scope_org_id: _Optional[str] = ...) -> None: ...
+
+class UpdateTeamRequest(_message.Message):
+    __slots__ = ("team_id", "name", "allowed_models", "replace_allowed_models", "metadata", "replace_metadata", "actor", "scope_org_id")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_METADATA_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    team_id: str
+    name: str
+    allowed_models: _containers.RepeatedScalarFieldContainer[str]
+    replace_allowed_models: bool
+    metadata: _containers.ScalarMap[str, str]
+    replace_metadata: bool
+    actor: str
+    scope_org_id: str
+    def __init__(self, team_id: _Optional[str] = ..., name: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., replace_allowed_models: _Optional[bool] = ..., metadata: _Optional[_Mapping[str, str]] = ..., replace_metadata: _Optional[bool] = ..., actor: _Optional[str] = ..., scope_org_id: _Optional[str] = ...) -> None: ...
+
+class ListTeamsRequest(_message.Message):
+    __slots__ = ("org_id", "scope_org_id")
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    org_id: str
+    scope_org_id: str
+    def __init__(self, org_id: _Optional[str] = ..., scope_org_id: _Optional[str] = ...) -> None: ...
+
+class ListTeamsResponse(_message.Message):
+    __slots__ = ("teams",)
+    TEAMS_FIELD_NUMBER: _ClassVar[int]
+    teams: _containers.RepeatedCompositeFieldContainer[Team]
+    def __init__(self, teams: _Optional[_Iterable[_Union[Team, _Mapping]]] = ...) -> None: ...
+
+class GetTeamRequest(_message.Message):
+    __slots__ = ("team_id", "scope_org_id")
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    team_id: str
+    scope_org_id: str
+    def __init__(self, team_id: _Optional[str] = ..., scope_org_id: _Optional[str] = ...) -> None: ...
 
 class IssuedKey(_message.Message):
     __slots__ = ("key", "secret")
@@ -98,7 +261,7 @@ class IssuedKey(_message.Message):
     def __init__(self, key: _Optional[_Union[ApiKey, _Mapping]] = ..., secret: _Optional[str] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
-    __slots__ = ("name", "expires_at", "allowed_models", "metadata", "actor")
+    __slots__ = ("name", "expires_at", "allowed_models", "metadata", "actor", "team_id", "org_id", "role", "scope_org_id")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -111,18 +274,30 @@ class CreateKeyRequest(_message.Message):
     ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_ORG_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     expires_at: _timestamp_pb2.Timestamp
     allowed_models: _containers.RepeatedScalarFieldContainer[str]
     metadata: _containers.ScalarMap[str, str]
     actor: str
-    def __init__(self, name: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., allowed_models: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., actor: _Optional[str] = ...) -> None: ...
+    team_id: str
+    org_id: str
+    role: str
+    scope_org_id: str
+    def __init__(self, name: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., allowed_models: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., actor: _Optional[str] = ..., team_id: _Optional[str] = ..., org_id: _Optional[str] = ..., role: _Optional[str] = ..., scope_org_id: _Optional[str] = ...) -> None: ...
 
 class ListKeysRequest(_message.Message):
-    __slots__ = ("include_revoked",)
+    __slots__ = ("include_revoked", "scope_org_id", "team_id")
     INCLUDE_REVOKED_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
     include_revoked: bool
-    def __init__(self, include_revoked: _Optional[bool] = ...) -> None: ...
+    scope_org_id: str
+    team_id: str
+    def __init__(self, include_revoked: _Optional[bool] = ..., scope_org_id: _Optional[str] = ..., team_id: _Optional[str] = ...) -> None: ...
 
 class ListKeysResponse(_message.Message):
     __slots__ = ("keys",)
@@ -131,13 +306,15 @@ class ListKeysResponse(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ...) -> None: ...
 
 class GetKeyRequest(_message.Message):
-    __slots__ = ("key_id",)
+    __slots__ = ("key_id", "scope_org_id")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_ORG_ID_FIELD_NUMBER: _ClassVar[int]
     key_id: str
-    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+    scope_org_id: str
+    def __init__(self, key_id: _Optional[str] = ..., scope_org_id: _Optional[str] = ...) -> None: ...
 
 class UpdateKeyRequest(_message.Message):
-    __slots__ = ("key_id", "name", "expires_at", "clear_expiry", "allowed_models", "replace_allowed_models", "metadata", "replace_metadata", "actor")
+    __slots__ = ("key_id", "name", "expires_at", "clear_expiry", "allowed_models", "replace_allowed_models", "metadata", "replace_metadata", "actor", "team_id", "role", "scope_org_id")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +331,9 @@ class UpdateKeyRequest(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     REPLACE_METADATA_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_ORG_ID_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     name: str
     expires_at: _timestamp_pb2.Timestamp
@@ -163,25 +343,32 @@ class UpdateKeyRequest(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     replace_metadata: bool
     actor: str
-    def __init__(self, key_id: _Optional[str] = ..., name: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., clear_expiry: _Optional[bool] = ..., allowed_models: _Optional[_Iterable[str]] = ..., replace_allowed_models: _Optional[bool] = ..., metadata: _Optional[_Mapping[str, str]] = ..., replace_metadata: _Optional[bool] = ..., actor: _Optional[str] = ...) -> None: ...
+    team_id: str
+    role: str
+    scope_org_id: str
+    def __init__(self, key_id: _Optional[str] = ..., name: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., clear_expiry: _Optional[bool] = ..., allowed_models: _Optional[_Iterable[str]] = ..., replace_allowed_models: _Optional[bool] = ..., metadata: _Optional[_Mapping[str, str]] = ..., replace_metadata: _Optional[bool] = ..., actor: _Optional[str] = ..., team_id: _Optional[str] = ..., role: _Optional[str] = ..., scope_org_id: _Optional[str] = ...) -> None: ...
 
 class RotateKeyRequest(_message.Message):
-    __slots__ = ("key_id", "grace_seconds", "actor")
+    __slots__ = ("key_id", "grace_seconds", "actor", "scope_org_id")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_ORG_ID_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     grace_seconds: float
     actor: str
-    def __init__(self, key_id: _Optional[str] = ..., grace_seconds: _Optional[float] = ..., actor: _Optional[str] = ...) -> None: ...
+    scope_org_id: str
+    def __init__(self, key_id: _Optional[str] = ..., grace_seconds: _Optional[float] = ..., actor: _Optional[str] = ..., scope_org_id: _Optional[str] = ...) -> None: ...
 
 class RevokeKeyRequest(_message.Message):
-    __slots__ = ("key_id", "actor")
+    __slots__ = ("key_id", "actor", "scope_org_id")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_ORG_ID_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     actor: str
-    def __init__(self, key_id: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
+    scope_org_id: str
+    def __init__(self, key_id: _Optional[str] = ..., actor: _Optional[str] = ..., scope_org_id: _Optional[str] = ...) -> None: ...
 
 class WatchKeysRequest(_message.Message):
     __slots__ = ()
@@ -261,6 +448,16 @@ class RenewLeaseResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class SetLimitsRequest(_message.Message):
+    __slots__ = ("limits", "actor", "scope_org_id")
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    limits: KeyLimits
+    actor: str
+    scope_org_id: str
+    def __init__(self, limits: _Optional[_Union[KeyLimits, _Mapping]] = ..., actor: _Optional[str] = ..., scope_org_id: _Optional[str] = ...) -> None: ...
+
 class SetLimitsResponse(_message.Message):
     __slots__ = ("standing",)
     STANDING_FIELD_NUMBER: _ClassVar[int]
@@ -278,13 +475,15 @@ class ListLimitsResponse(_message.Message):
     def __init__(self, limits: _Optional[_Iterable[_Union[KeyLimits, _Mapping]]] = ...) -> None: ...
 
 class GetStandingRequest(_message.Message):
-    __slots__ = ("api_key_id",)
+    __slots__ = ("api_key_id", "scope_org_id")
     API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_ORG_ID_FIELD_NUMBER: _ClassVar[int]
     api_key_id: str
-    def __init__(self, api_key_id: _Optional[str] = ...) -> None: ...
+    scope_org_id: str
+    def __init__(self, api_key_id: _Optional[str] = ..., scope_org_id: _Optional[str] = ...) -> None: ...
 
 class Standing(_message.Message):
-    __slots__ = ("api_key_id", "limits", "limited", "requests_last_minute", "tokens_last_minute", "budget_used", "reserved_tokens", "remaining_requests", "remaining_tokens", "remaining_budget", "reset_requests_seconds", "reset_tokens_seconds", "budget_reset_seconds")
+    __slots__ = ("api_key_id", "limits", "limited", "requests_last_minute", "tokens_last_minute", "budget_used", "reserved_tokens", "remaining_requests", "remaining_tokens", "remaining_budget", "reset_requests_seconds", "reset_tokens_seconds", "budget_reset_seconds", "level", "levels")
     API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     LIMITED_FIELD_NUMBER: _ClassVar[int]
@@ -298,6 +497,8 @@ class Standing(_message.Message):
     RESET_REQUESTS_SECONDS_FIELD_NUMBER: _ClassVar[int]
     RESET_TOKENS_SECONDS_FIELD_NUMBER: _ClassVar[int]
     BUDGET_RESET_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    LEVELS_FIELD_NUMBER: _ClassVar[int]
     api_key_id: str
     limits: KeyLimits
     limited: bool
@@ -311,7 +512,9 @@ class Standing(_message.Message):
     reset_requests_seconds: float
     reset_tokens_seconds: float
     budget_reset_seconds: float
-    def __init__(self, api_key_id: _Optional[str] = ..., limits: _Optional[_Union[KeyLimits, _Mapping]] = ..., limited: _Optional[bool] = ..., requests_last_minute: _Optional[int] = ..., tokens_last_minute: _Optional[int] = ..., budget_used: _Optional[int] = ..., reserved_tokens: _Optional[int] = ..., remaining_requests: _Optional[int] = ..., remaining_tokens: _Optional[int] = ..., remaining_budget: _Optional[int] = ..., reset_requests_seconds: _Optional[float] = ..., reset_tokens_seconds: _Optional[float] = ..., budget_reset_seconds: _Optional[float] = ...) -> None: ...
+    level: str
+    levels: _containers.RepeatedCompositeFieldContainer[Standing]
+    def __init__(self, api_key_id: _Optional[str] = ..., limits: _Optional[_Union[KeyLimits, _Mapping]] = ..., limited: _Optional[bool] = ..., requests_last_minute: _Optional[int] = ..., tokens_last_minute: _Optional[int] = ..., budget_used: _Optional[int] = ..., reserved_tokens: _Optional[int] = ..., remaining_requests: _Optional[int] = ..., remaining_tokens: _Optional[int] = ..., remaining_budget: _Optional[int] = ..., reset_requests_seconds: _Optional[float] = ..., reset_tokens_seconds: _Optional[float] = ..., budget_reset_seconds: _Optional[float] = ..., level: _Optional[str] = ..., levels: _Optional[_Iterable[_Union[Standing, _Mapping]]] = ...) -> None: ...
 
 class UsageEvent(_message.Message):
     __slots__ = ("event_id", "source", "occurred_at", "model", "api_key_id", "endpoint", "streamed", "finish_reason", "status", "prompt_tokens", "completion_tokens", "cached_tokens", "time_to_first_token_seconds", "generation_seconds", "request_seconds", "trace_id", "span_id", "model_name", "caller")

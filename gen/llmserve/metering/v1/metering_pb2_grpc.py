@@ -81,7 +81,7 @@ class MeteringServiceStub:
                 _registered_method=True)
         self.SetLimits = channel.unary_unary(
                 '/llmserve.metering.v1.MeteringService/SetLimits',
-                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.KeyLimits.SerializeToString,
+                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.SetLimitsRequest.SerializeToString,
                 response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.SetLimitsResponse.FromString,
                 _registered_method=True)
         self.ListLimits = channel.unary_unary(
@@ -93,6 +93,41 @@ class MeteringServiceStub:
                 '/llmserve.metering.v1.MeteringService/GetStanding',
                 request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetStandingRequest.SerializeToString,
                 response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.Standing.FromString,
+                _registered_method=True)
+        self.CreateOrganization = channel.unary_unary(
+                '/llmserve.metering.v1.MeteringService/CreateOrganization',
+                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.CreateOrganizationRequest.SerializeToString,
+                response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.Organization.FromString,
+                _registered_method=True)
+        self.ListOrganizations = channel.unary_unary(
+                '/llmserve.metering.v1.MeteringService/ListOrganizations',
+                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ListOrganizationsRequest.SerializeToString,
+                response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ListOrganizationsResponse.FromString,
+                _registered_method=True)
+        self.GetOrganization = channel.unary_unary(
+                '/llmserve.metering.v1.MeteringService/GetOrganization',
+                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetOrganizationRequest.SerializeToString,
+                response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.Organization.FromString,
+                _registered_method=True)
+        self.CreateTeam = channel.unary_unary(
+                '/llmserve.metering.v1.MeteringService/CreateTeam',
+                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.CreateTeamRequest.SerializeToString,
+                response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.Team.FromString,
+                _registered_method=True)
+        self.UpdateTeam = channel.unary_unary(
+                '/llmserve.metering.v1.MeteringService/UpdateTeam',
+                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.UpdateTeamRequest.SerializeToString,
+                response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.Team.FromString,
+                _registered_method=True)
+        self.ListTeams = channel.unary_unary(
+                '/llmserve.metering.v1.MeteringService/ListTeams',
+                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ListTeamsRequest.SerializeToString,
+                response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ListTeamsResponse.FromString,
+                _registered_method=True)
+        self.GetTeam = channel.unary_unary(
+                '/llmserve.metering.v1.MeteringService/GetTeam',
+                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetTeamRequest.SerializeToString,
+                response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.Team.FromString,
                 _registered_method=True)
         self.CreateKey = channel.unary_unary(
                 '/llmserve.metering.v1.MeteringService/CreateKey',
@@ -202,7 +237,8 @@ class MeteringServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetLimits(self, request, context):
-        """Sets (or, with no limit set, removes) a key's limits; effective for the next reservation.
+        """Sets (or, with no limit set, removes) the limits of a key, a team or an organisation; effective for
+        the next reservation. A key's request must fit the limits of every level it belongs to.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -215,8 +251,53 @@ class MeteringServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetStanding(self, request, context):
-        """A key's usage, limits and what remains.
+        """A key's (team's, organisation's) usage, limits and what remains; a key's carries its levels above.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateOrganization(self, request, context):
+        """Organisations and their teams. A key belongs to a team (and so to its organisation) or to an
+        organisation directly. Requests that carry scope_org_id come from an organisation's admin: they see
+        and change only that organisation's teams, keys and limits (anything else is NOT_FOUND).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOrganizations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOrganization(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTeam(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateTeam(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTeams(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTeam(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -318,7 +399,7 @@ def add_MeteringServiceServicer_to_server(servicer, server):
             ),
             'SetLimits': grpc.unary_unary_rpc_method_handler(
                     servicer.SetLimits,
-                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.KeyLimits.FromString,
+                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.SetLimitsRequest.FromString,
                     response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.SetLimitsResponse.SerializeToString,
             ),
             'ListLimits': grpc.unary_unary_rpc_method_handler(
@@ -330,6 +411,41 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     servicer.GetStanding,
                     request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetStandingRequest.FromString,
                     response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.Standing.SerializeToString,
+            ),
+            'CreateOrganization': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateOrganization,
+                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.CreateOrganizationRequest.FromString,
+                    response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.Organization.SerializeToString,
+            ),
+            'ListOrganizations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOrganizations,
+                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ListOrganizationsRequest.FromString,
+                    response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ListOrganizationsResponse.SerializeToString,
+            ),
+            'GetOrganization': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOrganization,
+                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetOrganizationRequest.FromString,
+                    response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.Organization.SerializeToString,
+            ),
+            'CreateTeam': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTeam,
+                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.CreateTeamRequest.FromString,
+                    response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.Team.SerializeToString,
+            ),
+            'UpdateTeam': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTeam,
+                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.UpdateTeamRequest.FromString,
+                    response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.Team.SerializeToString,
+            ),
+            'ListTeams': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTeams,
+                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ListTeamsRequest.FromString,
+                    response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ListTeamsResponse.SerializeToString,
+            ),
+            'GetTeam': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTeam,
+                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.GetTeamRequest.FromString,
+                    response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.Team.SerializeToString,
             ),
             'CreateKey': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateKey,
@@ -635,7 +751,7 @@ class MeteringService:
             request,
             target,
             '/llmserve.metering.v1.MeteringService/SetLimits',
-            llmserve_dot_metering_dot_v1_dot_metering__pb2.KeyLimits.SerializeToString,
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.SetLimitsRequest.SerializeToString,
             llmserve_dot_metering_dot_v1_dot_metering__pb2.SetLimitsResponse.FromString,
             options,
             channel_credentials,
@@ -691,6 +807,195 @@ class MeteringService:
             '/llmserve.metering.v1.MeteringService/GetStanding',
             llmserve_dot_metering_dot_v1_dot_metering__pb2.GetStandingRequest.SerializeToString,
             llmserve_dot_metering_dot_v1_dot_metering__pb2.Standing.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateOrganization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.metering.v1.MeteringService/CreateOrganization',
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.CreateOrganizationRequest.SerializeToString,
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.Organization.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOrganizations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.metering.v1.MeteringService/ListOrganizations',
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.ListOrganizationsRequest.SerializeToString,
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.ListOrganizationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOrganization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.metering.v1.MeteringService/GetOrganization',
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.GetOrganizationRequest.SerializeToString,
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.Organization.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTeam(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.metering.v1.MeteringService/CreateTeam',
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.CreateTeamRequest.SerializeToString,
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.Team.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTeam(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.metering.v1.MeteringService/UpdateTeam',
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.UpdateTeamRequest.SerializeToString,
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.Team.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTeams(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.metering.v1.MeteringService/ListTeams',
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.ListTeamsRequest.SerializeToString,
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.ListTeamsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTeam(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.metering.v1.MeteringService/GetTeam',
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.GetTeamRequest.SerializeToString,
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.Team.FromString,
             options,
             channel_credentials,
             insecure,
