@@ -10,7 +10,7 @@ MODEL_STORE ?= var/models
 PROTO_OUT := gen
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: setup system-packages deps protos model credentials run engine lint test fuzz client check-protos bench-engine bench-serving bench-metering bench-ledger bench-gateway bench-stalls compose-check clean
+.PHONY: setup system-packages deps protos model credentials run engine lint test fuzz client check-protos bench-engine bench-serving bench-metering bench-ledger bench-gateway bench-stalls bench-admission compose-check clean
 
 setup: deps protos model
 
@@ -109,6 +109,11 @@ bench-gateway: setup
 
 bench-stalls: setup
 	$(PY) -m benchmarks.stream_stalls
+
+# Admission with limits on key, team and organisation against the commit before them, at c=32 and c=1.
+bench-admission: setup
+	$(PY) -m benchmarks.admission_bench --rounds 6 --requests 40
+	$(PY) -m benchmarks.admission_bench --rounds 4 --requests 200 --callers 1
 
 clean:
 	rm -rf $(VENV) $(PROTO_OUT)/.stamp

@@ -35,7 +35,7 @@ BATCHES = (1, 100, 1000)
 
 
 def start_metering(
-    logs: Path, data: Path, database_url: str = "", extra_env: dict[str, str] | None = None
+    logs: Path, data: Path, database_url: str = "", extra_env: dict[str, str] | None = None, cwd: Path = ROOT
 ) -> ServiceProcess:
     port = free_port()
     env = metering_env(port, free_port(), data) | {
@@ -43,7 +43,7 @@ def start_metering(
         "METERING_DATABASE_URL": database_url,
         **(extra_env or {}),
     }
-    process = ServiceProcess("metering", "services.metering", [], logs, f"127.0.0.1:{port}", env=env)
+    process = ServiceProcess("metering", "services.metering", [], logs, f"127.0.0.1:{port}", env=env, cwd=cwd)
     process.wait_ready(lambda: grpc_serving(process.address), 60)
     return process
 

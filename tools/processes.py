@@ -36,7 +36,9 @@ class ServiceProcess:
         log_dir: Path,
         address: str,
         env: dict[str, str] | None = None,
+        cwd: Path = ROOT,
     ):
+        """cwd: the tree whose code runs (another checkout, for a side-by-side benchmark)."""
         self.name = name
         self.address = address
         self.metrics_url = ""
@@ -44,7 +46,7 @@ class ServiceProcess:
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", module, *args],
-            cwd=ROOT,
+            cwd=cwd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},

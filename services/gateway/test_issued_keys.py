@@ -8,6 +8,7 @@ from pathlib import Path
 from llmserve.metering.v1 import metering_pb2 as pb
 
 from services.gateway.issued_keys import IssuedKeys
+from services.gateway.limits.keeper import LimitsKeeper, LimitsSettings
 
 NOW = 1_800_000_000.0
 
@@ -58,3 +59,25 @@ def test_the_keys_known_survive_a_restart_without_metering(tmp_path: Path) -> No
     assert (again.key_id("s1"), again.key_id("s2"), again.connected) == ("k1", None, False)
     known.write_bytes(b"\xff not a message")
     assert IssuedKeys(clock=lambda: NOW, known_file=known).key_id("s1") is None
+
+
+class _NoCalls:
+    """A metering client that must not be called."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"metering.{name} called")
+
+
+async def test_a_key_is_limited_by_its_team_or_organisation_and_an_unlimited_one_costs_no_call() -> None:
+    keys = IssuedKeys(clock=lambda: NOW)
+    team_key = _key("k1", "s1", 1)
+    team_key.team_id, team_key.org_id, team_key.team_allowed_models[:] = "team_a", "org_a", ["m1"]
+    keys.apply(pb.KeysUpdate(full=True, keys=[team_key, _key("k2", "s2", 2)]))
+    assert keys.levels("k1") == ("team_a", "org_a") and keys.levels("k2") == ()
+    assert keys.allows("k1", "m1") and not keys.allows("k1", "m2") and keys.allows("k2", "m2")
+    limits = LimitsKeeper(_NoCalls(), LimitsSettings(source="gw"), levels=keys.levels)  # type: ignore[arg-type]
+    limits._known = True
+    limits._limited = {"org_a": pb.KeyLimits(api_key_id="org_a", token_budget=10)}
+    assert limits.limited("k1") and not limits.limited("k2")
+    # A key nothing limits is admitted without asking metering anything.
+    await limits.refuse_if_spent("k2")

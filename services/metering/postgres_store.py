@@ -97,11 +97,10 @@ class PostgresStore(UsageStore):
     def _lock_schema(self) -> None:
         self._rows("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
 
-    def _lock_subjects(self, subjects: list[str]) -> None:
-        # Reservations against one subject wait on each other (every replica's); the next statement then
-        # sees what the one before committed. Rows are locked in the sorted order, as asked.
-        marks = ", ".join("?" * len(subjects))
-        self._rows(f"SELECT 1 FROM key_limits WHERE api_key_id IN ({marks}) ORDER BY api_key_id FOR UPDATE", subjects)
+    # Reservations against one subject wait on each other (every replica's); the next statement then sees
+    # what the one before committed.
+    _LOCK_ROWS = " FOR UPDATE OF l"
+    _RENEW_WITH_LIMITS = True
 
     def _rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
         with self._lost_connection():
