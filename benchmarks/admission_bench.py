@@ -166,7 +166,8 @@ def main() -> None:
         print(f"{case:<9} n={len(latencies):<5} p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  (p50 {p50 - base_p50:+.2f} ms)")
     today = datetime.date.today().isoformat()
     out = ROOT / "bench-results" / f"admission-{today}-c{args.callers}.json"
-    body = {"date": today, "command": " ".join(sys.argv), "callers": args.callers, "baseline": args.baseline, "rows": rows}
+    body = {"date": today, "command": " ".join(sys.argv), "callers": args.callers, "baseline": args.baseline}
+    body["rows"] = rows
     out.write_text(json.dumps(body, indent=1))
     print(f"wrote {out}")
 

@@ -23,7 +23,7 @@ from llmserve.metering.v1 import metering_pb2 as mpb
 
 from tests.calls import stream_chat
 from tests.credentials import metering_client
-from tests.stack import ADMIN_API_KEY, MODEL, start_gateway, start_metering, wait_for, wait_idle
+from tests.stack import ADMIN_API_KEY, MODEL, metric, start_gateway, start_metering, wait_for, wait_idle
 from tools.postgres import PostgresServer
 from tools.processes import ServiceProcess, free_port
 
@@ -104,9 +104,24 @@ async def _made(fleet: Fleet, path: str, key: str = ADMIN_API_KEY, **fields: obj
     return reply.json()
 
 
+async def _limits_polls(fleet: Fleet) -> list[float]:
+    replies = await asyncio.gather(*(fleet.call("GET", "/metrics", i) for i in range(len(fleet.gateways))))
+    return [metric(r.text, "gateway_limits_polls_total") for r in replies]
+
+
 async def _limit(fleet: Fleet, subject: str, **limits: object) -> dict:
+    """Sets them through one replica, then waits until every replica has read the limits twice since (a
+    read begun after the change: the key watch tells them at once)."""
+    before = await _limits_polls(fleet)
     reply = await fleet.call("PUT", f"/v1/limits/{subject}", 1, json=limits)
     assert reply.status_code == 200, reply.text
+
+    async def read_since() -> bool:
+        return all(n >= b + 2 for n, b in zip(await _limits_polls(fleet), before, strict=True))
+
+    started = time.monotonic()
+    await wait_for(read_since, 30, "every gateway to read the limits again")
+    print(f"\nlimits of {subject} read by every replica after {time.monotonic() - started:.3f} s")
     return reply.json()
 
 
@@ -131,17 +146,22 @@ async def _stream_status(url: str, key: str, max_tokens: int) -> tuple[int, tupl
 
 async def test_issued_and_revoked_keys_reach_every_replica_within_a_second(fleet: Fleet, engine_address: str) -> None:
     key = await _issue(fleet, "ci-team-a")
+    load = await _issue(fleet, "ci-load")
     assert key["value"].startswith(key["redacted_value"].rstrip("…")) and key["id"].startswith("key_")
     issued_in = await fleet.until_everywhere(key["value"], 200)
-    # Streams of the key running when it is revoked finish, and are billed to it.
+    await fleet.until_everywhere(load["value"], 200)
+    # Streams of the key running when it is revoked finish, and are billed to it; streams of another key
+    # load every replica meanwhile.
     await wait_idle(engine_address)
     running = [asyncio.create_task(stream_chat(fleet.gateways[i % 3].address, key["value"], 32)) for i in range(6)]
+    loading = [asyncio.create_task(stream_chat(fleet.gateways[i % 3].address, load["value"], 32)) for i in range(18)]
     await asyncio.sleep(0.3)
     revoked = await fleet.call("DELETE", f"/v1/keys/{key['id']}", 1)
     assert revoked.status_code == 200 and revoked.json()["revoked_at"] is not None
     revoked_in = await fleet.until_everywhere(key["value"], 401)
     usages = await asyncio.gather(*running)
     assert all(u is not None for u in usages), usages
+    assert all(u is not None for u in await asyncio.gather(*loading))
     print(f"\nissued: works on 3 replicas after {issued_in:.3f} s; revoked: refused by all after {revoked_in:.3f} s")
     assert issued_in <= PROPAGATION_SECONDS and revoked_in <= PROPAGATION_SECONDS
 

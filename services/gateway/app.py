@@ -191,6 +191,8 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
         app.state.issued_keys = issued
         app.state.key_admin = MeteringClient(settings.metering_addr, settings.service_token()) if issued else None
         if issued is not None:
+            if limits is not None:
+                issued.on_change = limits.poke
             issued.start(app.state.key_admin)
         app.state.responder = Responder(
             router,

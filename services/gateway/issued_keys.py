@@ -88,6 +88,8 @@ class IssuedKeys:
         self._gauge = connected_gauge
         self.connected = False
         self.updates = 0
+        # Called after each update: any change in metering (a limit, a team) may change who is limited.
+        self.on_change: Callable[[], None] | None = None
         self._task: asyncio.Task | None = None
         self._read_known()
 
@@ -146,6 +148,8 @@ class IssuedKeys:
                     self._by_digest[digest] = key.key_id
         self.updates += 1
         self._write_known()
+        if self.on_change is not None:
+            self.on_change()
 
     def _read_known(self) -> None:
         path = self._known_file

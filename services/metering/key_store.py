@@ -59,8 +59,13 @@ def _record(row: Sequence) -> KeyRecord:
 
 class KeyStore(AccountStore):
     def _next_version(self) -> int:
-        """Inside a transaction: the next change number (on PostgreSQL this waits for any other key change)."""
+        """Inside a transaction: the next change number (on PostgreSQL this waits for any other key change,
+        and the other replicas hear of it when the transaction commits)."""
+        self._announce_change()
         return int(self._rows("UPDATE key_versions SET version = version + 1 WHERE id = 1 RETURNING version")[0][0])
+
+    def _announce_change(self) -> None:
+        """Inside a change's transaction: tell the other replicas when it commits (PostgreSQL's NOTIFY)."""
 
     def _write(self, record: KeyRecord, actor: str, action: str, now: float, detail: dict) -> None:
         self._rows("DELETE FROM api_keys WHERE key_id = ?", (record.key_id,))

@@ -1,6 +1,7 @@
-"""Tells each WatchKeys stream of every change to the keys, from whichever replica: one poll of the
-database's change number (every POLL_SECONDS, and at once after a change on this replica) serves all
-the streams of this process."""
+"""Tells each WatchKeys stream of every change to the keys, from whichever replica: one read of the
+database's change number serves all the streams of this process. It reads at once after a change on this
+replica, or on another (on PostgreSQL, services.metering.key_changes wakes it), and every POLL_SECONDS
+(LISTENING_POLL_SECONDS when woken by the other replicas: a safety net)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from services.metering.ledger import Ledger
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2
+LISTENING_POLL_SECONDS = 1.0
 
 
 class KeyWatch:
@@ -62,7 +64,7 @@ class KeyWatch:
 
     async def updates(self) -> AsyncIterator[tuple[bool, list[KeyRecord]]]:
         """(full, keys): every key first, then the keys changed since what was sent, each time the
-        change number moves past it."""
+        change number moves past it (keys may be empty: something else changed)."""
         keys = await self._ledger.keys_since(0)
         sent = max((k.version for k in keys), default=0)
         yield True, keys
@@ -74,5 +76,5 @@ class KeyWatch:
                 seen = self._version
             newer = await self._ledger.keys_since(sent)
             sent = max([seen, *(k.version for k in newer)])
-            if newer:
-                yield False, newer
+            # Sent even with no key in it (a limit or a team changed): gateways read the limits again.
+            yield False, newer

@@ -18,6 +18,7 @@ import psycopg
 from psycopg import errors
 
 from services.metering.events import UsageEvent
+from services.metering.key_changes import CHANNEL
 from services.metering.store import EVENT_COLUMNS, Commit, StoreUnavailable, UsageStore
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,10 @@ class PostgresStore(UsageStore):
     # Reservations against one subject wait on each other (every replica's); the next statement then sees
     # what the one before committed.
     _LOCK_ROWS = " FOR UPDATE OF l"
+
+    def _announce_change(self) -> None:
+        self._rows(f"NOTIFY {CHANNEL}")
+
     _RENEW_WITH_LIMITS = True
 
     def _rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:

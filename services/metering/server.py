@@ -10,7 +10,7 @@ from prometheus_client import start_http_server
 
 from services.grpc_lifecycle import build_server, shut_down, wait_for_stop_signal
 from services.metering.config import MeteringSettings
-from services.metering.key_watch import KeyWatch
+from services.metering.key_watch import LISTENING_POLL_SECONDS, POLL_SECONDS, KeyWatch
 from services.metering.ledger import Ledger
 from services.metering.metrics import MeteringMetrics
 from services.metering.servicer import STATUS_BY_ERROR, MeteringServicer
@@ -70,8 +70,17 @@ async def serve(settings: MeteringSettings) -> None:
         retention_seconds=settings.event_retention_seconds or None,
     )
     await ledger.start()
-    keys = KeyWatch(ledger)
+    # On PostgreSQL the other replicas' key changes wake the watch at once (LISTEN); it polls less often.
+    listening = bool(settings.database_url)
+    keys = KeyWatch(ledger, poll_seconds=LISTENING_POLL_SECONDS if listening else POLL_SECONDS)
     keys.start()
+    listener = None
+    if listening:
+        from services.metering.key_changes import ChangeListener
+
+        loop = asyncio.get_running_loop()
+        listener = ChangeListener(settings.database_url, lambda: loop.call_soon_threadsafe(keys.poke))
+        listener.start()
     metering = build_server(
         f"{settings.host}:{settings.port}",
         lambda server: metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(ledger, keys), server),
@@ -97,4 +106,6 @@ async def serve(settings: MeteringSettings) -> None:
     # In-flight RecordUsage calls finish (and commit) within the grace period; then the store closes.
     await shut_down(metering, drain, settings.shutdown_grace_seconds)
     await keys.stop()
+    if listener is not None:
+        await asyncio.to_thread(listener.stop)
     await ledger.stop()

@@ -324,6 +324,7 @@ class MeteringServicer(KeyRpcs, metering_pb2_grpc.MeteringServiceServicer):
 
     async def SetLimits(self, request: pb.SetLimitsRequest, context: grpc.aio.ServicerContext) -> pb.SetLimitsResponse:
         standing = await self._ledger.set_limits(to_limits(request.limits), request.actor, scope(request))
+        self._keys.poke()  # the gateways' key watches tell them to read the limits again
         return pb.SetLimitsResponse(standing=standing_message(standing))
 
     async def ListLimits(

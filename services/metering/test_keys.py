@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 from collections.abc import Callable
 
 import pytest
 
 from services.metering.account_errors import AlreadyExists, InvalidChange, NotFound
 from services.metering.conftest import NOW
+from services.metering.key_changes import ChangeListener
 from services.metering.key_watch import KeyWatch
 from services.metering.ledger import Ledger
 from services.metering.metrics import MeteringMetrics
+from services.metering.postgres_store import PostgresStore
 from services.metering.store import UsageStore
 
 
@@ -85,3 +88,27 @@ async def test_a_watch_sees_every_key_then_each_change_from_another_replica(
     await watch.stop()
     await ledger.stop()
     elsewhere.close()
+
+
+def test_another_replicas_key_change_is_heard_at_once(new_database: Callable[[], str]) -> None:
+    """On PostgreSQL a change committed by one replica wakes the others' listeners (NOTIFY on commit)."""
+    url = new_database()
+    store = PostgresStore(url)
+    heard = threading.Event()
+    listener = ChangeListener(url, heard.set)
+    listener.start()
+    try:
+        # The listener may start listening after a first change: change until it hears one.
+        for attempt in range(50):
+            store.create_key(f"heard-{attempt}", None, [], {}, "admin", NOW)
+            if heard.wait(0.2):
+                break
+        assert heard.is_set()
+        heard.clear()
+        with store._transaction():
+            store._next_version()
+            assert not heard.wait(0.3)  # nothing is heard before the change commits
+        assert heard.wait(5)
+    finally:
+        listener.stop()
+        store.close()

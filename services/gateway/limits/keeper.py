@@ -114,6 +114,7 @@ class LimitsKeeper:
         self._open: set[str] = set()
         self._tasks: list[asyncio.Task] = []
         self._settling: set[asyncio.Task] = set()
+        self._poll_now = asyncio.Event()
 
     async def start(self) -> None:
         self._read_known()
@@ -162,9 +163,17 @@ class LimitsKeeper:
         if replace_file(path, data):
             self._written = data
 
+    def poke(self) -> None:
+        """Something changed in metering (its key watch said so): read the limits now, not at the next poll."""
+        self._poll_now.set()
+
     async def _poll_forever(self) -> None:
         while True:
-            await asyncio.sleep(self._settings.poll_seconds)
+            try:
+                await asyncio.wait_for(self._poll_now.wait(), self._settings.poll_seconds)
+            except TimeoutError:
+                pass
+            self._poll_now.clear()
             await self._poll_once()
 
     async def _renew_forever(self) -> None:
