@@ -42,6 +42,10 @@ class UsageEvent:
     model_name: str = ""
     # The internal caller of a request that did not come through a gateway (metered by the engine).
     caller: str = ""
+    # Set by metering when it records the event: micro-units at the price in force at occurred_at, and
+    # that price's id (None: no price was in force; the event is unpriced, never free).
+    cost_micro: int | None = None
+    price_id: str = ""
 
 
 class Rejection(ValueError):

@@ -16,6 +16,8 @@ EVENT_VALUES = (
     "prompt_tokens",
     "completion_tokens",
     "cached_tokens",
+    "COALESCE(cost_micro, 0)",
+    "CASE WHEN cost_micro IS NULL THEN 1 ELSE 0 END",
     "generation_seconds",
 )
 # The registered model name of events stored before it was recorded is their served model's (rollups hold

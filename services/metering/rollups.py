@@ -96,6 +96,8 @@ TOTAL_FIELDS = (
     "prompt_tokens",
     "completion_tokens",
     "cached_tokens",
+    "cost_micro",
+    "unpriced_requests",
     "generation_seconds",
 )
 
@@ -109,6 +111,9 @@ class Totals:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    # Micro-units of the priced events; the events no price was in force for are counted apart.
+    cost_micro: int = 0
+    unpriced_requests: int = 0
     generation_seconds: float = 0.0
 
     def add_event(self, e: UsageEvent) -> None:
@@ -122,6 +127,10 @@ class Totals:
         self.prompt_tokens += e.prompt_tokens
         self.completion_tokens += e.completion_tokens
         self.cached_tokens += e.cached_tokens
+        if e.cost_micro is None:
+            self.unpriced_requests += 1
+        else:
+            self.cost_micro += e.cost_micro
         self.generation_seconds += e.generation_seconds
 
     def values(self) -> tuple[int | float, ...]:

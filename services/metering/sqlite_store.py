@@ -10,7 +10,7 @@ from pathlib import Path
 
 from services.metering.store import EVENT_COLUMNS, UsageStore
 
-_INSERT = f"INSERT INTO events VALUES ({','.join('?' * len(EVENT_COLUMNS))})"
+_INSERT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({','.join('?' * len(EVENT_COLUMNS))})"
 
 
 class SqliteStore(UsageStore):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from services.metering.events import UsageEvent
 from services.metering.key_store import KeyStore
 from services.metering.limits import period_start
+from services.metering.price_store import PriceStore
 from services.metering.range_sql import EVENT_VALUES, Label, Query, range_select
 from services.metering.reconcile import Reconciliation
 from services.metering.reservations import Reservations
@@ -73,14 +74,15 @@ EVENT_COLUMNS = (
     "trace_id",
     "model_name",
     "caller",
+    "cost_micro",
+    "price_id",
 )
 _INT = "CAST(SUM({}) AS BIGINT)"
 # The migration that adds the rollups; applying it fills them from the stored events.
 _ROLLUPS_MIGRATION = 4
 _COUNTER_UPSERT = (
-    "INSERT INTO counters (model, writer, requests, ok_requests, aborted_requests, failed_requests,"
-    " prompt_tokens, completion_tokens, cached_tokens, generation_seconds, duplicated)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (model, writer) DO UPDATE SET "
+    f"INSERT INTO counters (model, writer, {', '.join(TOTAL_FIELDS)}, duplicated)"
+    f" VALUES ({','.join('?' * (len(TOTAL_FIELDS) + 3))}) ON CONFLICT (model, writer) DO UPDATE SET "
     + ", ".join(f"{c} = counters.{c} + excluded.{c}" for c in (*TOTAL_FIELDS, "duplicated"))
 )
 _REJECTION_UPSERT = (
@@ -139,10 +141,12 @@ def event_row(e: UsageEvent, received_at: float) -> tuple:
         e.trace_id,
         e.model_name or e.model,
         e.caller,
+        e.cost_micro,
+        e.price_id,
     )
 
 
-class UsageStore(KeyStore, Reservations, Reconciliation):
+class UsageStore(KeyStore, PriceStore, Reservations, Reconciliation):
     """`writer` keys this process's rows of the running totals (see migration 0002)."""
 
     # Whether other processes may write the same database (PostgreSQL): then the Prometheus counters
@@ -193,16 +197,21 @@ class UsageStore(KeyStore, Reservations, Reconciliation):
         """Inside the migration that adds them: the rollups and the keys' running spend of the events
         already stored, as their commits would have written them."""
         name = "CASE WHEN model_name = '' THEN model ELSE model_name END"
-        sums = ", ".join(_INT.format(value) for value in EVENT_VALUES[:-1])
-        sums_of_rows = ", ".join(_INT.format(value) for value in TOTAL_FIELDS[:-1])
+        # The columns as migration 4 made them (later migrations add more, and fill them themselves).
+        fields = [f for f in TOTAL_FIELDS if f not in ("cost_micro", "unpriced_requests")]
+        sums = ", ".join(_INT.format(EVENT_VALUES[TOTAL_FIELDS.index(f)]) for f in fields[:-1])
+        sums_of_rows = ", ".join(_INT.format(f) for f in fields[:-1])
+        columns = ", ".join(fields)
         for width in WIDTHS:
             self._rows(
-                f"INSERT INTO usage_rollups SELECT ?, {self.bucket_sql.format('occurred_at')}, api_key_id, model,"
+                f"INSERT INTO usage_rollups (width, bucket, api_key_id, model, model_name, caller, writer, {columns})"
+                f" SELECT ?, {self.bucket_sql.format('occurred_at')}, api_key_id, model,"
                 f" {name}, caller, '', {sums}, SUM(generation_seconds) FROM events GROUP BY 2, 3, 4, 5, 6",
                 (width, width, width),
             )
             self._rows(
-                f"INSERT INTO model_rollups SELECT width, bucket, model, model_name, '', {sums_of_rows},"
+                f"INSERT INTO model_rollups (width, bucket, model, model_name, writer, {columns})"
+                f" SELECT width, bucket, model, model_name, '', {sums_of_rows},"
                 " SUM(generation_seconds) FROM usage_rollups WHERE width = ? GROUP BY 1, 2, 3, 4",
                 (width,),
             )
@@ -223,12 +232,15 @@ class UsageStore(KeyStore, Reservations, Reconciliation):
         return self._rows("SELECT MAX(version) FROM schema_migrations")[0][0] or 0
 
     def commit(self, events: list[UsageEvent], received_at: float, rejected: dict[str, int]) -> Commit:
-        """Inserts the events (a (source, event_id) seen before is a duplicate) and adds to the running
-        totals, rollups, keys' running spend, rejections and throughput cells, all in one transaction."""
-        candidates: dict[tuple[str, str], tuple] = {}
-        for e in events:
-            candidates.setdefault((e.source, e.event_id), event_row(e, received_at))
+        """Prices the events and inserts them (a (source, event_id) seen before is a duplicate), and adds to
+        the running totals, rollups, keys' running spend, rejections and throughput cells, all in one
+        transaction."""
         with self._transaction():
+            # Priced first: the stored row carries its cost.
+            events = self._priced(events)
+            candidates: dict[tuple[str, str], tuple] = {}
+            for e in events:
+                candidates.setdefault((e.source, e.event_id), event_row(e, received_at))
             new = self._insert_new([candidates[key] for key in sorted(candidates)])
             inserted: list[bool] = []
             duplicated: dict[str, int] = defaultdict(int)

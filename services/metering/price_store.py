@@ -1,0 +1,128 @@
+"""The price book in the usage database (migration 0007): prices imported whole or not at all, never
+changing one already in force, and each event priced at record time from the price in force at its
+occurred_at (services.metering.pricing)."""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+
+from services.metering.events import UsageEvent
+from services.metering.price_file import InvalidPrices, PriceRow
+from services.metering.pricing import Price, event_cost, in_force, new_price_id, show
+
+_COLUMNS = "price_id, model_name, currency, effective_from, prompt, cached_prompt, completion, created_at"
+
+
+class PriceStore(ABC):
+    @abstractmethod
+    def _transaction(self) -> AbstractContextManager[None]: ...
+
+    @abstractmethod
+    def _rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple]: ...
+
+    @abstractmethod
+    def _next_version(self) -> int: ...
+
+    @abstractmethod
+    def _audit(self, now: float, version: int, actor: str, action: str, subject: str, detail: dict) -> None: ...
+
+    def import_prices(self, rows: list[PriceRow], actor: str, now: float) -> list[Price]:
+        """Adds the prices, all or none (InvalidPrices listing every problem): each starts now or later,
+        after the latest price of its model, in the book's one currency."""
+        with self._transaction():
+            version = self._next_version()
+            currency = self.currency()
+            latest = dict(self._rows("SELECT model_name, MAX(effective_from) FROM prices GROUP BY model_name"))
+            problems = []
+            prices = []
+            for row in rows:
+                start = now if row.effective_from is None else row.effective_from
+                if currency and row.currency != currency:
+                    problems.append(f"{row.model_name}: currency: the price book is in {currency}, not {row.currency}")
+                if start < now:
+                    problems.append(
+                        f"{row.model_name}: effective_from: in the past; a price in force is never changed"
+                        " (add one that starts later, or re-rate a period)"
+                    )
+                elif row.model_name in latest and start <= latest[row.model_name]:
+                    problems.append(
+                        f"{row.model_name}: effective_from: must be after its latest price, which starts at"
+                        f" {latest[row.model_name]:.0f}"
+                    )
+                prices.append(
+                    Price(
+                        new_price_id(),
+                        row.model_name,
+                        row.currency,
+                        start,
+                        row.prompt,
+                        row.cached_prompt,
+                        row.completion,
+                        now,
+                    )
+                )
+            if problems:
+                raise InvalidPrices(problems)
+            for price in prices:
+                self._rows(
+                    f"INSERT INTO prices ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", dataclasses.astuple(price)
+                )
+            detail = {
+                p.price_id: f"{p.model_name} from {p.effective_from:.0f}: prompt {show(p.prompt, p.currency)},"
+                f" cached {show(p.cached_prompt, p.currency)}, completion {show(p.completion, p.currency)} per 1M"
+                for p in prices
+            }
+            self._audit(now, version, actor, "import_prices", "prices", detail)
+        return prices
+
+    def currency(self) -> str:
+        """The price book's currency ('' while it is empty)."""
+        rows = self._rows("SELECT currency FROM prices LIMIT 1")
+        return rows[0][0] if rows else ""
+
+    def list_prices(self, model_name: str = "") -> list[Price]:
+        where, params = (" WHERE model_name = ?", (model_name,)) if model_name else ("", ())
+        rows = self._rows(f"SELECT {_COLUMNS} FROM prices{where} ORDER BY model_name, effective_from", params)
+        return [Price(*row) for row in rows]
+
+    def _book(self, names: Iterable[str], until: float) -> dict[str, list[Price]]:
+        """The prices of these models that started by `until`, each model's sorted by start."""
+        wanted = sorted(set(names))
+        if not wanted:
+            return {}
+        marks = ", ".join("?" * len(wanted))
+        rows = self._rows(
+            f"SELECT {_COLUMNS} FROM prices WHERE model_name IN ({marks}) AND effective_from <= ?"
+            " ORDER BY model_name, effective_from",
+            (*wanted, until),
+        )
+        book: dict[str, list[Price]] = defaultdict(list)
+        for row in rows:
+            book[row[1]].append(Price(*row))
+        return book
+
+    def _priced(self, events: list[UsageEvent]) -> list[UsageEvent]:
+        """Inside a commit: each event with its cost at the price in force at its occurred_at (its registered
+        model's price, else its served model's); an event no price covers stays unpriced."""
+        if not events:
+            return events
+        book = self._book({n for e in events for n in (e.model_name, e.model) if n}, max(e.occurred_at for e in events))
+        if not book:
+            return events
+        out = []
+        for e in events:
+            price = None
+            for name in dict.fromkeys(n for n in (e.model_name, e.model) if n):
+                price = in_force(book.get(name, []), e.occurred_at)
+                if price is not None:
+                    break
+            if price is None:
+                out.append(e)
+                continue
+            cost = event_cost(e.prompt_tokens, e.cached_tokens, e.completion_tokens, price)
+            out.append(dataclasses.replace(e, cost_micro=cost, price_id=price.price_id))
+        return out

@@ -1,0 +1,128 @@
+"""The price book and priced events, on both stores: prices imported whole or refused with every problem
+listed, never changed once in force, and every event priced to the micro-unit at the price in force at its
+occurred_at, with a price change in the middle of a run; an event no price covers is unpriced, not free."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.metering.conftest import NOW, event
+from services.metering.price_file import InvalidPrices, parse
+from services.metering.pricing import Price, event_cost, micro_amount, show
+from services.metering.store import Query, UsageStore
+
+BOOK = """
+currency: USD
+prices:
+  - {model: m1, prompt: "0.15", cached_prompt: "0.075", completion: "0.60"}
+  - {model: m2, prompt: "3", completion: "15"}
+"""
+
+
+def test_amounts_are_exact_and_an_event_is_rounded_once() -> None:
+    assert micro_amount("0.15", "prompt") == 150_000 and micro_amount(2, "prompt") == 2_000_000
+    price = Price("p", "m", "USD", 0, prompt=150_000, cached_prompt=75_000, completion=600_000)
+    # 7 uncached × 0.15 + 3 cached × 0.075 + 11 completion × 0.60 per million: 7.875 micro-units -> 8.
+    assert event_cost(10, 3, 11, price) == 8
+    assert event_cost(1, 0, 0, Price("p", "m", "USD", 0, 500_000, 0, 0)) == 1  # exactly half: up
+    assert show(1_234_567, "USD") == "1.234567 USD"
+    for bad in ("-1", "0.0000001", "abc", 0.15, "1e400"):
+        with pytest.raises(ValueError, match="prompt"):
+            micro_amount(bad, "prompt")
+
+
+@given(
+    st.integers(0, 10**7),
+    st.integers(0, 10**7),
+    st.integers(0, 10**7),
+    st.integers(0, 10**9),
+    st.integers(0, 10**9),
+    st.integers(0, 10**9),
+)
+def test_an_events_cost_is_the_exact_product_rounded_half_up(
+    prompt: int, cached: int, completion: int, p: int, c: int, o: int
+) -> None:
+    cached = min(cached, prompt)
+    cost = event_cost(prompt, cached, completion, Price("x", "m", "USD", 0, p, c, o))
+    exact_millionths = (prompt - cached) * p + cached * c + completion * o
+    assert cost * 1_000_000 - 500_000 <= exact_millionths < cost * 1_000_000 + 500_000
+
+
+def test_a_bad_price_file_is_refused_whole_with_every_problem() -> None:
+    text = """
+prices:
+  - {model: m1, currency: USD, prompt: "-1", completion: "0.1"}
+  - {model: m1, currency: USD, prompt: "0.0000001", completion: "0.1"}
+  - {model: m2, currency: EUR, prompt: "1", completion: "2", colour: blue}
+  - {model: m3, currency: XYZ, prompt: "1", completion: "2"}
+  - {model: m4, currency: USD, prompt: "1", completion: "2", effective_from: 2030-01-01T00:00:00Z}
+  - {model: m4, currency: USD, prompt: "1", completion: "3", effective_from: 2030-01-01T00:00:00Z}
+  - {model: m5, currency: EUR, prompt: "1", completion: "2"}
+"""
+    with pytest.raises(InvalidPrices) as refused:
+        parse(text, "yaml")
+    problems = " | ".join(refused.value.problems)
+    for expected in (
+        "row 1: prompt: must be a non-negative amount",
+        "row 2: prompt: '0.0000001' is finer than a micro-unit",
+        "row 3: unknown fields ['colour']",
+        "row 4: currency: XYZ",
+        "one price book has one currency",
+        "m4: two prices start at the same time",
+    ):
+        assert expected in problems, problems
+    rows = parse("model,currency,prompt,cached_prompt,completion\nm1,USD,0.15,,0.60\n", "csv")
+    assert (rows[0].prompt, rows[0].cached_prompt, rows[0].completion) == (150_000, 150_000, 600_000)
+
+
+def test_a_price_in_force_is_never_changed(open_store: Callable[[], UsageStore]) -> None:
+    store = open_store()
+    store.import_prices(parse(BOOK, "yaml"), "admin", NOW)
+    for text, problem in (
+        ("- {model: m1, currency: USD, prompt: 1, completion: 1, effective_from: 1000}", "in the past"),
+        ("- {model: m1, currency: USD, prompt: 1, completion: 1}", "after its latest price"),
+        ("- {model: m3, currency: EUR, prompt: 1, completion: 1}", "the price book is in USD"),
+    ):
+        with pytest.raises(InvalidPrices, match=problem):
+            store.import_prices(parse(text, "yaml"), "admin", NOW)
+    assert len(store.list_prices()) == 2 and store.currency() == "USD"
+    assert store.audit()[0][3] == "import_prices"
+    store.close()
+
+
+def test_events_are_priced_at_the_price_in_force_when_they_occurred(open_store: Callable[[], UsageStore]) -> None:
+    """A price change in the middle of a run: each event at its own price, to the micro-unit; the totals,
+    rollups and counters sum exactly those costs; an unpriced model's events are counted apart."""
+    store = open_store()
+    store.import_prices(parse(BOOK, "yaml"), "admin", NOW - 1000)
+    change = NOW - 500
+    later = f"- {{model: m1, currency: USD, prompt: '0.2', completion: '0.8', effective_from: {change:.0f}}}"
+    store.import_prices(parse(later, "yaml"), "admin", NOW - 900)
+    old, new = (store.list_prices("m1")[i] for i in (0, 1))
+    events = [
+        event(1, occurred_at=change - 1, prompt_tokens=1234, cached_tokens=1000, completion_tokens=77),
+        event(2, occurred_at=change, prompt_tokens=1234, cached_tokens=1000, completion_tokens=77),
+        event(3, occurred_at=change + 100, model="launch-1", model_name="m2", prompt_tokens=50, completion_tokens=9),
+        event(4, occurred_at=change + 100, model="unpriced-model", prompt_tokens=50, completion_tokens=9),
+        event(5, occurred_at=NOW - 1100, prompt_tokens=5, completion_tokens=5),  # before any price of m1
+    ]
+    store.commit(events, NOW, {})
+    store.commit([event(1, occurred_at=change - 1)], NOW, {})  # a duplicate is not priced twice
+    m2 = store.list_prices("m2")[0]
+    want = {
+        "ev-1": (event_cost(1234, 1000, 77, old), old.price_id),
+        "ev-2": (event_cost(1234, 1000, 77, new), new.price_id),
+        "ev-3": (event_cost(50, 0, 9, m2), m2.price_id),
+        "ev-4": (None, ""),
+        "ev-5": (None, ""),
+    }
+    assert dict((r[0], (r[1], r[2])) for r in store._rows("SELECT event_id, cost_micro, price_id FROM events")) == want
+    [(_, totals)] = store.totals(Query(), ())
+    assert totals.cost_micro == sum(c for c, _ in want.values() if c is not None)
+    assert totals.unpriced_requests == 2
+    assert store.reconcile(NOW) == []
+    store.close()
