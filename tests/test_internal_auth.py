@@ -64,6 +64,8 @@ METERING_CALLS = {
     "UpdateTeam": mpb.UpdateTeamRequest(),
     "ListTeams": mpb.ListTeamsRequest(),
     "GetTeam": mpb.GetTeamRequest(),
+    "ImportPrices": mpb.ImportPricesRequest(),
+    "ListPrices": mpb.ListPricesRequest(),
 }
 # What each token may do, by role: the gateway runs work and records usage; the admin reads.
 ENGINE_ADMIN = {"ListModels", "GetLoad", "LaunchModel", "TerminateModel"}
@@ -76,6 +78,7 @@ METERING_BOTH = (
     | {"ListKeys"}
     | {"CreateOrganization", "ListOrganizations", "GetOrganization"}
     | {"CreateTeam", "UpdateTeam", "ListTeams", "GetTeam"}
+    | {"ImportPrices", "ListPrices"}
 )
 
 

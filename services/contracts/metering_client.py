@@ -21,7 +21,11 @@ class MeteringClient(ServiceChannel):
         return list(response.acks)
 
     async def totals(self, request: pb.GetTotalsRequest, timeout: float | None = 30.0) -> list[pb.TotalsRow]:
-        return list((await self._stub.GetTotals(request, timeout=timeout, metadata=self.metadata)).rows)
+        return list((await self.totals_answer(request, timeout)).rows)
+
+    async def totals_answer(self, request: pb.GetTotalsRequest, timeout: float | None = 30.0) -> pb.GetTotalsResponse:
+        """The rows and the price book's currency."""
+        return await self._stub.GetTotals(request, timeout=timeout, metadata=self.metadata)
 
     async def series(self, request: pb.GetUsageSeriesRequest, timeout: float | None = 30.0) -> list[pb.SeriesPoint]:
         return list((await self._stub.GetUsageSeries(request, timeout=timeout, metadata=self.metadata)).points)
@@ -116,3 +120,12 @@ class MeteringClient(ServiceChannel):
     def watch_keys(self) -> AsyncIterator[pb.KeysUpdate]:
         """Every key, then each change (a stream with no deadline: it lasts as long as the caller reads)."""
         return self._stub.WatchKeys(pb.WatchKeysRequest(), metadata=self.metadata)
+
+    async def import_prices(
+        self, request: pb.ImportPricesRequest, timeout: float | None = 10.0
+    ) -> pb.ListPricesResponse:
+        return await self._stub.ImportPrices(request, timeout=timeout, metadata=self.metadata)
+
+    async def list_prices(self, model_name: str = "", timeout: float | None = 5.0) -> pb.ListPricesResponse:
+        request = pb.ListPricesRequest(model_name=model_name)
+        return await self._stub.ListPrices(request, timeout=timeout, metadata=self.metadata)

@@ -25,6 +25,7 @@ MANAGEMENT_PREFIXES = (
     "/v1/keys",
     "/v1/teams",
     "/v1/organizations",
+    "/v1/prices",
 )
 # What an organisation's admin may change (within its organisation).
 ORG_ADMIN_PREFIXES = ("/v1/limits", "/v1/keys", "/v1/teams", "/v1/organizations")

@@ -38,6 +38,7 @@ from services.gateway.ops import accounts as account_routes
 from services.gateway.ops import exposition, health
 from services.gateway.ops import keys as key_routes
 from services.gateway.ops import limits as limit_routes
+from services.gateway.ops import prices as price_routes
 from services.gateway.streaming.open_generations import OpenGenerations
 from services.gateway.usage.delivery import DeliverySettings, UsageDelivery
 from services.gateway.usage.recorder import OutcomeRecorder
@@ -234,7 +235,7 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
     app.router.redirect_slashes = False
     # Model management first: its DELETE /v1/models/{uid} and POST /v1/models sit beside the OpenAI GETs.
     routers = (model_management, chat, completions, embeddings, models, tokenize)
-    routers += (limit_routes, key_routes, account_routes, health)
+    routers += (limit_routes, key_routes, account_routes, price_routes, health)
     for module in (*routers, exposition):
         app.include_router(module.router)
     _install_error_handlers(app)

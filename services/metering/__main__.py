@@ -2,7 +2,8 @@
 `python -m services.metering report [--from 1h] ...` prints usage totals from the live service;
 `python -m services.metering reconcile` recounts the store's sums from its events;
 `python -m services.metering keys ...` issues, lists, rotates and revokes API keys;
-`python -m services.metering orgs ...` / `teams ...` manage the organisations and teams keys belong to."""
+`python -m services.metering orgs ...` / `teams ...` manage the organisations and teams keys belong to;
+`python -m services.metering prices import FILE | list`: the price book."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 from services.metering.config import MeteringSettings
 from services.metering.keys_command import accounts_main
 from services.metering.keys_command import main as keys_main
+from services.metering.prices_command import main as prices_main
 from services.metering.reconcile_command import main as reconcile_main
 from services.metering.report import main as report_main
 from services.metering.server import serve
@@ -24,6 +26,9 @@ def main() -> None:
         return
     if sys.argv[1:2] == ["keys"]:
         keys_main(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["prices"]:
+        prices_main(sys.argv[2:])
         return
     if sys.argv[1:2] in (["orgs"], ["teams"]):
         accounts_main(sys.argv[1], sys.argv[2:])

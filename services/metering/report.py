@@ -12,6 +12,7 @@ from llmserve.metering.v1 import metering_pb2 as pb
 from services.contracts.metering_client import MeteringClient
 from services.contracts.usage_terms import BUDGET_PERIOD_NAMES
 from services.metering.admin_cli import add_connection_arguments, admin_token, run_printing
+from services.metering.pricing import show
 from services.metering.rollups import TOTAL_FIELDS
 
 
@@ -24,10 +25,11 @@ def _when(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def render(rows: list[pb.TotalsRow]) -> str:
+def render(rows: list[pb.TotalsRow], currency: str = "") -> str:
+    """The totals; with a price book, each row's cost (exact, in the book's currency) and unpriced requests."""
     header = (
         f"{'model':<28} {'key / caller':<16} {'requests':>9} {'ok':>7} {'abort':>6} {'error':>6}"
-        f" {'prompt':>10} {'completion':>11} {'cached':>9}"
+        f" {'prompt':>10} {'completion':>11} {'cached':>9} {'cost ' + (currency or '-'):>20} {'unpriced':>8}"
     )
     lines = [header, "-" * len(header)]
     sums = pb.Totals()
@@ -37,6 +39,7 @@ def render(rows: list[pb.TotalsRow]) -> str:
             f"{row.model:<28} {row.api_key_id or f'caller:{row.caller}':<16} {t.requests:>9} {t.ok_requests:>7}"
             f" {t.aborted_requests:>6}"
             f" {t.failed_requests:>6} {t.prompt_tokens:>10} {t.completion_tokens:>11} {t.cached_tokens:>9}"
+            f" {_money(t.cost_micro):>20} {t.unpriced_requests:>8}"
         )
         # The integer sums (every field but the generation seconds).
         for name in TOTAL_FIELDS[:-1]:
@@ -45,6 +48,7 @@ def render(rows: list[pb.TotalsRow]) -> str:
     lines.append(
         f"{'total':<28} {'':<16} {sums.requests:>9} {sums.ok_requests:>7} {sums.aborted_requests:>6}"
         f" {sums.failed_requests:>6} {sums.prompt_tokens:>10} {sums.completion_tokens:>11} {sums.cached_tokens:>9}"
+        f" {_money(sums.cost_micro):>20} {sums.unpriced_requests:>8}"
     )
     return "\n".join(lines)
 
@@ -70,6 +74,10 @@ def render_accounts(rows: list[pb.TotalsRow], keys: list[pb.ApiKey]) -> str:
     for (level, subject), (requests, prompt, completion) in sorted(sums.items()):
         lines.append(f"{level:<13} {subject:<22} {requests:>9} {prompt:>10} {completion:>11}")
     return "\n".join(lines)
+
+
+def _money(micro: int) -> str:
+    return show(micro, "").strip()
 
 
 def _limit(value: int | None) -> str:
@@ -122,13 +130,14 @@ async def report(
     if end is not None:
         request.range.to.FromDatetime(end)
     async with MeteringClient(address, token) as client:
-        rows = await client.totals(request)
+        answer = await client.totals_answer(request)
+        rows = list(answer.rows)
         accounts = render_accounts(rows, await client.list_keys(include_revoked=True))
         limited = [k.api_key_id for k in await client.list_limits() if not key or k.api_key_id == key]
         standings = [await client.standing(k) for k in limited]
         counters = await client.counters()
     return (
-        f"{render(rows)}\n\nper team and organization:\n{accounts}\n\n{render_unbilled(counters)}"
+        f"{render(rows, answer.currency)}\n\nper team and organization:\n{accounts}\n\n{render_unbilled(counters)}"
         f"\n\nlimits per key, team and organization (now):\n{render_standings(standings)}"
     )
 

@@ -44,6 +44,7 @@ POLICY = {
             *("CreateKey", "ListKeys", "GetKey", "UpdateKey", "RotateKey", "RevokeKey"),
             *("CreateOrganization", "ListOrganizations", "GetOrganization"),
             *("CreateTeam", "UpdateTeam", "ListTeams", "GetTeam"),
+            *("ImportPrices", "ListPrices"),
         )
     },
     f"/{SERVICE_NAME}/WatchKeys": frozenset({GATEWAY}),

@@ -17,7 +17,8 @@ from services.metering.key_rpcs import KeyRpcs, scope
 from services.metering.key_watch import KeyWatch
 from services.metering.ledger import DUPLICATE, RECORDED, REJECTED, Ack, Ledger
 from services.metering.limits import KeyLimits, Standing
-from services.metering.store import Query, StoreUnavailable, Totals
+from services.metering.price_rpcs import PriceRpcs
+from services.metering.store import Query, StoreUnavailable, Totals, UsageStore
 
 
 class InvalidQuery(ValueError):
@@ -77,6 +78,8 @@ def _totals(t: Totals) -> pb.Totals:
         aborted_requests=t.aborted_requests,
         failed_requests=t.failed_requests,
         generation_seconds=t.generation_seconds,
+        cost_micro=t.cost_micro,
+        unpriced_requests=t.unpriced_requests,
     )
 
 
@@ -189,7 +192,7 @@ def _holder(source: str, lease_seconds: float) -> None:
         raise InvalidQuery("lease_seconds must be above 0 and at most 3600")
 
 
-class MeteringServicer(KeyRpcs, metering_pb2_grpc.MeteringServiceServicer):
+class MeteringServicer(KeyRpcs, PriceRpcs, metering_pb2_grpc.MeteringServiceServicer):
     def __init__(self, ledger: Ledger, keys: KeyWatch) -> None:
         self._ledger = ledger
         self._keys = keys
@@ -238,7 +241,8 @@ class MeteringServicer(KeyRpcs, metering_pb2_grpc.MeteringServiceServicer):
                     totals=_totals(t),
                 )
                 for labels, t in rows
-            ]
+            ],
+            currency=await self._ledger.read(UsageStore.currency),
         )
 
     async def GetUsageSeries(

@@ -70,6 +70,15 @@ class ModelManager:
         self._fleet = fleet
         self.catalog = catalog
 
+    def known_names(self) -> set[str]:
+        """Every model name a price may be set for: served uids and the registered models they run (as the
+        engines report them), registrations and launches."""
+        names = {r.model_name for r in self.catalog.registrations()} | set(self.catalog.launches())
+        for member in self._fleet.members:
+            for uid, card in member.cards.items():
+                names |= {uid, card.model_name} - {""}
+        return names
+
     def _healthy(self) -> list[EngineMember]:
         healthy = [m for m in self._fleet.members if m.healthy]
         if not healthy:

@@ -141,6 +141,48 @@ class Team(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     def __init__(self, team_id: _Optional[str] = ..., org_id: _Optional[str] = ..., name: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., allowed_models: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
+class Price(_message.Message):
+    __slots__ = ("price_id", "model_name", "currency", "effective_from", "prompt_micro", "cached_prompt_micro", "completion_micro")
+    PRICE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_FROM_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_MICRO_FIELD_NUMBER: _ClassVar[int]
+    CACHED_PROMPT_MICRO_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_MICRO_FIELD_NUMBER: _ClassVar[int]
+    price_id: str
+    model_name: str
+    currency: str
+    effective_from: _timestamp_pb2.Timestamp
+    prompt_micro: int
+    cached_prompt_micro: int
+    completion_micro: int
+    def __init__(self, price_id: _Optional[str] = ..., model_name: _Optional[str] = ..., currency: _Optional[str] = ..., effective_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prompt_micro: _Optional[int] = ..., cached_prompt_micro: _Optional[int] = ..., completion_micro: _Optional[int] = ...) -> None: ...
+
+class ImportPricesRequest(_message.Message):
+    __slots__ = ("content", "format", "actor")
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    content: str
+    format: str
+    actor: str
+    def __init__(self, content: _Optional[str] = ..., format: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
+
+class ListPricesRequest(_message.Message):
+    __slots__ = ("model_name",)
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    def __init__(self, model_name: _Optional[str] = ...) -> None: ...
+
+class ListPricesResponse(_message.Message):
+    __slots__ = ("prices", "currency")
+    PRICES_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    prices: _containers.RepeatedCompositeFieldContainer[Price]
+    currency: str
+    def __init__(self, prices: _Optional[_Iterable[_Union[Price, _Mapping]]] = ..., currency: _Optional[str] = ...) -> None: ...
+
 class CreateOrganizationRequest(_message.Message):
     __slots__ = ("name", "time_zone", "metadata", "actor")
     class MetadataEntry(_message.Message):
@@ -588,7 +630,7 @@ class TimeRange(_message.Message):
     def __init__(self, to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., **kwargs) -> None: ...
 
 class Totals(_message.Message):
-    __slots__ = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "ok_requests", "aborted_requests", "failed_requests", "generation_seconds")
+    __slots__ = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "ok_requests", "aborted_requests", "failed_requests", "generation_seconds", "cost_micro", "unpriced_requests")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -597,6 +639,8 @@ class Totals(_message.Message):
     ABORTED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     FAILED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     GENERATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    COST_MICRO_FIELD_NUMBER: _ClassVar[int]
+    UNPRICED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     requests: int
     prompt_tokens: int
     completion_tokens: int
@@ -605,7 +649,9 @@ class Totals(_message.Message):
     aborted_requests: int
     failed_requests: int
     generation_seconds: float
-    def __init__(self, requests: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., ok_requests: _Optional[int] = ..., aborted_requests: _Optional[int] = ..., failed_requests: _Optional[int] = ..., generation_seconds: _Optional[float] = ...) -> None: ...
+    cost_micro: int
+    unpriced_requests: int
+    def __init__(self, requests: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., ok_requests: _Optional[int] = ..., aborted_requests: _Optional[int] = ..., failed_requests: _Optional[int] = ..., generation_seconds: _Optional[float] = ..., cost_micro: _Optional[int] = ..., unpriced_requests: _Optional[int] = ...) -> None: ...
 
 class GetTotalsRequest(_message.Message):
     __slots__ = ("range", "model", "api_key_id", "group_by_model", "group_by_api_key", "model_name", "group_by_model_name", "caller", "group_by_caller")
@@ -644,10 +690,12 @@ class TotalsRow(_message.Message):
     def __init__(self, model: _Optional[str] = ..., api_key_id: _Optional[str] = ..., totals: _Optional[_Union[Totals, _Mapping]] = ..., model_name: _Optional[str] = ..., caller: _Optional[str] = ...) -> None: ...
 
 class GetTotalsResponse(_message.Message):
-    __slots__ = ("rows",)
+    __slots__ = ("rows", "currency")
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
     rows: _containers.RepeatedCompositeFieldContainer[TotalsRow]
-    def __init__(self, rows: _Optional[_Iterable[_Union[TotalsRow, _Mapping]]] = ...) -> None: ...
+    currency: str
+    def __init__(self, rows: _Optional[_Iterable[_Union[TotalsRow, _Mapping]]] = ..., currency: _Optional[str] = ...) -> None: ...
 
 class GetUsageSeriesRequest(_message.Message):
     __slots__ = ("range", "bucket", "model", "api_key_id", "model_name", "caller")

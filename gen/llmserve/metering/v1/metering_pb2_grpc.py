@@ -164,6 +164,16 @@ class MeteringServiceStub:
                 request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.WatchKeysRequest.SerializeToString,
                 response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.KeysUpdate.FromString,
                 _registered_method=True)
+        self.ImportPrices = channel.unary_unary(
+                '/llmserve.metering.v1.MeteringService/ImportPrices',
+                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ImportPricesRequest.SerializeToString,
+                response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ListPricesResponse.FromString,
+                _registered_method=True)
+        self.ListPrices = channel.unary_unary(
+                '/llmserve.metering.v1.MeteringService/ListPrices',
+                request_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ListPricesRequest.SerializeToString,
+                response_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ListPricesResponse.FromString,
+                _registered_method=True)
 
 
 class MeteringServiceServicer:
@@ -349,6 +359,20 @@ class MeteringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportPrices(self, request, context):
+        """The price book: prices per model name, each from its effective time, never changed once in force.
+        An import is all or nothing; every problem is listed in the INVALID_ARGUMENT message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPrices(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeteringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -481,6 +505,16 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     servicer.WatchKeys,
                     request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.WatchKeysRequest.FromString,
                     response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.KeysUpdate.SerializeToString,
+            ),
+            'ImportPrices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportPrices,
+                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ImportPricesRequest.FromString,
+                    response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ListPricesResponse.SerializeToString,
+            ),
+            'ListPrices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPrices,
+                    request_deserializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ListPricesRequest.FromString,
+                    response_serializer=llmserve_dot_metering_dot_v1_dot_metering__pb2.ListPricesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1185,6 +1219,60 @@ class MeteringService:
             '/llmserve.metering.v1.MeteringService/WatchKeys',
             llmserve_dot_metering_dot_v1_dot_metering__pb2.WatchKeysRequest.SerializeToString,
             llmserve_dot_metering_dot_v1_dot_metering__pb2.KeysUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportPrices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.metering.v1.MeteringService/ImportPrices',
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.ImportPricesRequest.SerializeToString,
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.ListPricesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPrices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.metering.v1.MeteringService/ListPrices',
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.ListPricesRequest.SerializeToString,
+            llmserve_dot_metering_dot_v1_dot_metering__pb2.ListPricesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,120 @@
+"""Money through the real stack (the session's engine, a gateway, metering on SQLite): prices imported
+through the gateway, a price change in the middle of a run of streams, hang-ups, n>1 and embeddings, and
+every recorded event's cost equal to its tokens times the price in force when it occurred, to the
+micro-unit; the totals equal the sum. A bad price import is refused whole, naming every problem."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from llmserve.metering.v1 import metering_pb2 as mpb
+
+from services.metering.pricing import Price, event_cost, in_force
+from tests.calls import stream_chat
+from tests.credentials import metering_client
+from tests.stack import ADMIN_API_KEY, MODEL, running, start_gateway, start_metering, wait_for, wait_idle
+from tools.processes import ServiceProcess
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_API_KEY}"}
+
+
+@pytest.fixture(scope="module")
+def priced(log_dir: Path, tmp_path_factory: pytest.TempPathFactory, engine_address: str) -> Iterator[tuple]:
+    folder = tmp_path_factory.mktemp("prices")
+    with running(start_metering(log_dir, folder / "metering", name="metering-prices")) as metering:
+        gateway = start_gateway(
+            log_dir, engine_address, "gateway-prices", data_dir=str(folder / "gateway"), metering_addr=metering.address
+        )
+        with running(gateway):
+            yield gateway, metering, folder / "metering" / "usage.sqlite3"
+
+
+async def _post(gateway: ServiceProcess, path: str, body: dict) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=120, headers=ADMIN) as http:
+        return await http.post(f"{gateway.address}{path}", json=body)
+
+
+async def test_a_bad_price_import_is_refused_whole_naming_every_problem(priced: tuple) -> None:
+    gateway, _, _ = priced
+    unknown = await _post(gateway, "/v1/prices", {"currency": "USD", "prices": [{"model": "no-such-model"}]})
+    assert unknown.status_code == 400 and "no-such-model" in unknown.json()["error"]["message"]
+    rows = [
+        {"model": MODEL, "prompt": "-1", "completion": "1"},
+        {"model": MODEL, "prompt": "0.0000001", "completion": 0.5},
+    ]
+    bad = await _post(gateway, "/v1/prices", {"currency": "USD", "prices": rows})
+    assert bad.status_code == 400, bad.text
+    message = bad.json()["error"]["message"]
+    for problem in ("row 1: prompt", "row 2: prompt", "row 2: completion: write amounts as strings"):
+        assert problem in message, message
+    async with httpx.AsyncClient(timeout=30, headers=ADMIN) as http:
+        assert (await http.get(f"{gateway.address}/v1/prices")).json()["data"] == []
+
+
+async def test_every_event_costs_its_tokens_at_the_price_in_force(priced: tuple, engine_address: str) -> None:
+    gateway, metering, database = priced
+    price = {"model": MODEL, "prompt": "0.15", "cached_prompt": "0.075", "completion": "0.6"}
+    first = await _post(gateway, "/v1/prices", {"currency": "USD", "prices": [price]})
+    assert first.status_code == 200, first.text
+
+    async def run() -> int:
+        """Streams, a hang-up, n=2 and an embedding; the number of requests."""
+        await wait_idle(engine_address)
+        calls = [stream_chat(gateway.address, ADMIN_API_KEY, 8, text=f"Count to {i}.") for i in range(3)]
+        calls.append(stream_chat(gateway.address, ADMIN_API_KEY, 64, hang_up_after=0.5))
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "n": 2}
+        await asyncio.gather(*calls, _post(gateway, "/v1/chat/completions", body))
+        embedded = await _post(gateway, "/v1/embeddings", {"model": MODEL, "input": ["one", "two"]})
+        return 5 + (embedded.status_code == 200)
+
+    sent = await run()
+    # A new price from a moment on: the events of the next run occur after it.
+    change = int(time.time()) + 2
+    later = {"model": MODEL, "prompt": "0.2", "completion": "0.9", "effective_from": change}
+    second = await _post(gateway, "/v1/prices", {"currency": "USD", "prices": [later]})
+    assert second.status_code == 200, second.text
+    await asyncio.sleep(max(0.0, change - time.time()) + 0.1)
+    sent += await run()
+
+    async def recorded() -> bool:
+        async with metering_client(metering.address) as client:
+            rows = await client.totals(mpb.GetTotalsRequest())
+        return bool(rows) and rows[0].totals.requests == sent
+
+    await wait_for(recorded, 60, "every request to be recorded")
+    async with metering_client(metering.address) as client:
+        book = await client.list_prices(MODEL)
+        answer = await client.totals_answer(mpb.GetTotalsRequest())
+    prices = [
+        Price(
+            p.price_id,
+            p.model_name,
+            p.currency,
+            p.effective_from.seconds + p.effective_from.nanos / 1e9,
+            p.prompt_micro,
+            p.cached_prompt_micro,
+            p.completion_micro,
+        )
+        for p in book.prices
+    ]
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+        events = db.execute(
+            "SELECT occurred_at, prompt_tokens, cached_tokens, completion_tokens, cost_micro, price_id FROM events"
+        ).fetchall()
+    assert len(events) == sent
+    used = set()
+    for occurred, prompt, cached, completion, cost, price_id in events:
+        price = in_force(prices, occurred)
+        assert price is not None and price_id == price.price_id
+        assert cost == event_cost(prompt, cached, completion, price)
+        used.add(price_id)
+    assert used == {p.price_id for p in prices}, "both prices were in force for some events"
+    totals = answer.rows[0].totals
+    assert answer.currency == "USD" and totals.unpriced_requests == 0
+    assert totals.cost_micro == sum(e[4] for e in events) > 0
