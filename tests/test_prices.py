@@ -6,6 +6,7 @@ micro-unit; the totals equal the sum. A bad price import is refused whole, namin
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import httpx
 import pytest
 from llmserve.metering.v1 import metering_pb2 as mpb
 
-from services.metering.pricing import Price, event_cost, in_force
+from services.contracts.pricing import event_cost, from_message, in_force
 from tests.calls import stream_chat
 from tests.credentials import metering_client
 from tests.stack import ADMIN_API_KEY, MODEL, running, start_gateway, start_metering, wait_for, wait_idle
@@ -91,18 +92,7 @@ async def test_every_event_costs_its_tokens_at_the_price_in_force(priced: tuple,
     async with metering_client(metering.address) as client:
         book = await client.list_prices(MODEL)
         answer = await client.totals_answer(mpb.GetTotalsRequest())
-    prices = [
-        Price(
-            p.price_id,
-            p.model_name,
-            p.currency,
-            p.effective_from.seconds + p.effective_from.nanos / 1e9,
-            p.prompt_micro,
-            p.cached_prompt_micro,
-            p.completion_micro,
-        )
-        for p in book.prices
-    ]
+    prices = [from_message(p) for p in book.prices]
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
         events = db.execute(
             "SELECT occurred_at, prompt_tokens, cached_tokens, completion_tokens, cost_micro, price_id FROM events"
@@ -118,3 +108,34 @@ async def test_every_event_costs_its_tokens_at_the_price_in_force(priced: tuple,
     totals = answer.rows[0].totals
     assert answer.currency == "USD" and totals.unpriced_requests == 0
     assert totals.cost_micro == sum(e[4] for e in events) > 0
+
+
+async def test_a_client_that_asks_gets_the_cost_in_its_usage(priced: tuple) -> None:
+    """OpenRouter's `usage: {include: true}`: the cost at the price in force, in the book's currency and
+    exactly in micro-units; a strict OpenAI client that does not ask gets the usage it always did."""
+    gateway, metering, _ = priced
+    async with metering_client(metering.address) as client:
+        book = await client.list_prices(MODEL)
+    if not book.prices:
+        price = {"model": MODEL, "prompt": "0.15", "completion": "0.6"}
+        assert (await _post(gateway, "/v1/prices", {"currency": "USD", "prices": [price]})).status_code == 200
+        async with metering_client(metering.address) as client:
+            book = await client.list_prices(MODEL)
+    price = in_force([from_message(p) for p in book.prices], time.time())
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    plain = (await _post(gateway, "/v1/chat/completions", body)).json()["usage"]
+    assert "cost" not in plain
+    asked = (await _post(gateway, "/v1/chat/completions", {**body, "usage": {"include": True}})).json()["usage"]
+    micro = event_cost(
+        asked["prompt_tokens"], asked["prompt_tokens_details"]["cached_tokens"], asked["completion_tokens"], price
+    )
+    assert asked["cost_details"] == {"currency": "USD", "micro": micro}
+    assert asked["cost"] == micro / 1_000_000
+    streamed = {**body, "stream": True, "stream_options": {"include_usage": True}, "usage": {"include": True}}
+    async with httpx.AsyncClient(timeout=60, headers=ADMIN) as http:
+        async with http.stream("POST", f"{gateway.address}/v1/chat/completions", json=streamed) as reply:
+            lines = [line async for line in reply.aiter_lines() if line.startswith("data: {")]
+    usage = json.loads(lines[-1][6:])["usage"]
+    assert usage["cost_details"]["micro"] == event_cost(
+        usage["prompt_tokens"], usage["prompt_tokens_details"]["cached_tokens"], usage["completion_tokens"], price
+    )

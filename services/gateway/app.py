@@ -24,6 +24,7 @@ from services.gateway.fleet.manager import ModelManager
 from services.gateway.fleet.router import RequestRouter
 from services.gateway.issued_keys import IssuedKeys
 from services.gateway.limits.keeper import LimitsKeeper, LimitsSettings
+from services.gateway.limits.price_book import PriceBook
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.middleware import InFlight, RequestLimits, RouteTable
 from services.gateway.openai_api.chat import api_router as chat
@@ -191,9 +192,16 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
         app.state.limits = limits
         app.state.issued_keys = issued
         app.state.key_admin = MeteringClient(settings.metering_addr, settings.service_token()) if issued else None
+        prices = None
+        if delivery is not None:
+            prices = PriceBook(
+                MeteringClient(settings.metering_addr, settings.service_token()), settings.limits_poll_seconds
+            )
+        app.state.prices = prices
         if issued is not None:
-            if limits is not None:
-                issued.on_change = limits.poke
+            # A change in metering (a key, a limit, a team, a price) reaches this gateway through the key watch.
+            pokes = [p.poke for p in (limits, prices) if p is not None]
+            issued.on_change = lambda: [poke() for poke in pokes]
             issued.start(app.state.key_admin)
         app.state.responder = Responder(
             router,
@@ -204,9 +212,12 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
             limits,
             settings.share_prefix_cache,
             access,
+            prices,
         )
         if limits is not None:
             await limits.start()
+        if prices is not None:
+            await prices.start()
         if delivery is not None:
             await delivery.start()
             # Each engine, once reachable: what earlier incarnations of this gateway left unconfirmed there.
@@ -223,6 +234,8 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
         await generations.wait_settled(settings.settle_timeout_seconds)
         if limits is not None:
             await limits.stop()
+        if prices is not None:
+            await prices.stop()
         if issued is not None:
             await issued.stop()
             await app.state.key_admin.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,9 @@ class MeteringSettings(BaseSettings):
     callers_file: Path | None = None
     reflection: bool = True
     log_level: str = "INFO"
+    # A model with no price in force once the price book has any: "refuse" its requests at the gateways'
+    # admission (fail closed), or "record" them flagged unpriced (reported, never taken as free).
+    unpriced: Literal["refuse", "record"] = "refuse"
 
     @model_validator(mode="after")
     def _retention_covers_event_age(self) -> MeteringSettings:

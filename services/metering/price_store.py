@@ -10,9 +10,10 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 
+from services.contracts.pricing import Price, event_cost, in_force, show
 from services.metering.events import UsageEvent
 from services.metering.price_file import InvalidPrices, PriceRow
-from services.metering.pricing import Price, event_cost, in_force, new_price_id, show
+from services.metering.pricing import new_price_id
 
 _COLUMNS = "price_id, model_name, currency, effective_from, prompt, cached_prompt, completion, created_at"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from llmserve.metering.v1 import metering_pb2 as pb
 
 from services.contracts.metering_client import MeteringClient
+from services.contracts.pricing import show
 from services.metering.admin_cli import add_connection_arguments, admin_token, run_printing
-from services.metering.pricing import show
 
 
 def _rows(book: pb.ListPricesResponse) -> str:

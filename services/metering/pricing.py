@@ -1,19 +1,15 @@
-"""Prices and what an event costs, in integers only. A price is per million tokens, written in the
-currency's major unit with at most six decimals (`"0.15"` USD: 150,000 micro-units); it is kept as integer
-micro-units. An event's cost is its uncached prompt tokens, cached prompt tokens and completion tokens
-times their prices, divided by a million and rounded half up once, to an integer number of micro-units
-(one millionth of the major unit). Amounts are parsed with Decimal (exact), never a float."""
+"""Prices as a user writes them: per million tokens, in the currency's major unit with at most six
+decimals (`"0.15"` USD: 150,000 micro-units), kept as integer micro-units; parsed with Decimal (exact),
+never a float. What an event costs is services.contracts.pricing (a gateway computes it too)."""
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
+from services.contracts.pricing import MICRO
 from services.metering.account_errors import InvalidChange
 
-MICRO = 1_000_000
-PER_TOKENS = 1_000_000
 # ISO 4217 codes and their minor unit's exponent (for showing amounts); a price book has one currency.
 CURRENCIES = {
     "USD": 2,
@@ -33,20 +29,6 @@ CURRENCIES = {
 PRICE_FIELDS = ("prompt", "cached_prompt", "completion")
 # A price per million tokens at most this many major units (a bound that keeps every product in int64).
 MAX_PRICE_MAJOR = 1_000_000
-
-
-@dataclass(frozen=True)
-class Price:
-    """Micro-units per million tokens of each kind, in force from effective_from (seconds since the epoch)."""
-
-    price_id: str
-    model_name: str
-    currency: str
-    effective_from: float
-    prompt: int
-    cached_prompt: int
-    completion: int
-    created_at: float = 0.0
 
 
 def new_price_id() -> str:
@@ -70,28 +52,3 @@ def micro_amount(text: object, field: str) -> int:
     if micro != micro.to_integral_value():
         raise InvalidChange(f"{field}: {text!r} is finer than a micro-unit (at most six decimals)")
     return int(micro)
-
-
-def show(micro: int, currency: str) -> str:
-    """An amount of micro-units in the major unit, exactly: 1234567 USD -> "1.234567 USD"."""
-    sign, whole = ("-" if micro < 0 else ""), abs(micro)
-    return f"{sign}{whole // MICRO}.{whole % MICRO:06d} {currency}".strip()
-
-
-def event_cost(prompt_tokens: int, cached_tokens: int, completion_tokens: int, price: Price) -> int:
-    """The event's cost in micro-units, rounded half up once."""
-    cached = min(cached_tokens, prompt_tokens)
-    exact = (prompt_tokens - cached) * price.prompt + cached * price.cached_prompt
-    exact += completion_tokens * price.completion
-    return (exact + PER_TOKENS // 2) // PER_TOKENS
-
-
-def in_force(prices: list[Price], at: float) -> Price | None:
-    """The price of one model in force at `at`: the latest that started by then (prices sorted by start)."""
-    chosen = None
-    for price in prices:
-        if price.effective_from <= at:
-            chosen = price
-        else:
-            break
-    return chosen

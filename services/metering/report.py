@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 from llmserve.metering.v1 import metering_pb2 as pb
 
 from services.contracts.metering_client import MeteringClient
+from services.contracts.pricing import show
 from services.contracts.usage_terms import BUDGET_PERIOD_NAMES
 from services.metering.admin_cli import add_connection_arguments, admin_token, run_printing
-from services.metering.pricing import show
 from services.metering.rollups import TOTAL_FIELDS
 
 

@@ -82,9 +82,10 @@ async def serve(settings: MeteringSettings) -> None:
         loop = asyncio.get_running_loop()
         listener = ChangeListener(settings.database_url, lambda: loop.call_soon_threadsafe(keys.poke))
         listener.start()
+    servicer = MeteringServicer(ledger, keys, settings.unpriced == "refuse")
     metering = build_server(
         f"{settings.host}:{settings.port}",
-        lambda server: metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(ledger, keys), server),
+        lambda server: metering_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, server),
         [SERVICE_NAME],
         STATUS_BY_ERROR,
         auth=interceptor_from_file(settings.callers_file, POLICY, metrics.auth_failures, "metering"),

@@ -193,9 +193,10 @@ def _holder(source: str, lease_seconds: float) -> None:
 
 
 class MeteringServicer(KeyRpcs, PriceRpcs, metering_pb2_grpc.MeteringServiceServicer):
-    def __init__(self, ledger: Ledger, keys: KeyWatch) -> None:
+    def __init__(self, ledger: Ledger, keys: KeyWatch, refuse_unpriced: bool = True) -> None:
         self._ledger = ledger
         self._keys = keys
+        self._refuse_unpriced = refuse_unpriced
 
     async def _record(self, request: pb.RecordUsageRequest) -> list[Ack]:
         acks = await self._ledger.record([to_event(e) for e in request.events])

@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from services.contracts.pricing import Price, event_cost, show
 from services.metering.conftest import NOW, event
 from services.metering.price_file import InvalidPrices, parse
-from services.metering.pricing import Price, event_cost, micro_amount, show
+from services.metering.pricing import micro_amount
 from services.metering.store import Query, UsageStore
 
 BOOK = """

@@ -180,6 +180,12 @@ class StreamOptions(Strict):
     continuous_usage_stats: bool | None = None
 
 
+class UsageOptions(Strict):
+    """OpenRouter's usage accounting: `include` adds the request's `cost` to its usage."""
+
+    include: bool = False
+
+
 class JsonSchemaFormat(Strict):
     name: str
     description: str | None = None
@@ -241,6 +247,7 @@ class SamplingFields(Strict):
     min_tokens: int = Field(0, ge=0, le=UINT32_MAX)
     ignore_eos: bool = False
     stop_token_ids: list[TokenId] | None = None
+    usage: UsageOptions | None = None
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

@@ -4,6 +4,7 @@ answer as a stream or as one response; the finished request goes to its span and
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 
@@ -17,6 +18,7 @@ from services.gateway.errors import ApiError
 from services.gateway.fleet.router import RequestRouter
 from services.gateway.limits.admission import generation_tokens
 from services.gateway.limits.keeper import LimitsKeeper
+from services.gateway.limits.price_book import PriceBook
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.openai_api.protocol import SamplingFields
 from services.gateway.outcome import Outcome
@@ -41,8 +43,10 @@ class Responder:
         limits: LimitsKeeper | None = None,
         share_prefix_cache: bool = False,
         access: AccessPolicy | None = None,
+        prices: PriceBook | None = None,
     ) -> None:
         self._access = access
+        self._prices = prices
         self._share_prefix_cache = share_prefix_cache
         self._limits = limits
         self._router = router
@@ -79,6 +83,12 @@ class Responder:
         http_request.state.model = meta.model
         if self._access is not None:
             self._access.check_model(key_id, meta.model)
+        model_name = self._router.model_name(meta.model)
+        if self._prices is not None:
+            self._prices.admit(meta.model, model_name)
+            if body.usage is not None and body.usage.include:
+                price, book = self._prices.price(meta.model, model_name), self._prices
+                meta = dataclasses.replace(meta, cost=lambda p, c, k: book.cost(price, p, c, k))
         span = RequestSpan(meta, max_tokens, body.temperature)
         outcome = Outcome(
             request_id=meta.id,
@@ -86,7 +96,7 @@ class Responder:
             model=meta.model,
             api_key_id=key_id,
             streamed=body.stream,
-            model_name=self._router.model_name(meta.model),
+            model_name=model_name,
             trace_id=span.trace_id,
             span_id=span.span_id,
         )

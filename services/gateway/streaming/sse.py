@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,6 +40,12 @@ class ResponseMeta:
     logprobs: bool
     include_usage: bool
     continuous_usage: bool
+    # Adds `cost` to the final usage (prompt, completion, cached tokens -> fields), when the client asked.
+    cost: Callable[[int, int, int], Json] | None = None
+
+    def final_usage(self, gen: Generation) -> Json:
+        usage = usage_object(*gen.usage())
+        return usage if self.cost is None else {**usage, **self.cost(*gen.usage())}
 
     @property
     def chunk_object(self) -> str:
@@ -92,7 +98,7 @@ async def stream_events(gen: Generation, meta: ResponseMeta, settling: set[async
         # Durable before the usage chunk (and [DONE]) leaves: a crash from here on loses no usage.
         await gen.close(list(finished.values()))
         if meta.include_usage:
-            yield sse({**base, "choices": [], "usage": usage_object(*gen.usage())})
+            yield sse({**base, "choices": [], "usage": meta.final_usage(gen)})
         if gen.error:
             yield sse(error_event(gen.error))
         yield DONE
@@ -169,5 +175,5 @@ async def aggregate(gen: Generation, meta: ResponseMeta, settling: set[asyncio.T
         "created": meta.created,
         "model": gen.outcome.model,
         "choices": out,
-        "usage": usage_object(*gen.usage()),
+        "usage": meta.final_usage(gen),
     }

@@ -176,12 +176,14 @@ class ListPricesRequest(_message.Message):
     def __init__(self, model_name: _Optional[str] = ...) -> None: ...
 
 class ListPricesResponse(_message.Message):
-    __slots__ = ("prices", "currency")
+    __slots__ = ("prices", "currency", "refuse_unpriced")
     PRICES_FIELD_NUMBER: _ClassVar[int]
     CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    REFUSE_UNPRICED_FIELD_NUMBER: _ClassVar[int]
     prices: _containers.RepeatedCompositeFieldContainer[Price]
     currency: str
-    def __init__(self, prices: _Optional[_Iterable[_Union[Price, _Mapping]]] = ..., currency: _Optional[str] = ...) -> None: ...
+    refuse_unpriced: bool
+    def __init__(self, prices: _Optional[_Iterable[_Union[Price, _Mapping]]] = ..., currency: _Optional[str] = ..., refuse_unpriced: _Optional[bool] = ...) -> None: ...
 
 class CreateOrganizationRequest(_message.Message):
     __slots__ = ("name", "time_zone", "metadata", "actor")

@@ -42,6 +42,8 @@ async def create_embeddings(
 ) -> Response:
     request.state.model = body.model
     access.check_model(key_id, body.model)
+    if request.app.state.prices is not None:
+        request.app.state.prices.admit(body.model, requests.model_name(body.model))
     outcome = Outcome(
         request_id=f"embd-{uuid.uuid4().hex}",
         endpoint=request.url.path,
