@@ -3,7 +3,8 @@
 `python -m services.metering reconcile` recounts the store's sums from its events;
 `python -m services.metering keys ...` issues, lists, rotates and revokes API keys;
 `python -m services.metering orgs ...` / `teams ...` manage the organisations and teams keys belong to;
-`python -m services.metering prices import FILE | list`: the price book."""
+`python -m services.metering prices import FILE | list`: the price book;
+`python -m services.metering rerate --prices FILE --from --to [--apply]`: a period priced again."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from services.metering.keys_command import main as keys_main
 from services.metering.prices_command import main as prices_main
 from services.metering.reconcile_command import main as reconcile_main
 from services.metering.report import main as report_main
+from services.metering.rerate_command import main as rerate_main
 from services.metering.server import serve
 from services.tracing import grpc_server_instrumentation, setup_logging, setup_tracing, shutdown_tracing
 
@@ -26,6 +28,9 @@ def main() -> None:
         return
     if sys.argv[1:2] == ["keys"]:
         keys_main(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["rerate"]:
+        rerate_main(sys.argv[2:])
         return
     if sys.argv[1:2] == ["prices"]:
         prices_main(sys.argv[2:])

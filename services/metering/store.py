@@ -18,6 +18,7 @@ from services.metering.limits import period_start
 from services.metering.price_store import PriceStore
 from services.metering.range_sql import EVENT_VALUES, Label, Query, range_select
 from services.metering.reconcile import Reconciliation
+from services.metering.rerating import Reratings
 from services.metering.reservations import Reservations
 from services.metering.rollups import (
     MINUTE,
@@ -146,7 +147,7 @@ def event_row(e: UsageEvent, received_at: float) -> tuple:
     )
 
 
-class UsageStore(KeyStore, PriceStore, Reservations, Reconciliation):
+class UsageStore(KeyStore, PriceStore, Reservations, Reconciliation, Reratings):
     """`writer` keys this process's rows of the running totals (see migration 0002)."""
 
     # Whether other processes may write the same database (PostgreSQL): then the Prometheus counters

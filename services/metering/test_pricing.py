@@ -127,3 +127,33 @@ def test_events_are_priced_at_the_price_in_force_when_they_occurred(open_store: 
     assert totals.unpriced_requests == 2
     assert store.reconcile(NOW) == []
     store.close()
+
+
+def test_a_rerating_reproduces_a_corrected_month(open_store: Callable[[], UsageStore]) -> None:
+    """A month priced with a wrong completion price, re-rated against the corrected book: per key, the
+    re-rated sum is what the corrected book gives each event; applied, the originals stay as recorded."""
+    store = open_store()
+    wrong = parse("- {model: m1, currency: USD, prompt: '0.15', completion: '6.0'}", "yaml")
+    store.import_prices(wrong, "admin", NOW - 10**6)
+    events = [
+        event(i, api_key_id=f"k{i % 3}", occurred_at=NOW - 1000 * i, prompt_tokens=100 + i, completion_tokens=7 * i)
+        for i in range(1, 40)
+    ]
+    events.append(event(99, model="nobody-priced", occurred_at=NOW - 50))
+    store.commit(events, NOW, {})
+    corrected = parse("- {model: m1, currency: USD, prompt: '0.15', completion: '0.6'}", "yaml")
+    fixed = Price("c", "m1", "USD", 0, 150_000, 150_000, 600_000)
+    start, end = NOW - 20_000.5, NOW
+    result = store.rerate(corrected, start, end, "admin", NOW, apply=True)
+    inside = [e for e in events if start <= e.occurred_at < end]
+    for key in ("k0", "k1", "k2"):
+        mine = [e for e in inside if e.api_key_id == key and e.model == "m1"]
+        want = sum(event_cost(e.prompt_tokens, e.cached_tokens, e.completion_tokens, fixed) for e in mine)
+        assert result.by_key[key].rerated_micro == want and result.by_key[key].events == len(mine)
+        assert result.by_key[key].difference_micro < 0
+    assert result.by_key["team-a"].unpriced_before == result.by_key["team-a"].unpriced_after == 1
+    stored = store._rows("SELECT COUNT(*), SUM(rerated_cost_micro) FROM cost_adjustments")[0]
+    assert stored[0] == len([e for e in inside if e.model == "m1"])
+    # The recorded figures stay: the rollups still equal the events as recorded.
+    assert store.reconcile(NOW) == []
+    store.close()
