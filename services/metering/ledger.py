@@ -219,12 +219,15 @@ class Ledger:
             await asyncio.sleep(_PRUNE_INTERVAL_SECONDS)
 
     async def reserve(
-        self, source: str, event_id: str, api_key_id: str, tokens: int, lease_seconds: float
+        self, source: str, event_id: str, api_key_id: str, tokens: int, lease_seconds: float, cost_micro: int = 0
     ) -> tuple[Decision, tuple[Standing, ...]]:
-        return await self._run(self._store.reserve, source, event_id, api_key_id, tokens, lease_seconds, self._clock())
+        now = self._clock()
+        return await self._run(
+            self._store.reserve, source, event_id, api_key_id, tokens, lease_seconds, now, cost_micro
+        )
 
-    async def settle(self, source: str, event_id: str, tokens: int) -> None:
-        await self._run(self._store.settle, source, event_id, tokens)
+    async def settle(self, source: str, event_id: str, tokens: int, cost_micro: int | None = None) -> None:
+        await self._run(self._store.settle, source, event_id, tokens, cost_micro)
 
     async def renew(self, source: str, lease_seconds: float) -> None:
         await self._run(self._store.renew, source, lease_seconds, self._clock())

@@ -35,10 +35,13 @@ class KeyLimits:
     tokens_per_minute: int | None = None
     token_budget: int | None = None
     budget_period: str = "total"
+    # Micro-units over the budget period (the price book's currency).
+    money_budget_micro: int | None = None
 
     @property
     def any(self) -> bool:
-        return any(v is not None for v in (self.requests_per_minute, self.tokens_per_minute, self.token_budget))
+        limits = (self.requests_per_minute, self.tokens_per_minute, self.token_budget, self.money_budget_micro)
+        return any(v is not None for v in limits)
 
 
 @dataclass(frozen=True)
@@ -51,15 +54,18 @@ class Spent:
     reserved_tokens: int = 0
     # The oldest request still in the per-minute window (metering's clock), or None.
     oldest_in_window: float | None = None
+    # Micro-units in the budget's period: recorded costs plus what reservations hold.
+    money_used: int = 0
 
-    def plus(self, tokens: int, now: float) -> Spent:
-        """What counts once a reservation of `tokens` taken at `now` is added (no second query)."""
+    def plus(self, tokens: int, now: float, cost: int = 0) -> Spent:
+        """What counts once a reservation of `tokens` (costing `cost`) taken at `now` is added (no second query)."""
         return Spent(
             requests_last_minute=self.requests_last_minute + 1,
             tokens_last_minute=self.tokens_last_minute + tokens,
             budget_used=self.budget_used + tokens,
             reserved_tokens=self.reserved_tokens + tokens,
             oldest_in_window=now if self.oldest_in_window is None else min(self.oldest_in_window, now),
+            money_used=self.money_used + cost,
         )
 
 
@@ -90,6 +96,10 @@ class Standing:
         return self._remaining(self.limits.token_budget, self.spent.budget_used)
 
     @property
+    def remaining_money(self) -> int | None:
+        return self._remaining(self.limits.money_budget_micro, self.spent.money_used)
+
+    @property
     def window_reset_seconds(self) -> float:
         if self.spent.oldest_in_window is None:
             return 0.0
@@ -113,7 +123,7 @@ def _whose(subject: str) -> str:
     return "This key's" if level == KEY else f"The {level} {subject}'s"
 
 
-def decide(limits: KeyLimits, spent: Spent, tokens: int) -> Decision:
+def decide(limits: KeyLimits, spent: Spent, tokens: int, cost: int = 0) -> Decision:
     """Whether one more request reserving `tokens` fits every limit of one subject (its level named in
     a refusal)."""
     whose = _whose(limits.api_key_id)
@@ -146,6 +156,13 @@ def decide(limits: KeyLimits, spent: Spent, tokens: int) -> Decision:
             OUT_OF_QUOTA,
             f"{whose} token budget ({limits.budget_period}) is spent: budget "
             f"{limits.token_budget}, used {spent.budget_used}, requested {tokens}.",
+        )
+    if limits.money_budget_micro is not None and spent.money_used + cost > limits.money_budget_micro:
+        return Decision(
+            False,
+            OUT_OF_QUOTA,
+            f"{whose} money budget ({limits.budget_period}) is spent: budget {limits.money_budget_micro}, used"
+            f" {spent.money_used}, requested {cost} (micro-units).",
         )
     return Decision(True)
 

@@ -88,7 +88,8 @@ class Reconciliation:
                 cells.add((period, start))
                 for subject in ("e.api_key_id", "k.team_id", "k.org_id"):
                     rows = self._rows(
-                        f"SELECT {subject}, COUNT(*), CAST(SUM(e.prompt_tokens + e.completion_tokens) AS BIGINT)"
+                        f"SELECT {subject}, COUNT(*), CAST(SUM(e.prompt_tokens + e.completion_tokens) AS BIGINT),"
+                        " CAST(SUM(COALESCE(e.cost_micro, 0)) AS BIGINT)"
                         " FROM events e LEFT JOIN api_keys k ON k.key_id = e.api_key_id"
                         " LEFT JOIN organizations o ON o.org_id = k.org_id"
                         f" WHERE e.api_key_id <> '' AND COALESCE({subject}, '') <> ''"
@@ -98,8 +99,8 @@ class Reconciliation:
                     recounted_spend.update({(r[0], period, start): tuple(r[1:]) for r in rows})
         for period, start in sorted(cells):
             stored = self._rows(
-                "SELECT api_key_id, CAST(SUM(requests) AS BIGINT), CAST(SUM(tokens) AS BIGINT) FROM key_spend"
-                " WHERE period = ? AND start = ? GROUP BY api_key_id",
+                "SELECT api_key_id, CAST(SUM(requests) AS BIGINT), CAST(SUM(tokens) AS BIGINT),"
+                " CAST(SUM(cost_micro) AS BIGINT) FROM key_spend WHERE period = ? AND start = ? GROUP BY api_key_id",
                 (period, start),
             )
             stored_spend.update({(r[0], period, start): tuple(r[1:]) for r in stored})

@@ -22,7 +22,7 @@ from services.metering.limits import (
 )
 from services.metering.spent_sql import Level, spent_of, spent_statement
 
-_LIMIT_COLUMNS = "api_key_id, requests_per_minute, tokens_per_minute, token_budget, budget_period"
+_LIMIT_COLUMNS = "api_key_id, requests_per_minute, tokens_per_minute, token_budget, budget_period, money_budget_micro"
 # A key's place and the limits of every level it belongs to, in one statement: a row per subject with
 # limits (none: the key is not limited anywhere). The stores add their row lock.
 _RENEW = (
@@ -77,13 +77,14 @@ class Reservations(ABC):
             self._rows("DELETE FROM key_limits WHERE api_key_id = ?", (limits.api_key_id,))
             if limits.any:
                 self._rows(
-                    f"INSERT INTO key_limits ({_LIMIT_COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO key_limits ({_LIMIT_COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
                         limits.api_key_id,
                         limits.requests_per_minute,
                         limits.tokens_per_minute,
                         limits.token_budget,
                         limits.budget_period,
+                        limits.money_budget_micro,
                         now,
                     ),
                 )
@@ -92,6 +93,7 @@ class Reservations(ABC):
                 "tokens_per_minute": limits.tokens_per_minute,
                 "token_budget": limits.token_budget,
                 "budget_period": limits.budget_period,
+                "money_budget_micro": limits.money_budget_micro,
             }
             self._audit(now, version, actor, "set_limits", f"{level_of(limits.api_key_id)}:{limits.api_key_id}", detail)
 
@@ -146,11 +148,19 @@ class Reservations(ABC):
             return self._standings(self._membership(subject), now)
 
     def reserve(
-        self, source: str, event_id: str, api_key_id: str, tokens: int, lease_seconds: float, now: float
+        self,
+        source: str,
+        event_id: str,
+        api_key_id: str,
+        tokens: int,
+        lease_seconds: float,
+        now: float,
+        cost_micro: int = 0,
     ) -> tuple[Decision, tuple[Standing, ...]]:
-        """Takes a reservation if it fits every limit of the key, its team and its organisation, all in one
-        transaction; a refusal names the first level it does not fit. A key with no limits at any level is
-        granted without a reservation; a reservation already taken (a retry) is granted again."""
+        """Takes a reservation of `tokens` (costing `cost_micro`) if it fits every limit of the key, its team
+        and its organisation, all in one transaction; a refusal names the first level it does not fit. A key
+        with no limits at any level is granted without a reservation; a reservation already taken (a retry)
+        is granted again."""
         with self._transaction():
             if self._RENEW_WITH_LIMITS:
                 sql = f"WITH renewed AS ({_RENEW}), {_LIMITED}{self._LOCK_ROWS}"
@@ -167,27 +177,31 @@ class Reservations(ABC):
             decision = Decision(True)
             if not taken:
                 for limits, used in zip(levels, spent, strict=True):
-                    decision = decide(limits, used, tokens)
+                    decision = decide(limits, used, tokens, cost_micro)
                     if not decision.granted:
                         break
                 if decision.granted:
                     self._rows(
                         "INSERT INTO reservations (source, event_id, api_key_id, team_id, org_id, reserved_tokens,"
-                        " settled_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
-                        (source, event_id, api_key_id, member.team_id, member.org_id, tokens, now),
+                        " reserved_cost_micro, settled_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+                        (source, event_id, api_key_id, member.team_id, member.org_id, tokens, cost_micro, now),
                     )
-                    spent = [used.plus(tokens, now) if limits.any else used for limits, used in zip(levels, spent)]
+                    spent = [
+                        used.plus(tokens, now, cost_micro) if limits.any else used
+                        for limits, used in zip(levels, spent, strict=True)
+                    ]
         standings = tuple(
             Standing(limits, used, now, member.time_zone) for limits, used in zip(levels, spent, strict=True)
         )
         return decision, standings
 
-    def settle(self, source: str, event_id: str, tokens: int) -> None:
-        """The request's exact usage replaces what it reserved (until its event replaces the reservation)."""
+    def settle(self, source: str, event_id: str, tokens: int, cost_micro: int | None = None) -> None:
+        """The request's exact usage (and cost, when known) replaces what it reserved, until its event
+        replaces the reservation."""
         with self._transaction():
             self._rows(
-                "UPDATE reservations SET settled_tokens = ? WHERE source = ? AND event_id = ?",
-                (tokens, source, event_id),
+                "UPDATE reservations SET settled_tokens = ?, settled_cost_micro = ? WHERE source = ? AND event_id = ?",
+                (tokens, cost_micro, source, event_id),
             )
 
     def renew(self, source: str, lease_seconds: float, now: float) -> None:

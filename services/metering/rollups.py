@@ -153,7 +153,7 @@ class Additions:
     # (width, bucket, key, model, name, caller) and, for reads by model alone, (width, bucket, model, name).
     rollups: dict[RollupKey, Totals]
     model_rollups: dict[ModelRollupKey, Totals]
-    # (key, period, period start) -> [requests, tokens]; period "second" is the per-minute window's cell.
+    # (key, period, period start) -> [requests, tokens, cost]; period "second" is the per-minute window's cell.
     spend: dict[SpendKey, list[int]]
 
     def per_model(self) -> dict[str, Totals]:
@@ -173,7 +173,7 @@ def additions(
     # Per event only its second's row and its key's spend are touched; minutes, hours and days are summed
     # from the seconds, and every period of a key's spend from its one sum (received_at is one moment).
     seconds: dict[RollupKey, Totals] = defaultdict(Totals)
-    by_key: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    by_key: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for e in events:
         group = (e.api_key_id, e.model, e.model_name or e.model, e.caller)
         seconds[(SECOND, math.floor(e.occurred_at), *group)].add_event(e)
@@ -181,6 +181,7 @@ def additions(
             spent = by_key[e.api_key_id]
             spent[0] += 1
             spent[1] += e.prompt_tokens + e.completion_tokens
+            spent[2] += e.cost_micro or 0
     rollups = dict(seconds)
     for width in (MINUTE, HOUR, DAY):
         wider: dict[RollupKey, Totals] = defaultdict(Totals)
@@ -190,8 +191,8 @@ def additions(
     by_model: dict[ModelRollupKey, Totals] = defaultdict(Totals)
     for (width, start, _, model, name, _), totals in rollups.items():
         by_model[width, start, model, name].add(totals)
-    spend: dict[SpendKey, list[int]] = defaultdict(lambda: [0, 0])
-    for key, (requests, tokens) in by_key.items():
+    spend: dict[SpendKey, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for key, (requests, tokens, cost) in by_key.items():
         member = (memberships or {}).get(key) or Membership(key)
         starts = {p: int(period_start(p, received_at, member.time_zone)) for p in PERIODS}
         starts["second"] = math.floor(received_at)
@@ -200,4 +201,5 @@ def additions(
                 cell = spend[subject, period, start]
                 cell[0] += requests
                 cell[1] += tokens
+                cell[2] += cost
     return Additions(rollups, dict(by_model), dict(spend))

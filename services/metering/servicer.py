@@ -146,12 +146,13 @@ def to_limits(message: pb.KeyLimits) -> KeyLimits:
         tokens_per_minute=message.tokens_per_minute if message.HasField("tokens_per_minute") else None,
         token_budget=message.token_budget if message.HasField("token_budget") else None,
         budget_period=period,
+        money_budget_micro=message.money_budget_micro if message.HasField("money_budget_micro") else None,
     )
 
 
 def limits_message(limits: KeyLimits) -> pb.KeyLimits:
     message = pb.KeyLimits(api_key_id=limits.api_key_id, budget_period=BUDGET_PERIODS[limits.budget_period])
-    for name in ("requests_per_minute", "tokens_per_minute", "token_budget"):
+    for name in ("requests_per_minute", "tokens_per_minute", "token_budget", "money_budget_micro"):
         if (value := getattr(limits, name)) is not None:
             setattr(message, name, value)
     return message
@@ -176,12 +177,17 @@ def _standing(standing: Standing) -> pb.Standing:
         reserved_tokens=spent.reserved_tokens,
         reset_requests_seconds=standing.window_reset_seconds if standing.limits.requests_per_minute else 0.0,
         reset_tokens_seconds=standing.window_reset_seconds if standing.limits.tokens_per_minute else 0.0,
-        budget_reset_seconds=standing.budget_reset_seconds if standing.limits.token_budget is not None else 0.0,
+        budget_reset_seconds=standing.budget_reset_seconds
+        if standing.limits.token_budget is not None or standing.limits.money_budget_micro is not None
+        else 0.0,
         level=standing.level,
+        money_used_micro=spent.money_used,
     )
     for name in ("remaining_requests", "remaining_tokens", "remaining_budget"):
         if (value := getattr(standing, name)) is not None:
             setattr(message, name, value)
+    if standing.remaining_money is not None:
+        message.remaining_money_micro = standing.remaining_money
     return message
 
 
@@ -304,8 +310,15 @@ class MeteringServicer(KeyRpcs, PriceRpcs, metering_pb2_grpc.MeteringServiceServ
         _holder(request.source, request.lease_seconds)
         if not (request.event_id and request.api_key_id):
             raise InvalidQuery("event_id and api_key_id are required")
+        if request.cost_micro < 0:
+            raise InvalidQuery("cost_micro must not be negative")
         decision, standing = await self._ledger.reserve(
-            request.source, request.event_id, request.api_key_id, request.tokens, request.lease_seconds
+            request.source,
+            request.event_id,
+            request.api_key_id,
+            request.tokens,
+            request.lease_seconds,
+            request.cost_micro,
         )
         return pb.ReserveResponse(
             granted=decision.granted,
@@ -317,7 +330,8 @@ class MeteringServicer(KeyRpcs, PriceRpcs, metering_pb2_grpc.MeteringServiceServ
     async def Settle(self, request: pb.SettleRequest, context: grpc.aio.ServicerContext) -> pb.SettleResponse:
         if not (request.source and request.event_id):
             raise InvalidQuery("source and event_id are required")
-        await self._ledger.settle(request.source, request.event_id, request.tokens)
+        cost = request.cost_micro if request.HasField("cost_micro") else None
+        await self._ledger.settle(request.source, request.event_id, request.tokens, cost)
         return pb.SettleResponse()
 
     async def RenewLease(

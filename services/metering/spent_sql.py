@@ -19,6 +19,13 @@ _COUNTED = (
     "CASE WHEN r.settled_tokens IS NOT NULL THEN r.settled_tokens"
     " WHEN h.lease_until >= ? THEN r.reserved_tokens ELSE 0 END"
 )
+# Its cost likewise (settled without a cost: what it reserved).
+_COUNTED_COST = (
+    "CASE WHEN r.settled_tokens IS NOT NULL THEN COALESCE(r.settled_cost_micro, r.reserved_cost_micro)"
+    " WHEN h.lease_until >= ? THEN r.reserved_cost_micro ELSE 0 END"
+)
+_SPEND_COLUMNS = 5
+_HELD_COLUMNS = 6
 
 
 @dataclass(frozen=True)
@@ -41,9 +48,10 @@ def spent_statement(levels: list[Level], now: float, taken: tuple[str, str]) -> 
             "COALESCE(SUM(CASE WHEN s.api_key_id = ? AND s.period = 'second' THEN s.tokens END), 0)",
             "MIN(CASE WHEN s.api_key_id = ? AND s.period = 'second' THEN s.start END)",
             "COALESCE(SUM(CASE WHEN s.api_key_id = ? AND s.period = ? AND s.start = ? THEN s.tokens END), 0)",
+            "COALESCE(SUM(CASE WHEN s.api_key_id = ? AND s.period = ? AND s.start = ? THEN s.cost_micro END), 0)",
         ]
-        subject = level.subject
-        spend_params += [subject, subject, subject, subject, level.budget_period, level.budget_start]
+        subject, budget = level.subject, (level.budget_period, level.budget_start)
+        spend_params += [subject, subject, subject, subject, *budget, subject, *budget]
         mine = f"r.{_COLUMN[level_of(subject)]} = ?"
         held_columns += [
             f"COALESCE(SUM(CASE WHEN {mine} AND r.created_at >= ? THEN 1 END), 0)",
@@ -52,9 +60,10 @@ def spent_statement(levels: list[Level], now: float, taken: tuple[str, str]) -> 
             f"COALESCE(SUM(CASE WHEN {mine} AND r.created_at >= ? THEN {_COUNTED} END), 0)",
             f"COALESCE(SUM(CASE WHEN {mine} AND r.settled_tokens IS NULL AND h.lease_until >= ?"
             " THEN r.reserved_tokens END), 0)",
+            f"COALESCE(SUM(CASE WHEN {mine} AND r.created_at >= ? THEN {_COUNTED_COST} END), 0)",
         ]
         held_params += [subject, minute, subject, minute, now, subject, minute, subject, level.budget_start, now]
-        held_params += [subject, now]
+        held_params += [subject, now, subject, level.budget_start, now]
     subjects = [level.subject for level in levels]
     marks = ", ".join("?" * len(levels))
     oldest_budget = min(level.budget_start for level in levels)
@@ -72,11 +81,14 @@ def spent_statement(levels: list[Level], now: float, taken: tuple[str, str]) -> 
 
 def spent_of(row: Sequence, count: int) -> tuple[bool, list[Spent]]:
     """Whether the reservation was taken, and each level's Spent, from the statement's one row."""
-    spend, held = row[1 : 1 + 4 * count], row[1 + 4 * count :]
+    spend, held = row[1 : 1 + _SPEND_COLUMNS * count], row[1 + _SPEND_COLUMNS * count :]
     out = []
     for n in range(count):
-        window_requests, window_tokens, window_oldest, budget = spend[4 * n : 4 * n + 4]
-        held_requests, held_tokens, held_oldest, held_budget, reserved = held[5 * n : 5 * n + 5]
+        mine = spend[_SPEND_COLUMNS * n : _SPEND_COLUMNS * (n + 1)]
+        window_requests, window_tokens, window_oldest, budget, money = mine
+        held_requests, held_tokens, held_oldest, held_budget, reserved, held_money = held[
+            _HELD_COLUMNS * n : _HELD_COLUMNS * (n + 1)
+        ]
         event_oldest = None if window_oldest is None else window_oldest + 1
         oldest = min((t for t in (event_oldest, held_oldest) if t is not None), default=None)
         out.append(
@@ -86,6 +98,7 @@ def spent_of(row: Sequence, count: int) -> tuple[bool, list[Spent]]:
                 budget_used=int(budget + held_budget),
                 reserved_tokens=int(reserved),
                 oldest_in_window=oldest,
+                money_used=int(money + held_money),
             )
         )
     return bool(row[0]), out

@@ -109,9 +109,10 @@ _MODEL_ROLLUP_UPSERT = _rollup_upsert("model_rollups", "width, bucket, model, mo
 # Reads that neither filter nor group by these take the rollups per model (model_rollups).
 _KEY_COLUMNS = {"api_key_id", "caller"}
 _SPEND_UPSERT = (
-    "INSERT INTO key_spend (api_key_id, period, start, writer, requests, tokens) VALUES (?,?,?,?,?,?)"
+    "INSERT INTO key_spend (api_key_id, period, start, writer, requests, tokens, cost_micro) VALUES (?,?,?,?,?,?,?)"
     " ON CONFLICT (api_key_id, period, start, writer) DO UPDATE SET"
-    " requests = key_spend.requests + excluded.requests, tokens = key_spend.tokens + excluded.tokens"
+    " requests = key_spend.requests + excluded.requests, tokens = key_spend.tokens + excluded.tokens,"
+    " cost_micro = key_spend.cost_micro + excluded.cost_micro"
 )
 # Running spend rows no reservation reads any more: per-second cells past the minute window, days and
 # months past (their usage stays in the rollups).

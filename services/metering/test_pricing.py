@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from services.contracts.pricing import Price, event_cost, show
 from services.metering.conftest import NOW, event
+from services.metering.limits import KeyLimits
 from services.metering.price_file import InvalidPrices, parse
 from services.metering.pricing import micro_amount
 from services.metering.store import Query, UsageStore
@@ -155,5 +156,26 @@ def test_a_rerating_reproduces_a_corrected_month(open_store: Callable[[], UsageS
     stored = store._rows("SELECT COUNT(*), SUM(rerated_cost_micro) FROM cost_adjustments")[0]
     assert stored[0] == len([e for e in inside if e.model == "m1"])
     # The recorded figures stay: the rollups still equal the events as recorded.
+    assert store.reconcile(NOW) == []
+    store.close()
+
+
+def test_a_money_budget_holds_reservations_and_counts_recorded_costs(open_store: Callable[[], UsageStore]) -> None:
+    store = open_store()
+    store.import_prices(parse(BOOK, "yaml"), "admin", NOW - 100)
+    org = store.create_organization("acme", "UTC", {}, "admin", NOW)
+    key, _ = store.create_key("k", None, [], {}, "admin", NOW, org_id=org.org_id)
+    store.set_limits(KeyLimits(org.org_id, money_budget_micro=1000, budget_period="month"), NOW)
+    assert store.reserve("gw", "r1", key.key_id, 100, 30, NOW, cost_micro=700)[0].granted
+    decision, standings = store.reserve("gw", "r2", key.key_id, 100, 30, NOW, cost_micro=400)
+    assert not decision.granted and f"The organization {org.org_id}'s money budget (month)" in decision.reason
+    assert (standings[1].spent.money_used, standings[1].remaining_money) == (700, 300)
+    store.settle("gw", "r1", 90, cost_micro=250)  # it cost less than it held
+    assert store.reserve("gw", "r2", key.key_id, 100, 30, NOW, cost_micro=400)[0].granted
+    # Their events replace the reservations at their recorded cost.
+    e1 = event(1, event_id="r1", source="gw", api_key_id=key.key_id, prompt_tokens=10_000, completion_tokens=100)
+    store.commit([e1], NOW, {})
+    recorded = store._rows("SELECT cost_micro FROM events WHERE event_id = 'r1'")[0][0]
+    assert store.standing(org.org_id, NOW)[0].spent.money_used == recorded + 400
     assert store.reconcile(NOW) == []
     store.close()

@@ -22,6 +22,13 @@ ALTER TABLE usage_rollups ADD COLUMN cost_micro BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE usage_rollups ADD COLUMN unpriced_requests BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE model_rollups ADD COLUMN cost_micro BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE model_rollups ADD COLUMN unpriced_requests BIGINT NOT NULL DEFAULT 0;
+-- Money budgets: a subject's budget in micro-units over its budget period; its running spend sums the cost
+-- of its events, and a reservation holds its cost (prompt cost plus the completion cap at the price in
+-- force) until settled to the exact cost or replaced by its event.
+ALTER TABLE key_limits ADD COLUMN money_budget_micro BIGINT;
+ALTER TABLE key_spend ADD COLUMN cost_micro BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE reservations ADD COLUMN reserved_cost_micro BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE reservations ADD COLUMN settled_cost_micro BIGINT;
 -- Everything recorded before the price book existed is unpriced.
 UPDATE counters SET unpriced_requests = requests;
 UPDATE usage_rollups SET unpriced_requests = requests;

@@ -427,32 +427,36 @@ class KeysUpdate(_message.Message):
     def __init__(self, full: _Optional[bool] = ..., keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ...) -> None: ...
 
 class KeyLimits(_message.Message):
-    __slots__ = ("api_key_id", "requests_per_minute", "tokens_per_minute", "token_budget", "budget_period")
+    __slots__ = ("api_key_id", "requests_per_minute", "tokens_per_minute", "token_budget", "budget_period", "money_budget_micro")
     API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
     TOKENS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
     BUDGET_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    MONEY_BUDGET_MICRO_FIELD_NUMBER: _ClassVar[int]
     api_key_id: str
     requests_per_minute: int
     tokens_per_minute: int
     token_budget: int
     budget_period: BudgetPeriod
-    def __init__(self, api_key_id: _Optional[str] = ..., requests_per_minute: _Optional[int] = ..., tokens_per_minute: _Optional[int] = ..., token_budget: _Optional[int] = ..., budget_period: _Optional[_Union[BudgetPeriod, str]] = ...) -> None: ...
+    money_budget_micro: int
+    def __init__(self, api_key_id: _Optional[str] = ..., requests_per_minute: _Optional[int] = ..., tokens_per_minute: _Optional[int] = ..., token_budget: _Optional[int] = ..., budget_period: _Optional[_Union[BudgetPeriod, str]] = ..., money_budget_micro: _Optional[int] = ...) -> None: ...
 
 class ReserveRequest(_message.Message):
-    __slots__ = ("source", "event_id", "api_key_id", "tokens", "lease_seconds")
+    __slots__ = ("source", "event_id", "api_key_id", "tokens", "lease_seconds", "cost_micro")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    COST_MICRO_FIELD_NUMBER: _ClassVar[int]
     source: str
     event_id: str
     api_key_id: str
     tokens: int
     lease_seconds: float
-    def __init__(self, source: _Optional[str] = ..., event_id: _Optional[str] = ..., api_key_id: _Optional[str] = ..., tokens: _Optional[int] = ..., lease_seconds: _Optional[float] = ...) -> None: ...
+    cost_micro: int
+    def __init__(self, source: _Optional[str] = ..., event_id: _Optional[str] = ..., api_key_id: _Optional[str] = ..., tokens: _Optional[int] = ..., lease_seconds: _Optional[float] = ..., cost_micro: _Optional[int] = ...) -> None: ...
 
 class ReserveResponse(_message.Message):
     __slots__ = ("granted", "refusal", "reason", "standing")
@@ -467,14 +471,16 @@ class ReserveResponse(_message.Message):
     def __init__(self, granted: _Optional[bool] = ..., refusal: _Optional[str] = ..., reason: _Optional[str] = ..., standing: _Optional[_Union[Standing, _Mapping]] = ...) -> None: ...
 
 class SettleRequest(_message.Message):
-    __slots__ = ("source", "event_id", "tokens")
+    __slots__ = ("source", "event_id", "tokens", "cost_micro")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COST_MICRO_FIELD_NUMBER: _ClassVar[int]
     source: str
     event_id: str
     tokens: int
-    def __init__(self, source: _Optional[str] = ..., event_id: _Optional[str] = ..., tokens: _Optional[int] = ...) -> None: ...
+    cost_micro: int
+    def __init__(self, source: _Optional[str] = ..., event_id: _Optional[str] = ..., tokens: _Optional[int] = ..., cost_micro: _Optional[int] = ...) -> None: ...
 
 class SettleResponse(_message.Message):
     __slots__ = ()
@@ -527,7 +533,7 @@ class GetStandingRequest(_message.Message):
     def __init__(self, api_key_id: _Optional[str] = ..., scope_org_id: _Optional[str] = ...) -> None: ...
 
 class Standing(_message.Message):
-    __slots__ = ("api_key_id", "limits", "limited", "requests_last_minute", "tokens_last_minute", "budget_used", "reserved_tokens", "remaining_requests", "remaining_tokens", "remaining_budget", "reset_requests_seconds", "reset_tokens_seconds", "budget_reset_seconds", "level", "levels")
+    __slots__ = ("api_key_id", "limits", "limited", "requests_last_minute", "tokens_last_minute", "budget_used", "reserved_tokens", "remaining_requests", "remaining_tokens", "remaining_budget", "reset_requests_seconds", "reset_tokens_seconds", "budget_reset_seconds", "money_used_micro", "remaining_money_micro", "level", "levels")
     API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     LIMITED_FIELD_NUMBER: _ClassVar[int]
@@ -541,6 +547,8 @@ class Standing(_message.Message):
     RESET_REQUESTS_SECONDS_FIELD_NUMBER: _ClassVar[int]
     RESET_TOKENS_SECONDS_FIELD_NUMBER: _ClassVar[int]
     BUDGET_RESET_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MONEY_USED_MICRO_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_MONEY_MICRO_FIELD_NUMBER: _ClassVar[int]
     LEVEL_FIELD_NUMBER: _ClassVar[int]
     LEVELS_FIELD_NUMBER: _ClassVar[int]
     api_key_id: str
@@ -556,9 +564,11 @@ class Standing(_message.Message):
     reset_requests_seconds: float
     reset_tokens_seconds: float
     budget_reset_seconds: float
+    money_used_micro: int
+    remaining_money_micro: int
     level: str
     levels: _containers.RepeatedCompositeFieldContainer[Standing]
-    def __init__(self, api_key_id: _Optional[str] = ..., limits: _Optional[_Union[KeyLimits, _Mapping]] = ..., limited: _Optional[bool] = ..., requests_last_minute: _Optional[int] = ..., tokens_last_minute: _Optional[int] = ..., budget_used: _Optional[int] = ..., reserved_tokens: _Optional[int] = ..., remaining_requests: _Optional[int] = ..., remaining_tokens: _Optional[int] = ..., remaining_budget: _Optional[int] = ..., reset_requests_seconds: _Optional[float] = ..., reset_tokens_seconds: _Optional[float] = ..., budget_reset_seconds: _Optional[float] = ..., level: _Optional[str] = ..., levels: _Optional[_Iterable[_Union[Standing, _Mapping]]] = ...) -> None: ...
+    def __init__(self, api_key_id: _Optional[str] = ..., limits: _Optional[_Union[KeyLimits, _Mapping]] = ..., limited: _Optional[bool] = ..., requests_last_minute: _Optional[int] = ..., tokens_last_minute: _Optional[int] = ..., budget_used: _Optional[int] = ..., reserved_tokens: _Optional[int] = ..., remaining_requests: _Optional[int] = ..., remaining_tokens: _Optional[int] = ..., remaining_budget: _Optional[int] = ..., reset_requests_seconds: _Optional[float] = ..., reset_tokens_seconds: _Optional[float] = ..., budget_reset_seconds: _Optional[float] = ..., money_used_micro: _Optional[int] = ..., remaining_money_micro: _Optional[int] = ..., level: _Optional[str] = ..., levels: _Optional[_Iterable[_Union[Standing, _Mapping]]] = ...) -> None: ...
 
 class UsageEvent(_message.Message):
     __slots__ = ("event_id", "source", "occurred_at", "model", "api_key_id", "endpoint", "streamed", "finish_reason", "status", "prompt_tokens", "completion_tokens", "cached_tokens", "time_to_first_token_seconds", "generation_seconds", "request_seconds", "trace_id", "span_id", "model_name", "caller")
