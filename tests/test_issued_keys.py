@@ -378,3 +378,46 @@ async def test_bad_account_changes_are_refused_naming_the_field(
     assert reply.json()["error"]["param"] == param, reply.text
     limits = await fleet.call("PUT", "/v1/limits/team_nope", 0, json={"token_budget": 5})
     assert limits.status_code == 404 and limits.json()["error"]["param"] == "api_key_id"
+
+
+async def test_an_organisation_money_budget_is_never_overshot(fleet: Fleet, engine_address: str) -> None:
+    """32 concurrent streams of two teams' keys over three gateways against one organisation's budget in
+    money: each reserves its prompt and completion cap at the price in force, and exactly as many run as
+    the budget holds; the recorded cost never passes it."""
+    price = {"model": MODEL, "prompt": "1", "cached_prompt": "1", "completion": "2"}
+    reply = await fleet.call("POST", "/v1/prices", 0, json={"currency": "USD", "prices": [price]})
+    assert reply.status_code == 200, reply.text
+    org = await _made(fleet, "/v1/organizations", name="money-budget")
+    keys = []
+    for name in ("green", "gold"):
+        team = await _made(fleet, "/v1/teams", org_id=org["id"], name=name)
+        keys.append(await _issue(fleet, f"{name}-money", team_id=team["id"]))
+    for key in keys:
+        await fleet.until_everywhere(key["value"], 200)
+    max_tokens = 8
+    status, usage = await _stream_status(fleet.gateways[0].address, ADMIN_API_KEY, max_tokens)
+    assert status == 200 and usage is not None
+    each = usage[0] * 1 + max_tokens * 2  # micro-units: 1 per prompt token, 2 per completion token
+    fits = 9
+    budget = fits * each + each - 1
+    standing = await _limit(fleet, org["id"], money_budget_micro=budget, budget_period="month")
+    assert standing["limits"]["money_budget_micro"] == budget
+    await wait_idle(engine_address)
+    results = await asyncio.gather(
+        *(_stream_status(fleet.gateways[i % 3].address, keys[i % 2]["value"], max_tokens) for i in range(32))
+    )
+    ran = [u for status, u in results if status == 200]
+    assert sorted({status for status, _ in results}) == [200, 429]
+    assert len(ran) == fits and all(u == usage for u in ran), results
+
+    async def recorded() -> int:
+        async with metering_client(fleet.meterings[0].address) as client:
+            rows = [await client.totals(mpb.GetTotalsRequest(api_key_id=k["id"])) for k in keys]
+        return sum(r[0].totals.cost_micro for r in rows if r)
+
+    async def billed() -> bool:
+        return await recorded() == fits * each
+
+    await wait_for(billed, 60, "the streams' cost to be recorded")
+    after = (await fleet.call("GET", f"/v1/limits/{org['id']}")).json()
+    assert after["usage"]["money_used_micro"] == fits * each <= budget

@@ -40,8 +40,12 @@ class MeteringClient(ServiceChannel):
     async def reserve(self, request: pb.ReserveRequest, timeout: float | None = 5.0) -> pb.ReserveResponse:
         return await self._stub.Reserve(request, timeout=timeout, metadata=self.metadata)
 
-    async def settle(self, source: str, event_id: str, tokens: int, timeout: float | None = 5.0) -> None:
+    async def settle(
+        self, source: str, event_id: str, tokens: int, cost_micro: int | None = None, timeout: float | None = 5.0
+    ) -> None:
         request = pb.SettleRequest(source=source, event_id=event_id, tokens=tokens)
+        if cost_micro is not None:
+            request.cost_micro = cost_micro
         await self._stub.Settle(request, timeout=timeout, metadata=self.metadata)
 
     async def renew_lease(self, source: str, lease_seconds: float, timeout: float | None = 5.0) -> None:

@@ -18,8 +18,11 @@ def _max_model_len(fleet: EngineFleet, model: str) -> int:
     return card.max_model_len if card is not None else 0
 
 
-async def generation_tokens(fleet: EngineFleet, requests: list[pb.GenerateRequest], max_tokens: int | None) -> int:
-    total = 0
+async def generation_tokens(
+    fleet: EngineFleet, requests: list[pb.GenerateRequest], max_tokens: int | None
+) -> tuple[int, int]:
+    """(prompt tokens, completion cap) over the requests' prompts and choices."""
+    prompts = completions = 0
     for request in requests:
         which = request.WhichOneof("prompt")
         if which == "token_ids":
@@ -38,8 +41,9 @@ async def generation_tokens(fleet: EngineFleet, requests: list[pb.GenerateReques
                 raise from_grpc(error) from error
             prompt, context = reply.count, reply.max_model_len
         choices = request.sampling.n or 1
-        total += prompt + choices * (max_tokens if max_tokens is not None else max(0, context - prompt))
-    return total
+        prompts += prompt
+        completions += choices * (max_tokens if max_tokens is not None else max(0, context - prompt))
+    return prompts, completions
 
 
 def embedding_tokens(fleet: EngineFleet, request: pb.EmbedRequest) -> int:

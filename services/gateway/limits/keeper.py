@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError
 from llmserve.metering.v1 import metering_pb2 as mpb
 
 from services.contracts.metering_client import MeteringClient
+from services.contracts.pricing import Price, event_cost
 from services.gateway.errors import ApiError
 from services.gateway.state_file import replace_file
 
@@ -110,8 +111,8 @@ class LimitsKeeper:
         # metering is down refuses rather than serving spent keys).
         self._known = False
         self._written: bytes | None = None
-        # Event ids of the reservations this gateway holds open.
-        self._open: set[str] = set()
+        # The reservations this gateway holds open, by event id, with the price their cost was reserved at.
+        self._open: dict[str, Price | None] = {}
         self._tasks: list[asyncio.Task] = []
         self._settling: set[asyncio.Task] = set()
         self._poll_now = asyncio.Event()
@@ -197,26 +198,37 @@ class LimitsKeeper:
         """Before a request's prompt is tokenized to size its reservation: a key whose token budget, or
         whose team's or organisation's, is spent is refused without the engine doing that work."""
         budgets = [self._limited.get(s) for s in self._subjects(api_key_id)]
-        if not any(limits is not None and limits.HasField("token_budget") for limits in budgets):
+        if not any(
+            limits is not None and (limits.HasField("token_budget") or limits.HasField("money_budget_micro"))
+            for limits in budgets
+        ):
             return
         try:
             standing = await self._metering.standing(api_key_id)
         except grpc.aio.AioRpcError:
             return  # the reservation that follows decides, fail-open or not
         for level in levels(standing):
+            if level.limited and level.HasField("remaining_money_micro") and level.remaining_money_micro == 0:
+                whose = "This key's" if level.level == "key" else f"The {level.level} {level.api_key_id}'s"
+                spent = f"budget {level.limits.money_budget_micro}, used {level.money_used_micro} (micro-units)"
+                raise _refusal(standing, "insufficient_quota", f"{whose} money budget is spent: {spent}.")
             if level.limited and level.HasField("remaining_budget") and level.remaining_budget == 0:
                 whose = "This key's" if level.level == "key" else f"The {level.level} {level.api_key_id}'s"
                 spent = f"budget {level.limits.token_budget}, used {level.budget_used}"
                 raise _refusal(standing, "insufficient_quota", f"{whose} token budget is spent: {spent}.")
 
-    async def reserve(self, event_id: str, api_key_id: str, tokens: int) -> dict[str, str]:
-        """Takes the reservation (the key's rate-limit headers), or raises OpenAI's 429."""
+    async def reserve(
+        self, event_id: str, api_key_id: str, prompt_tokens: int, completion_tokens: int, price: Price | None = None
+    ) -> dict[str, str]:
+        """Takes the reservation of the prompt and the completion cap (and, with a price, their cost, the
+        prompt counted uncached) and returns the rate-limit headers, or raises OpenAI's 429."""
         request = mpb.ReserveRequest(
             source=self._settings.source,
             event_id=event_id,
             api_key_id=api_key_id,
-            tokens=tokens,
+            tokens=prompt_tokens + completion_tokens,
             lease_seconds=self._settings.lease_seconds,
+            cost_micro=event_cost(prompt_tokens, 0, completion_tokens, price) if price is not None else 0,
         )
         try:
             answer = await self._metering.reserve(request)
@@ -238,22 +250,24 @@ class LimitsKeeper:
             return headers
         if not answer.granted:
             raise _refusal(answer.standing, answer.refusal, answer.reason)
-        self._open.add(event_id)
+        self._open[event_id] = price
         return headers
 
-    def settle(self, event_id: str, tokens: int) -> None:
-        """The request ended having used `tokens`: the rest of its reservation comes back now. (Its
-        usage event replaces the reservation when metering records it, whichever comes first.)"""
+    def settle(self, event_id: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> None:
+        """The request ended having used these tokens: the rest of its reservation (tokens and cost) comes
+        back now. (Its usage event replaces the reservation when metering records it, whichever comes first.)"""
         if event_id not in self._open:
             return
-        self._open.discard(event_id)
-        task = asyncio.create_task(self._settle(event_id, tokens))
+        price = self._open.pop(event_id)
+        tokens = prompt_tokens + completion_tokens
+        cost = None if price is None else event_cost(prompt_tokens, cached_tokens, completion_tokens, price)
+        task = asyncio.create_task(self._settle(event_id, tokens, cost))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def _settle(self, event_id: str, tokens: int) -> None:
+    async def _settle(self, event_id: str, tokens: int, cost_micro: int | None) -> None:
         try:
-            await self._metering.settle(self._settings.source, event_id, tokens)
+            await self._metering.settle(self._settings.source, event_id, tokens, cost_micro)
         except grpc.aio.AioRpcError as error:
             log.warning("could not settle reservation %s: %s (its usage event will)", event_id, error.code().name)
 

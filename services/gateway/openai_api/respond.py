@@ -109,11 +109,12 @@ class Responder:
         limits = self._limits
         if limits is not None and limits.limited(key_id):
             await limits.refuse_if_spent(key_id)
-            tokens = await generation_tokens(self._router.fleet, requests, max_tokens)
-            headers = await limits.reserve(meta.id, key_id, tokens)
+            prompt, completion = await generation_tokens(self._router.fleet, requests, max_tokens)
+            price = self._prices.price(meta.model, model_name) if self._prices is not None else None
+            headers = await limits.reserve(meta.id, key_id, prompt, completion, price)
 
             def on_unbilled() -> None:
-                limits.settle(meta.id, 0)
+                limits.settle(meta.id, 0, 0, 0)
 
         delivery = self._recorder.delivery
         if delivery is not None:

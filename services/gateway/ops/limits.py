@@ -28,6 +28,8 @@ class LimitsBody(BaseModel):
     tokens_per_minute: int | None = Field(None, ge=0, lt=2**63)
     token_budget: int | None = Field(None, ge=0, lt=2**63)
     budget_period: Literal["total", "day", "month"] = "total"
+    # Micro-units of the price book's currency (25 USD: 25000000), over the budget period.
+    money_budget_micro: int | None = Field(None, ge=0, lt=2**63)
 
 
 def _optional(message: object, name: str) -> int | None:
@@ -59,17 +61,20 @@ def _level_json(standing: mpb.Standing) -> dict:
             "tokens_per_minute": _optional(limits, "tokens_per_minute"),
             "token_budget": _optional(limits, "token_budget"),
             "budget_period": BUDGET_PERIOD_NAMES[limits.budget_period],
+            "money_budget_micro": _optional(limits, "money_budget_micro"),
         },
         "usage": {
             "requests_last_minute": standing.requests_last_minute,
             "tokens_last_minute": standing.tokens_last_minute,
             "budget_used": standing.budget_used,
             "reserved_tokens": standing.reserved_tokens,
+            "money_used_micro": standing.money_used_micro,
         },
         "remaining": {
             "requests": _optional(standing, "remaining_requests"),
             "tokens": _optional(standing, "remaining_tokens"),
             "budget": _optional(standing, "remaining_budget"),
+            "money_micro": _optional(standing, "remaining_money_micro"),
         },
         "reset_seconds": {
             "requests": standing.reset_requests_seconds,
@@ -100,7 +105,7 @@ async def key_standing(subject: str, limits: KeyLimits, key_id: KeyId, access: A
 async def set_limits(subject: str, body: LimitsBody, limits: KeyLimits, key_id: KeyId, access: Access) -> dict:
     scope = access.admin_scope(key_id, "Setting limits")
     message = mpb.KeyLimits(api_key_id=subject, budget_period=BUDGET_PERIODS[body.budget_period])
-    for name in ("requests_per_minute", "tokens_per_minute", "token_budget"):
+    for name in ("requests_per_minute", "tokens_per_minute", "token_budget", "money_budget_micro"):
         if (value := getattr(body, name)) is not None:
             setattr(message, name, value)
     return standing_json(await call(_keeper(limits).set_limits(message, key_id, scope or ""), "limit"))

@@ -28,4 +28,6 @@ class OutcomeRecorder:
         if self.delivery is not None:
             await self.delivery.record(outcome)
         if self._limits is not None:
-            self._limits.settle(outcome.request_id, outcome.prompt_tokens + outcome.completion_tokens)
+            self._limits.settle(
+                outcome.request_id, outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens
+            )

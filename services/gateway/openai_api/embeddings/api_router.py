@@ -53,7 +53,9 @@ async def create_embeddings(
         model_name=fleet.model_name(body.model),
     )
     embed = engine_request(body, outcome.request_id, settings.max_prompts_per_request)
-    serving = EmbeddingServing(requests, recorder, generations, limits, settings.settle_timeout_seconds)
+    serving = EmbeddingServing(
+        requests, recorder, generations, limits, settings.settle_timeout_seconds, request.app.state.prices
+    )
     answer, headers = await serving.embed(body, embed, outcome)
     metrics.known_models.add(outcome.model)
     return Response(orjson.dumps(answer), media_type="application/json", headers=headers)

@@ -19,6 +19,7 @@ from services.gateway.fleet.engines import EngineMember
 from services.gateway.fleet.router import RequestRouter
 from services.gateway.limits.admission import embedding_tokens
 from services.gateway.limits.keeper import LimitsKeeper
+from services.gateway.limits.price_book import PriceBook
 from services.gateway.openai_api.embeddings.protocol import EmbeddingRequest
 from services.gateway.outcome import Outcome
 from services.gateway.streaming.open_generations import OpenGenerations
@@ -69,6 +70,7 @@ class EmbeddingServing:
     generations: OpenGenerations
     limits: LimitsKeeper | None
     settle_seconds: float
+    prices: PriceBook | None = None
 
     async def embed(self, body: EmbeddingRequest, request: pb.EmbedRequest, outcome: Outcome) -> tuple[dict, dict]:
         """(OpenAI's response body, headers); the usage is recorded before it returns."""
@@ -76,7 +78,8 @@ class EmbeddingServing:
         limits = self.limits
         if limits is not None and limits.limited(outcome.api_key_id):
             tokens = embedding_tokens(self.router.fleet, request)
-            headers = await limits.reserve(outcome.request_id, outcome.api_key_id, tokens)
+            price = self.prices.price(outcome.model, outcome.model_name) if self.prices is not None else None
+            headers = await limits.reserve(outcome.request_id, outcome.api_key_id, tokens, 0, price)
         if self.recorder.delivery is not None:
             self.recorder.delivery.stamp([request], outcome)
         started = time.monotonic()
@@ -99,7 +102,7 @@ class EmbeddingServing:
             reply = await self.router.call(body.model, rpc)
         except ApiError:
             if refused and limits is not None:
-                limits.settle(outcome.request_id, 0)
+                limits.settle(outcome.request_id, 0, 0, 0)
             raise
         outcome.model = reply.model or body.model
         outcome.prompt_tokens = reply.usage.prompt_tokens
