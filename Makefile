@@ -10,7 +10,7 @@ MODEL_STORE ?= var/models
 PROTO_OUT := gen
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: setup system-packages deps protos model credentials run engine lint test fuzz client check-protos bench-engine bench-serving bench-metering bench-ledger bench-gateway bench-stalls bench-admission compose-check clean
+.PHONY: setup system-packages deps protos model credentials run engine lint test fuzz client check-protos bench-engine bench-serving bench-metering bench-ledger bench-gateway bench-stalls bench-admission bench-pricing compose-check clean
 
 setup: deps protos model
 
@@ -114,6 +114,10 @@ bench-stalls: setup
 bench-admission: setup
 	$(PY) -m benchmarks.admission_bench --rounds 6 --requests 40
 	$(PY) -m benchmarks.admission_bench --rounds 4 --requests 200 --callers 1
+
+# Ingest with every event priced against the commit before the price book, side by side (SQLite).
+bench-pricing: setup
+	$(PY) -m benchmarks.pricing_bench
 
 clean:
 	rm -rf $(VENV) $(PROTO_OUT)/.stamp

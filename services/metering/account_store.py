@@ -8,6 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
+from typing import Any, TypeVar
 
 from services.metering.account_errors import AlreadyExists, NotFound
 from services.metering.accounts import (
@@ -22,6 +23,7 @@ from services.metering.accounts import (
 from services.metering.keys import check_metadata, check_models, check_name, checked_changes
 from services.metering.limits import KEY, TEAM, UTC, level_of
 
+_T = TypeVar("_T")
 _ORG_COLUMNS = "org_id, name, time_zone, created_at, metadata"
 _TEAM_COLUMNS = "team_id, org_id, name, created_at, allowed_models, metadata"
 
@@ -43,6 +45,12 @@ class AccountStore(ABC):
 
     @abstractmethod
     def _next_version(self) -> int: ...
+
+    @abstractmethod
+    def _cached(self, name: str) -> Any: ...
+
+    @abstractmethod
+    def _cache(self, name: str, value: _T) -> _T: ...
 
     def _audit(self, now: float, version: int, actor: str, action: str, subject: str, detail: dict) -> None:
         self._rows(
@@ -148,11 +156,19 @@ class AccountStore(ABC):
         return [_team(r) for r in rows if in_scope(r[1], scope)]
 
     def memberships(self, key_ids: Iterable[str]) -> dict[str, Membership]:
-        """Where each key sits (a key not issued here, such as a static one: in no team, UTC)."""
-        ids = sorted(set(key_ids))
+        """Where each key sits (a key not issued here, such as a static one: in no team, UTC); the keys
+        read already (since the last change number) are not read again."""
+        known: dict[str, Membership] | None = self._cached("memberships")
+        if known is None:
+            known = self._cache("memberships", {})
+        wanted = set(key_ids)
+        ids = sorted(wanted - known.keys())
+        if ids:
+            known.update(self._read_memberships(ids))
+        return {k: known[k] for k in wanted}
+
+    def _read_memberships(self, ids: list[str]) -> dict[str, Membership]:
         out = {k: Membership(k) for k in ids}
-        if not ids:
-            return out
         rows = self._rows(
             "SELECT k.key_id, k.team_id, k.org_id, o.time_zone FROM api_keys k"
             " LEFT JOIN organizations o ON o.org_id = k.org_id"

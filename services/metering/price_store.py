@@ -7,14 +7,18 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from typing import Any, TypeVar
 
 from services.contracts.pricing import Price, event_cost, in_force, show
 from services.metering.events import UsageEvent
 from services.metering.price_file import InvalidPrices, PriceRow
 from services.metering.pricing import new_price_id
 
+_T = TypeVar("_T")
+# (cost in micro-units, price id) of the priced events of a commit, by (source, event id).
+Costs = dict[tuple[str, str], tuple[int, str]]
 _COLUMNS = "price_id, model_name, currency, effective_from, prompt, cached_prompt, completion, created_at"
 
 
@@ -30,6 +34,12 @@ class PriceStore(ABC):
 
     @abstractmethod
     def _audit(self, now: float, version: int, actor: str, action: str, subject: str, detail: dict) -> None: ...
+
+    @abstractmethod
+    def _cached(self, name: str) -> Any: ...
+
+    @abstractmethod
+    def _cache(self, name: str, value: _T) -> _T: ...
 
     def import_prices(self, rows: list[PriceRow], actor: str, now: float) -> list[Price]:
         """Adds the prices, all or none (InvalidPrices listing every problem): each starts now or later,
@@ -90,40 +100,37 @@ class PriceStore(ABC):
         rows = self._rows(f"SELECT {_COLUMNS} FROM prices{where} ORDER BY model_name, effective_from", params)
         return [Price(*row) for row in rows]
 
-    def _book(self, names: Iterable[str], until: float) -> dict[str, list[Price]]:
-        """The prices of these models that started by `until`, each model's sorted by start."""
-        wanted = sorted(set(names))
-        if not wanted:
-            return {}
-        marks = ", ".join("?" * len(wanted))
-        rows = self._rows(
-            f"SELECT {_COLUMNS} FROM prices WHERE model_name IN ({marks}) AND effective_from <= ?"
-            " ORDER BY model_name, effective_from",
-            (*wanted, until),
-        )
-        book: dict[str, list[Price]] = defaultdict(list)
-        for row in rows:
-            book[row[1]].append(Price(*row))
-        return book
+    def _book(self) -> dict[str, list[Price]]:
+        """Every price by model, each model's sorted by start (read once per change number: the commit
+        path asks it for every batch)."""
+        cached = self._cached("book")
+        if cached is None:
+            book: dict[str, list[Price]] = defaultdict(list)
+            for row in self._rows(f"SELECT {_COLUMNS} FROM prices ORDER BY model_name, effective_from"):
+                book[row[1]].append(Price(*row))
+            cached = self._cache("book", dict(book))
+        return cached
 
-    def _priced(self, events: list[UsageEvent]) -> list[UsageEvent]:
-        """Inside a commit: each event with its cost at the price in force at its occurred_at (its registered
-        model's price, else its served model's); an event no price covers stays unpriced."""
-        if not events:
-            return events
-        book = self._book({n for e in events for n in (e.model_name, e.model) if n}, max(e.occurred_at for e in events))
-        if not book:
-            return events
-        out = []
+    def _priced(self, events: list[UsageEvent]) -> Costs:
+        """Inside a commit: each priced event's (cost, price id) by (source, event id), at the price in force
+        at its occurred_at (its registered model's price, else its served model's); an event no price
+        covers is left out (unpriced). The events themselves are not copied (a copy per event cost a
+        quarter of ingest)."""
+        book = self._book()
+        if not events or not book:
+            return {}
+        costs: Costs = {}
+        # Most events of a commit fall under their model's latest price: that is looked up once per model.
+        latest = {name: prices[-1] for name, prices in book.items()}
         for e in events:
             price = None
-            for name in dict.fromkeys(n for n in (e.model_name, e.model) if n):
-                price = in_force(book.get(name, []), e.occurred_at)
+            for name in (e.model_name, e.model) if e.model_name and e.model_name != e.model else (e.model,):
+                price = latest.get(name)
+                if price is not None and e.occurred_at < price.effective_from:
+                    price = in_force(book[name], e.occurred_at)
                 if price is not None:
                     break
-            if price is None:
-                out.append(e)
-                continue
-            cost = event_cost(e.prompt_tokens, e.cached_tokens, e.completion_tokens, price)
-            out.append(dataclasses.replace(e, cost_micro=cost, price_id=price.price_id))
-        return out
+            if price is not None:
+                cost = event_cost(e.prompt_tokens, e.cached_tokens, e.completion_tokens, price)
+                costs[e.source, e.event_id] = (cost, price.price_id)
+        return costs

@@ -116,7 +116,8 @@ class Totals:
     unpriced_requests: int = 0
     generation_seconds: float = 0.0
 
-    def add_event(self, e: UsageEvent) -> None:
+    def add_event(self, e: UsageEvent, cost: int | None = None) -> None:
+        """cost: what metering priced the event at (None: the event's own cost_micro)."""
         self.requests += 1
         if e.status == "ok":
             self.ok_requests += 1
@@ -127,18 +128,39 @@ class Totals:
         self.prompt_tokens += e.prompt_tokens
         self.completion_tokens += e.completion_tokens
         self.cached_tokens += e.cached_tokens
-        if e.cost_micro is None:
+        cost = e.cost_micro if cost is None else cost
+        if cost is None:
             self.unpriced_requests += 1
         else:
-            self.cost_micro += e.cost_micro
+            self.cost_micro += cost
         self.generation_seconds += e.generation_seconds
 
     def values(self) -> tuple[int | float, ...]:
-        return tuple(getattr(self, name) for name in TOTAL_FIELDS)
+        """In TOTAL_FIELDS' order (written out: this runs for every rollup row of every commit)."""
+        return (
+            self.requests,
+            self.ok_requests,
+            self.aborted_requests,
+            self.failed_requests,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.cached_tokens,
+            self.cost_micro,
+            self.unpriced_requests,
+            self.generation_seconds,
+        )
 
     def add(self, other: Totals) -> None:
-        for name in TOTAL_FIELDS:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.requests += other.requests
+        self.ok_requests += other.ok_requests
+        self.aborted_requests += other.aborted_requests
+        self.failed_requests += other.failed_requests
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.cached_tokens += other.cached_tokens
+        self.cost_micro += other.cost_micro
+        self.unpriced_requests += other.unpriced_requests
+        self.generation_seconds += other.generation_seconds
 
 
 RollupKey = tuple[int, int, str, str, str, str]
@@ -166,22 +188,28 @@ class Additions:
 
 
 def additions(
-    events: list[UsageEvent], received_at: float, memberships: Mapping[str, Membership] | None = None
+    events: list[UsageEvent],
+    received_at: float,
+    memberships: Mapping[str, Membership] | None = None,
+    costs: Mapping[tuple[str, str], tuple[int, str]] | None = None,
 ) -> Additions:
     """memberships: where each key sits (absent: alone, UTC); its spend also goes to its team and
-    organisation, with day and month periods in the organisation's time zone."""
+    organisation, with day and month periods in the organisation's time zone. costs: what metering priced
+    events at, by (source, event id) (absent: the event's own cost_micro)."""
     # Per event only its second's row and its key's spend are touched; minutes, hours and days are summed
     # from the seconds, and every period of a key's spend from its one sum (received_at is one moment).
     seconds: dict[RollupKey, Totals] = defaultdict(Totals)
     by_key: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for e in events:
         group = (e.api_key_id, e.model, e.model_name or e.model, e.caller)
-        seconds[(SECOND, math.floor(e.occurred_at), *group)].add_event(e)
+        priced = costs.get((e.source, e.event_id)) if costs else None
+        cost = e.cost_micro if priced is None else priced[0]
+        seconds[(SECOND, math.floor(e.occurred_at), *group)].add_event(e, cost)
         if e.api_key_id:
             spent = by_key[e.api_key_id]
             spent[0] += 1
             spent[1] += e.prompt_tokens + e.completion_tokens
-            spent[2] += e.cost_micro or 0
+            spent[2] += cost or 0
     rollups = dict(seconds)
     for width in (MINUTE, HOUR, DAY):
         wider: dict[RollupKey, Totals] = defaultdict(Totals)
@@ -191,15 +219,21 @@ def additions(
     by_model: dict[ModelRollupKey, Totals] = defaultdict(Totals)
     for (width, start, _, model, name, _), totals in rollups.items():
         by_model[width, start, model, name].add(totals)
-    spend: dict[SpendKey, list[int]] = defaultdict(lambda: [0, 0, 0])
+    spend: dict[SpendKey, list[int]] = {}
+    zones: dict[str, list[tuple[str, int]]] = {}
     for key, (requests, tokens, cost) in by_key.items():
         member = (memberships or {}).get(key) or Membership(key)
-        starts = {p: int(period_start(p, received_at, member.time_zone)) for p in PERIODS}
-        starts["second"] = math.floor(received_at)
+        starts = zones.get(member.time_zone)
+        if starts is None:
+            starts = [(p, int(period_start(p, received_at, member.time_zone))) for p in PERIODS]
+            starts = zones[member.time_zone] = [*starts, ("second", math.floor(received_at))]
         for subject in member.subjects:
-            for period, start in starts.items():
-                cell = spend[subject, period, start]
-                cell[0] += requests
-                cell[1] += tokens
-                cell[2] += cost
-    return Additions(rollups, dict(by_model), dict(spend))
+            for period, start in starts:
+                cell = spend.get((subject, period, start))
+                if cell is None:
+                    spend[subject, period, start] = [requests, tokens, cost]
+                else:
+                    cell[0] += requests
+                    cell[1] += tokens
+                    cell[2] += cost
+    return Additions(rollups, dict(by_model), spend)

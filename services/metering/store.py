@@ -11,6 +11,7 @@ from abc import abstractmethod
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from services.metering.events import UsageEvent
 from services.metering.key_store import KeyStore
@@ -35,6 +36,8 @@ from services.metering.rollups import (
 )
 from services.metering.schema import MIGRATIONS
 from services.metering.throughput import Cells, oldest_cell, spread
+
+_T = TypeVar("_T")
 
 
 class StoreUnavailable(RuntimeError):
@@ -122,7 +125,9 @@ _SPEND_KEEP_SECONDS = {"second": 120.0, "day": 2 * 86400.0, "month": 62 * 86400.
 _CELL_KEEP_SECONDS = 120
 
 
-def event_row(e: UsageEvent, received_at: float) -> tuple:
+def event_row(e: UsageEvent, received_at: float, priced: tuple[int | None, str] | None = None) -> tuple:
+    """The stored row; `priced`: the (cost, price id) metering priced it at (else the event's own)."""
+    cost, price_id = priced or (e.cost_micro, e.price_id)
     return (
         e.source,
         e.event_id,
@@ -143,8 +148,8 @@ def event_row(e: UsageEvent, received_at: float) -> tuple:
         e.trace_id,
         e.model_name or e.model,
         e.caller,
-        e.cost_micro,
-        e.price_id,
+        cost,
+        price_id,
     )
 
 
@@ -160,6 +165,22 @@ class UsageStore(KeyStore, PriceStore, Reservations, Reconciliation, Reratings):
     def __init__(self, writer: str) -> None:
         self.writer = writer
         self._last_prune = 0.0
+        # What the commit path reads of keys and prices, kept while the change number stays the same.
+        self._version_cache: tuple[int, dict[str, Any]] = (-1, {})
+
+    def _cached(self, name: str) -> Any:
+        return self._version_cache[1].get(name)
+
+    def _cache(self, name: str, value: _T) -> _T:
+        self._version_cache[1][name] = value
+        return value
+
+    def _follow_changes(self) -> None:
+        """Inside a commit: drops what was cached of keys and prices if anything changed since (every
+        change of a key, team, organisation, limit or price takes the next number)."""
+        version = self.key_version()
+        if version != self._version_cache[0]:
+            self._version_cache = (version, {})
 
     @abstractmethod
     def close(self) -> None: ...
@@ -238,11 +259,14 @@ class UsageStore(KeyStore, PriceStore, Reservations, Reconciliation, Reratings):
         the running totals, rollups, keys' running spend, rejections and throughput cells, all in one
         transaction."""
         with self._transaction():
+            self._follow_changes()
             # Priced first: the stored row carries its cost.
-            events = self._priced(events)
+            costs = self._priced(events)
             candidates: dict[tuple[str, str], tuple] = {}
             for e in events:
-                candidates.setdefault((e.source, e.event_id), event_row(e, received_at))
+                key = (e.source, e.event_id)
+                if key not in candidates:
+                    candidates[key] = event_row(e, received_at, costs.get(key))
             new = self._insert_new([candidates[key] for key in sorted(candidates)])
             inserted: list[bool] = []
             duplicated: dict[str, int] = defaultdict(int)
@@ -258,7 +282,7 @@ class UsageStore(KeyStore, PriceStore, Reservations, Reconciliation, Reratings):
                     spread(cells[e.model], e.occurred_at, e.generation_seconds, e.completion_tokens, received_at)
                 else:
                     duplicated[e.model] += 1
-            added = additions(fresh_events, received_at, self.memberships(e.api_key_id for e in fresh_events))
+            added = additions(fresh_events, received_at, self.memberships(e.api_key_id for e in fresh_events), costs)
             by_model = added.per_model()
             # Rows in one order in every transaction: two replicas' commits never wait on each other in a cycle.
             self._many(

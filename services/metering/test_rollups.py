@@ -18,7 +18,17 @@ from services.metering.conftest import NOW, event
 from services.metering.events import UsageEvent
 from services.metering.limits import KeyLimits
 from services.metering.metrics import MeteringMetrics
-from services.metering.rollups import DAY, HOUR, MINUTE, WIDTHS, Piece, bucket, pieces, series_pieces
+from services.metering.rollups import (
+    DAY,
+    HOUR,
+    MINUTE,
+    TOTAL_FIELDS,
+    WIDTHS,
+    Piece,
+    bucket,
+    pieces,
+    series_pieces,
+)
 from services.metering.schema import MIGRATIONS
 from services.metering.sqlite_store import SqliteStore
 from services.metering.store import Query, Totals, UsageStore
@@ -257,3 +267,14 @@ def test_an_older_store_gets_its_rollups_when_migrated(tmp_path: Path) -> None:
     got = {(labels["model_name"],): t for labels, t in store.totals(Query(start=now - DAY - 0.5), ("model_name",))}
     assert set(got) == set(want) and all(_same_totals(got[k], want[k]) for k in want)
     store.close()
+
+
+def test_totals_values_and_sums_follow_the_total_fields() -> None:
+    """values() and add() are written out field by field (they run for every rollup row): they must keep
+    TOTAL_FIELDS' order and miss none."""
+    one = Totals(**{name: i + 1 for i, name in enumerate(TOTAL_FIELDS)})
+    assert one.values() == tuple(range(1, len(TOTAL_FIELDS) + 1))
+    both = Totals()
+    both.add(one)
+    both.add(one)
+    assert both.values() == tuple(2 * (i + 1) for i in range(len(TOTAL_FIELDS)))
