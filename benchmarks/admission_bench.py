@@ -8,7 +8,8 @@ its own database, rounds alternated (each starting with another case):
 - baseline: the baseline commit's metering (a git worktree), keys with their own limits;
 - key: this tree, the same keys and limits (keys issued here, in no team);
 - levels: this tree, the keys in one team of one organisation, with limits on key, team and organisation
-  (every reservation of the organisation waits for the one before it: they share its limits).
+  (every reservation of the organisation waits for the one before it: they share its limits);
+- money: this tree, keys with their own token limits and a money budget, every event priced.
 
 Prints p50/p99 of Reserve per case and the difference to the baseline; writes
 bench-results/admission-<date>.json.
@@ -41,8 +42,11 @@ CALLERS = 32
 BIG = 10**12
 
 
-def _limits(subject: str) -> mpb.KeyLimits:
-    return mpb.KeyLimits(api_key_id=subject, requests_per_minute=BIG, tokens_per_minute=BIG, token_budget=BIG)
+def _limits(subject: str, money: bool = False) -> mpb.KeyLimits:
+    limits = mpb.KeyLimits(api_key_id=subject, requests_per_minute=BIG, tokens_per_minute=BIG, token_budget=BIG)
+    if money:
+        limits.money_budget_micro = BIG
+    return limits
 
 
 def _limit_rows(url: str, subjects: list[str]) -> None:
@@ -79,7 +83,9 @@ async def _round(address: str, keys: list[str], requests: int, tag: str, callers
             event_id = f"{tag}-{n}-{i}"
             started = time.perf_counter()
             answer = await client.reserve(
-                mpb.ReserveRequest(source="bench", event_id=event_id, api_key_id=key, tokens=60, lease_seconds=60)
+                mpb.ReserveRequest(
+                    source="bench", event_id=event_id, api_key_id=key, tokens=60, lease_seconds=60, cost_micro=60
+                )
             )
             latencies.append(time.perf_counter() - started)
             assert answer.granted, answer.reason
@@ -127,15 +133,18 @@ def main() -> None:
         keys = [f"baseline-key-{i}" for i in range(CALLERS)]
         _limit_rows(baseline_url, keys)
         cases["baseline"] = (baseline.address, keys)
-        for case, in_team in (("key", False), ("levels", True)):
+        for case, in_team, money in (("key", False, False), ("levels", True, False), ("money", False, True)):
             process = start_metering(folder, folder / f"{case}-data", postgres.create_database(case))
             processes.append(process)
 
-            async def setup(address: str = process.address, team: bool = in_team) -> list[str]:
+            async def setup(address: str = process.address, team: bool = in_team, money: bool = money) -> list[str]:
                 async with MeteringClient(address) as client:
                     keys = await _issue_keys(client, team)
                     for key in keys:
-                        await client.set_limits(_limits(key), "bench")
+                        await client.set_limits(_limits(key, money), "bench")
+                    if money:
+                        price = '- {model: m, currency: USD, prompt: "1", completion: "1"}'
+                        await client.import_prices(mpb.ImportPricesRequest(content=price, actor="bench"))
                     return keys
 
             cases[case] = (process.address, asyncio.run(setup()))

@@ -26,7 +26,6 @@ CURRENCIES = {
     "JPY": 0,
     "KRW": 0,
 }
-PRICE_FIELDS = ("prompt", "cached_prompt", "completion")
 # A price per million tokens at most this many major units (a bound that keeps every product in int64).
 MAX_PRICE_MAJOR = 1_000_000
 

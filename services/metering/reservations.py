@@ -23,12 +23,13 @@ from services.metering.limits import (
 from services.metering.spent_sql import Level, spent_of, spent_statement
 
 _LIMIT_COLUMNS = "api_key_id, requests_per_minute, tokens_per_minute, token_budget, budget_period, money_budget_micro"
-# A key's place and the limits of every level it belongs to, in one statement: a row per subject with
-# limits (none: the key is not limited anywhere). The stores add their row lock.
+# A holder's lease renewed (each reservation renews its holder's).
 _RENEW = (
     "INSERT INTO reservation_holders (source, lease_until) VALUES (?, ?)"
     " ON CONFLICT (source) DO UPDATE SET lease_until = excluded.lease_until"
 )
+# A key's place and the limits of every level it belongs to, in one statement: a row per subject with
+# limits (none: the key is not limited anywhere). The stores add their row lock.
 _LIMITED = (
     "m (key_id, team_id, org_id, time_zone) AS (SELECT ?, COALESCE(k.team_id, ''), COALESCE(k.org_id, ''),"
     " COALESCE(o.time_zone, 'UTC') FROM (SELECT 1) AS one LEFT JOIN api_keys k ON k.key_id = ?"
