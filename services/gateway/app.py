@@ -200,8 +200,13 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
         app.state.prices = prices
         if issued is not None:
             # A change in metering (a key, a limit, a team, a price) reaches this gateway through the key watch.
-            pokes = [p.poke for p in (limits, prices) if p is not None]
-            issued.on_change = lambda: [poke() for poke in pokes]
+            followers = [f for f in (limits, prices) if f is not None]
+
+            def changed() -> None:
+                for follower in followers:
+                    follower.poke()
+
+            issued.on_change = changed
             issued.start(app.state.key_admin)
         app.state.responder = Responder(
             router,

@@ -4,11 +4,8 @@ audit row, and the membership of keys that reservations and commits count at eve
 from __future__ import annotations
 
 import json
-from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import replace
-from typing import Any, TypeVar
 
 from services.metering.account_errors import AlreadyExists, NotFound
 from services.metering.accounts import (
@@ -22,8 +19,8 @@ from services.metering.accounts import (
 )
 from services.metering.keys import check_metadata, check_models, check_name, checked_changes
 from services.metering.limits import KEY, TEAM, UTC, level_of
+from services.metering.store_primitives import StorePrimitives
 
-_T = TypeVar("_T")
 _ORG_COLUMNS = "org_id, name, time_zone, created_at, metadata"
 _TEAM_COLUMNS = "team_id, org_id, name, created_at, allowed_models, metadata"
 
@@ -36,22 +33,7 @@ def _team(row: Sequence) -> Team:
     return Team(row[0], row[1], row[2], row[3], tuple(json.loads(row[4])), json.loads(row[5]))
 
 
-class AccountStore(ABC):
-    @abstractmethod
-    def _transaction(self) -> AbstractContextManager[None]: ...
-
-    @abstractmethod
-    def _rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple]: ...
-
-    @abstractmethod
-    def _next_version(self) -> int: ...
-
-    @abstractmethod
-    def _cached(self, name: str) -> Any: ...
-
-    @abstractmethod
-    def _cache(self, name: str, value: _T) -> _T: ...
-
+class AccountStore(StorePrimitives):
     def _audit(self, now: float, version: int, actor: str, action: str, subject: str, detail: dict) -> None:
         self._rows(
             "INSERT INTO audit_log (at, version, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?, ?)",

@@ -5,42 +5,20 @@ occurred_at (services.metering.pricing)."""
 from __future__ import annotations
 
 import dataclasses
-from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
-from typing import Any, TypeVar
 
 from services.contracts.pricing import Price, event_cost, in_force, show
 from services.metering.events import UsageEvent
 from services.metering.price_file import InvalidPrices, PriceRow
 from services.metering.pricing import new_price_id
+from services.metering.store_primitives import StorePrimitives
 
-_T = TypeVar("_T")
 # (cost in micro-units, price id) of the priced events of a commit, by (source, event id).
 Costs = dict[tuple[str, str], tuple[int, str]]
 _COLUMNS = "price_id, model_name, currency, effective_from, prompt, cached_prompt, completion, created_at"
 
 
-class PriceStore(ABC):
-    @abstractmethod
-    def _transaction(self) -> AbstractContextManager[None]: ...
-
-    @abstractmethod
-    def _rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple]: ...
-
-    @abstractmethod
-    def _next_version(self) -> int: ...
-
-    @abstractmethod
-    def _audit(self, now: float, version: int, actor: str, action: str, subject: str, detail: dict) -> None: ...
-
-    @abstractmethod
-    def _cached(self, name: str) -> Any: ...
-
-    @abstractmethod
-    def _cache(self, name: str, value: _T) -> _T: ...
-
+class PriceStore(StorePrimitives):
     def import_prices(self, rows: list[PriceRow], actor: str, now: float) -> list[Price]:
         """Adds the prices, all or none (InvalidPrices listing every problem): each starts now or later,
         after the latest price of its model, in the book's one currency."""

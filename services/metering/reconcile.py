@@ -5,12 +5,12 @@ says where they differ: the proof that what reads use equals what was recorded, 
 from __future__ import annotations
 
 import math
-from abc import abstractmethod
 from collections.abc import Sequence
 
 from services.metering.limits import period_start
 from services.metering.range_sql import EVENT_VALUES
 from services.metering.rollups import DAY, PERIODS, TOTAL_FIELDS, WIDTHS, bucket
+from services.metering.store_primitives import StorePrimitives
 
 _NAME = "CASE WHEN model_name = '' THEN model ELSE model_name END"
 _INTS = ", ".join(f"CAST(SUM({value}) AS BIGINT)" for value in EVENT_VALUES[:-1])
@@ -34,11 +34,8 @@ def _same(have: Sequence[float], want: Sequence[float]) -> bool:
     )
 
 
-class Reconciliation:
+class Reconciliation(StorePrimitives):
     bucket_sql: str
-
-    @abstractmethod
-    def _rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple]: ...
 
     def reconcile(self, now: float, since: float | None = None) -> list[str]:
         """Where the rollups (of days from `since` on) and the keys' running spend of now differ from the

@@ -8,14 +8,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import secrets
-from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from services.contracts.pricing import Price, event_cost, in_force
 from services.metering.price_file import PriceRow
+from services.metering.store_primitives import StorePrimitives
 
 _BATCH = 5000
 _EVENT = (
@@ -66,16 +64,7 @@ def corrected_book(rows: list[PriceRow]) -> dict[str, list[Price]]:
     return dict(book)
 
 
-class Reratings(ABC):
-    @abstractmethod
-    def _transaction(self) -> AbstractContextManager[None]: ...
-
-    @abstractmethod
-    def _rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple]: ...
-
-    @abstractmethod
-    def _many(self, sql: str, rows: list[tuple]) -> None: ...
-
+class Reratings(StorePrimitives):
     def rerate(
         self, rows: list[PriceRow], start: float, end: float, actor: str = "", now: float = 0.0, apply: bool = False
     ) -> Rerating:

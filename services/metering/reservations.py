@@ -5,9 +5,8 @@ settled to the exact usage, and replaced by its event when that is committed (se
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 
 from services.metering.accounts import Membership
 from services.metering.limits import (
@@ -21,6 +20,7 @@ from services.metering.limits import (
     period_start,
 )
 from services.metering.spent_sql import Level, spent_of, spent_statement
+from services.metering.store_primitives import StorePrimitives
 
 _LIMIT_COLUMNS = "api_key_id, requests_per_minute, tokens_per_minute, token_budget, budget_period, money_budget_micro"
 # A holder's lease renewed (each reservation renews its holder's).
@@ -44,22 +44,9 @@ _LIMITED = (
 _RESERVATION_KEEP_SECONDS = 3600.0
 
 
-class Reservations(ABC):
-    @abstractmethod
-    def _transaction(self) -> AbstractContextManager[None]: ...
-
-    @abstractmethod
-    def _rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
-        """Runs one statement written with `?` placeholders; its rows."""
-
+class Reservations(StorePrimitives):
     @abstractmethod
     def memberships(self, key_ids: Sequence[str]) -> dict[str, Membership]: ...
-
-    @abstractmethod
-    def _next_version(self) -> int: ...
-
-    @abstractmethod
-    def _audit(self, now: float, version: int, actor: str, action: str, subject: str, detail: dict) -> None: ...
 
     # Appended to _LIMITED inside a reservation's transaction: one reservation at a time per limited
     # subject, across replicas (rows locked in sorted order: two never wait on each other in a cycle).

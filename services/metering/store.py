@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from abc import abstractmethod
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -184,9 +183,6 @@ class UsageStore(KeyStore, PriceStore, Reservations, Reconciliation, Reratings):
 
     @abstractmethod
     def close(self) -> None: ...
-
-    @abstractmethod
-    def _many(self, sql: str, rows: Sequence[Sequence[object]]) -> None: ...
 
     @abstractmethod
     def _insert_new(self, rows: list[tuple]) -> set[tuple[str, str]]:

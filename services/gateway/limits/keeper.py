@@ -19,6 +19,7 @@ from llmserve.metering.v1 import metering_pb2 as mpb
 from services.contracts.metering_client import MeteringClient
 from services.contracts.pricing import Price, event_cost
 from services.gateway.errors import ApiError
+from services.gateway.limits.poked_poll import PokedPoll
 from services.gateway.state_file import replace_file
 
 log = logging.getLogger(__name__)
@@ -115,12 +116,12 @@ class LimitsKeeper:
         self._open: dict[str, Price | None] = {}
         self._tasks: list[asyncio.Task] = []
         self._settling: set[asyncio.Task] = set()
-        self._poll_now = asyncio.Event()
+        self._poll = PokedPoll(self._poll_once, settings.poll_seconds)
 
     async def start(self) -> None:
         self._read_known()
         await self._poll_once()
-        self._tasks = [asyncio.create_task(self._poll_forever()), asyncio.create_task(self._renew_forever())]
+        self._tasks = [asyncio.create_task(self._poll.run()), asyncio.create_task(self._renew_forever())]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -166,16 +167,7 @@ class LimitsKeeper:
 
     def poke(self) -> None:
         """Something changed in metering (its key watch said so): read the limits now, not at the next poll."""
-        self._poll_now.set()
-
-    async def _poll_forever(self) -> None:
-        while True:
-            try:
-                await asyncio.wait_for(self._poll_now.wait(), self._settings.poll_seconds)
-            except TimeoutError:
-                pass
-            self._poll_now.clear()
-            await self._poll_once()
+        self._poll.poke()
 
     async def _renew_forever(self) -> None:
         while True:

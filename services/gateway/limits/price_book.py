@@ -17,6 +17,7 @@ import grpc
 from services.contracts.metering_client import MeteringClient
 from services.contracts.pricing import Price, event_cost, from_message, in_force, show
 from services.gateway.errors import ApiError
+from services.gateway.limits.poked_poll import PokedPoll
 
 log = logging.getLogger(__name__)
 
@@ -24,17 +25,16 @@ log = logging.getLogger(__name__)
 class PriceBook:
     def __init__(self, metering: MeteringClient, poll_seconds: float, clock: Callable[[], float] = time.time) -> None:
         self._metering = metering
-        self._poll_seconds = poll_seconds
         self._clock = clock
         self._by_model: dict[str, list[Price]] = {}
         self.currency = ""
         self._refuse_unpriced = False
-        self._poll_now = asyncio.Event()
+        self._poll = PokedPoll(self._read, poll_seconds)
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
         await self._read()
-        self._task = asyncio.create_task(self._poll_forever())
+        self._task = asyncio.create_task(self._poll.run())
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -42,7 +42,7 @@ class PriceBook:
             await asyncio.gather(self._task, return_exceptions=True)
 
     def poke(self) -> None:
-        self._poll_now.set()
+        self._poll.poke()
 
     async def _read(self) -> None:
         try:
@@ -55,15 +55,6 @@ class PriceBook:
             by_model[message.model_name].append(from_message(message))
         self._by_model, self.currency, self._refuse_unpriced = dict(by_model), book.currency, book.refuse_unpriced
 
-    async def _poll_forever(self) -> None:
-        while True:
-            try:
-                await asyncio.wait_for(self._poll_now.wait(), self._poll_seconds)
-            except TimeoutError:
-                pass
-            self._poll_now.clear()
-            await self._read()
-
     def price(self, model: str, model_name: str) -> Price | None:
         """The price in force now for the registered model, else for the served one."""
         now = self._clock()
@@ -73,19 +64,23 @@ class PriceBook:
                 return found
         return None
 
-    def admit(self, model: str, model_name: str) -> None:
-        """ApiError 403 model_not_priced when the book refuses a model no price covers."""
-        if self._refuse_unpriced and self._by_model and self.price(model, model_name) is None:
+    def admit(self, model: str, model_name: str) -> Price | None:
+        """The price in force for the request's model; ApiError 403 model_not_priced when the book refuses
+        a model no price covers."""
+        price = self.price(model, model_name)
+        if price is None and self._refuse_unpriced and self._by_model:
             raise ApiError(
                 403,
                 f"The model `{model}` has no price in force, and this deployment refuses unpriced requests.",
                 param="model",
                 code="model_not_priced",
             )
+        return price
 
-    def cost(self, price: Price | None, prompt: int, completion: int, cached: int) -> dict:
-        """OpenRouter's `cost` (in the book's currency) with its exact micro-units, or nothing unpriced."""
-        if price is None:
-            return {}
-        micro = event_cost(prompt, cached, completion, price)
-        return {"cost": float(show(micro, "").strip()), "cost_details": {"currency": price.currency, "micro": micro}}
+
+def cost_fields(price: Price | None, prompt: int, completion: int, cached: int) -> dict:
+    """OpenRouter's `cost` (in the price's currency) with its exact micro-units; nothing when unpriced."""
+    if price is None:
+        return {}
+    micro = event_cost(prompt, cached, completion, price)
+    return {"cost": float(show(micro, "").strip()), "cost_details": {"currency": price.currency, "micro": micro}}

@@ -8,7 +8,7 @@ from llmserve.metering.v1 import metering_pb2 as pb
 
 from services.contracts.pricing import event_cost, from_message
 from services.gateway.errors import ApiError
-from services.gateway.limits.price_book import PriceBook
+from services.gateway.limits.price_book import PriceBook, cost_fields
 
 NOW = 1_800_000_000.0
 
@@ -37,13 +37,13 @@ async def test_unpriced_models_are_refused_and_costs_follow_the_price_in_force()
     now = [NOW]
     prices = PriceBook(_Metering(book), 1.0, clock=lambda: now[0])  # type: ignore[arg-type]
     await prices._read()
-    prices.admit("launch-7", "m1")  # the registered model's price covers its launch
+    assert prices.admit("launch-7", "m1") is not None  # the registered model's price covers its launch
     with pytest.raises(ApiError) as refused:
         prices.admit("m2", "")
     assert (refused.value.status, refused.value.code) == (403, "model_not_priced")
     price = prices.price("m1", "")
     assert price == from_message(book.prices[0])
-    cost = prices.cost(price, 1000, 100, 200)
+    cost = cost_fields(price, 1000, 100, 200)
     assert cost["cost_details"] == {"currency": "USD", "micro": event_cost(1000, 200, 100, price)}
     now[0] = NOW + 10
     assert prices.price("m1", "") == from_message(book.prices[1])
@@ -51,4 +51,4 @@ async def test_unpriced_models_are_refused_and_costs_follow_the_price_in_force()
     book.refuse_unpriced = False
     await prices._read()
     prices.admit("m2", "")
-    assert prices.cost(None, 1, 1, 0) == {}
+    assert cost_fields(None, 1, 1, 0) == {}

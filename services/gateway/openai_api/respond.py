@@ -18,7 +18,7 @@ from services.gateway.errors import ApiError
 from services.gateway.fleet.router import RequestRouter
 from services.gateway.limits.admission import generation_tokens
 from services.gateway.limits.keeper import LimitsKeeper
-from services.gateway.limits.price_book import PriceBook
+from services.gateway.limits.price_book import PriceBook, cost_fields
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.openai_api.protocol import SamplingFields
 from services.gateway.outcome import Outcome
@@ -84,11 +84,12 @@ class Responder:
         if self._access is not None:
             self._access.check_model(key_id, meta.model)
         model_name = self._router.model_name(meta.model)
+        # The price in force, looked up once: admission, the reservation's cost and `usage.cost` use it.
+        price = None
         if self._prices is not None:
-            self._prices.admit(meta.model, model_name)
+            price = self._prices.admit(meta.model, model_name)
             if body.usage is not None and body.usage.include:
-                price, book = self._prices.price(meta.model, model_name), self._prices
-                meta = dataclasses.replace(meta, cost=lambda p, c, k: book.cost(price, p, c, k))
+                meta = dataclasses.replace(meta, cost=lambda p, c, k: cost_fields(price, p, c, k))
         span = RequestSpan(meta, max_tokens, body.temperature)
         outcome = Outcome(
             request_id=meta.id,
@@ -110,7 +111,6 @@ class Responder:
         if limits is not None and limits.limited(key_id):
             await limits.refuse_if_spent(key_id)
             prompt, completion = await generation_tokens(self._router.fleet, requests, max_tokens)
-            price = self._prices.price(meta.model, model_name) if self._prices is not None else None
             headers = await limits.reserve(meta.id, key_id, prompt, completion, price)
 
             def on_unbilled() -> None:

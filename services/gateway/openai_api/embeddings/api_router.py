@@ -42,20 +42,19 @@ async def create_embeddings(
 ) -> Response:
     request.state.model = body.model
     access.check_model(key_id, body.model)
-    if request.app.state.prices is not None:
-        request.app.state.prices.admit(body.model, requests.model_name(body.model))
+    model_name = fleet.model_name(body.model)
+    prices = request.app.state.prices
+    price = prices.admit(body.model, model_name) if prices is not None else None
     outcome = Outcome(
         request_id=f"embd-{uuid.uuid4().hex}",
         endpoint=request.url.path,
         model=body.model,
         api_key_id=key_id,
         streamed=False,
-        model_name=fleet.model_name(body.model),
+        model_name=model_name,
     )
     embed = engine_request(body, outcome.request_id, settings.max_prompts_per_request)
-    serving = EmbeddingServing(
-        requests, recorder, generations, limits, settings.settle_timeout_seconds, request.app.state.prices
-    )
+    serving = EmbeddingServing(requests, recorder, generations, limits, settings.settle_timeout_seconds, price)
     answer, headers = await serving.embed(body, embed, outcome)
     metrics.known_models.add(outcome.model)
     return Response(orjson.dumps(answer), media_type="application/json", headers=headers)

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import grpc
 from llmserve.engine.v1 import engine_pb2 as pb
 
+from services.contracts.pricing import Price
 from services.gateway.errors import ApiError
 from services.gateway.fleet.engines import EngineMember
 from services.gateway.fleet.router import RequestRouter
 from services.gateway.limits.admission import embedding_tokens
 from services.gateway.limits.keeper import LimitsKeeper
-from services.gateway.limits.price_book import PriceBook
 from services.gateway.openai_api.embeddings.protocol import EmbeddingRequest
 from services.gateway.outcome import Outcome
 from services.gateway.streaming.open_generations import OpenGenerations
@@ -70,7 +70,8 @@ class EmbeddingServing:
     generations: OpenGenerations
     limits: LimitsKeeper | None
     settle_seconds: float
-    prices: PriceBook | None = None
+    # The price in force for the request's model (its reservation's cost), if any.
+    price: Price | None = None
 
     async def embed(self, body: EmbeddingRequest, request: pb.EmbedRequest, outcome: Outcome) -> tuple[dict, dict]:
         """(OpenAI's response body, headers); the usage is recorded before it returns."""
@@ -78,8 +79,7 @@ class EmbeddingServing:
         limits = self.limits
         if limits is not None and limits.limited(outcome.api_key_id):
             tokens = embedding_tokens(self.router.fleet, request)
-            price = self.prices.price(outcome.model, outcome.model_name) if self.prices is not None else None
-            headers = await limits.reserve(outcome.request_id, outcome.api_key_id, tokens, 0, price)
+            headers = await limits.reserve(outcome.request_id, outcome.api_key_id, tokens, 0, self.price)
         if self.recorder.delivery is not None:
             self.recorder.delivery.stamp([request], outcome)
         started = time.monotonic()
