@@ -35,6 +35,18 @@ class MeteringSettings(BaseSettings):
     # A model with no price in force once the price book has any: "refuse" its requests at the gateways'
     # admission (fail closed), or "record" them flagged unpriced (reported, never taken as free).
     unpriced: Literal["refuse", "record"] = "refuse"
+    # Where this replica pushes usage as CloudEvents batches (any replica may push what any committed);
+    # unset: no push from here.
+    export_url: str = ""
+    # Where budget alerts (50/80/100 % of a token or money budget) are POSTed; unset: none from here.
+    alert_url: str = ""
+    alert_check_seconds: float = Field(5.0, gt=0)
+    # A file holding the secret that signs both (Standard Webhooks); unset: unsigned.
+    webhook_secret_file: Path | None = None
+    delivery_timeout_seconds: float = Field(10.0, gt=0)
+    delivery_max_backoff_seconds: float = Field(60.0, gt=0)
+    # Usage commits per CloudEvents POST.
+    export_commits_per_post: int = Field(8, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _retention_covers_event_age(self) -> MeteringSettings:

@@ -243,11 +243,12 @@ class Ledger:
         return await self._run(self._store.standing, subject, self._clock(), scope)
 
     async def change(self, method: Callable[..., _T], /, **fields: object) -> _T:
-        """A change to keys, teams or organisations (a UsageStore method), at the ledger's clock."""
+        """A UsageStore method given the ledger's clock as `now` (a change to keys, teams, organisations, or
+        the outbox), off the event loop."""
         return await self._run(lambda: method(self._store, now=self._clock(), **fields))
 
     async def read(self, method: Callable[..., _T], /, **fields: object) -> _T:
-        """A read of keys, teams or organisations (a UsageStore method)."""
+        """A UsageStore method, off the event loop."""
         return await self._run(lambda: method(self._store, **fields))
 
     async def key_version(self) -> int:

@@ -81,6 +81,22 @@ class MeteringMetrics:
             ["model", "window"],
             registry=r,
         )
+        # The outbox (CloudEvents push, budget alerts): read from the store, the same on every replica.
+        self.outbox_pending = Gauge(
+            "metering_outbox_pending", "Outbox rows waiting (take max across replicas)", ["kind"], registry=r
+        )
+        self.outbox_oldest = Gauge(
+            "metering_outbox_oldest_seconds", "Age of the oldest outbox row waiting", ["kind"], registry=r
+        )
+        self.dead_letters = Gauge(
+            "metering_dead_letters", "Outbox rows the receiver refused (4xx), kept with why", ["kind"], registry=r
+        )
+        self.deliveries = Counter(
+            "metering_deliveries", "POSTs of the outbox by this replica, by outcome", ["kind", "outcome"], registry=r
+        )
+        self.exported_events = Counter(
+            "metering_exported_events", "Usage events in CloudEvents batches the receiver took", registry=r
+        )
 
     def model_label(self, model: str) -> str:
         if model in self._models:

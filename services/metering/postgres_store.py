@@ -102,6 +102,7 @@ class PostgresStore(UsageStore):
     # Reservations against one subject wait on each other (every replica's); the next statement then sees
     # what the one before committed.
     _LOCK_ROWS = " FOR UPDATE OF l"
+    _SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
 
     def _announce_change(self) -> None:
         self._rows(f"NOTIFY {CHANNEL}")

@@ -1,4 +1,5 @@
-"""Builds the metering grpc.aio server and the Prometheus endpoint, and runs them until SIGTERM."""
+"""Builds the metering grpc.aio server, its HTTP port (metrics, /health) and the outbox deliveries, and runs
+them until SIGTERM."""
 
 from __future__ import annotations
 
@@ -6,15 +7,19 @@ import asyncio
 import logging
 
 from llmserve.metering.v1 import metering_pb2, metering_pb2_grpc
-from prometheus_client import start_http_server
 
 from services.grpc_lifecycle import build_server, shut_down, wait_for_stop_signal
+from services.metering import webhook_signature
+from services.metering.cloudevents import CONTENT_TYPE
 from services.metering.config import MeteringSettings
+from services.metering.delivery import Deliverer, OutboxWatch, Target, check_budgets
 from services.metering.key_watch import LISTENING_POLL_SECONDS, POLL_SECONDS, KeyWatch
 from services.metering.ledger import Ledger
 from services.metering.metrics import MeteringMetrics
+from services.metering.outbox_store import ALERTS, CLOUDEVENTS
 from services.metering.servicer import STATUS_BY_ERROR, MeteringServicer
 from services.metering.sqlite_store import SqliteStore
+from services.metering.status_http import start_status_server
 from services.metering.store import UsageStore
 from services.service_auth import ADMIN, ENGINE, GATEWAY, interceptor_from_file
 
@@ -60,6 +65,23 @@ def open_store(settings: MeteringSettings) -> UsageStore:
     return PostgresStore(settings.database_url)
 
 
+def _deliveries(settings: MeteringSettings, ledger: Ledger, metrics: MeteringMetrics) -> list[Deliverer]:
+    secret = None
+    if settings.webhook_secret_file is not None:
+        secret = webhook_signature.secret_key(settings.webhook_secret_file.read_text())
+    targets = []
+    if settings.export_url:
+        targets.append(Target(CLOUDEVENTS, settings.export_url, CONTENT_TYPE, settings.export_commits_per_post))
+    if settings.alert_url:
+        targets.append(Target(ALERTS, settings.alert_url, "application/json", 1))
+    return [
+        Deliverer(
+            ledger, target, metrics, secret, settings.delivery_timeout_seconds, settings.delivery_max_backoff_seconds
+        )
+        for target in targets
+    ]
+
+
 async def serve(settings: MeteringSettings) -> None:
     metrics = MeteringMetrics(settings.max_model_labels)
     store = await asyncio.to_thread(open_store, settings)
@@ -71,6 +93,13 @@ async def serve(settings: MeteringSettings) -> None:
         retention_seconds=settings.event_retention_seconds or None,
     )
     await ledger.start()
+    deliverers = _deliveries(settings, ledger, metrics)
+    for kind in ([CLOUDEVENTS] if settings.export_url else []) + ([ALERTS] if settings.alert_url else []):
+        await ledger.change(UsageStore.enable_delivery, kind=kind)
+    outbox = OutboxWatch(ledger, metrics)
+    background = [asyncio.create_task(outbox.run()), *(asyncio.create_task(d.run()) for d in deliverers)]
+    if settings.alert_url:
+        background.append(asyncio.create_task(check_budgets(ledger, settings.alert_check_seconds)))
     # On PostgreSQL the other replicas' key changes wake the watch at once (LISTEN); it polls less often.
     listening = bool(settings.database_url)
     keys = KeyWatch(ledger, poll_seconds=LISTENING_POLL_SECONDS if listening else POLL_SECONDS)
@@ -91,7 +120,7 @@ async def serve(settings: MeteringSettings) -> None:
         auth=interceptor_from_file(settings.callers_file, POLICY, metrics.auth_failures, "metering"),
         reflection_enabled=settings.reflection,
     )
-    start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
+    start_status_server(settings.host, settings.metrics_port, metrics.registry, outbox.health)
     await metering.server.start()
     await metering.set_serving(True)
     log.info(
@@ -108,6 +137,9 @@ async def serve(settings: MeteringSettings) -> None:
     # In-flight RecordUsage calls finish (and commit) within the grace period; then the store closes.
     await shut_down(metering, drain, settings.shutdown_grace_seconds)
     await keys.stop()
+    for task in background:
+        task.cancel()
+    await asyncio.gather(*background, return_exceptions=True)
     if listener is not None:
         await asyncio.to_thread(listener.stop)
     await ledger.stop()

@@ -6,15 +6,19 @@ a write transaction and insert the events that are new; both apply the same numb
 
 from __future__ import annotations
 
+import json
 import time
 from abc import abstractmethod
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
+from services.metering.budget_alerts import AlertStore
 from services.metering.events import UsageEvent
+from services.metering.export_rows import ExportReads
 from services.metering.key_store import KeyStore
 from services.metering.limits import period_start
+from services.metering.outbox_store import CLOUDEVENTS
 from services.metering.price_store import PriceStore
 from services.metering.range_sql import EVENT_VALUES, Label, Query, range_select
 from services.metering.reconcile import Reconciliation
@@ -152,7 +156,7 @@ def event_row(e: UsageEvent, received_at: float, priced: tuple[int | None, str] 
     )
 
 
-class UsageStore(KeyStore, PriceStore, Reservations, Reconciliation, Reratings):
+class UsageStore(KeyStore, PriceStore, Reservations, Reconciliation, Reratings, AlertStore, ExportReads):
     """`writer` keys this process's rows of the running totals (see migration 0002)."""
 
     # Whether other processes may write the same database (PostgreSQL): then the Prometheus counters
@@ -252,8 +256,8 @@ class UsageStore(KeyStore, PriceStore, Reservations, Reconciliation, Reratings):
 
     def commit(self, events: list[UsageEvent], received_at: float, rejected: dict[str, int]) -> Commit:
         """Prices the events and inserts them (a (source, event_id) seen before is a duplicate), and adds to
-        the running totals, rollups, keys' running spend, rejections and throughput cells, all in one
-        transaction."""
+        the running totals, rollups, keys' running spend, rejections and throughput cells, and (when pushed)
+        names the new events in the outbox, all in one transaction."""
         with self._transaction():
             self._follow_changes()
             # Priced first: the stored row carries its cost.
@@ -264,6 +268,8 @@ class UsageStore(KeyStore, PriceStore, Reservations, Reconciliation, Reratings):
                 if key not in candidates:
                     candidates[key] = event_row(e, received_at, costs.get(key))
             new = self._insert_new([candidates[key] for key in sorted(candidates)])
+            if new and self._delivering(CLOUDEVENTS):
+                self._enqueue(CLOUDEVENTS, json.dumps(sorted(new)), received_at)
             inserted: list[bool] = []
             duplicated: dict[str, int] = defaultdict(int)
             cells: dict[str, Cells] = defaultdict(dict)
