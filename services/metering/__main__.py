@@ -4,7 +4,8 @@
 `python -m services.metering keys ...` issues, lists, rotates and revokes API keys;
 `python -m services.metering orgs ...` / `teams ...` manage the organisations and teams keys belong to;
 `python -m services.metering prices import FILE | list`: the price book;
-`python -m services.metering rerate --prices FILE --from --to [--apply]`: a period priced again."""
+`python -m services.metering rerate --prices FILE --from --to [--apply]`: a period priced again;
+`python -m services.metering export --from --to --out FILE.parquet|.csv`: a period's usage, FOCUS columns."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import asyncio
 import sys
 
 from services.metering.config import MeteringSettings
+from services.metering.export_command import main as export_main
 from services.metering.keys_command import accounts_main
 from services.metering.keys_command import main as keys_main
 from services.metering.prices_command import main as prices_main
@@ -37,6 +39,9 @@ def main() -> None:
         return
     if sys.argv[1:2] in (["orgs"], ["teams"]):
         accounts_main(sys.argv[1], sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["export"]:
+        export_main(sys.argv[2:])
         return
     if sys.argv[1:2] == ["reconcile"]:
         reconcile_main(sys.argv[2:])

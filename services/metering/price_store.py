@@ -78,16 +78,17 @@ class PriceStore(StorePrimitives):
         rows = self._rows(f"SELECT {_COLUMNS} FROM prices{where} ORDER BY model_name, effective_from", params)
         return [Price(*row) for row in rows]
 
+    def price_book(self) -> dict[str, list[Price]]:
+        """Every price by model, each model's sorted by start."""
+        book: dict[str, list[Price]] = defaultdict(list)
+        for row in self._rows(f"SELECT {_COLUMNS} FROM prices ORDER BY model_name, effective_from"):
+            book[row[1]].append(Price(*row))
+        return dict(book)
+
     def _book(self) -> dict[str, list[Price]]:
-        """Every price by model, each model's sorted by start (read once per change number: the commit
-        path asks it for every batch)."""
+        """The price book, read once per change number (the commit path asks it for every batch)."""
         cached = self._cached("book")
-        if cached is None:
-            book: dict[str, list[Price]] = defaultdict(list)
-            for row in self._rows(f"SELECT {_COLUMNS} FROM prices ORDER BY model_name, effective_from"):
-                book[row[1]].append(Price(*row))
-            cached = self._cache("book", dict(book))
-        return cached
+        return self._cache("book", self.price_book()) if cached is None else cached
 
     def _priced(self, events: list[UsageEvent]) -> Costs:
         """Inside a commit: each priced event's (cost, price id) by (source, event id), at the price in force

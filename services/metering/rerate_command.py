@@ -18,7 +18,8 @@ from services.metering.rerating import Rerating
 from services.metering.server import open_store
 
 
-def _when(text: str) -> float:
+def when(text: str) -> float:
+    """An ISO time (UTC if it names no zone) as seconds since the epoch."""
     moment = datetime.fromisoformat(text)
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
@@ -40,8 +41,8 @@ def render(result: Rerating, currency: str) -> str:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m services.metering rerate", description=__doc__)
     parser.add_argument("--prices", type=Path, required=True, help="the corrected price book (YAML or CSV)")
-    parser.add_argument("--from", dest="start", type=_when, required=True, help="ISO time (UTC if no zone)")
-    parser.add_argument("--to", dest="end", type=_when, required=True)
+    parser.add_argument("--from", dest="start", type=when, required=True, help="ISO time (UTC if no zone)")
+    parser.add_argument("--to", dest="end", type=when, required=True)
     parser.add_argument("--apply", action="store_true", help="keep the re-rating beside the original figures")
     args = parser.parse_args(argv)
     rows = parse(args.prices.read_text(), "csv" if args.prices.suffix == ".csv" else "yaml")
