@@ -20,7 +20,9 @@ from openai import OpenAI
 from xinference_client import RESTfulClient
 
 from services.contracts.builtin_models import EMBEDDED_MODEL_NAME, EMBEDDING_NAME
+from services.contracts.pricing import event_cost, from_message
 from services.engine.builtin_models import embedding_model_folder
+from tests.credentials import metering_client
 from tests.stack import (
     ADMIN_API_KEY,
     API_KEY,
@@ -211,3 +213,27 @@ async def test_clients_hanging_up_mid_embedding_are_billed_exactly_what_the_engi
     finally:
         hanging.stop()
         metering.stop()
+
+
+async def test_an_embedding_is_priced_per_input_on_top_of_its_tokens(
+    gateway: ServiceProcess, metering: ServiceProcess
+) -> None:
+    """Last in this module: once a price exists, an unpriced model's requests are refused here."""
+    row = f"{{model: {EMBEDDING_NAME}, prompt: '0.02', completion: '0', embedding_input: '0.0001'}}"
+    async with metering_client(metering.address) as client:
+        reply = await client.import_prices(mpb.ImportPricesRequest(content=f"currency: USD\nprices:\n  - {row}\n"))
+    price = from_message(reply.prices[0])
+    before = await metering_totals(metering.address)
+    async with httpx.AsyncClient(timeout=60) as http:
+        answer = await http.post(
+            f"{gateway.address}/v1/embeddings",
+            json={"model": UID, "input": TEXTS},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        )
+    assert answer.status_code == 200, answer.text
+    tokens = answer.json()["usage"]["prompt_tokens"]
+    await wait_for(metered_since(metering, before, tokens, 1), 30, "metering to hold the priced embedding")
+    totals = await metering_totals(metering.address)
+    # Three inputs at 100 micro-units each, beside its tokens at 20,000 per million (rounded once).
+    assert totals.cost_micro - before.cost_micro == event_cost(tokens, 0, 0, price, embedding_inputs=3)
+    assert event_cost(tokens, 0, 0, price, embedding_inputs=3) == (tokens * 20_000 + 500_000) // 1_000_000 + 300

@@ -19,6 +19,7 @@ from PIL import Image
 from xinference_client import RESTfulClient
 
 from services.contracts.builtin_models import EMBEDDED_MODEL_NAME, TINY_VLM_NAME
+from services.contracts.pricing import event_cost, from_message
 from tests.credentials import metering_client
 from tests.otlp_receiver import OtlpReceiver
 from tests.stack import ADMIN_API_KEY, API_KEY, start_gateway, start_metering, wait_for
@@ -120,12 +121,16 @@ def test_bad_image_inputs_get_a_400_that_says_why(
     assert post_chat(gateway, UID, messages(data_uri((5, 5, 5)))).status_code == 200
 
 
-async def test_an_image_request_is_traced_and_metered_with_its_image_tokens(
+async def test_an_image_request_is_traced_metered_and_priced_per_image(
     gateway: ServiceProcess, log_dir: Path, tmp_path: Path, engine_address: str, otlp_receiver: OtlpReceiver
 ) -> None:
     metering = await asyncio.to_thread(
         start_metering, log_dir, tmp_path / "m", None, "metering-images", otlp_receiver.env("metering")
     )
+    # Its tokens per million and each image apart; the gateway starts after, and reads the book at start.
+    book = f"currency: EUR\nprices:\n  - {{model: {TINY_VLM_NAME}, prompt: '2', completion: '3', image: '0.0025'}}\n"
+    async with metering_client(metering.address) as client:
+        (price,) = [from_message(p) for p in (await client.import_prices(mpb.ImportPricesRequest(content=book))).prices]
     traced = await asyncio.to_thread(
         start_gateway,
         log_dir,
@@ -138,7 +143,8 @@ async def test_an_image_request_is_traced_and_metered_with_its_image_tokens(
     )
     trace_id, parent = uuid.uuid4().hex, uuid.uuid4().hex[:16]
     try:
-        body = {"model": UID, "messages": messages(data_uri((9, 90, 180))), "max_tokens": 3}
+        chat = messages(data_uri((9, 90, 180)), data_uri((200, 10, 10)))
+        body = {"model": UID, "messages": chat, "max_tokens": 3, "usage": {"include": True}}
         headers = {**HEADERS, "traceparent": f"00-{trace_id}-{parent}-01"}
         async with httpx.AsyncClient(timeout=120) as http:
             reply = await http.post(f"{traced.address}/v1/chat/completions", json=body, headers=headers)
@@ -168,6 +174,11 @@ async def test_an_image_request_is_traced_and_metered_with_its_image_tokens(
         async with metering_client(metering.address) as client:
             rows = await client.totals(mpb.GetTotalsRequest(model=UID, group_by_model_name=True))
         assert rows[0].model_name == TINY_VLM_NAME
+        # Two images at 2,500 micro-units each, on top of the tokens: in the answer and in the ledger alike.
+        cached = usage["prompt_tokens_details"]["cached_tokens"]
+        cost = event_cost(usage["prompt_tokens"], cached, usage["completion_tokens"], price, images=2)
+        assert usage["cost_details"] == {"currency": "EUR", "micro": cost} and cost > 5000
+        assert rows[0].totals.cost_micro == cost
     finally:
         traced.stop()
         metering.stop()

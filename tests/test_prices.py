@@ -1,7 +1,8 @@
 """Money through the real stack (the session's engine, a gateway, metering on SQLite): prices imported
-through the gateway, a price change in the middle of a run of streams, hang-ups, n>1 and embeddings, and
-every recorded event's cost equal to its tokens times the price in force when it occurred, to the
-micro-unit; the totals equal the sum. A bad price import is refused whole, naming every problem."""
+through the gateway, a price change in the middle of a run of streams, hang-ups, n>1 and a forced tool
+call, and every recorded event's cost equal to its tokens times the price in force when it occurred, to
+the micro-unit; the totals equal the sum. A bad price import is refused whole, naming every problem.
+(Priced per image: tests/test_images.py; per embedding input: tests/test_embeddings.py.)"""
 
 from __future__ import annotations
 
@@ -65,14 +66,19 @@ async def test_every_event_costs_its_tokens_at_the_price_in_force(priced: tuple,
     assert first.status_code == 200, first.text
 
     async def run() -> int:
-        """Streams, a hang-up, n=2 and an embedding; the number of requests."""
+        """Streams, a hang-up, n=2 and a forced tool call; the number of requests."""
         await wait_idle(engine_address)
         calls = [stream_chat(gateway.address, ADMIN_API_KEY, 8, text=f"Count to {i}.") for i in range(3)]
         calls.append(stream_chat(gateway.address, ADMIN_API_KEY, 64, hang_up_after=0.5))
         body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "n": 2}
-        await asyncio.gather(*calls, _post(gateway, "/v1/chat/completions", body))
-        embedded = await _post(gateway, "/v1/embeddings", {"model": MODEL, "input": ["one", "two"]})
-        return 5 + (embedded.status_code == 200)
+        function = {"name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}}}
+        tool = {**body, "n": 1, "max_tokens": 24, "tools": [{"type": "function", "function": function}]}
+        tool["tool_choice"] = {"type": "function", "function": {"name": "get_time"}}
+        answers = await asyncio.gather(
+            *calls, _post(gateway, "/v1/chat/completions", body), _post(gateway, "/v1/chat/completions", tool)
+        )
+        assert answers[-1].json()["choices"][0]["message"]["tool_calls"], answers[-1].text
+        return 6
 
     sent = await run()
     # A new price from a moment on: the events of the next run occur after it.
@@ -95,14 +101,15 @@ async def test_every_event_costs_its_tokens_at_the_price_in_force(priced: tuple,
     prices = [from_message(p) for p in book.prices]
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
         events = db.execute(
-            "SELECT occurred_at, prompt_tokens, cached_tokens, completion_tokens, cost_micro, price_id FROM events"
+            "SELECT occurred_at, prompt_tokens, cached_tokens, completion_tokens, cost_micro, price_id,"
+            " embedding_inputs FROM events"
         ).fetchall()
     assert len(events) == sent
     used = set()
-    for occurred, prompt, cached, completion, cost, price_id in events:
+    for occurred, prompt, cached, completion, cost, price_id, inputs in events:
         price = in_force(prices, occurred)
         assert price is not None and price_id == price.price_id
-        assert cost == event_cost(prompt, cached, completion, price)
+        assert cost == event_cost(prompt, cached, completion, price, embedding_inputs=inputs)
         used.add(price_id)
     assert used == {p.price_id for p in prices}, "both prices were in force for some events"
     totals = answer.rows[0].totals

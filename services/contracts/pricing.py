@@ -1,6 +1,7 @@
 """What an event costs, in integers only, as metering records it and a gateway tells a client: prices per
 million tokens in micro-units (one millionth of the currency's major unit), an event's uncached prompt,
-cached prompt and completion tokens times their prices, divided by a million and rounded half up once."""
+cached prompt and completion tokens times their prices, divided by a million and rounded half up once;
+plus its images and embedding inputs times their prices per unit (whole micro-units: nothing to round)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ class Price:
     cached_prompt: int
     completion: int
     created_at: float = 0.0
+    # Micro-units per image in a prompt and per embedding input.
+    image: int = 0
+    embedding_input: int = 0
 
 
 def show(micro: int, currency: str) -> str:
@@ -32,12 +36,19 @@ def show(micro: int, currency: str) -> str:
     return f"{sign}{whole // MICRO}.{whole % MICRO:06d} {currency}".strip()
 
 
-def event_cost(prompt_tokens: int, cached_tokens: int, completion_tokens: int, price: Price) -> int:
-    """The event's cost in micro-units, rounded half up once."""
+def event_cost(
+    prompt_tokens: int,
+    cached_tokens: int,
+    completion_tokens: int,
+    price: Price,
+    images: int = 0,
+    embedding_inputs: int = 0,
+) -> int:
+    """The event's cost in micro-units, its tokens' share rounded half up once."""
     cached = min(cached_tokens, prompt_tokens)
     exact = (prompt_tokens - cached) * price.prompt + cached * price.cached_prompt
     exact += completion_tokens * price.completion
-    return (exact + PER_TOKENS // 2) // PER_TOKENS
+    return (exact + PER_TOKENS // 2) // PER_TOKENS + images * price.image + embedding_inputs * price.embedding_input
 
 
 def in_force(prices: list[Price], at: float) -> Price | None:
@@ -61,4 +72,6 @@ def from_message(message: pb.Price) -> Price:
         message.prompt_micro,
         message.cached_prompt_micro,
         message.completion_micro,
+        image=message.image_micro,
+        embedding_input=message.embedding_input_micro,
     )

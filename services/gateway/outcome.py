@@ -33,6 +33,9 @@ class Outcome:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    # Images in the prompt, inputs of an embeddings request: priced per unit where the price says so.
+    images: int = 0
+    embedding_inputs: int = 0
     finish_reasons: list[str] = field(default_factory=list)
     status: str = "ok"  # ok | abort | error
     time_to_first_token_seconds: float = 0.0

@@ -45,6 +45,8 @@ def cloud_event(row: UsageRow) -> dict:
             "cached_tokens": row.cached_tokens,
             "completion_tokens": row.completion_tokens,
             "total_tokens": row.prompt_tokens + row.completion_tokens,
+            "images": row.images,
+            "embedding_inputs": row.embedding_inputs,
             "cost_micro": row.cost_micro,
             "cost": decimal_cost(row.cost_micro),
             "currency": row.currency,

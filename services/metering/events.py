@@ -46,6 +46,9 @@ class UsageEvent:
     # that price's id (None: no price was in force; the event is unpriced, never free).
     cost_micro: int | None = None
     price_id: str = ""
+    # Images in the prompt and inputs of an embeddings request (priced per unit where the price says).
+    images: int = 0
+    embedding_inputs: int = 0
 
 
 class Rejection(ValueError):
@@ -80,7 +83,7 @@ def check(event: UsageEvent, now: float, max_age_seconds: float, max_future_seco
     for name in _IDENTITY_FIELDS:
         if len(getattr(event, name)) > MAX_TEXT:
             raise Rejection("out_of_range", f"{name} is longer than {MAX_TEXT} characters")
-    for name in ("prompt_tokens", "completion_tokens", "cached_tokens"):
+    for name in ("prompt_tokens", "completion_tokens", "cached_tokens", "images", "embedding_inputs"):
         value = getattr(event, name)
         if value < 0:
             raise Rejection("negative", f"{name} is negative")

@@ -34,6 +34,8 @@ class UsageRow(NamedTuple):
     price_id: str
     currency: str
     trace_id: str
+    images: int
+    embedding_inputs: int
 
 
 _SELECT = (
@@ -41,7 +43,7 @@ _SELECT = (
     " CASE WHEN e.model_name = '' THEN e.model ELSE e.model_name END, e.api_key_id,"
     " COALESCE(k.team_id, ''), COALESCE(k.org_id, ''), e.caller, e.endpoint, e.streamed, e.finish_reason,"
     " e.status, e.prompt_tokens, e.completion_tokens, e.cached_tokens, e.cost_micro, e.price_id,"
-    " COALESCE(p.currency, ''), e.trace_id"
+    " COALESCE(p.currency, ''), e.trace_id, e.images, e.embedding_inputs"
     " FROM events e LEFT JOIN api_keys k ON k.key_id = e.api_key_id LEFT JOIN prices p ON p.price_id = e.price_id"
 )
 

@@ -44,7 +44,11 @@ def ledger_and_priced(rows: list[UsageRow], book: dict) -> tuple[Figures, Figure
             price = in_force(book.get(name, []), r.occurred_at)
             if price is not None:
                 break
-        cost = None if price is None else event_cost(r.prompt_tokens, r.cached_tokens, r.completion_tokens, price)
+        cost = None
+        if price is not None:
+            cost = event_cost(
+                r.prompt_tokens, r.cached_tokens, r.completion_tokens, price, r.images, r.embedding_inputs
+            )
         _add(priced, r.prompt_tokens, r.cached_tokens, r.completion_tokens, cost)
     return Figures(*ledger), Figures(*priced)
 

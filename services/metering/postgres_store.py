@@ -34,6 +34,8 @@ _TYPES = {
     "generation_seconds": "float8",
     "request_seconds": "float8",
     "cost_micro": "int8",
+    "images": "int8",
+    "embedding_inputs": "int8",
 }
 # One statement for the whole batch: the columns as arrays, unnested in the given (sorted) order, so
 # two replicas inserting overlapping batches take the key locks in one order.

@@ -1,14 +1,16 @@
 """A price file a user keeps in git, YAML or CSV, read into price rows with every problem listed (nothing
 is applied unless there is none). A row: model, currency, effective_from (ISO time or Unix seconds;
 left out: now), prompt, cached_prompt (left out: the prompt price) and completion, each per million
-tokens in the currency's major unit.
+tokens in the currency's major unit; optionally image (per image in a prompt) and embedding_input (per
+input of an embeddings request), per unit.
 
     currency: USD
     prices:
       - {model: SmolLM2-135M-Instruct, prompt: "0.15", cached_prompt: "0.075", completion: "0.60"}
       - {model: SmolLM2-135M-Instruct, effective_from: 2027-01-01T00:00:00Z, prompt: "0.12", completion: "0.50"}
 
-or, as CSV, the header `model,currency,effective_from,prompt,cached_prompt,completion`."""
+or, as CSV, the header `model,currency,effective_from,prompt,cached_prompt,completion` (and `image`,
+`embedding_input`)."""
 
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ import yaml
 from services.metering.account_errors import InvalidChange
 from services.metering.pricing import CURRENCIES, micro_amount
 
-_KNOWN = {"model", "currency", "effective_from", "prompt", "cached_prompt", "completion"}
+_KNOWN = {"model", "currency", "effective_from", "prompt", "cached_prompt", "completion", "image", "embedding_input"}
+_OPTIONAL = ("cached_prompt", "image", "embedding_input")
 
 
 class InvalidPrices(InvalidChange):
@@ -41,6 +44,8 @@ class PriceRow:
     prompt: int
     cached_prompt: int
     completion: int
+    image: int = 0
+    embedding_input: int = 0
 
 
 def _moment(value: object) -> float:
@@ -81,17 +86,17 @@ def read_rows(raw: list[dict], default_currency: str = "") -> list[PriceRow]:
             except (ValueError, OverflowError):
                 problems.append(f"{where}: effective_from: {given['effective_from']!r} is not a time")
         amounts = {}
-        for field in ("prompt", "completion", "cached_prompt"):
+        for field in ("prompt", "completion", *_OPTIONAL):
             value = given.get(field)
             if value in (None, ""):
-                if field != "cached_prompt":
+                if field not in _OPTIONAL:
                     problems.append(f"{where}: {field}: a price is required")
                 continue
             try:
                 amounts[field] = micro_amount(value, field)
             except InvalidChange as error:
                 problems.append(f"{where}: {error}")
-        if len(amounts) >= 2 and not unknown and model and currency in CURRENCIES:
+        if "prompt" in amounts and "completion" in amounts and not unknown and model and currency in CURRENCIES:
             rows.append(
                 PriceRow(
                     model,
@@ -100,6 +105,8 @@ def read_rows(raw: list[dict], default_currency: str = "") -> list[PriceRow]:
                     amounts["prompt"],
                     amounts.get("cached_prompt", amounts["prompt"]),
                     amounts["completion"],
+                    amounts.get("image", 0),
+                    amounts.get("embedding_input", 0),
                 )
             )
     currencies = {row.currency for row in rows}

@@ -21,6 +21,8 @@ def price_message(price: Price) -> pb.Price:
         prompt_micro=price.prompt,
         cached_prompt_micro=price.cached_prompt,
         completion_micro=price.completion,
+        image_micro=price.image,
+        embedding_input_micro=price.embedding_input,
     )
     message.effective_from.FromNanoseconds(int(price.effective_from * 1e9))
     return message

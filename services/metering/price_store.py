@@ -15,7 +15,10 @@ from services.metering.store_primitives import StorePrimitives
 
 # (cost in micro-units, price id) of the priced events of a commit, by (source, event id).
 Costs = dict[tuple[str, str], tuple[int, str]]
-_COLUMNS = "price_id, model_name, currency, effective_from, prompt, cached_prompt, completion, created_at"
+_COLUMNS = (
+    "price_id, model_name, currency, effective_from, prompt, cached_prompt, completion, created_at, image,"
+    " embedding_input"
+)
 
 
 class PriceStore(StorePrimitives):
@@ -52,17 +55,20 @@ class PriceStore(StorePrimitives):
                         row.cached_prompt,
                         row.completion,
                         now,
+                        row.image,
+                        row.embedding_input,
                     )
                 )
             if problems:
                 raise InvalidPrices(problems)
             for price in prices:
                 self._rows(
-                    f"INSERT INTO prices ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", dataclasses.astuple(price)
+                    f"INSERT INTO prices ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", dataclasses.astuple(price)
                 )
             detail = {
                 p.price_id: f"{p.model_name} from {p.effective_from:.0f}: prompt {show(p.prompt, p.currency)},"
-                f" cached {show(p.cached_prompt, p.currency)}, completion {show(p.completion, p.currency)} per 1M"
+                f" cached {show(p.cached_prompt, p.currency)}, completion {show(p.completion, p.currency)} per 1M;"
+                f" {show(p.image, p.currency)} per image, {show(p.embedding_input, p.currency)} per embedding input"
                 for p in prices
             }
             self._audit(now, version, actor, "import_prices", "prices", detail)
@@ -110,6 +116,8 @@ class PriceStore(StorePrimitives):
                 if price is not None:
                     break
             if price is not None:
-                cost = event_cost(e.prompt_tokens, e.cached_tokens, e.completion_tokens, price)
+                cost = event_cost(
+                    e.prompt_tokens, e.cached_tokens, e.completion_tokens, price, e.images, e.embedding_inputs
+                )
                 costs[e.source, e.event_id] = (cost, price.price_id)
         return costs

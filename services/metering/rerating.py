@@ -18,7 +18,7 @@ from services.metering.store_primitives import StorePrimitives
 _BATCH = 5000
 _EVENT = (
     "source, event_id, api_key_id, model, model_name, occurred_at, prompt_tokens, cached_tokens, completion_tokens,"
-    " cost_micro, price_id"
+    " cost_micro, price_id, images, embedding_inputs"
 )
 
 
@@ -57,6 +57,8 @@ def corrected_book(rows: list[PriceRow]) -> dict[str, list[Price]]:
                 row.prompt,
                 row.cached_prompt,
                 row.completion,
+                image=row.image,
+                embedding_input=row.embedding_input,
             )
         )
     for prices in book.values():
@@ -109,13 +111,13 @@ class Reratings(StorePrimitives):
 
     @staticmethod
     def _rerate_one(row: tuple, book: dict[str, list[Price]], by_key: dict, result: Rerating) -> None:
-        source, event_id, key, model, name, occurred, prompt, cached, completion, cost, price_id = row
+        source, event_id, key, model, name, occurred, prompt, cached, completion, cost, price_id, images, inputs = row
         price = None
         for candidate in dict.fromkeys(n for n in (name, model) if n):
             price = in_force(book.get(candidate, []), occurred)
             if price is not None:
                 break
-        rerated = None if price is None else event_cost(prompt, cached, completion, price)
+        rerated = None if price is None else event_cost(prompt, cached, completion, price, images, inputs)
         cell = by_key[key]
         cell.events += 1
         cell.original_micro += cost or 0

@@ -65,6 +65,8 @@ def to_event(message: pb.UsageEvent) -> UsageEvent:
         trace_id=message.trace_id,
         model_name=message.model_name,
         caller=message.caller,
+        images=message.images,
+        embedding_inputs=message.embedding_inputs,
     )
 
 

@@ -83,6 +83,8 @@ EVENT_COLUMNS = (
     "caller",
     "cost_micro",
     "price_id",
+    "images",
+    "embedding_inputs",
 )
 _INT = "CAST(SUM({}) AS BIGINT)"
 # The migration that adds the rollups; applying it fills them from the stored events.
@@ -153,6 +155,8 @@ def event_row(e: UsageEvent, received_at: float, priced: tuple[int | None, str] 
         e.caller,
         cost,
         price_id,
+        e.images,
+        e.embedding_inputs,
     )
 
 

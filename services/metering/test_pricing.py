@@ -179,3 +179,26 @@ def test_a_money_budget_holds_reservations_and_counts_recorded_costs(open_store:
     assert store.standing(org.org_id, NOW)[0].spent.money_used == recorded + 400
     assert store.reconcile(NOW) == []
     store.close()
+
+
+def test_images_and_embedding_inputs_are_priced_per_unit(open_store: Callable[[], UsageStore]) -> None:
+    """A vision request's images and an embeddings request's inputs, at the model's price per unit, on top
+    of its tokens (whole micro-units, so nothing more is rounded); a bad unit price is refused with the rest."""
+    store = open_store()
+    row = "{model: m1, prompt: '0.15', completion: '0.6', image: '0.0012', embedding_input: '0.00001'}"
+    book = f"currency: USD\nprices:\n  - {row}\n"
+    (price,) = store.import_prices(parse(book, "yaml"), "admin", NOW - 100)
+    assert (price.image, price.embedding_input) == (1200, 10)
+    store.commit(
+        [event(1, images=3), event(2, endpoint="/v1/embeddings", completion_tokens=0, embedding_inputs=4)], NOW, {}
+    )
+    costs = dict(store._rows("SELECT event_id, cost_micro FROM events"))
+    assert costs == {"ev-1": event_cost(10, 2, 5, price) + 3 * 1200, "ev-2": event_cost(10, 2, 0, price) + 4 * 10}
+    assert event_cost(10, 2, 5, price, images=3) == costs["ev-1"]
+    rows = {r.event_id: r for r in store.usage_rows_between(NOW - 1000, NOW)}
+    assert (rows["ev-1"].images, rows["ev-2"].embedding_inputs) == (3, 4)
+    assert store.reconcile(NOW) == []
+    with pytest.raises(InvalidPrices, match="image") as refused:
+        parse("- {model: m3, currency: USD, prompt: '1', completion: '1', image: '-0.5', embedding_input: 'x'}", "yaml")
+    assert "embedding_input" in str(refused.value)
+    store.close()

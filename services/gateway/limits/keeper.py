@@ -113,7 +113,8 @@ class LimitsKeeper:
         self._known = False
         self._written: bytes | None = None
         # The reservations this gateway holds open, by event id, with the price their cost was reserved at.
-        self._open: dict[str, Price | None] = {}
+        # Each open reservation's price, with the request's images and embedding inputs (priced per unit).
+        self._open: dict[str, tuple[Price | None, int, int]] = {}
         self._tasks: list[asyncio.Task] = []
         self._settling: set[asyncio.Task] = set()
         self._poll = PokedPoll(self._poll_once, settings.poll_seconds)
@@ -210,17 +211,28 @@ class LimitsKeeper:
                 raise _refusal(standing, "insufficient_quota", f"{whose} token budget is spent: {spent}.")
 
     async def reserve(
-        self, event_id: str, api_key_id: str, prompt_tokens: int, completion_tokens: int, price: Price | None = None
+        self,
+        event_id: str,
+        api_key_id: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        price: Price | None = None,
+        images: int = 0,
+        embedding_inputs: int = 0,
     ) -> dict[str, str]:
         """Takes the reservation of the prompt and the completion cap (and, with a price, their cost, the
-        prompt counted uncached) and returns the rate-limit headers, or raises OpenAI's 429."""
+        prompt counted uncached, with its images and embedding inputs) and returns the rate-limit headers,
+        or raises OpenAI's 429."""
+        cost = 0
+        if price is not None:
+            cost = event_cost(prompt_tokens, 0, completion_tokens, price, images, embedding_inputs)
         request = mpb.ReserveRequest(
             source=self._settings.source,
             event_id=event_id,
             api_key_id=api_key_id,
             tokens=prompt_tokens + completion_tokens,
             lease_seconds=self._settings.lease_seconds,
-            cost_micro=event_cost(prompt_tokens, 0, completion_tokens, price) if price is not None else 0,
+            cost_micro=cost,
         )
         try:
             answer = await self._metering.reserve(request)
@@ -242,7 +254,7 @@ class LimitsKeeper:
             return headers
         if not answer.granted:
             raise _refusal(answer.standing, answer.refusal, answer.reason)
-        self._open[event_id] = price
+        self._open[event_id] = (price, images, embedding_inputs)
         return headers
 
     def settle(self, event_id: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> None:
@@ -250,9 +262,11 @@ class LimitsKeeper:
         back now. (Its usage event replaces the reservation when metering records it, whichever comes first.)"""
         if event_id not in self._open:
             return
-        price = self._open.pop(event_id)
+        price, images, inputs = self._open.pop(event_id)
         tokens = prompt_tokens + completion_tokens
-        cost = None if price is None else event_cost(prompt_tokens, cached_tokens, completion_tokens, price)
+        cost = None
+        if price is not None:
+            cost = event_cost(prompt_tokens, cached_tokens, completion_tokens, price, images, inputs)
         task = asyncio.create_task(self._settle(event_id, tokens, cost))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)

@@ -78,9 +78,9 @@ class PriceBook:
         return price
 
 
-def cost_fields(price: Price | None, prompt: int, completion: int, cached: int) -> dict:
+def cost_fields(price: Price | None, prompt: int, completion: int, cached: int, images: int = 0) -> dict:
     """OpenRouter's `cost` (in the price's currency) with its exact micro-units; nothing when unpriced."""
     if price is None:
         return {}
-    micro = event_cost(prompt, cached, completion, price)
+    micro = event_cost(prompt, cached, completion, price, images)
     return {"cost": float(show(micro, "").strip()), "cost_details": {"currency": price.currency, "micro": micro}}

@@ -79,7 +79,9 @@ class Responder:
         key_id: str,
         body: SamplingFields,
         max_tokens: int | None,
+        images: int = 0,
     ) -> Response:
+        """images: how many the prompt carries (priced per image where the model's price says so)."""
         http_request.state.model = meta.model
         if self._access is not None:
             self._access.check_model(key_id, meta.model)
@@ -89,7 +91,7 @@ class Responder:
         if self._prices is not None:
             price = self._prices.admit(meta.model, model_name)
             if body.usage is not None and body.usage.include:
-                meta = dataclasses.replace(meta, cost=lambda p, c, k: cost_fields(price, p, c, k))
+                meta = dataclasses.replace(meta, cost=lambda p, c, k: cost_fields(price, p, c, k, images))
         span = RequestSpan(meta, max_tokens, body.temperature)
         outcome = Outcome(
             request_id=meta.id,
@@ -100,6 +102,7 @@ class Responder:
             model_name=model_name,
             trace_id=span.trace_id,
             span_id=span.span_id,
+            images=images,
         )
         if not self._share_prefix_cache:
             # A key's cached prefixes are its own: a hit (cached_tokens) tells nothing of another key's prompts.
@@ -111,7 +114,7 @@ class Responder:
         if limits is not None and limits.limited(key_id):
             await limits.refuse_if_spent(key_id)
             prompt, completion = await generation_tokens(self._router.fleet, requests, max_tokens)
-            headers = await limits.reserve(meta.id, key_id, prompt, completion, price)
+            headers = await limits.reserve(meta.id, key_id, prompt, completion, price, images)
 
             def on_unbilled() -> None:
                 limits.settle(meta.id, 0, 0, 0)

@@ -41,6 +41,9 @@ def price_json(price: mpb.Price) -> dict:
         "prompt_micro_per_million": price.prompt_micro,
         "cached_prompt_micro_per_million": price.cached_prompt_micro,
         "completion_micro_per_million": price.completion_micro,
+        # Per unit, in micro-units.
+        "image_micro": price.image_micro,
+        "embedding_input_micro": price.embedding_input_micro,
     }
 
 

@@ -41,6 +41,8 @@ def usage_context(outcome: Outcome, source: str) -> mpb.UsageEvent:
         streamed=outcome.streamed,
         trace_id=outcome.trace_id,
         span_id=outcome.span_id,
+        images=outcome.images,
+        embedding_inputs=outcome.embedding_inputs,
     )
 
 

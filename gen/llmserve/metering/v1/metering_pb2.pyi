@@ -142,7 +142,7 @@ class Team(_message.Message):
     def __init__(self, team_id: _Optional[str] = ..., org_id: _Optional[str] = ..., name: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., allowed_models: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Price(_message.Message):
-    __slots__ = ("price_id", "model_name", "currency", "effective_from", "prompt_micro", "cached_prompt_micro", "completion_micro")
+    __slots__ = ("price_id", "model_name", "currency", "effective_from", "prompt_micro", "cached_prompt_micro", "completion_micro", "image_micro", "embedding_input_micro")
     PRICE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     CURRENCY_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +150,8 @@ class Price(_message.Message):
     PROMPT_MICRO_FIELD_NUMBER: _ClassVar[int]
     CACHED_PROMPT_MICRO_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_MICRO_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_MICRO_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_INPUT_MICRO_FIELD_NUMBER: _ClassVar[int]
     price_id: str
     model_name: str
     currency: str
@@ -157,7 +159,9 @@ class Price(_message.Message):
     prompt_micro: int
     cached_prompt_micro: int
     completion_micro: int
-    def __init__(self, price_id: _Optional[str] = ..., model_name: _Optional[str] = ..., currency: _Optional[str] = ..., effective_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prompt_micro: _Optional[int] = ..., cached_prompt_micro: _Optional[int] = ..., completion_micro: _Optional[int] = ...) -> None: ...
+    image_micro: int
+    embedding_input_micro: int
+    def __init__(self, price_id: _Optional[str] = ..., model_name: _Optional[str] = ..., currency: _Optional[str] = ..., effective_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prompt_micro: _Optional[int] = ..., cached_prompt_micro: _Optional[int] = ..., completion_micro: _Optional[int] = ..., image_micro: _Optional[int] = ..., embedding_input_micro: _Optional[int] = ...) -> None: ...
 
 class ImportPricesRequest(_message.Message):
     __slots__ = ("content", "format", "actor")
@@ -571,7 +575,7 @@ class Standing(_message.Message):
     def __init__(self, api_key_id: _Optional[str] = ..., limits: _Optional[_Union[KeyLimits, _Mapping]] = ..., limited: _Optional[bool] = ..., requests_last_minute: _Optional[int] = ..., tokens_last_minute: _Optional[int] = ..., budget_used: _Optional[int] = ..., reserved_tokens: _Optional[int] = ..., remaining_requests: _Optional[int] = ..., remaining_tokens: _Optional[int] = ..., remaining_budget: _Optional[int] = ..., reset_requests_seconds: _Optional[float] = ..., reset_tokens_seconds: _Optional[float] = ..., budget_reset_seconds: _Optional[float] = ..., money_used_micro: _Optional[int] = ..., remaining_money_micro: _Optional[int] = ..., level: _Optional[str] = ..., levels: _Optional[_Iterable[_Union[Standing, _Mapping]]] = ...) -> None: ...
 
 class UsageEvent(_message.Message):
-    __slots__ = ("event_id", "source", "occurred_at", "model", "api_key_id", "endpoint", "streamed", "finish_reason", "status", "prompt_tokens", "completion_tokens", "cached_tokens", "time_to_first_token_seconds", "generation_seconds", "request_seconds", "trace_id", "span_id", "model_name", "caller")
+    __slots__ = ("event_id", "source", "occurred_at", "model", "api_key_id", "endpoint", "streamed", "finish_reason", "status", "prompt_tokens", "completion_tokens", "cached_tokens", "time_to_first_token_seconds", "generation_seconds", "request_seconds", "trace_id", "span_id", "model_name", "caller", "images", "embedding_inputs")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -591,6 +595,8 @@ class UsageEvent(_message.Message):
     SPAN_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     CALLER_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_INPUTS_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     source: str
     occurred_at: _timestamp_pb2.Timestamp
@@ -610,7 +616,9 @@ class UsageEvent(_message.Message):
     span_id: str
     model_name: str
     caller: str
-    def __init__(self, event_id: _Optional[str] = ..., source: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., api_key_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., streamed: _Optional[bool] = ..., finish_reason: _Optional[str] = ..., status: _Optional[_Union[RequestStatus, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., time_to_first_token_seconds: _Optional[float] = ..., generation_seconds: _Optional[float] = ..., request_seconds: _Optional[float] = ..., trace_id: _Optional[str] = ..., span_id: _Optional[str] = ..., model_name: _Optional[str] = ..., caller: _Optional[str] = ...) -> None: ...
+    images: int
+    embedding_inputs: int
+    def __init__(self, event_id: _Optional[str] = ..., source: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., api_key_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., streamed: _Optional[bool] = ..., finish_reason: _Optional[str] = ..., status: _Optional[_Union[RequestStatus, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., time_to_first_token_seconds: _Optional[float] = ..., generation_seconds: _Optional[float] = ..., request_seconds: _Optional[float] = ..., trace_id: _Optional[str] = ..., span_id: _Optional[str] = ..., model_name: _Optional[str] = ..., caller: _Optional[str] = ..., images: _Optional[int] = ..., embedding_inputs: _Optional[int] = ...) -> None: ...
 
 class RecordUsageRequest(_message.Message):
     __slots__ = ("events",)

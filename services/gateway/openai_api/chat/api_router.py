@@ -34,4 +34,4 @@ async def create_chat_completion(
     except ValueError as error:
         raise ApiError(400, str(error), param="response_format") from error
     max_tokens = body.max_completion_tokens or body.max_tokens
-    return await responder.respond(request, [engine_request], meta, key_id, body, max_tokens)
+    return await responder.respond(request, [engine_request], meta, key_id, body, max_tokens, len(images))

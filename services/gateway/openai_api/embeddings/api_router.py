@@ -54,6 +54,7 @@ async def create_embeddings(
         model_name=model_name,
     )
     embed = engine_request(body, outcome.request_id, settings.max_prompts_per_request)
+    outcome.embedding_inputs = len(embed.inputs)
     serving = EmbeddingServing(requests, recorder, generations, limits, settings.settle_timeout_seconds, price)
     answer, headers = await serving.embed(body, embed, outcome)
     metrics.known_models.add(outcome.model)

@@ -79,7 +79,9 @@ class EmbeddingServing:
         limits = self.limits
         if limits is not None and limits.limited(outcome.api_key_id):
             tokens = embedding_tokens(self.router.fleet, request)
-            headers = await limits.reserve(outcome.request_id, outcome.api_key_id, tokens, 0, self.price)
+            headers = await limits.reserve(
+                outcome.request_id, outcome.api_key_id, tokens, 0, self.price, embedding_inputs=len(request.inputs)
+            )
         if self.recorder.delivery is not None:
             self.recorder.delivery.stamp([request], outcome)
         started = time.monotonic()
