@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 from llmserve.metering.v1 import metering_pb2 as mpb
 
@@ -146,3 +147,30 @@ async def test_a_client_that_asks_gets_the_cost_in_its_usage(priced: tuple) -> N
     assert usage["cost_details"]["micro"] == event_cost(
         usage["prompt_tokens"], usage["prompt_tokens_details"]["cached_tokens"], usage["completion_tokens"], price
     )
+    # A key issued with include_cost gets it without asking (the OpenAI SDK, which cannot send `usage`);
+    # a request that says include: false still does not.
+    issued = await _post(gateway, "/v1/keys", {"name": "cost-reader", "include_cost": True})
+    assert issued.status_code == 200 and issued.json()["include_cost"] is True, issued.text
+    client = openai.AsyncOpenAI(base_url=f"{gateway.address}/v1", api_key=issued.json()["value"])
+
+    async def usage_of(**extra: object) -> dict:
+        seen: list[dict] = []
+
+        async def answered() -> bool:  # the gateway learns of the new key from metering's watch
+            try:
+                reply = await client.chat.completions.create(
+                    model=MODEL, messages=body["messages"], max_tokens=4, **extra
+                )
+            except openai.AuthenticationError:
+                return False
+            seen.append(reply.usage.model_dump())
+            return True
+
+        await wait_for(answered, 10, "the new key to be known")
+        return seen[-1]
+
+    default = await usage_of()
+    assert default["cost_details"]["micro"] == event_cost(
+        default["prompt_tokens"], default["prompt_tokens_details"]["cached_tokens"], default["completion_tokens"], price
+    )
+    assert "cost" not in await usage_of(extra_body={"usage": {"include": False}})

@@ -85,6 +85,10 @@ class AccessPolicy:
                 raise ApiError(403, f"{method} {path} needs an admin API key.", code="permission_denied")
         return key_id
 
+    def includes_cost(self, key_id: str) -> bool:
+        """An issued key may ask for its cost in every response's usage (OpenRouter's shape)."""
+        return self.issued is not None and self.issued.includes_cost(key_id)
+
     def check_model(self, key_id: str, model: str) -> None:
         """ApiError 404 if the key may not use the model (as if it did not exist: names do not leak)."""
         if self.issued is not None and not self.issued.allows(key_id, model):

@@ -47,6 +47,7 @@ class IssuedKey:
     org_id: str = ""
     role: str = ""
     team_allowed_models: frozenset[str] = frozenset()
+    include_cost: bool = False
 
     @classmethod
     def of(cls, message: pb.ApiKey) -> IssuedKey:
@@ -63,6 +64,7 @@ class IssuedKey:
             message.org_id,
             message.role,
             frozenset(message.team_allowed_models),
+            message.include_cost,
         )
 
     def valid(self, now: float) -> bool:
@@ -119,6 +121,11 @@ class IssuedKeys:
         if key is None:
             return True
         return all(not listed or model in listed for listed in (key.allowed_models, key.team_allowed_models))
+
+    def includes_cost(self, key_id: str) -> bool:
+        """Whether every response to this key carries its cost in `usage`."""
+        key = self._by_id.get(key_id)
+        return key is not None and key.include_cost
 
     def levels(self, key_id: str) -> tuple[str, ...]:
         """The team and organisation above the key, whose limits its requests also count against."""

@@ -33,6 +33,7 @@ def key_message(record: KeyRecord, with_hashes: bool = False) -> pb.ApiKey:
         org_id=record.org_id,
         role=record.role,
         team_allowed_models=list(record.team_allowed_models),
+        include_cost=record.include_cost,
     )
     _stamp(message.created_at, record.created_at)
     for name in ("expires_at", "revoked_at", "previous_valid_until"):
@@ -92,6 +93,7 @@ class KeyRpcs:
             org_id=request.org_id,
             role=request.role,
             scope=scope(request),
+            include_cost=request.include_cost,
         )
         self._keys.poke()
         return pb.IssuedKey(key=key_message(record), secret=secret)
@@ -118,6 +120,7 @@ class KeyRpcs:
             team_id=request.team_id if request.HasField("team_id") else None,
             role=request.role if request.HasField("role") else None,
             scope=scope(request),
+            include_cost=request.include_cost if request.HasField("include_cost") else None,
         )
         self._keys.poke()
         return key_message(record)

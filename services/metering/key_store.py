@@ -26,7 +26,7 @@ from services.metering.keys import (
 
 _COLUMNS = (
     "key_id, name, display_prefix, secret_sha256, created_at, version, expires_at, revoked_at, allowed_models,"
-    " metadata, previous_secret_sha256, previous_valid_until, team_id, org_id, role"
+    " metadata, previous_secret_sha256, previous_valid_until, team_id, org_id, role, include_cost"
 )
 _SELECT = (
     "SELECT " + ", ".join(f"k.{c.strip()}" for c in _COLUMNS.split(",")) + ", COALESCE(t.allowed_models, '[]')"
@@ -36,7 +36,7 @@ _SELECT = (
 
 def _record(row: Sequence) -> KeyRecord:
     key_id, name, prefix, sha256, created, version, expires, revoked, models, metadata, previous, until = row[:12]
-    team_id, org_id, role, team_models = row[12:]
+    team_id, org_id, role, include_cost, team_models = row[12:]
     return KeyRecord(
         key_id,
         name,
@@ -54,6 +54,7 @@ def _record(row: Sequence) -> KeyRecord:
         org_id,
         role,
         tuple(json.loads(team_models)),
+        bool(include_cost),
     )
 
 
@@ -70,7 +71,7 @@ class KeyStore(AccountStore):
     def _write(self, record: KeyRecord, actor: str, action: str, now: float, detail: dict) -> None:
         self._rows("DELETE FROM api_keys WHERE key_id = ?", (record.key_id,))
         self._rows(
-            f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 record.key_id,
                 record.name,
@@ -87,6 +88,7 @@ class KeyStore(AccountStore):
                 record.team_id,
                 record.org_id,
                 record.role,
+                int(record.include_cost),
             ),
         )
         self._audit(now, record.version, actor, action, f"key:{record.key_id}", detail)
@@ -130,6 +132,7 @@ class KeyStore(AccountStore):
         org_id: str = "",
         role: str = "",
         scope: str | None = None,
+        include_cost: bool = False,
     ) -> tuple[KeyRecord, str]:
         """The new key and its secret (returned this once)."""
         name, models = check_name(name), check_models(allowed_models)
@@ -153,8 +156,10 @@ class KeyStore(AccountStore):
                 team_id=team_id,
                 org_id=org_id,
                 role=role,
+                include_cost=include_cost,
             )
             detail = {"name": name, "allowed_models": list(models), "team_id": team_id, "org_id": org_id, "role": role}
+            detail["include_cost"] = include_cost
             self._write(record, actor, "create", now, detail)
         return record, secret
 
@@ -171,9 +176,12 @@ class KeyStore(AccountStore):
         team_id: str | None = None,
         role: str | None = None,
         scope: str | None = None,
+        include_cost: bool | None = None,
     ) -> KeyRecord:
         """team_id "" takes the key out of its team (it stays in its organisation)."""
         changes = checked_changes(name, allowed_models, metadata)
+        if include_cost is not None:
+            changes["include_cost"] = include_cost
         if clear_expiry:
             changes["expires_at"] = None
         elif expires_at is not None:

@@ -38,6 +38,8 @@ class KeyRecord:
     role: str = "member"
     # The team's list (read with the key, never written with it): a request's model must be in both.
     team_allowed_models: tuple[str, ...] = ()
+    # Every response to this key carries its cost in `usage`.
+    include_cost: bool = False
 
 
 def new_secret() -> str:

@@ -32,6 +32,7 @@ async def _run(args: argparse.Namespace, token: str | None) -> str:
         if args.command == "create":
             request = pb.CreateKeyRequest(name=args.name, allowed_models=args.model, actor=actor)
             request.team_id, request.org_id, request.role = args.team, args.org, args.role
+            request.include_cost = args.include_cost
             if args.expires:
                 request.expires_at.FromDatetime(args.expires)
             issued = await client.create_key(request)
@@ -56,6 +57,8 @@ async def _run(args: argparse.Namespace, token: str | None) -> str:
                 request.allowed_models.extend(m for m in args.models.split(",") if m)
             if args.team is not None:
                 request.team_id = args.team
+            if args.include_cost is not None:
+                request.include_cost = args.include_cost
             return _show(await client.update_key(request))
         if args.command == "rotate":
             request = pb.RotateKeyRequest(key_id=args.key_id, grace_seconds=args.grace, actor=actor)
@@ -124,6 +127,7 @@ def main(argv: list[str]) -> None:
     create.add_argument("--team", default="", help="the team it belongs to")
     create.add_argument("--org", default="", help="its organization, for a key in no team")
     create.add_argument("--role", default="member", choices=("member", "org_admin"))
+    create.add_argument("--include-cost", action="store_true", help="every response's usage carries its cost")
     listing = commands.add_parser("list")
     listing.add_argument("--all", action="store_true", help="revoked keys too")
     commands.add_parser("show").add_argument("key_id")
@@ -134,6 +138,9 @@ def main(argv: list[str]) -> None:
     update.add_argument("--no-expiry", action="store_true")
     update.add_argument("--models", help="comma-separated allowed models (empty: all)")
     update.add_argument("--team", help="move it to this team ('': out of its team)")
+    update.add_argument(
+        "--include-cost", action=argparse.BooleanOptionalAction, help="every response's usage carries its cost"
+    )
     rotate = commands.add_parser("rotate", help="a new secret; the old one works for --grace seconds")
     rotate.add_argument("key_id")
     rotate.add_argument("--grace", type=float, default=0.0)

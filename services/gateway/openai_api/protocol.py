@@ -183,7 +183,7 @@ class StreamOptions(Strict):
 class UsageOptions(Strict):
     """OpenRouter's usage accounting: `include` adds the request's `cost` to its usage."""
 
-    include: bool = False
+    include: bool | None = None
 
 
 class JsonSchemaFormat(Strict):

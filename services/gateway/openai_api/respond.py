@@ -90,7 +90,8 @@ class Responder:
         price = None
         if self._prices is not None:
             price = self._prices.admit(meta.model, model_name)
-            if body.usage is not None and body.usage.include:
+            asked = body.usage.include if body.usage is not None else None
+            if asked or (asked is None and self._access is not None and self._access.includes_cost(key_id)):
                 meta = dataclasses.replace(meta, cost=lambda p, c, k: cost_fields(price, p, c, k, images))
         span = RequestSpan(meta, max_tokens, body.temperature)
         outcome = Outcome(

@@ -28,6 +28,7 @@ class NewKey(BaseModel):
     team_id: str = Field("", max_length=64)
     org_id: str = Field("", max_length=64, description="for a key in no team (an organization's admin key)")
     role: Literal["member", "org_admin"] = "member"
+    include_cost: bool = Field(False, description="every response's usage carries its cost")
 
 
 class KeyChanges(BaseModel):
@@ -41,6 +42,7 @@ class KeyChanges(BaseModel):
     metadata: dict[str, str] | None = None
     team_id: str | None = Field(None, max_length=64)
     role: Literal["member", "org_admin"] | None = None
+    include_cost: bool | None = None
 
 
 class Rotation(BaseModel):
@@ -64,6 +66,7 @@ def key_json(key: mpb.ApiKey, secret: str | None = None) -> dict:
         "team_id": key.team_id or None,
         "org_id": key.org_id or None,
         "role": key.role,
+        "include_cost": key.include_cost,
     }
     if secret is not None:
         body["value"] = secret
@@ -82,6 +85,7 @@ async def create_key(body: NewKey, access: Access, key_id: KeyId, admin: KeyAdmi
         org_id=body.org_id,
         role=body.role,
         scope_org_id=scope or "",
+        include_cost=body.include_cost,
     )
     if body.expires_at is not None:
         request.expires_at.CopyFrom(stamp(body.expires_at))
@@ -119,6 +123,8 @@ async def update_key(wanted: str, body: KeyChanges, access: Access, key_id: KeyI
         change.team_id = body.team_id
     if body.role is not None:
         change.role = body.role
+    if body.include_cost is not None:
+        change.include_cost = body.include_cost
     return key_json(await call(admin_client(admin).update_key(change), "key"))
 
 

@@ -55,7 +55,7 @@ BUCKET_HOUR: Bucket
 BUCKET_DAY: Bucket
 
 class ApiKey(_message.Message):
-    __slots__ = ("key_id", "name", "display_prefix", "created_at", "expires_at", "revoked_at", "allowed_models", "metadata", "previous_valid_until", "secret_sha256", "previous_secret_sha256", "version", "team_id", "org_id", "role", "team_allowed_models")
+    __slots__ = ("key_id", "name", "display_prefix", "created_at", "expires_at", "revoked_at", "allowed_models", "metadata", "previous_valid_until", "secret_sha256", "previous_secret_sha256", "version", "team_id", "org_id", "role", "team_allowed_models", "include_cost")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,7 @@ class ApiKey(_message.Message):
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     TEAM_ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_COST_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     name: str
     display_prefix: str
@@ -95,7 +96,8 @@ class ApiKey(_message.Message):
     org_id: str
     role: str
     team_allowed_models: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, key_id: _Optional[str] = ..., name: _Optional[str] = ..., display_prefix: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., allowed_models: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., previous_valid_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., secret_sha256: _Optional[bytes] = ..., previous_secret_sha256: _Optional[bytes] = ..., version: _Optional[int] = ..., team_id: _Optional[str] = ..., org_id: _Optional[str] = ..., role: _Optional[str] = ..., team_allowed_models: _Optional[_Iterable[str]] = ...) -> None: ...
+    include_cost: bool
+    def __init__(self, key_id: _Optional[str] = ..., name: _Optional[str] = ..., display_prefix: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., allowed_models: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., previous_valid_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., secret_sha256: _Optional[bytes] = ..., previous_secret_sha256: _Optional[bytes] = ..., version: _Optional[int] = ..., team_id: _Optional[str] = ..., org_id: _Optional[str] = ..., role: _Optional[str] = ..., team_allowed_models: _Optional[_Iterable[str]] = ..., include_cost: _Optional[bool] = ...) -> None: ...
 
 class Organization(_message.Message):
     __slots__ = ("org_id", "name", "time_zone", "created_at", "metadata")
@@ -309,7 +311,7 @@ class IssuedKey(_message.Message):
     def __init__(self, key: _Optional[_Union[ApiKey, _Mapping]] = ..., secret: _Optional[str] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
-    __slots__ = ("name", "expires_at", "allowed_models", "metadata", "actor", "team_id", "org_id", "role", "scope_org_id")
+    __slots__ = ("name", "expires_at", "allowed_models", "metadata", "actor", "team_id", "org_id", "role", "scope_org_id", "include_cost")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -326,6 +328,7 @@ class CreateKeyRequest(_message.Message):
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     SCOPE_ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_COST_FIELD_NUMBER: _ClassVar[int]
     name: str
     expires_at: _timestamp_pb2.Timestamp
     allowed_models: _containers.RepeatedScalarFieldContainer[str]
@@ -335,7 +338,8 @@ class CreateKeyRequest(_message.Message):
     org_id: str
     role: str
     scope_org_id: str
-    def __init__(self, name: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., allowed_models: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., actor: _Optional[str] = ..., team_id: _Optional[str] = ..., org_id: _Optional[str] = ..., role: _Optional[str] = ..., scope_org_id: _Optional[str] = ...) -> None: ...
+    include_cost: bool
+    def __init__(self, name: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., allowed_models: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., actor: _Optional[str] = ..., team_id: _Optional[str] = ..., org_id: _Optional[str] = ..., role: _Optional[str] = ..., scope_org_id: _Optional[str] = ..., include_cost: _Optional[bool] = ...) -> None: ...
 
 class ListKeysRequest(_message.Message):
     __slots__ = ("include_revoked", "scope_org_id", "team_id")
@@ -362,7 +366,7 @@ class GetKeyRequest(_message.Message):
     def __init__(self, key_id: _Optional[str] = ..., scope_org_id: _Optional[str] = ...) -> None: ...
 
 class UpdateKeyRequest(_message.Message):
-    __slots__ = ("key_id", "name", "expires_at", "clear_expiry", "allowed_models", "replace_allowed_models", "metadata", "replace_metadata", "actor", "team_id", "role", "scope_org_id")
+    __slots__ = ("key_id", "name", "expires_at", "clear_expiry", "allowed_models", "replace_allowed_models", "metadata", "replace_metadata", "actor", "team_id", "role", "scope_org_id", "include_cost")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -382,6 +386,7 @@ class UpdateKeyRequest(_message.Message):
     TEAM_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     SCOPE_ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_COST_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     name: str
     expires_at: _timestamp_pb2.Timestamp
@@ -394,7 +399,8 @@ class UpdateKeyRequest(_message.Message):
     team_id: str
     role: str
     scope_org_id: str
-    def __init__(self, key_id: _Optional[str] = ..., name: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., clear_expiry: _Optional[bool] = ..., allowed_models: _Optional[_Iterable[str]] = ..., replace_allowed_models: _Optional[bool] = ..., metadata: _Optional[_Mapping[str, str]] = ..., replace_metadata: _Optional[bool] = ..., actor: _Optional[str] = ..., team_id: _Optional[str] = ..., role: _Optional[str] = ..., scope_org_id: _Optional[str] = ...) -> None: ...
+    include_cost: bool
+    def __init__(self, key_id: _Optional[str] = ..., name: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., clear_expiry: _Optional[bool] = ..., allowed_models: _Optional[_Iterable[str]] = ..., replace_allowed_models: _Optional[bool] = ..., metadata: _Optional[_Mapping[str, str]] = ..., replace_metadata: _Optional[bool] = ..., actor: _Optional[str] = ..., team_id: _Optional[str] = ..., role: _Optional[str] = ..., scope_org_id: _Optional[str] = ..., include_cost: _Optional[bool] = ...) -> None: ...
 
 class RotateKeyRequest(_message.Message):
     __slots__ = ("key_id", "grace_seconds", "actor", "scope_org_id")
