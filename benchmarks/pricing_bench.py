@@ -4,7 +4,7 @@ book (a git worktree), in one run on SQLite: durable events/s at batch 100 and 1
 in force for the events' model (every event priced). Rounds alternate, each starting with another case.
 Writes bench-results/pricing-<date>.json.
 
-    .venv/bin/python -m benchmarks.pricing_bench [--baseline 01b1d30] [--rounds 3] [--seconds 5]
+    .venv/bin/python -m benchmarks.pricing_bench [--baseline 1392961] [--rounds 3] [--seconds 5]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ async def _price(address: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--baseline", default="01b1d30")
+    parser.add_argument("--baseline", default="1392961", help="the commit before the price book")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
