@@ -6,12 +6,13 @@ a write transaction and insert the events that are new; both apply the same numb
 
 from __future__ import annotations
 
-import json
 import time
 from abc import abstractmethod
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
+
+import orjson
 
 from services.metering.budget_alerts import AlertStore
 from services.metering.events import UsageEvent
@@ -273,7 +274,8 @@ class UsageStore(KeyStore, PriceStore, Reservations, Reconciliation, Reratings, 
                     candidates[key] = event_row(e, received_at, costs.get(key))
             new = self._insert_new([candidates[key] for key in sorted(candidates)])
             if new and self._delivering(CLOUDEVENTS):
-                self._enqueue(CLOUDEVENTS, json.dumps(sorted(new)), received_at)
+                # orjson, unsorted: a sorted json.dumps cost a tenth of the commit (the deliverer sorts).
+                self._enqueue(CLOUDEVENTS, orjson.dumps(list(new)).decode(), received_at)
             inserted: list[bool] = []
             duplicated: dict[str, int] = defaultdict(int)
             cells: dict[str, Cells] = defaultdict(dict)
