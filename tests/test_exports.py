@@ -155,6 +155,11 @@ async def test_the_cloudevents_push_delivers_every_event_through_receiver_and_re
         # At least once: a duplicate is only a batch sent again after its answer was lost.
         assert duplicates <= sent // 2, duplicates
         assert _health(replicas[1])["deliveries"]["cloudevents"]["dead_letters"] == 0
+
+        async def cost_exposed() -> bool:  # Prometheus reads the stored cost (refreshed every second)
+            return metric(_metrics(replicas[1]), "metering_stored_cost_micro", model="m1") == ledger.cost_micro
+
+        await wait_for(cost_exposed, 10, "the stored cost in the metrics")
         print(f"{sent} events pushed through 2 receiver kills and a replica kill; {duplicates} sent twice")
 
         # The period as a file, by the CLI, read back with DuckDB; then reconciled with no drift.

@@ -75,6 +75,15 @@ class MeteringMetrics:
             ["model"],
             registry=r,
         )
+        self.stored_cost = Gauge(
+            "metering_stored_cost_micro",
+            "Cost of the priced requests in the store, in micro-units of the price book's currency (take max)",
+            ["model"],
+            registry=r,
+        )
+        self.stored_unpriced = Gauge(
+            "metering_stored_unpriced_requests", "Requests no price covered, in the store", ["model"], registry=r
+        )
         self.throughput = Gauge(
             "metering_output_tokens_per_second",
             "Output tokens per second over a sliding window",
@@ -126,11 +135,15 @@ class MeteringMetrics:
     def stored(self, totals: dict[str, ModelTotals]) -> None:
         by_label: dict[str, list[int]] = {}
         for name, m in totals.items():
-            sums = by_label.setdefault(self.model_label(name), [0, 0, 0, 0])
+            sums = by_label.setdefault(self.model_label(name), [0] * 6)
             t = m.totals
-            for i, value in enumerate((t.prompt_tokens, t.completion_tokens, t.cached_tokens, t.requests)):
+            for i, value in enumerate(
+                (t.prompt_tokens, t.completion_tokens, t.cached_tokens, t.requests, t.cost_micro, t.unpriced_requests)
+            ):
                 sums[i] += value
-        for model, (prompt, completion, cached, requests) in by_label.items():
+        for model, (prompt, completion, cached, requests, cost, unpriced) in by_label.items():
+            self.stored_cost.labels(model).set(cost)
+            self.stored_unpriced.labels(model).set(unpriced)
             self.stored_tokens.labels(model, "prompt").set(prompt)
             self.stored_tokens.labels(model, "completion").set(completion)
             self.stored_tokens.labels(model, "cached").set(cached)
