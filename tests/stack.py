@@ -72,6 +72,19 @@ async def wait_idle(engine_address: str, timeout: float = 30.0) -> pb.GetLoadRes
     return loads[-1]
 
 
+async def engine_baseline(engine_address: str, timeout: float = 30.0) -> tuple[int, int]:
+    """The engine's (prompt, completion) counts to measure a test's usage from: once it is idle and holds
+    no usage unconfirmed. An earlier test's gateway that died leaves its usage held; the test's own gateway
+    (started before this) claims it, and would otherwise bill it to the test's metering."""
+    await wait_idle(engine_address, timeout)
+
+    async def nothing_held() -> bool:
+        return (await engine_load(engine_address)).held_usage == 0
+
+    await wait_for(nothing_held, timeout, "the engine to hold no usage of earlier tests")
+    return await engine_served(engine_address)
+
+
 async def engine_served(engine_address: str) -> tuple[int, int]:
     """(prompt, completion) tokens the engine counted since it started."""
     load = await engine_load(engine_address)
@@ -98,11 +111,17 @@ async def metering_reaches_engine(
     after = await engine_served(engine_address)
     engine_delta = (after[0] - before[0], after[1] - before[1])
 
+    seen: list[tuple[int, int]] = []
+
     async def reached() -> bool:
         totals = await metering_totals(metering_address)
-        return (totals.prompt_tokens, totals.completion_tokens) == engine_delta
+        seen.append((totals.prompt_tokens, totals.completion_tokens))
+        return seen[-1] == engine_delta
 
-    await wait_for(reached, timeout, f"metering to reach the engine's {engine_delta}")
+    try:
+        await wait_for(reached, timeout, f"metering to reach the engine's {engine_delta}")
+    except AssertionError as missed:
+        raise AssertionError(f"{missed}; metering has {seen[-1]}") from None
 
     async def confirmed() -> bool:
         return (await engine_load(engine_address)).held_usage == 0

@@ -26,13 +26,12 @@ from tests.credentials import metering_client
 from tests.stack import (
     ADMIN_API_KEY,
     API_KEY,
-    engine_served,
+    engine_baseline,
     metering_reaches_engine,
     metering_totals,
     start_gateway,
     start_metering,
     wait_for,
-    wait_idle,
 )
 from tools.processes import ServiceProcess
 
@@ -191,8 +190,7 @@ async def test_clients_hanging_up_mid_embedding_are_billed_exactly_what_the_engi
     body = {"model": UID, "input": [f"{i} {text}" for i in range(32)]}
     rng = random.Random(11)
     try:
-        await wait_idle(engine_address)
-        before = await engine_served(engine_address)
+        before = await engine_baseline(engine_address)
         slots = asyncio.Semaphore(6)
 
         async def one(i: int) -> bool:

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -76,6 +77,22 @@ def test_one_and_two_images_count_their_placeholder_tokens(gateway: ServiceProce
     usage = chunks[-1].usage
     assert usage.prompt_tokens == tokenize_count(gateway, two) > reply.usage.prompt_tokens
     assert usage.completion_tokens >= 1
+
+
+def test_anthropics_sdk_sends_an_image_block_counted_as_the_chat_is(gateway: ServiceProcess) -> None:
+    """Anthropic's image block (base64 source) on /v1/messages: its input tokens are what count_tokens and
+    /tokenize give for the same picture sent as a chat image."""
+    url = data_uri((30, 160, 60))
+    block = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": url.split(",", 1)[1]}}
+    content = [{"type": "text", "text": "What is in the picture?"}, block]
+    sdk = anthropic.Anthropic(base_url=gateway.address, api_key=API_KEY, max_retries=0)
+    message = sdk.messages.create(model=UID, max_tokens=3, messages=[{"role": "user", "content": content}])
+    counted = sdk.messages.count_tokens(model=UID, messages=[{"role": "user", "content": content}])
+    total = message.usage.input_tokens + message.usage.cache_read_input_tokens
+    assert total == counted.input_tokens == tokenize_count(gateway, messages(url))
+    with pytest.raises(anthropic.BadRequestError):
+        bad = {**block, "source": {**block["source"], "data": "bm90IGFuIGltYWdl"}}
+        sdk.messages.create(model=UID, max_tokens=3, messages=[{"role": "user", "content": [bad]}])
 
 
 def test_an_image_tokenized_or_refused_first_is_still_served(gateway: ServiceProcess) -> None:

@@ -16,13 +16,13 @@ from pathlib import Path
 from tests.calls import CANCELLER, FINISHER, KEYS, stream_chat
 from tests.credentials import engine_client
 from tests.stack import (
+    engine_baseline,
     engine_served,
     metering_reaches_engine,
     metering_totals,
     start_gateway,
     start_metering,
     totals_by_key,
-    wait_idle,
 )
 from tools.postgres import PostgresServer
 from tools.processes import ServiceProcess, free_port
@@ -61,8 +61,7 @@ async def test_gateways_metering_replicas_and_postgres_killed_at_random_lose_and
     kills = {"gateway": 0, "metering": 0, "postgres": 0}
     seen: list[tuple[int, int]] = []
     try:
-        await wait_idle(engine_address)
-        before = await engine_served(engine_address)
+        before = await engine_baseline(engine_address)
         cap = time.monotonic() + CAP_SECONDS
         faults_done = asyncio.Event()
 

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.contracts.engine_client import EngineClient
 from services.contracts.metering_client import MeteringClient
 from services.gateway.access import AccessPolicy
+from services.gateway.anthropic_api import api_router as messages
 from services.gateway.auth import ApiKeys
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import ApiError
@@ -71,23 +72,23 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        return JSONResponse(exc.body_for(request.url.path), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         error = _validation_error(exc)
-        return JSONResponse(error.body(), status_code=error.status)
+        return JSONResponse(error.body_for(request.url.path), status_code=error.status)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         error = ApiError(exc.status_code, str(exc.detail))
-        return JSONResponse(error.body(), status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse(error.body_for(request.url.path), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def bug(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path, exc_info=exc)
         error = ApiError(500, "Internal server error.", code="internal_error")
-        return JSONResponse(error.body(), status_code=500)
+        return JSONResponse(error.body_for(request.url.path), status_code=500)
 
 
 def _usage_delivery(settings: GatewaySettings, metrics: GatewayMetrics, fleet: EngineFleet) -> UsageDelivery:
@@ -256,6 +257,8 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
     routers += (limit_routes, key_routes, account_routes, price_routes, health)
     for module in (*routers, exposition):
         app.include_router(module.router)
+    app.include_router(messages.router)
+    app.include_router(messages.counting)
     _install_error_handlers(app)
     if tracing_configured():
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor

@@ -1,4 +1,5 @@
-"""OpenAI-shaped errors, and the one table from the engine's gRPC statuses to HTTP statuses."""
+"""OpenAI-shaped errors (Anthropic-shaped on Anthropic's paths), and the one table from the engine's gRPC
+statuses to HTTP statuses."""
 
 from __future__ import annotations
 
@@ -35,6 +36,25 @@ class ApiError(Exception):
             "detail": self.message,
         }
 
+    def body_for(self, path: str) -> dict[str, object]:
+        """The error in the shape of the API the path belongs to."""
+        if path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/"):
+            kind = ANTHROPIC_TYPES.get(self.status, "api_error")
+            return {"type": "error", "error": {"type": kind, "message": self.message}}
+        return self.body()
+
+
+ANTHROPIC_PATH = "/v1/messages"
+# Anthropic's error types by HTTP status (its SDK raises its exception classes from the status).
+ANTHROPIC_TYPES: dict[int, str] = {
+    HTTPStatus.BAD_REQUEST: "invalid_request_error",
+    HTTPStatus.UNAUTHORIZED: "authentication_error",
+    HTTPStatus.FORBIDDEN: "permission_error",
+    HTTPStatus.NOT_FOUND: "not_found_error",
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "request_too_large",
+    HTTPStatus.TOO_MANY_REQUESTS: "rate_limit_error",
+    HTTPStatus.SERVICE_UNAVAILABLE: "overloaded_error",
+}
 
 ERROR_TYPES: dict[int, str] = {
     HTTPStatus.BAD_REQUEST: "invalid_request_error",

@@ -57,8 +57,8 @@ def _template(path: str) -> str:
     return re.sub(r"\{(\w+):\w+\}", r"{\1}", path)
 
 
-async def send_error(send: Send, error: ApiError) -> None:
-    body = orjson.dumps(error.body())
+async def send_error(send: Send, error: ApiError, path: str = "") -> None:
+    body = orjson.dumps(error.body_for(path))
     await send(
         {
             "type": "http.response.start",
@@ -137,22 +137,25 @@ class RequestLimits:
         raw_headers = scope.get("headers", [])
         headers = dict(raw_headers)
         try:
-            if sum(1 for name, _ in raw_headers if name == b"authorization") > 1:
+            if any(sum(1 for name, _ in raw_headers if name == h) > 1 for h in (b"authorization", b"x-api-key")):
                 # A proxy that checks the first and a server that takes the last would disagree on who pays.
                 raise ApiError(400, "Send one Authorization header.", code="invalid_api_key")
             authorization = headers.get(b"authorization")
+            if authorization is None and b"x-api-key" in headers:
+                # Anthropic's SDKs send the key as x-api-key: the same keys, the same check.
+                authorization = b"Bearer " + headers[b"x-api-key"]
             key_id = self.access.key_id(
                 path, authorization.decode("latin-1") if authorization else None, scope.get("method", "GET")
             )
         except ApiError as refused:
-            await send_error(accounting_send, refused)
+            await send_error(accounting_send, refused, path)
             self._account(scope, endpoint, status_seen)
             return
         scope.setdefault("state", {})["key_id"] = key_id
         too_large = ApiError(413, f"The request body exceeds {self.max_body_bytes} bytes.", code="request_too_large")
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await send_error(accounting_send, too_large)
+            await send_error(accounting_send, too_large, path)
             self._account(scope, endpoint, status_seen)
             return
         try:
@@ -166,11 +169,12 @@ class RequestLimits:
                     f"The request body did not arrive within {self.body_timeout_seconds:g} s.",
                     code="request_timeout",
                 ),
+                path,
             )
             self._account(scope, endpoint, status_seen)
             return
         if not complete:
-            await send_error(accounting_send, too_large)
+            await send_error(accounting_send, too_large, path)
             self._account(scope, endpoint, status_seen)
             return
         replayed = False
@@ -184,7 +188,7 @@ class RequestLimits:
             return await receive()
 
         if path in self.routes.engine_paths and not self.in_flight.take(scope, 1):
-            await send_error(accounting_send, self.in_flight.busy_error())
+            await send_error(accounting_send, self.in_flight.busy_error(), path)
             self._account(scope, endpoint, status_seen)
             return
         try:

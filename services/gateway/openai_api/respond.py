@@ -7,6 +7,8 @@ import asyncio
 import dataclasses
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 import orjson
 from fastapi import Request, Response
@@ -22,12 +24,25 @@ from services.gateway.limits.price_book import PriceBook, cost_fields
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.openai_api.protocol import SamplingFields
 from services.gateway.outcome import Outcome
+from services.gateway.streaming.chunks import Json
+from services.gateway.streaming.generation import Generation
 from services.gateway.streaming.open_generations import OpenGenerations
 from services.gateway.streaming.sse import Kind, ResponseMeta, aggregate, stream_events
 from services.gateway.telemetry import RequestSpan
 from services.gateway.usage.recorder import OutcomeRecorder
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How a generation is answered: as SSE events, and as one body (OpenAI's, or another API's)."""
+
+    stream: Callable[[Generation, ResponseMeta, set[asyncio.Task]], AsyncIterator[bytes]]
+    aggregate: Callable[[Generation, ResponseMeta, set[asyncio.Task]], Awaitable[Json]]
+
+
+OPENAI = Shape(stream_events, aggregate)
 # nginx's name for it: nobody reads the answer, but the access accounting sees why the request ended.
 CLIENT_CLOSED_REQUEST = 499
 
@@ -80,6 +95,7 @@ class Responder:
         body: SamplingFields,
         max_tokens: int | None,
         images: int = 0,
+        shape: Shape = OPENAI,
     ) -> Response:
         """images: how many the prompt carries (priced per image where the model's price says so)."""
         http_request.state.model = meta.model
@@ -136,9 +152,9 @@ class Responder:
         settling = self._generations.settling
         if body.stream:
             return StreamingResponse(
-                stream_events(gen, meta, settling), media_type="text/event-stream", headers={**SSE_HEADERS, **headers}
+                shape.stream(gen, meta, settling), media_type="text/event-stream", headers={**SSE_HEADERS, **headers}
             )
-        body_task = asyncio.ensure_future(aggregate(gen, meta, settling))
+        body_task = asyncio.ensure_future(shape.aggregate(gen, meta, settling))
         hang_up = asyncio.ensure_future(_client_gone(http_request))
         try:
             await asyncio.wait((body_task, hang_up), return_when=asyncio.FIRST_COMPLETED)
