@@ -72,17 +72,21 @@ async def wait_idle(engine_address: str, timeout: float = 30.0) -> pb.GetLoadRes
     return loads[-1]
 
 
-async def engine_baseline(engine_address: str, timeout: float = 30.0) -> tuple[int, int]:
-    """The engine's (prompt, completion) counts to measure a test's usage from: once it is idle and holds
-    no usage unconfirmed. An earlier test's gateway that died leaves its usage held; the test's own gateway
-    (started before this) claims it, and would otherwise bill it to the test's metering."""
+async def engine_baseline(engine_address: str, metering_address: str, timeout: float = 30.0) -> tuple[int, int]:
+    """What the engine counted less what metering holds, in (prompt, completion) tokens, once the engine is
+    idle and holds no usage unconfirmed: metering then holds the engine's count less this (what
+    metering_reaches_engine checks). An earlier test's gateway that died leaves its usage held at the
+    engine; the test's own gateway (started before this) claims it into the test's metering, which the
+    offset takes in."""
     await wait_idle(engine_address, timeout)
 
     async def nothing_held() -> bool:
         return (await engine_load(engine_address)).held_usage == 0
 
     await wait_for(nothing_held, timeout, "the engine to hold no usage of earlier tests")
-    return await engine_served(engine_address)
+    served = await engine_served(engine_address)
+    metered = await metering_totals(metering_address)
+    return served[0] - metered.prompt_tokens, served[1] - metered.completion_tokens
 
 
 async def engine_served(engine_address: str) -> tuple[int, int]:

@@ -190,7 +190,7 @@ async def test_clients_hanging_up_mid_embedding_are_billed_exactly_what_the_engi
     body = {"model": UID, "input": [f"{i} {text}" for i in range(32)]}
     rng = random.Random(11)
     try:
-        before = await engine_baseline(engine_address)
+        before = await engine_baseline(engine_address, metering.address)
         slots = asyncio.Semaphore(6)
 
         async def one(i: int) -> bool:

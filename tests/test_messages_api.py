@@ -20,7 +20,6 @@ from tests.stack import (
     MODEL,
     engine_baseline,
     metering_reaches_engine,
-    metering_totals,
     running,
     start_gateway,
     start_metering,
@@ -153,8 +152,7 @@ async def test_clients_hanging_up_mid_message_are_billed_what_the_engine_made(
     gateway, metering, _ = stack
     counting = [{"role": "user", "content": "Count from one to one hundred, in words."}]
     admin = anthropic.AsyncAnthropic(base_url=gateway.address, api_key=ADMIN_API_KEY, max_retries=0)
-    engine_before = await engine_baseline(engine_address)
-    metered = await metering_totals(metering.address)
+    offset = await engine_baseline(engine_address, metering.address)
 
     async def one(i: int) -> None:
         async with admin.messages.stream(model=MODEL, max_tokens=64, messages=counting) as stream:
@@ -166,5 +164,4 @@ async def test_clients_hanging_up_mid_message_are_billed_what_the_engine_made(
 
     await asyncio.gather(*(one(i) for i in range(6)))
     # Metering's totals gain exactly what the engine made since (the earlier tests' usage is in both).
-    offset = (engine_before[0] - metered.prompt_tokens, engine_before[1] - metered.completion_tokens)
     await metering_reaches_engine(metering.address, engine_address, offset, 60)

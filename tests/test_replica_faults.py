@@ -61,7 +61,7 @@ async def test_gateways_metering_replicas_and_postgres_killed_at_random_lose_and
     kills = {"gateway": 0, "metering": 0, "postgres": 0}
     seen: list[tuple[int, int]] = []
     try:
-        before = await engine_baseline(engine_address)
+        before = await engine_baseline(engine_address, meterings[0].address)
         cap = time.monotonic() + CAP_SECONDS
         faults_done = asyncio.Event()
 

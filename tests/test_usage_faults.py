@@ -52,7 +52,7 @@ async def test_clients_hanging_up_at_random_moments_agree_exactly(
     )
     rng = random.Random(7)
     try:
-        before = await engine_baseline(engine_address)
+        before = await engine_baseline(engine_address, metering.address)
         slots = asyncio.Semaphore(12)
 
         async def one(i: int) -> tuple[str, tuple[int, int] | None]:
@@ -94,7 +94,7 @@ async def test_gateway_killed_mid_stream_with_metering_stalled_loses_nothing(
     rng = random.Random(11)
     seen: list[tuple[int, int]] = []
     try:
-        before = await engine_baseline(engine_address)
+        before = await engine_baseline(engine_address, metering.address)
         for round_ in range(3):
             load = [
                 asyncio.create_task(stream_chat(gateway.address, FINISHER, rng.choice([4, 12, 40]))) for _ in range(10)
@@ -140,7 +140,7 @@ async def test_a_gateway_replaced_for_good_loses_no_usage(log_dir: Path, tmp_pat
     )
     second = None
     try:
-        before = await engine_baseline(engine_address)
+        before = await engine_baseline(engine_address, metering.address)
         metering.signal(signal.SIGSTOP)
         seen = await asyncio.gather(*(stream_chat(first.address, FINISHER, 6) for _ in range(12)))
         assert all(u is not None for u in seen)
@@ -234,7 +234,7 @@ async def test_sigterm_ends_streams_with_usage_and_meters_them(
         shutdown_grace_seconds="1",
     )
     try:
-        before = await engine_baseline(engine_address)
+        before = await engine_baseline(engine_address, metering.address)
         bodies: list[list[str]] = []
 
         async def long_stream() -> None:
