@@ -244,6 +244,19 @@ def start_metering(
 
 
 @contextmanager
+def metered_gateway(
+    log_dir: Path, folder: Path, engine_address: str, name: str
+) -> Iterator[tuple[ServiceProcess, ServiceProcess, Path]]:
+    """A metering process on SQLite and a gateway recording to it: (gateway, metering, the SQLite file)."""
+    with running(start_metering(log_dir, folder / "metering", name=f"metering-{name}")) as metering:
+        gateway = start_gateway(
+            log_dir, engine_address, f"gateway-{name}", data_dir=str(folder / "g"), metering_addr=metering.address
+        )
+        with running(gateway):
+            yield gateway, metering, folder / "metering" / "usage.sqlite3"
+
+
+@contextmanager
 def running(process: ServiceProcess) -> Iterator[ServiceProcess]:
     """Stops the process when the block ends, however it ends."""
     try:

@@ -95,6 +95,14 @@ def test_anthropics_sdk_sends_an_image_block_counted_as_the_chat_is(gateway: Ser
         sdk.messages.create(model=UID, max_tokens=3, messages=[{"role": "user", "content": [bad]}])
 
 
+def test_the_responses_api_takes_an_input_image_counted_as_the_chat_is(gateway: ServiceProcess) -> None:
+    url = data_uri((200, 120, 20))
+    content = [{"type": "input_text", "text": "What is in the picture?"}, {"type": "input_image", "image_url": url}]
+    client = openai.OpenAI(base_url=f"{gateway.address}/v1", api_key=API_KEY, max_retries=0)
+    response = client.responses.create(model=UID, input=[{"role": "user", "content": content}], max_output_tokens=3)
+    assert response.usage.input_tokens == tokenize_count(gateway, messages(url))
+
+
 def test_an_image_tokenized_or_refused_first_is_still_served(gateway: ServiceProcess) -> None:
     """The engine renders images (through vLLM's processor and its cache) before it knows the request
     will run: an image seen only by /tokenize, or by a request refused as too long, is then served, with

@@ -19,10 +19,8 @@ from tests.stack import (
     API_KEY,
     MODEL,
     engine_baseline,
+    metered_gateway,
     metering_reaches_engine,
-    running,
-    start_gateway,
-    start_metering,
     wait_for,
 )
 from tools.processes import ServiceProcess
@@ -37,13 +35,8 @@ ASK = [{"role": "user", "content": "What is the capital of France? One word."}]
 
 @pytest.fixture(scope="module")
 def stack(log_dir: Path, tmp_path_factory: pytest.TempPathFactory, engine_address: str) -> Iterator[tuple]:
-    folder = tmp_path_factory.mktemp("messages")
-    with running(start_metering(log_dir, folder / "metering", name="metering-messages")) as metering:
-        gateway = start_gateway(
-            log_dir, engine_address, "gateway-messages", data_dir=str(folder / "g"), metering_addr=metering.address
-        )
-        with running(gateway):
-            yield gateway, metering, folder / "metering" / "usage.sqlite3"
+    with metered_gateway(log_dir, tmp_path_factory.mktemp("messages"), engine_address, "messages") as stack:
+        yield stack
 
 
 def client(gateway: ServiceProcess, key: str = API_KEY) -> anthropic.AsyncAnthropic:

@@ -21,7 +21,7 @@ from llmserve.metering.v1 import metering_pb2 as mpb
 from services.contracts.pricing import event_cost, from_message, in_force
 from tests.calls import stream_chat
 from tests.credentials import metering_client
-from tests.stack import ADMIN_API_KEY, MODEL, running, start_gateway, start_metering, wait_for, wait_idle
+from tests.stack import ADMIN_API_KEY, MODEL, metered_gateway, wait_for, wait_idle
 from tools.processes import ServiceProcess
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_API_KEY}"}
@@ -29,13 +29,8 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_API_KEY}"}
 
 @pytest.fixture(scope="module")
 def priced(log_dir: Path, tmp_path_factory: pytest.TempPathFactory, engine_address: str) -> Iterator[tuple]:
-    folder = tmp_path_factory.mktemp("prices")
-    with running(start_metering(log_dir, folder / "metering", name="metering-prices")) as metering:
-        gateway = start_gateway(
-            log_dir, engine_address, "gateway-prices", data_dir=str(folder / "gateway"), metering_addr=metering.address
-        )
-        with running(gateway):
-            yield gateway, metering, folder / "metering" / "usage.sqlite3"
+    with metered_gateway(log_dir, tmp_path_factory.mktemp("prices"), engine_address, "prices") as stack:
+        yield stack
 
 
 async def _post(gateway: ServiceProcess, path: str, body: dict) -> httpx.Response:

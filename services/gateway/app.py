@@ -41,6 +41,7 @@ from services.gateway.ops import exposition, health
 from services.gateway.ops import keys as key_routes
 from services.gateway.ops import limits as limit_routes
 from services.gateway.ops import prices as price_routes
+from services.gateway.responses_api import api_router as responses
 from services.gateway.streaming.open_generations import OpenGenerations
 from services.gateway.usage.delivery import DeliverySettings, UsageDelivery
 from services.gateway.usage.recorder import OutcomeRecorder
@@ -258,6 +259,7 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
     for module in (*routers, exposition):
         app.include_router(module.router)
     app.include_router(messages.router)
+    app.include_router(responses.router)
     app.include_router(messages.counting)
     _install_error_handlers(app)
     if tracing_configured():

@@ -13,11 +13,10 @@ from services.gateway.anthropic_api.protocol import CountTokensRequest, Messages
 from services.gateway.anthropic_api.shape import message_body, message_events
 from services.gateway.anthropic_api.translate import chat_body, chat_messages, chat_tools
 from services.gateway.dependencies import Access, KeyId, Router
-from services.gateway.errors import ApiError
 from services.gateway.fleet.engines import EngineMember
 from services.gateway.middleware import ENGINE_WORK
 from services.gateway.openai_api import translate
-from services.gateway.openai_api.chat.serving import chat_request
+from services.gateway.openai_api.chat.serving import serve_chat
 from services.gateway.openai_api.dependencies import Generate, Images
 from services.gateway.openai_api.images import load_images
 from services.gateway.openai_api.respond import Shape
@@ -33,14 +32,7 @@ async def create_message(
 ) -> Response:
     chat = chat_body(body)
     meta = dataclasses.replace(responder.meta("chat", chat, False), id=f"msg_{uuid.uuid4().hex}")
-    images = await load_images(chat.messages, image_policy)
-    try:
-        engine_request = chat_request(chat, meta.id, images)
-    except ValueError as error:
-        raise ApiError(400, str(error)) from error
-    return await responder.respond(
-        request, [engine_request], meta, key_id, chat, body.max_tokens, len(images), ANTHROPIC
-    )
+    return await serve_chat(responder, request, chat, meta, key_id, image_policy, ANTHROPIC)
 
 
 @counting.post("/messages/count_tokens")

@@ -13,10 +13,9 @@ from collections.abc import AsyncIterator
 import orjson
 from llmserve.engine.v1 import engine_pb2 as pb
 
-from services.gateway.errors import ApiError
-from services.gateway.streaming.chunks import ChoiceAccumulator, Json, finish_reason
+from services.gateway.streaming.chunks import Json, finish_reason
 from services.gateway.streaming.generation import Generation
-from services.gateway.streaming.sse import ResponseMeta
+from services.gateway.streaming.sse import ResponseMeta, collect_one
 
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
@@ -66,22 +65,7 @@ def _message(meta: ResponseMeta, gen: Generation, content: list[Json], stop: tup
 
 
 async def message_body(gen: Generation, meta: ResponseMeta, settling: set[asyncio.Task]) -> Json:
-    acc = ChoiceAccumulator()
-    matched = None
-    try:
-        async for _, message in gen.messages():
-            for choice in message.choices:
-                acc.text.append(choice.text)
-                if choice.tool_calls:
-                    acc.add_tool_calls(choice)
-                acc.finish_reason = finish_reason(choice) or acc.finish_reason
-                matched = _matched(choice) or matched
-    except BaseException:
-        gen.settle_in_background([acc.finish_reason or "abort"], settling)
-        raise
-    await gen.close([acc.finish_reason or "abort"])
-    if gen.error:
-        raise ApiError(500, gen.error, code="engine_error")
+    acc = await collect_one(gen, settling)
     content: list[Json] = []
     if text := "".join(acc.text):
         content.append({"type": "text", "text": text})
@@ -95,7 +79,7 @@ async def message_body(gen: Generation, meta: ResponseMeta, settling: set[asynci
                 "input": _tool_input(call["function"]["arguments"]),
             }
         )
-    return _message(meta, gen, content, _stop(acc.finish_reason, matched))
+    return _message(meta, gen, content, _stop(acc.finish_reason, acc.stop_string))
 
 
 async def message_events(gen: Generation, meta: ResponseMeta, settling: set[asyncio.Task]) -> AsyncIterator[bytes]:

@@ -89,6 +89,8 @@ class ChoiceAccumulator:
     completion_logprobs: CompletionLogprobs = field(default_factory=CompletionLogprobs)
     finish_reason: str | None = None
     tool_calls: dict[int, Json] = field(default_factory=dict)
+    # The stop string that ended it, when one did.
+    stop_string: str | None = None
 
     def add_tool_calls(self, choice: pb.ChoiceDelta) -> None:
         for part in choice.tool_calls:

@@ -177,3 +177,25 @@ async def aggregate(gen: Generation, meta: ResponseMeta, settling: set[asyncio.T
         "choices": out,
         "usage": meta.final_usage(gen),
     }
+
+
+async def collect_one(gen: Generation, settling: set[asyncio.Task]) -> ChoiceAccumulator:
+    """A one-choice generation read whole (for the APIs without `n`: Responses, Messages); its usage is
+    durable before it returns."""
+    acc = ChoiceAccumulator()
+    try:
+        async for _, message in gen.messages():
+            for choice in message.choices:
+                acc.text.append(choice.text)
+                if choice.tool_calls:
+                    acc.add_tool_calls(choice)
+                acc.finish_reason = finish_reason(choice) or acc.finish_reason
+                if choice.WhichOneof("matched_stop") == "stop_string":
+                    acc.stop_string = choice.stop_string
+    except BaseException:
+        gen.settle_in_background([acc.finish_reason or "abort"], settling)
+        raise
+    await gen.close([acc.finish_reason or "abort"])
+    if gen.error:
+        raise ApiError(500, gen.error, code="engine_error")
+    return acc

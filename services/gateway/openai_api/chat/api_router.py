@@ -5,12 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from services.gateway.dependencies import KeyId, Limits
-from services.gateway.errors import ApiError
 from services.gateway.middleware import ENGINE_WORK
 from services.gateway.openai_api.chat.protocol import ChatCompletionRequest
-from services.gateway.openai_api.chat.serving import chat_request
+from services.gateway.openai_api.chat.serving import serve_chat
 from services.gateway.openai_api.dependencies import Generate, Images
-from services.gateway.openai_api.images import load_images
 
 router = APIRouter(prefix="/v1", tags=[ENGINE_WORK])
 
@@ -28,10 +26,4 @@ async def create_chat_completion(
     # Each of n choices is its own sequence in the engine: the request's slot holds one, the others take theirs.
     if body.n > 1 and not in_flight.take(request.scope, body.n - 1):
         raise in_flight.busy_error()
-    images = await load_images(body.messages, image_policy)
-    try:
-        engine_request = chat_request(body, meta.id, images)
-    except ValueError as error:
-        raise ApiError(400, str(error), param="response_format") from error
-    max_tokens = body.max_completion_tokens or body.max_tokens
-    return await responder.respond(request, [engine_request], meta, key_id, body, max_tokens, len(images))
+    return await serve_chat(responder, request, body, meta, key_id, image_policy)
