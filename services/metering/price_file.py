@@ -124,6 +124,18 @@ def read_rows(raw: list[dict], default_currency: str = "") -> list[PriceRow]:
     return rows
 
 
+def _valid_text(value: object) -> bool:
+    """Whether every string in it UTF-8 encodes (YAML's "\\ud845" escape makes a lone surrogate, which no
+    error message or database could carry)."""
+    if isinstance(value, str):
+        return value == value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return all(_valid_text(k) and _valid_text(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_valid_text(v) for v in value)
+    return True
+
+
 def parse(text: str, kind: str) -> list[PriceRow]:
     """kind: "yaml" or "csv"."""
     if kind == "csv":
@@ -132,6 +144,8 @@ def parse(text: str, kind: str) -> list[PriceRow]:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise InvalidPrices([f"not YAML: {error}"]) from None
+    if not _valid_text(document):
+        raise InvalidPrices(["not valid Unicode text (it holds a lone surrogate)"])
     if isinstance(document, list):
         return read_rows(document)
     if not isinstance(document, dict) or not isinstance(document.get("prices"), list):

@@ -100,18 +100,22 @@ PromptShapes = str | list[str] | list[TokenId] | list[list[TokenId]]
 PromptInput = Annotated[PromptShapes, PlainValidator(_prompt_shape, json_schema_input_type=PromptShapes)]
 
 
-class Strict(BaseModel):
-    """Unknown fields are an error that names them; a field sent as null is as good as absent; text
-    must be valid Unicode (each nested model checks its own fields)."""
+class ValidText(BaseModel):
+    """Unknown fields are an error; text must be valid Unicode (each nested model checks its own fields):
+    a lone surrogate would fail later, where a protobuf message or a database encodes it."""
 
     model_config = ConfigDict(extra="forbid")
 
     @model_validator(mode="after")
-    def _valid_unicode(self) -> Strict:
+    def _valid_unicode(self) -> ValidText:
         for name in type(self).model_fields:
             if (path := _lone_surrogate(getattr(self, name), name)) is not None:
                 raise InvalidText(path)
         return self
+
+
+class Strict(ValidText):
+    """Besides: unknown fields are named in the error, and a field sent as null is as good as absent."""
 
     @model_validator(mode="before")
     @classmethod

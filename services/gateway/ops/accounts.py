@@ -6,36 +6,31 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from llmserve.metering.v1 import metering_pb2 as mpb
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from services.gateway.dependencies import Access, KeyId
 from services.gateway.errors import ApiError
+from services.gateway.openai_api.protocol import ValidText
 from services.gateway.ops.metering_calls import KeyAdmin, admin_client, call, replace_fields
 
 router = APIRouter(prefix="/v1")
 _WHAT = "Managing teams and organizations"
 
 
-class NewOrganization(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class NewOrganization(ValidText):
     name: str = Field(min_length=1, max_length=100)
     time_zone: str = Field("UTC", max_length=64, description="IANA name; fixed once created")
     metadata: dict[str, str] = Field(default_factory=dict)
 
 
-class NewTeam(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class NewTeam(ValidText):
     name: str = Field(min_length=1, max_length=100)
     org_id: str = Field("", max_length=64, description="an organization's admin: its own by default")
     allowed_models: list[str] = Field(default_factory=list, max_length=100)
     metadata: dict[str, str] = Field(default_factory=dict)
 
 
-class TeamChanges(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TeamChanges(ValidText):
     name: str | None = Field(None, min_length=1, max_length=100)
     allowed_models: list[str] | None = Field(None, max_length=100)
     metadata: dict[str, str] | None = None

@@ -9,20 +9,23 @@ from typing import Literal
 
 from fastapi import APIRouter
 from llmserve.metering.v1 import metering_pb2 as mpb
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from services.gateway.dependencies import Access, KeyId
+from services.gateway.openai_api.protocol import ValidText
 from services.gateway.ops.metering_calls import KeyAdmin, admin_client, call, replace_fields, stamp, unix
 
 router = APIRouter(prefix="/v1")
 _WHAT = "Managing API keys"
 
 
-class NewKey(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# The end of year 9999 (UTC): the latest time a protobuf Timestamp holds.
+MAX_UNIX_SECONDS = 253_402_300_799
 
+
+class NewKey(ValidText):
     name: str = Field(min_length=1, max_length=100)
-    expires_at: int | None = Field(None, description="Unix seconds; none: never")
+    expires_at: int | None = Field(None, ge=0, le=MAX_UNIX_SECONDS, description="Unix seconds; none: never")
     allowed_models: list[str] = Field(default_factory=list, max_length=100)
     metadata: dict[str, str] = Field(default_factory=dict)
     team_id: str = Field("", max_length=64)
@@ -31,13 +34,11 @@ class NewKey(BaseModel):
     include_cost: bool = Field(False, description="every response's usage carries its cost")
 
 
-class KeyChanges(BaseModel):
+class KeyChanges(ValidText):
     """A field left out stays as it is; expires_at null: never expires; team_id "": out of its team."""
 
-    model_config = ConfigDict(extra="forbid")
-
     name: str | None = Field(None, min_length=1, max_length=100)
-    expires_at: int | None = None
+    expires_at: int | None = Field(None, ge=0, le=MAX_UNIX_SECONDS)
     allowed_models: list[str] | None = Field(None, max_length=100)
     metadata: dict[str, str] | None = None
     team_id: str | None = Field(None, max_length=64)
@@ -45,9 +46,7 @@ class KeyChanges(BaseModel):
     include_cost: bool | None = None
 
 
-class Rotation(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Rotation(ValidText):
     grace_seconds: float = Field(0.0, ge=0, le=86400)
 
 

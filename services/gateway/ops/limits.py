@@ -8,21 +8,20 @@ from typing import Literal
 
 from fastapi import APIRouter
 from llmserve.metering.v1 import metering_pb2 as mpb
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from services.contracts.usage_terms import BUDGET_PERIOD_NAMES, BUDGET_PERIODS
 from services.gateway.dependencies import Access, KeyId, KeyLimits
 from services.gateway.errors import ApiError
 from services.gateway.limits.keeper import LimitsKeeper
+from services.gateway.openai_api.protocol import ValidText
 from services.gateway.ops.metering_calls import call
 
 router = APIRouter(prefix="/v1")
 
 
-class LimitsBody(BaseModel):
+class LimitsBody(ValidText):
     """A field left out or null: no such limit. All left out: the key has no limits."""
-
-    model_config = ConfigDict(extra="forbid")
 
     requests_per_minute: int | None = Field(None, ge=0, lt=2**63)
     tokens_per_minute: int | None = Field(None, ge=0, lt=2**63)

@@ -9,20 +9,19 @@ from typing import Literal
 
 from fastapi import APIRouter
 from llmserve.metering.v1 import metering_pb2 as mpb
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from services.gateway.dependencies import Access, KeyId, Models
 from services.gateway.errors import ApiError
+from services.gateway.openai_api.protocol import ValidText
 from services.gateway.ops.metering_calls import KeyAdmin, admin_client, call
 
 router = APIRouter(prefix="/v1")
 MAX_CONTENT = 1 << 20
 
 
-class PriceImport(BaseModel):
+class PriceImport(ValidText):
     """Either `prices` (with `currency`), or a file's `content` in `format`."""
-
-    model_config = ConfigDict(extra="forbid")
 
     currency: str = Field("", max_length=3)
     prices: list[dict] | None = Field(None, max_length=10_000)
@@ -77,7 +76,8 @@ async def import_prices(body: PriceImport, access: Access, key_id: KeyId, admin:
             400, f"prices: unknown models {unknown} (neither served, registered nor launched)", param="prices"
         )
     if body.prices is not None:
-        content = json.dumps({"currency": body.currency, "prices": body.prices})
+        # The characters themselves, not JSON escapes: YAML reads "\ud845\udf95" as two lone surrogates.
+        content = json.dumps({"currency": body.currency, "prices": body.prices}, ensure_ascii=False)
         request = mpb.ImportPricesRequest(content=content, format="yaml", actor=key_id)
     else:
         request = mpb.ImportPricesRequest(content=body.content, format=body.format, actor=key_id)
