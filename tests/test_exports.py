@@ -166,20 +166,19 @@ async def test_the_cloudevents_push_delivers_every_event_through_receiver_and_re
         period = [datetime.fromtimestamp(t, UTC).isoformat() for t in (started - 5, ended)]
         out = tmp_path / "usage.parquet"
         cli_env = {"METERING_DATABASE_URL": database, "PATH": "/usr/bin:/bin"}
-        command = [sys.executable, "-m", "services.metering"]
-        subprocess.run(
-            [*command, "export", "--from", period[0], "--to", period[1], "--out", str(out)],
-            check=True, cwd=ROOT, env=cli_env, capture_output=True, timeout=120,
-        )  # fmt: skip
+
+        def metering_cli(*args: str) -> subprocess.CompletedProcess:
+            command = [sys.executable, "-m", "services.metering", *args]
+            return subprocess.run(command, cwd=ROOT, env=cli_env, capture_output=True, text=True, timeout=120)
+
+        exported = metering_cli("export", "--from", period[0], "--to", period[1], "--out", str(out))
+        assert exported.returncode == 0, exported.stderr
         rows, billed, micro, prompt = duckdb.execute(
             f"SELECT COUNT(*), SUM(BilledCost), SUM(x_CostMicro), SUM(x_PromptTokens) FROM '{out}'"
         ).fetchone()
         assert (rows, micro, prompt) == (sent, ledger.cost_micro, ledger.prompt_tokens)
         assert billed == Decimal(ledger.cost_micro).scaleb(-6)
-        check = subprocess.run(
-            [*command, "reconcile", "--from", period[0], "--to", period[1], "--export", str(out)],
-            cwd=ROOT, env=cli_env, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+        check = metering_cli("reconcile", "--from", period[0], "--to", period[1], "--export", str(out))
         assert check.returncode == 0 and "no drift: ledger, rollups, priced, export agree" in check.stdout, check
     finally:
         for process in [*replicas, receiver.process]:

@@ -102,10 +102,8 @@ class AlertStore(OutboxStore):
                     if amount is None:
                         continue
                     for threshold in crossed(spent, int(amount)):
-                        alert = Alert(
-                            subject, budget, period, start, threshold, int(amount), spent,
-                            currency if budget == MONEY else "", now,
-                        )  # fmt: skip
+                        unit = currency if budget == MONEY else ""
+                        alert = Alert(subject, budget, period, start, threshold, int(amount), spent, unit, now)
                         if self._rows(
                             "INSERT INTO budget_alerts (subject, budget, period, start, threshold, crossed_at)"
                             " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING 1",

@@ -75,6 +75,10 @@ class Deliverer:
         }
         self._body_of = body_of[target.kind]
 
+    @property
+    def kind(self) -> str:
+        return self._target.kind
+
     async def run(self) -> None:
         try:
             while True:

@@ -94,8 +94,8 @@ async def serve(settings: MeteringSettings) -> None:
     )
     await ledger.start()
     deliverers = _deliveries(settings, ledger, metrics)
-    for kind in ([CLOUDEVENTS] if settings.export_url else []) + ([ALERTS] if settings.alert_url else []):
-        await ledger.change(UsageStore.enable_delivery, kind=kind)
+    for deliverer in deliverers:
+        await ledger.change(UsageStore.enable_delivery, kind=deliverer.kind)
     outbox = OutboxWatch(ledger, metrics)
     background = [asyncio.create_task(outbox.run()), *(asyncio.create_task(d.run()) for d in deliverers)]
     if settings.alert_url:
