@@ -23,6 +23,7 @@ from tests.stack import (
     engine_baseline,
     metered_gateway,
     metering_reaches_engine,
+    metering_totals,
     wait_for,
 )
 from tools.processes import ServiceProcess
@@ -151,6 +152,7 @@ async def test_cut_by_max_output_tokens_is_incomplete(stack: tuple) -> None:
 async def test_what_is_refused_is_refused_and_nothing_is_billed(stack: tuple) -> None:
     gateway, metering, _ = stack
     client = sdk(gateway)
+    before = await metering_totals(metering.address)
     with pytest.raises(openai.BadRequestError, match="not stored"):
         await client.responses.create(model=MODEL, input=QUESTION, store=True)
     with pytest.raises(openai.BadRequestError, match="not stored"):
@@ -162,6 +164,10 @@ async def test_what_is_refused_is_refused_and_nothing_is_billed(stack: tuple) ->
         await client.responses.create(model=MODEL, input=QUESTION, reasoning={"effort": "low"})
     with pytest.raises(openai.NotFoundError):
         await client.responses.create(model="no-such-model", input=QUESTION)
+    with pytest.raises(openai.BadRequestError, match="input"):
+        await client.responses.create(model=MODEL, input=[{"type": "web_search_call", "id": "ws_1"}])
+    await asyncio.sleep(1)
+    assert (await metering_totals(metering.address)).requests == before.requests
 
 
 async def test_clients_hanging_up_mid_response_are_billed_what_the_engine_made(
