@@ -11,9 +11,8 @@ import json
 from collections.abc import AsyncIterator
 
 import orjson
-from llmserve.engine.v1 import engine_pb2 as pb
 
-from services.gateway.streaming.chunks import Json, finish_reason
+from services.gateway.streaming.chunks import Json, finish_reason, stop_string
 from services.gateway.streaming.generation import Generation
 from services.gateway.streaming.sse import ResponseMeta, collect_one
 
@@ -41,10 +40,6 @@ def _tool_input(arguments: str) -> Json:
     except json.JSONDecodeError:
         return {}
     return value if isinstance(value, dict) else {}
-
-
-def _matched(choice: pb.ChoiceDelta) -> str | None:
-    return choice.stop_string if choice.WhichOneof("matched_stop") == "stop_string" else None
 
 
 def _event(kind: str, body: Json) -> bytes:
@@ -119,7 +114,7 @@ async def message_events(gen: Generation, meta: ResponseMeta, settling: set[asyn
                         delta = {"type": "input_json_delta", "partial_json": call.arguments}
                         yield _event("content_block_delta", {"index": block, "delta": delta})
                 reason = finish_reason(choice) or reason
-                matched = _matched(choice) or matched
+                matched = stop_string(choice) or matched
         if block >= 0:
             yield _event("content_block_stop", {"index": block})
         # Durable before the usage leaves: a crash from here on loses none.

@@ -114,5 +114,10 @@ def finish_reason(choice: pb.ChoiceDelta) -> str | None:
     return FINISH_REASONS[choice.finish_reason]
 
 
+def stop_string(choice: pb.ChoiceDelta) -> str | None:
+    """The stop string that ended the choice, when one did."""
+    return choice.stop_string if choice.WhichOneof("matched_stop") == "stop_string" else None
+
+
 def error_event(message: str, code: str = "engine_error") -> Json:
     return {"error": {"message": message, "type": "server_error", "param": None, "code": code}}

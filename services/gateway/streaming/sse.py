@@ -17,6 +17,7 @@ from services.gateway.streaming.chunks import (
     chat_logprobs,
     error_event,
     finish_reason,
+    stop_string,
     tool_call_delta,
     usage_object,
 )
@@ -190,8 +191,7 @@ async def collect_one(gen: Generation, settling: set[asyncio.Task]) -> ChoiceAcc
                 if choice.tool_calls:
                     acc.add_tool_calls(choice)
                 acc.finish_reason = finish_reason(choice) or acc.finish_reason
-                if choice.WhichOneof("matched_stop") == "stop_string":
-                    acc.stop_string = choice.stop_string
+                acc.stop_string = stop_string(choice) or acc.stop_string
     except BaseException:
         gen.settle_in_background([acc.finish_reason or "abort"], settling)
         raise
