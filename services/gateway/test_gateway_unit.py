@@ -173,6 +173,17 @@ async def gateway(fake: FakeEngine, recorded: list[Outcome] | None = None, **set
             yield client
 
 
+async def engine_has(fake: FakeEngine, request: asyncio.Task) -> None:
+    """Waits until the fake engine holds `request`; an answer that came first (the gateway refused it) is
+    named, not left as a timeout. Generous: the whole suite's other processes share these two cores."""
+    started = asyncio.create_task(fake.started.wait())
+    await asyncio.wait({started, request}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if not started.done():
+        started.cancel()
+        answer = request.result() if request.done() else None
+        raise AssertionError(f"the engine never got the request: {answer and (answer.status_code, answer.text)}")
+
+
 def events(body: bytes) -> list[dict | str]:
     out: list[dict | str] = []
     for block in body.split(b"\n\n"):
@@ -237,7 +248,7 @@ async def test_in_flight_limit(fake: FakeEngine) -> None:
     async for client in gateway(fake, max_in_flight=1):
         first = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
         # The engine has the request, so its in-flight slot is taken.
-        await asyncio.wait_for(fake.started.wait(), 5)
+        await engine_has(fake, first)
         second = await client.post("/v1/chat/completions", json=CHAT)
         assert second.status_code == 429
         assert second.json()["error"]["type"] == "rate_limit_error"
@@ -294,7 +305,7 @@ async def test_client_gone_before_the_first_token_is_aborted_and_its_usage_read(
     recorded: list[Outcome] = []
     async for client in gateway(fake, recorded):
         request = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
-        await asyncio.wait_for(fake.started.wait(), 5)
+        await engine_has(fake, request)
         request.cancel()
         with pytest.raises(asyncio.CancelledError):
             await request
@@ -437,7 +448,7 @@ async def test_tokenize_and_each_choice_take_in_flight_slots(fake: FakeEngine) -
     async for client in gateway(fake, max_in_flight=2):
         assert (await client.post("/v1/chat/completions", json={**CHAT, "n": 3})).status_code == 429
         first = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
-        await asyncio.wait_for(fake.started.wait(), 5)
+        await engine_has(fake, first)
         second = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
         async with asyncio.timeout(5):
             while client.gateway_app.state.in_flight.count < 2:
@@ -452,7 +463,7 @@ async def test_embeddings_take_in_flight_slots_and_are_counted(fake: FakeEngine)
     fake.hold.clear()
     async for client in gateway(fake, max_in_flight=1):
         first = asyncio.create_task(client.post("/v1/embeddings", json={"model": "fake", "input": "hi"}))
-        await asyncio.wait_for(fake.started.wait(), 5)
+        await engine_has(fake, first)
         async with asyncio.timeout(10):  # a request let through waits for the held engine: refused at once
             others = [await client.post("/v1/embeddings", json={"model": "fake", "input": "hi"}) for _ in range(4)]
         assert [r.status_code for r in others] == [429] * 4
