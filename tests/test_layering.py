@@ -13,7 +13,7 @@ from tools.processes import ROOT
 
 SERVICES = ("engine", "gateway", "metering")
 # The gateway's outer layers: routes and wiring. Everything else in it is domain and must not import them.
-ROUTES = ("openai_api", "anthropic_api", "responses_api", "xinference_api", "ops")
+ROUTES = ("openai_api", "anthropic_api", "responses_api", "scoring_api", "xinference_api", "ops")
 GATEWAY_OUTER = (*ROUTES, "app", "dependencies", "__main__", "shutdown")
 HEAVY = ("torch", "vllm", "transformers", "services.engine")
 

@@ -19,7 +19,7 @@ from llmserve.metering.v1 import metering_pb2 as mpb
 from prometheus_client.parser import text_string_to_metric_families
 from xinference_client import RESTfulClient
 
-from services.contracts.builtin_models import EMBEDDED_MODEL_NAME, EMBEDDING_NAME, TINY_NAME
+from services.contracts.builtin_models import CROSS_ENCODER_NAME, EMBEDDED_MODEL_NAME, EMBEDDING_NAME, TINY_NAME
 from services.engine.builtin_models import make_tiny_model
 from services.engine.prepare_model import ensure_embedded_model
 from tests.credentials import metering_client
@@ -87,7 +87,12 @@ def test_registrations_list_and_describe(xinference: RESTfulClient) -> None:
     embedding = xinference.list_model_registrations("embedding")
     assert embedding == [{"model_name": EMBEDDING_NAME, "is_builtin": True}]
     assert xinference.get_model_registration("embedding", EMBEDDING_NAME)["dimensions"] == 384
-    with pytest.raises(RuntimeError, match="LLM and embedding models"):
+    rerank = xinference.list_model_registrations("rerank")
+    assert rerank == [{"model_name": CROSS_ENCODER_NAME, "is_builtin": True}]
+    assert xinference.get_model_registration("rerank", CROSS_ENCODER_NAME)["max_tokens"] == 512
+    with pytest.raises(RuntimeError, match="LLM, embedding, rerank models"):
+        xinference.register_model("image", json.dumps({"model_name": "r"}), persist=True)
+    with pytest.raises(RuntimeError, match="model_uri"):
         xinference.register_model("rerank", json.dumps({"model_name": "r"}), persist=True)
     with pytest.raises(RuntimeError, match="model_uri"):
         xinference.register_model("embedding", json.dumps({"model_name": "e"}), persist=True)

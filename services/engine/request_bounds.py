@@ -45,6 +45,8 @@ class RequestBounds:
     max_choice_options: int = 1024
     # Inputs of one Embed request (OpenAI's limit).
     max_embed_inputs: int = 2048
+    # Documents of one Score request (pairs a cross-encoder runs, texts an embedding model embeds).
+    max_score_documents: int = 1024
     # Requests open at once on one GenerateMany stream (a gateway worker carries its streams on one).
     max_stream_requests: int = 1024
 
@@ -74,6 +76,11 @@ def check_generate(request: pb.GenerateRequest, bounds: RequestBounds) -> None:
 
 def check_embed(request: pb.EmbedRequest, bounds: RequestBounds) -> None:
     _at_most(bounds, "max_embed_inputs", "inputs", len(request.inputs), "inputs")
+
+
+def check_score(request: pb.ScoreRequest, bounds: RequestBounds) -> None:
+    _at_most(bounds, "max_score_documents", "documents", len(request.documents), "documents")
+    _at_most(bounds, "max_score_documents", "queries", len(request.queries), "queries")
 
 
 def check_chat(chat: pb.Chat, bounds: RequestBounds, budget: _Budget | None = None) -> None:

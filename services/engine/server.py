@@ -25,7 +25,7 @@ SERVICE_NAME = engine_pb2.DESCRIPTOR.services_by_name["EngineService"].full_name
 POLICY = {
     **{
         f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, GENERATE})
-        for method in ("Generate", "GenerateMany", "Embed", "Tokenize", "Detokenize")
+        for method in ("Generate", "GenerateMany", "Embed", "Score", "Tokenize", "Detokenize")
     },
     **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY}) for method in ("Abort", "ConfirmUsage", "ClaimUsage")},
     # The gateway manages models for its admin-key holders; an operator may too.

@@ -20,9 +20,9 @@ from services.engine.errors import (
     ModelNotFoundError,
 )
 from services.engine.generate_many import generate_many
-from services.engine.generation import EmbeddingRequest, GenerationRequest, GenerationUpdate, Prompt
+from services.engine.generation import EmbeddingRequest, GenerationRequest, GenerationUpdate, Prompt, ScoringRequest
 from services.engine.model_host import LaunchSpec, ModelHost
-from services.engine.request_bounds import RequestBounds, check_chat, check_embed, check_generate
+from services.engine.request_bounds import RequestBounds, check_chat, check_embed, check_generate, check_score
 from services.engine.spans import traced
 from services.engine.usage.billing import billing
 from services.engine.wire import chat_turns, fill_response, held_usage, model_card, prompt, sampling, tools
@@ -115,6 +115,27 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             embeddings=[pb.Embedding(values=v) for v in result.vectors],
             usage=pb.Usage(prompt_tokens=result.usage.prompt_tokens),
             model=result.model,
+        )
+
+    async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
+        check_score(request, self._bounds)
+        billed = billing(request.caller, request.usage_context, current_caller())
+        result = await self._host.score(
+            ScoringRequest(
+                request_id=request.request_id or f"score-{uuid.uuid4().hex}",
+                model=request.model,
+                queries=list(request.queries),
+                documents=list(request.documents),
+                truncate_tokens=request.truncate_prompt_tokens if request.HasField("truncate_prompt_tokens") else None,
+                count_only=request.count_only,
+                caller=billed.caller,
+                usage_context=billed.usage_context,
+                meter_as=billed.meter_as,
+                scope=_scope(),
+            )
+        )
+        return pb.ScoreResponse(
+            scores=result.scores, usage=pb.Usage(prompt_tokens=result.usage.prompt_tokens), model=result.model
         )
 
     async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:

@@ -53,7 +53,13 @@ def model_card(info: ModelInfo, open_streams: int) -> pb.ModelCard:
         device=info.device,
         model_name=info.model_name,
         open_streams=open_streams,
-        kind=pb.MODEL_KIND_EMBED if info.embeds else pb.MODEL_KIND_GENERATE,
+        kind=(
+            pb.MODEL_KIND_SCORE
+            if info.cross_encoder
+            else pb.MODEL_KIND_EMBED
+            if info.embeds
+            else pb.MODEL_KIND_GENERATE
+        ),
     )
 
 

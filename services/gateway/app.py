@@ -42,6 +42,7 @@ from services.gateway.ops import keys as key_routes
 from services.gateway.ops import limits as limit_routes
 from services.gateway.ops import prices as price_routes
 from services.gateway.responses_api import api_router as responses
+from services.gateway.scoring_api import api_router as scoring
 from services.gateway.streaming.open_generations import OpenGenerations
 from services.gateway.usage.delivery import DeliverySettings, UsageDelivery
 from services.gateway.usage.recorder import OutcomeRecorder
@@ -260,6 +261,7 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
         app.include_router(module.router)
     app.include_router(messages.router)
     app.include_router(responses.router)
+    app.include_router(scoring.router)
     app.include_router(messages.counting)
     _install_error_handlers(app)
     if tracing_configured():

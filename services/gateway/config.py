@@ -46,6 +46,8 @@ class GatewaySettings(BaseSettings):
     # Generations in flight before 429; each prompt of a completions request counts as one.
     max_in_flight: int = Field(256, ge=1)
     max_prompts_per_request: int = Field(64, ge=1)
+    # Documents (pairs) of one rerank or score request: refused with 400 above it, before any work.
+    max_score_documents: int = Field(256, ge=1)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     # The whole body must arrive within this, or 408 (a body trickled in a byte a second holds a slot).
     body_timeout_seconds: float = Field(30.0, gt=0)

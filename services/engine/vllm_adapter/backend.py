@@ -19,6 +19,8 @@ from services.engine.generation import (
     GenerationUpdate,
     ModelInfo,
     Prompt,
+    ScoringRequest,
+    ScoringResult,
     Timings,
     Usage,
 )
@@ -96,6 +98,7 @@ class VllmBackend:
             device=current_platform.device_type,
             model_name=self._served.model_name or self._served.name,
             embeds=config.runner_type == "pooling",
+            cross_encoder="classify" in await self._llm.get_supported_tasks(),
         )
         if self._place_engine_core:
             place_engine_core()
@@ -179,48 +182,114 @@ class VllmBackend:
         return running
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
-        """One vector per input. Counted (and held for its caller, or metered for an internal one) once
-        every input is embedded; a request that failed or was cancelled is aborted in vLLM and counts
-        nothing, as a stream refused before its first output does."""
+        """One vector per input."""
         from vllm.pooling_params import PoolingParams
 
         info, prompts = self._check_model(request.model)
-        if not info.embeds:
-            raise InvalidRequestError(f"`{info.id}` generates text and does not embed; launch an embedding model")
+        if not info.embeds or info.cross_encoder:
+            raise InvalidRequestError(
+                f"`{info.id}` scores pairs and does not embed; use /v1/rerank or /v1/score"
+                if info.cross_encoder
+                else f"`{info.id}` generates text and does not embed; launch an embedding model"
+            )
         if request.dimensions is not None and not self._llm.model_config.is_matryoshka:
             raise InvalidRequestError(f"`{info.id}` cannot shorten its embeddings; leave `dimensions` unset")
         token_ids = [await prompts.embedding_input(i, x, info.max_model_len) for i, x in enumerate(request.inputs)]
         params = PoolingParams(task="embed", dimensions=request.dimensions)
+        outputs, usage = await self._pool(request, info, [(ids, params) for ids in token_ids], "grpc:Embed")
+        log.info("embedding %s done: %d input(s), prompt=%d", request.request_id, len(outputs), usage.prompt_tokens)
+        return EmbeddingResult(vectors=[x.tolist() for x in outputs], usage=usage, model=info.id)
+
+    async def score(self, request: ScoringRequest) -> ScoringResult:
+        """One score per document: a cross-encoder classifies each query-document pair (vLLM's score runner);
+        an embedding model embeds each text once and scores a pair by the cosine of its two vectors. Usage is
+        the tokens the model ran: each pair for a cross-encoder, each distinct text once for an embedding model
+        (vLLM's own /score bills the query again for every document)."""
+        from vllm.pooling_params import PoolingParams
+
+        info, prompts = self._check_model(request.model)
+        if not info.embeds:
+            raise InvalidRequestError(
+                f"`{info.id}` generates text; rerank and score need a cross-encoder or an embedding model"
+            )
+        if not request.documents:
+            raise InvalidRequestError("give at least one document")
+        if len(request.queries) not in (1, len(request.documents)):
+            raise InvalidRequestError(
+                f"give one query, or one per document: got {len(request.queries)} for {len(request.documents)}"
+            )
+        queries = request.queries * len(request.documents) if len(request.queries) == 1 else request.queries
+        truncate = request.truncate_tokens
+        if truncate is not None and not 0 < truncate <= info.max_model_len:
+            raise InvalidRequestError(f"truncate_prompt_tokens must be from 1 to {info.max_model_len}; got {truncate}")
+        if info.cross_encoder:
+            inputs = []
+            for i, (query, document) in enumerate(zip(queries, request.documents)):
+                ids, document_start = await prompts.score_pair(i, query, document, info.max_model_len, truncate)
+                params = PoolingParams(task="classify", extra_kwargs={"compressed_token_type_ids": document_start})
+                inputs.append((ids, params))
+            if request.count_only:
+                return _counted_only(inputs, info)
+            outputs, usage = await self._pool(request, info, inputs, "grpc:Score")
+            scores = [float(x.squeeze()) for x in outputs]
+        else:
+            texts = list(dict.fromkeys([*queries, *request.documents]))
+            for name, given in (("query", queries), ("document", request.documents)):
+                empty = next((i for i, x in enumerate(given) if not x), None)
+                if empty is not None:
+                    raise InvalidRequestError(f"{name} {empty} is empty")
+            token_ids = [
+                await prompts.embedding_input(i, x, info.max_model_len, truncate, "text") for i, x in enumerate(texts)
+            ]
+            params = PoolingParams(task="embed")
+            if request.count_only:
+                return _counted_only([(ids, params) for ids in token_ids], info)
+            outputs, usage = await self._pool(request, info, [(ids, params) for ids in token_ids], "grpc:Score")
+            vectors = dict(zip(texts, outputs))
+            scores = [_cosine(vectors[q], vectors[d]) for q, d in zip(queries, request.documents)]
+        log.info("scoring %s done: %d pair(s), prompt=%d", request.request_id, len(scores), usage.prompt_tokens)
+        return ScoringResult(scores=scores, usage=usage, model=info.id)
+
+    async def _pool(
+        self,
+        request: EmbeddingRequest | ScoringRequest,
+        info: ModelInfo,
+        inputs: list[tuple[list[int], Any]],
+        endpoint: str,
+    ) -> tuple[list[Any], Usage]:
+        """Runs each (token ids, pooling params) through vLLM's pooling runner; the pooled tensors in order.
+        Counted (and held for its caller, or metered for an internal one) once every input ran; a request
+        that failed or was cancelled is aborted in vLLM and counts nothing, as a stream refused before its
+        first output does."""
         started = time.monotonic()
-        ids = [f"{request.engine_id}-{i}" for i in range(len(token_ids))]
+        ids = [f"{request.engine_id}-{i}" for i in range(len(inputs))]
         self.usage.opened(request, info.id)
         self._open.update(ids)
 
-        async def one(sub_id: str, prompt_ids: list[int]) -> list[float]:
+        async def one(sub_id: str, prompt_ids: list[int], params: Any) -> Any:
             final = None
             async for output in self._llm.encode({"prompt_token_ids": prompt_ids}, params, sub_id):
                 final = output
             if final is None:
-                raise EngineUnavailableError("the engine ended an embedding without its output")
-            return final.outputs.data.tolist()
+                raise EngineUnavailableError("the engine ended a pooling request without its output")
+            return final.outputs.data
 
         try:
-            vectors = await asyncio.gather(*(one(sub_id, x) for sub_id, x in zip(ids, token_ids)))
+            outputs = await asyncio.gather(*(one(sub_id, x, p) for sub_id, (x, p) in zip(ids, inputs)))
         except BaseException:
             await self._llm.abort(ids)
             self.usage.closed(request, info, None, metered=False)
             raise
         finally:
             self._open.difference_update(ids)
-        usage = Usage(prompt_tokens=sum(len(x) for x in token_ids))
+        usage = Usage(prompt_tokens=sum(len(x) for x, _ in inputs))
         counted = Counted(usage, [FinishReason.STOP], Timings(total_seconds=time.monotonic() - started))
         metered = False
         try:
-            metered = await self.usage.meter(request, info, counted, endpoint="grpc:Embed")
+            metered = await self.usage.meter(request, info, counted, endpoint=endpoint)
         finally:
             self.usage.closed(request, info, counted, metered)
-        log.info("embedding %s done: %d input(s), prompt=%d", request.request_id, len(ids), usage.prompt_tokens)
-        return EmbeddingResult(vectors=vectors, usage=usage, model=info.id)
+        return list(outputs), usage
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationUpdate]:
         """Streams updates; the last has `finished` set and the final usage, whatever ended the request."""
@@ -285,3 +354,14 @@ class VllmBackend:
 
 def _counted(stream: StreamState) -> Counted:
     return Counted(stream.usage(), stream.final_reasons(), stream.timings(), stream.error)
+
+
+def _cosine(a: Any, b: Any) -> float:
+    """As vLLM's bi-encoder score: the cosine of two pooled vectors, in float32."""
+    import torch.nn.functional as F
+
+    return float(F.cosine_similarity(a.float(), b.float(), dim=0))
+
+
+def _counted_only(inputs: list[tuple[list[int], Any]], info: ModelInfo) -> ScoringResult:
+    return ScoringResult(scores=[], usage=Usage(prompt_tokens=sum(len(x) for x, _ in inputs)), model=info.id)

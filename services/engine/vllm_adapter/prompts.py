@@ -108,14 +108,27 @@ class PromptRenderer:
         engine_input = await self._render_with_images(text, decoded, for_generation)
         return list(engine_input["prompt_token_ids"]), engine_input
 
-    async def embedding_input(self, index: int, given: str | list[int], max_model_len: int) -> list[int]:
+    async def embedding_input(
+        self, index: int, given: str | list[int], max_model_len: int, truncate: int | None = None, name: str = "input"
+    ) -> list[int]:
         """The token ids one embedding input runs as: a text with the model's special tokens, or ids as
-        given (each checked against the vocabulary); at most the model's context length."""
+        given (each checked against the vocabulary); at most the model's context length, or cut to
+        `truncate` tokens when that is set."""
         if isinstance(given, str):
             if not given:
-                raise InvalidRequestError(f"input {index} is empty")
-            self._check_text_fits(f"input {index}", given)
-            ids = await _off_loop(len(given), self._tokenizer.encode, given, add_special_tokens=True)
+                raise InvalidRequestError(f"{name} {index} is empty")
+            if truncate is None:
+                self._check_text_fits(f"{name} {index}", given)
+                ids = await _off_loop(len(given), self._tokenizer.encode, given, add_special_tokens=True)
+            else:
+                ids = await _off_loop(
+                    len(given),
+                    self._tokenizer.encode,
+                    given,
+                    add_special_tokens=True,
+                    truncation=True,
+                    max_length=truncate,
+                )
         else:
             if not given:
                 raise InvalidRequestError(f"input {index} has no token ids")
@@ -126,9 +139,36 @@ class PromptRenderer:
             ids = list(given)
         if len(ids) > max_model_len:
             raise InvalidRequestError(
-                f"input {index} has {len(ids)} tokens; this model takes at most {max_model_len} per input"
+                f"{name} {index} has {len(ids)} tokens; this model takes at most {max_model_len} per {name}"
             )
         return ids
+
+    async def score_pair(
+        self, index: int, query: str, document: str, max_model_len: int, truncate: int | None
+    ) -> tuple[list[int], int]:
+        """One query-document pair as a cross-encoder runs it: the tokenizer's pair encoding (special tokens
+        included), and where the document's tokens start (its token type ids, compressed as vLLM's own
+        score path sends them). At most the model's length, or cut to `truncate` tokens (longest first)."""
+        if not query:
+            raise InvalidRequestError("the query is empty")
+        if not document:
+            raise InvalidRequestError(f"document {index} is empty")
+        size = len(query) + len(document)
+        if truncate is None:
+            self._check_text_fits(f"document {index} with its query", query + document)
+            pair = await _off_loop(size, self._tokenizer, text=query, text_pair=document)
+        else:
+            pair = await _off_loop(
+                size, self._tokenizer, text=query, text_pair=document, truncation="longest_first", max_length=truncate
+            )
+        ids = list(pair["input_ids"])
+        if len(ids) > max_model_len:
+            raise InvalidRequestError(
+                f"document {index} with its query has {len(ids)} tokens; this model takes at most {max_model_len}"
+                " per pair (set truncate_prompt_tokens to cut it)"
+            )
+        types = pair.get("token_type_ids")
+        return ids, (types.index(1) if types and 1 in types else len(ids))
 
     async def decode(self, token_ids: list[int]) -> str:
         vocab = self.vocab_size

@@ -20,11 +20,12 @@ from llmserve.engine.v1 import engine_pb2 as pb
 from services.gateway.errors import ApiError, from_grpc
 from services.gateway.fleet.catalog import Catalog, Launch
 from services.gateway.fleet.engines import EngineFleet, EngineMember
-from services.gateway.fleet.registrations import EMBEDDING, LLM, Registration
+from services.gateway.fleet.registrations import EMBEDDING, LLM, RERANK, Registration
 
 log = logging.getLogger(__name__)
 
 _CREATED = int(time.time())
+_MODEL_TYPES = {pb.MODEL_KIND_EMBED: EMBEDDING, pb.MODEL_KIND_SCORE: RERANK}
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class RunningModel:
             "object": "model",
             "created": _CREATED,
             "owned_by": "llmserve",
-            "model_type": EMBEDDING if self.card.kind == pb.MODEL_KIND_EMBED else LLM,
+            "model_type": _MODEL_TYPES.get(self.card.kind, LLM),
             "model_name": self.model_name,
             "model_lang": list(registration.model_lang) if registration else ["en"],
             "model_ability": list(registration.model_ability) if registration else ["generate", "chat"],
@@ -112,7 +113,7 @@ class ModelManager:
         if registration is None:
             raise ApiError(
                 404,
-                f"No registered model `{model_name}`: see GET /v1/model_registrations/{{LLM,embedding}}.",
+                f"No registered model `{model_name}`: see GET /v1/model_registrations/{{LLM,embedding,rerank}}.",
                 param="model_name",
                 code="model_not_found",
             )

@@ -3,8 +3,8 @@
 A custom registration is Xinference's custom-model JSON: `model_name`, `model_ability`, `context_length`
 (`max_tokens` for an embedding model), `model_specs[0].model_uri` (a model folder on the engines' hosts,
 `file://` or a plain path), and optionally `engine_args` (vLLM arguments every launch of it gets, e.g.
-{"load_format": "dummy"}). Two model types are served: LLM (vLLM's generate runner) and embedding (its
-pooling runner)."""
+{"load_format": "dummy"}). Three model types are served: LLM (vLLM's generate runner), embedding and rerank
+(its pooling runner: a rerank model is a cross-encoder that classifies query-document pairs)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any
 
 from services.contracts.builtin_models import (
     BUILTIN_PREFIX,
+    CROSS_ENCODER_NAME,
     EMBEDDED_MODEL_NAME,
     EMBEDDING_NAME,
     TINY_NAME,
@@ -22,12 +23,18 @@ from services.contracts.builtin_models import (
 )
 
 MODEL_TYPES = ("LLM", "embedding", "image", "audio", "rerank", "video")
-LLM, EMBEDDING = "LLM", "embedding"
-SERVED_TYPES = (LLM, EMBEDDING)
-ABILITIES = {LLM: frozenset({"generate", "chat", "vision"}), EMBEDDING: frozenset({"embed"})}
-DEFAULT_ABILITIES = {LLM: ("generate", "chat"), EMBEDDING: ("embed",)}
-# What an embedding model needs from vLLM whatever its registration says.
-EMBEDDING_ENGINE_ARGS = {"runner": "pooling", "enable_prefix_caching": False}
+LLM, EMBEDDING, RERANK = "LLM", "embedding", "rerank"
+SERVED_TYPES = (LLM, EMBEDDING, RERANK)
+ABILITIES = {
+    LLM: frozenset({"generate", "chat", "vision"}),
+    EMBEDDING: frozenset({"embed"}),
+    RERANK: frozenset({"rerank"}),
+}
+DEFAULT_ABILITIES = {LLM: ("generate", "chat"), EMBEDDING: ("embed",), RERANK: ("rerank",)}
+# Their length field in Xinference's registration JSON.
+_LENGTH_FIELDS = {LLM: "context_length", EMBEDDING: "max_tokens", RERANK: "max_tokens"}
+# What an embedding or rerank model needs from vLLM whatever its registration says.
+POOLING_ENGINE_ARGS = {"runner": "pooling", "enable_prefix_caching": False}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
@@ -76,6 +83,8 @@ class Registration:
         }
         if self.model_type == EMBEDDING:
             spec.update(dimensions=self.dimensions, max_tokens=self.context_length)
+        elif self.model_type == RERANK:
+            spec.update(type="normal", max_tokens=self.context_length, language=list(self.model_lang))
         return spec
 
     def to_record(self) -> dict[str, Any]:
@@ -120,6 +129,17 @@ BUILTINS: dict[str, Registration] = {
             dimensions=384,
         ),
         Registration(
+            CROSS_ENCODER_NAME,
+            f"{BUILTIN_PREFIX}{CROSS_ENCODER_NAME}",
+            model_ability=("rerank",),
+            context_length=512,
+            model_description="A tiny random-weights BERT cross-encoder on all-MiniLM-L6-v2's tokenizer: real pair"
+            " scoring, meaningless scores",
+            model_family="cross-encoder",
+            is_builtin=True,
+            model_type=RERANK,
+        ),
+        Registration(
             TINY_VLM_NAME,
             f"{BUILTIN_PREFIX}{TINY_VLM_NAME}",
             model_ability=("chat", "vision"),
@@ -135,7 +155,7 @@ BUILTINS: dict[str, Registration] = {
 def parse_custom(model_type: str, text: str) -> Registration:
     """Xinference's custom-model JSON text -> Registration, or RegistrationError naming the field."""
     if model_type not in SERVED_TYPES:
-        raise RegistrationError(f"model_type {model_type!r}: this stack serves {' and '.join(SERVED_TYPES)} models")
+        raise RegistrationError(f"model_type {model_type!r}: this stack serves {', '.join(SERVED_TYPES)} models")
     try:
         spec = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -154,8 +174,8 @@ def parse_custom(model_type: str, text: str) -> Registration:
     uri = specs[0].get("model_uri") if isinstance(specs, list) and specs and isinstance(specs[0], dict) else None
     if not isinstance(uri, str) or not uri:
         raise RegistrationError("model_specs[0].model_uri: the model's folder on the engines' hosts is required")
-    length_field = "max_tokens" if model_type == EMBEDDING else "context_length"
-    context_length = spec.get(length_field, 512 if model_type == EMBEDDING else 2048)
+    length_field = _LENGTH_FIELDS[model_type]
+    context_length = spec.get(length_field, 2048 if model_type == LLM else 512)
     if not isinstance(context_length, int) or context_length < 1:
         raise RegistrationError(f"{length_field}: a positive integer")
     engine_args = spec.get("engine_args", {})
@@ -164,9 +184,9 @@ def parse_custom(model_type: str, text: str) -> Registration:
     dimensions = spec.get("dimensions", 0)
     if not isinstance(dimensions, int) or dimensions < 0:
         raise RegistrationError("dimensions: a non-negative integer")
-    if model_type == EMBEDDING:
-        engine_args = engine_args | EMBEDDING_ENGINE_ARGS
-    lang = spec.get("model_lang", ["en"])
+    if model_type != LLM:
+        engine_args = engine_args | POOLING_ENGINE_ARGS
+    lang = spec.get("model_lang", spec.get("language", ["en"]))
     return Registration(
         model_name=name,
         source=uri.removeprefix("file://"),

@@ -120,7 +120,7 @@ async def launch(body: LaunchBody, models: Models, metrics: Metrics, key_id: Key
     if body.model_type not in SERVED_TYPES:
         raise ApiError(
             400,
-            f"model_type {body.model_type!r}: this stack serves {' and '.join(SERVED_TYPES)} models",
+            f"model_type {body.model_type!r}: this stack serves {', '.join(SERVED_TYPES)} models",
             param="model_type",
             code="invalid_value",
         )

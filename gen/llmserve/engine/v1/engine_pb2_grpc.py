@@ -54,6 +54,11 @@ class EngineServiceStub:
                 request_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.Score = channel.unary_unary(
+                '/llmserve.engine.v1.EngineService/Score',
+                request_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.ScoreRequest.SerializeToString,
+                response_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.ScoreResponse.FromString,
+                _registered_method=True)
         self.Tokenize = channel.unary_unary(
                 '/llmserve.engine.v1.EngineService/Tokenize',
                 request_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.TokenizeRequest.SerializeToString,
@@ -130,6 +135,14 @@ class EngineServiceServicer:
     def Embed(self, request, context):
         """Embeds inputs with a model run by vLLM's pooling runner. Usage (prompt tokens only) is counted
         and held for `caller` as a stream's is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Score(self, request, context):
+        """Scores query-document pairs (rerank, score) with a cross-encoder, or by the cosine of an embedding
+        model's vectors; counted and held like Embed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -213,6 +226,11 @@ def add_EngineServiceServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.EmbedRequest.FromString,
                     response_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.EmbedResponse.SerializeToString,
+            ),
+            'Score': grpc.unary_unary_rpc_method_handler(
+                    servicer.Score,
+                    request_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.ScoreRequest.FromString,
+                    response_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.ScoreResponse.SerializeToString,
             ),
             'Tokenize': grpc.unary_unary_rpc_method_handler(
                     servicer.Tokenize,
@@ -363,6 +381,33 @@ class EngineService:
             '/llmserve.engine.v1.EngineService/Embed',
             llmserve_dot_engine_dot_v1_dot_engine__pb2.EmbedRequest.SerializeToString,
             llmserve_dot_engine_dot_v1_dot_engine__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Score(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.engine.v1.EngineService/Score',
+            llmserve_dot_engine_dot_v1_dot_engine__pb2.ScoreRequest.SerializeToString,
+            llmserve_dot_engine_dot_v1_dot_engine__pb2.ScoreResponse.FromString,
             options,
             channel_credentials,
             insecure,

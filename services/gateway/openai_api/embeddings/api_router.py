@@ -20,7 +20,8 @@ from services.gateway.dependencies import (
 )
 from services.gateway.middleware import ENGINE_WORK
 from services.gateway.openai_api.embeddings.protocol import EmbeddingRequest
-from services.gateway.openai_api.embeddings.serving import EmbeddingServing, engine_request
+from services.gateway.openai_api.embeddings.serving import embed, engine_request
+from services.gateway.openai_api.pooling import PoolingCall
 from services.gateway.outcome import Outcome
 
 router = APIRouter(prefix="/v1", tags=[ENGINE_WORK])
@@ -53,9 +54,9 @@ async def create_embeddings(
         streamed=False,
         model_name=model_name,
     )
-    embed = engine_request(body, outcome.request_id, settings.max_prompts_per_request)
-    outcome.embedding_inputs = len(embed.inputs)
-    serving = EmbeddingServing(requests, recorder, generations, limits, settings.settle_timeout_seconds, price)
-    answer, headers = await serving.embed(body, embed, outcome)
+    engine_call = engine_request(body, outcome.request_id, settings.max_prompts_per_request)
+    outcome.embedding_inputs = len(engine_call.inputs)
+    call = PoolingCall(requests, recorder, generations, limits, settings.settle_timeout_seconds, price)
+    answer, headers = await embed(call, fleet, body, engine_call, outcome)
     metrics.known_models.add(outcome.model)
     return Response(orjson.dumps(answer), media_type="application/json", headers=headers)
