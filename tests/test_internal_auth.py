@@ -27,6 +27,7 @@ ENGINE_CALLS = {
     "Generate": epb.GenerateRequest(request_id="x", model="m", text="hi"),
     "GenerateMany": epb.GenerateManyRequest(),
     "Embed": epb.EmbedRequest(model="m", inputs=[epb.EmbedInput(text="hi")]),
+    "Score": epb.ScoreRequest(model="m", queries=["q"], documents=["d"]),
     "Abort": epb.AbortRequest(request_ids=["x"]),
     "Tokenize": epb.TokenizeRequest(model="m", text="hi"),
     "Detokenize": epb.DetokenizeRequest(model="m", token_ids=[1]),

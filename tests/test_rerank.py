@@ -19,6 +19,7 @@ from services.contracts.builtin_models import CROSS_ENCODER_NAME, EMBEDDED_MODEL
 from services.engine.builtin_models import embedding_model_folder
 from tests.stack import (
     ADMIN_API_KEY,
+    ADMIN_HEADERS,
     API_KEY,
     engine_baseline,
     metering_reaches_engine,
@@ -40,6 +41,7 @@ DOCUMENTS = [
 ]
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 MAX_DOCUMENTS = 8
+RANKED_KEY = "sk-ranked"
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +62,7 @@ def gateway(
         metering_addr=metering.address,
         data_dir=str(tmp_path_factory.mktemp("gateway-rerank")),
         max_score_documents=str(MAX_DOCUMENTS),
+        api_keys=f"test-key:{API_KEY},test-admin:{ADMIN_API_KEY},ranked:{RANKED_KEY}",
     )
     xinference = RESTfulClient(process.address, api_key=ADMIN_API_KEY)
     xinference.launch_model(CROSS_ENCODER_NAME, model_type="rerank", model_uid=RANKER)
@@ -186,6 +189,24 @@ def test_bad_requests_are_400s_and_the_engine_keeps_serving(
     assert reply.status_code == 400, reply.text
     assert words in reply.json()["error"]["message"]
     assert post(gateway, "/v1/score", {"model": RANKER, "text_1": "a", "text_2": "b"}).status_code == 200
+
+
+def test_a_token_budget_reserves_the_exact_pair_tokens(gateway: ServiceProcess, cross_encoder_folder: str) -> None:
+    """A budget of one rerank and a half: the first is let through (a reservation of each pair at the model's
+    length, 4 x 512, would not fit), the second is refused, and the spend is the pairs' tokens."""
+    tokens = pair_tokens(cross_encoder_folder, [QUERY], DOCUMENTS)
+    budget = tokens + tokens // 2
+    reply = httpx.put(f"{gateway.address}/v1/limits/ranked", json={"token_budget": budget}, headers=ADMIN_HEADERS)
+    assert reply.status_code == 200, reply.text
+    ranked = {"Authorization": f"Bearer {RANKED_KEY}"}
+    body = {"model": RANKER, "query": QUERY, "documents": DOCUMENTS}
+    first = httpx.post(f"{gateway.address}/v1/rerank", headers=ranked, json=body, timeout=60)
+    assert first.status_code == 200, first.text
+    assert first.headers["x-ratelimit-limit-budget-tokens"] == str(budget)
+    second = httpx.post(f"{gateway.address}/v1/rerank", headers=ranked, json=body, timeout=60)
+    assert second.status_code == 429 and second.json()["error"]["code"] == "insufficient_quota"
+    standing = httpx.get(f"{gateway.address}/v1/limits", headers=ranked).json()
+    assert standing["usage"]["budget_used"] == tokens
 
 
 def test_truncation_only_when_asked(gateway: ServiceProcess, cross_encoder_folder: str) -> None:

@@ -95,6 +95,18 @@ def shapes(model: str) -> list[Shape]:
             ("input: item 1",),
         ),
         Shape(
+            "100,000 documents to rerank",
+            "/v1/rerank",
+            {"model": model, "query": "q", "documents": ["d"] * 100_000},
+            ("At most 256 documents",),
+        ),
+        Shape(
+            "100,000 pairs to score",
+            "/v1/score",
+            {"model": model, "text_1": "q", "text_2": ["d"] * 100_000},
+            ("At most 256 documents",),
+        ),
+        Shape(
             "a prompt longer than the context",
             "/tokenize",
             {"model": model, "prompt": "word " * 700_000},
