@@ -37,6 +37,8 @@ ENGINE_CALLS = {
     "ClaimUsage": epb.ClaimUsageRequest(source="s"),
     "LaunchModel": epb.LaunchModelRequest(uid="x"),
     "TerminateModel": epb.TerminateModelRequest(uid="not-running"),
+    "LoadAdapter": epb.LoadAdapterRequest(base_model="m", name="a", path="/nowhere"),
+    "UnloadAdapter": epb.UnloadAdapterRequest(name="a"),
 }
 METERING_CALLS = {
     "RecordUsage": mpb.RecordUsageRequest(),

@@ -106,6 +106,15 @@ class EngineClient(ServiceChannel):
         response = await self._stub.LaunchModel(request, timeout=timeout, metadata=self.metadata)
         return response.model
 
+    async def load_adapter(self, base_model: str, name: str, path: str, timeout: float | None = 120.0) -> pb.ModelCard:
+        request = pb.LoadAdapterRequest(base_model=base_model, name=name, path=path)
+        return await self._stub.LoadAdapter(request, timeout=timeout, metadata=self.metadata)
+
+    async def unload_adapter(self, name: str, timeout: float | None = 120.0) -> int:
+        request = pb.UnloadAdapterRequest(name=name)
+        response = await self._stub.UnloadAdapter(request, timeout=timeout, metadata=self.metadata)
+        return response.aborted_requests
+
     async def terminate_model(self, uid: str, timeout: float | None = 120.0) -> int:
         request = pb.TerminateModelRequest(uid=uid)
         response = await self._stub.TerminateModel(request, timeout=timeout, metadata=self.metadata)

@@ -280,3 +280,5 @@ class ModelInfo:
     embeds: bool = False
     # A pooling model that classifies a pair of texts (a cross-encoder): it scores pairs and does not embed.
     cross_encoder: bool = False
+    # A LoRA adapter: the base model it runs on (empty: a model of its own).
+    parent: str = ""

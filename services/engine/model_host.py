@@ -69,6 +69,8 @@ class ModelHost:
     def __init__(self, factory: BackendFactory, usage: EngineUsage | None = None) -> None:
         self._factory = factory
         self._ready: dict[str, VllmBackend] = {}
+        # LoRA adapter name -> the uid of the base model it is loaded onto.
+        self._adapter_bases: dict[str, str] = {}
         self._loading: set[str] = set()
         self._first: str | None = None
         self._draining = False
@@ -85,7 +87,7 @@ class ModelHost:
                 f"model uid {spec.uid!r}: use 1-128 letters, digits, '.', '_', ':' or '-',"
                 " starting with a letter or digit"
             )
-        if spec.uid in self._ready or spec.uid in self._loading:
+        if spec.uid in self._ready or spec.uid in self._loading or spec.uid in self._adapter_bases:
             raise ModelExistsError(f"a model with uid `{spec.uid}` is already running or loading here")
         self._loading.add(spec.uid)
         backend: VllmBackend | None = None
@@ -124,6 +126,7 @@ class ModelHost:
         backend = self._ready.pop(uid, None)
         if backend is None:
             raise ModelNotFoundError(self._not_found(uid))
+        self._forget_adapters_of(uid)
         aborted = backend.open_streams
         await backend.drain(0.0)
         await asyncio.to_thread(backend.shutdown)
@@ -145,7 +148,42 @@ class ModelHost:
         for uid in dead:
             log.error("model %s: its vLLM engine died; it is no longer served", uid)
             self._ready.pop(uid).shutdown()
+            self._forget_adapters_of(uid)
         return dead
+
+    # LoRA adapters
+
+    async def load_adapter(self, base: str, name: str, path: str) -> ModelInfo:
+        """Loads a LoRA adapter onto the running model `base`; served as `name` from then on."""
+        if not UID_PATTERN.fullmatch(name):
+            raise InvalidRequestError(
+                f"adapter name {name!r}: use 1-128 letters, digits, '.', '_', ':' or '-', starting with a letter"
+                " or digit"
+            )
+        if name in self._ready or name in self._loading or name in self._adapter_bases:
+            raise ModelExistsError(f"a model or adapter named `{name}` is already served here")
+        backend = self._ready.get(base)
+        if backend is None:
+            raise ModelNotFoundError(self._not_found(base))
+        self._adapter_bases[name] = base  # taken while vLLM loads it: a second load of the name is refused
+        try:
+            return await backend.load_adapter(name, path)
+        except BaseException:
+            self._adapter_bases.pop(name, None)
+            raise
+
+    async def unload_adapter(self, name: str) -> int:
+        """Stops serving the adapter; returns how many of its requests were aborted."""
+        base = self._adapter_bases.get(name)
+        backend = self._ready.get(base) if base is not None else None
+        if backend is None:
+            raise ModelNotFoundError(f"The LoRA adapter `{name}` cannot be found.")
+        del self._adapter_bases[name]
+        return await backend.unload_adapter(name)
+
+    def _forget_adapters_of(self, uid: str) -> None:
+        for name in [n for n, base in self._adapter_bases.items() if base == uid]:
+            del self._adapter_bases[name]
 
     @property
     def empty(self) -> bool:
@@ -154,8 +192,9 @@ class ModelHost:
     # Requests
 
     def backend(self, model: str) -> VllmBackend:
+        """The backend serving `model` (a model uid or an adapter on one; empty: the only or first model)."""
         if model:
-            backend = self._ready.get(model)
+            backend = self._ready.get(model) or self._ready.get(self._adapter_bases.get(model, ""))
             if backend is not None:
                 return backend
             if model in self._loading:
@@ -200,7 +239,7 @@ class ModelHost:
 
     def models(self) -> list[tuple[ModelInfo, int]]:
         """(model, its open streams) for every model that serves now."""
-        return [(backend.models()[0], backend.open_streams) for backend in self._ready.values()]
+        return [(info, backend.open_streams) for backend in self._ready.values() for info in backend.models()]
 
     def load(self) -> HostLoad:
         unfinished = open_streams = 0

@@ -29,7 +29,10 @@ POLICY = {
     },
     **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY}) for method in ("Abort", "ConfirmUsage", "ClaimUsage")},
     # The gateway manages models for its admin-key holders; an operator may too.
-    **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, ADMIN}) for method in ("LaunchModel", "TerminateModel")},
+    **{
+        f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, ADMIN})
+        for method in ("LaunchModel", "TerminateModel", "LoadAdapter", "UnloadAdapter")
+    },
     **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, ADMIN, GENERATE}) for method in ("ListModels",)},
     **{f"/{SERVICE_NAME}/{method}": frozenset({GATEWAY, ADMIN}) for method in ("GetLoad",)},
 }

@@ -202,6 +202,17 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     ) -> pb.TerminateModelResponse:
         return pb.TerminateModelResponse(aborted_streams=await self._host.terminate(request.uid))
 
+    async def LoadAdapter(self, request: pb.LoadAdapterRequest, context: grpc.aio.ServicerContext) -> pb.ModelCard:
+        if not request.name or not request.path:
+            raise InvalidRequestError("name and path are required: the adapter's name and its PEFT folder")
+        info = await self._host.load_adapter(request.base_model, request.name, request.path)
+        return model_card(info, 0)
+
+    async def UnloadAdapter(
+        self, request: pb.UnloadAdapterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UnloadAdapterResponse:
+        return pb.UnloadAdapterResponse(aborted_requests=await self._host.unload_adapter(request.name))
+
     async def ConfirmUsage(
         self, request: pb.ConfirmUsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.ConfirmUsageResponse:

@@ -53,6 +53,7 @@ def model_card(info: ModelInfo, open_streams: int) -> pb.ModelCard:
         device=info.device,
         model_name=info.model_name,
         open_streams=open_streams,
+        parent=info.parent,
         kind=(
             pb.MODEL_KIND_SCORE
             if info.cross_encoder

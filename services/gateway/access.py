@@ -26,6 +26,8 @@ MANAGEMENT_PREFIXES = (
     "/v1/teams",
     "/v1/organizations",
     "/v1/prices",
+    "/v1/load_lora_adapter",
+    "/v1/unload_lora_adapter",
 )
 # What an organisation's admin may change (within its organisation).
 ORG_ADMIN_PREFIXES = ("/v1/limits", "/v1/keys", "/v1/teams", "/v1/organizations")

@@ -32,6 +32,7 @@ from services.gateway.openai_api.chat import api_router as chat
 from services.gateway.openai_api.completions import api_router as completions
 from services.gateway.openai_api.embeddings import api_router as embeddings
 from services.gateway.openai_api.images import ImagePolicy
+from services.gateway.openai_api.lora import api_router as lora
 from services.gateway.openai_api.models import api_router as models
 from services.gateway.openai_api.protocol import InvalidText, UnsupportedFields
 from services.gateway.openai_api.respond import Responder
@@ -255,7 +256,7 @@ def create_app(settings: GatewaySettings, engine: EngineClient | None = None) ->
     # No redirect to the slashed path: its Location would echo the client's Host header.
     app.router.redirect_slashes = False
     # Model management first: its DELETE /v1/models/{uid} and POST /v1/models sit beside the OpenAI GETs.
-    routers = (model_management, chat, completions, embeddings, models, tokenize)
+    routers = (model_management, chat, completions, embeddings, models, tokenize, lora)
     routers += (limit_routes, key_routes, account_routes, price_routes, health)
     for module in (*routers, exposition):
         app.include_router(module.router)

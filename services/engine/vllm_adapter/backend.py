@@ -27,6 +27,7 @@ from services.engine.generation import (
 from services.engine.served import ServedModel
 from services.engine.usage.accounting import Counted, EngineUsage
 from services.engine.vllm_adapter.failures import FailedAfterStart, translate_errors
+from services.engine.vllm_adapter.lora_adapters import Adapter, LoraAdapters
 from services.engine.vllm_adapter.prompts import ImageLimits, PromptRenderer
 from services.engine.vllm_adapter.sampling import sampling_params
 from services.engine.vllm_adapter.stream_state import StreamState
@@ -65,6 +66,7 @@ class VllmBackend:
         self._info: ModelInfo | None = None
         self._draining = False
         self._open: set[str] = set()
+        self._adapters = LoraAdapters()
         self.usage = usage if usage is not None else EngineUsage()
         # The model's generation_config defaults, for fields a request leaves unset (as vLLM's server does).
         self._sampling_defaults: dict[str, Any] = {}
@@ -149,14 +151,59 @@ class VllmBackend:
         return self._info
 
     def _check_model(self, model: str) -> tuple[ModelInfo, PromptRenderer]:
+        """The model or adapter named (empty: the base model) and the base's renderer."""
         info = self._check_ready()
         if model and model != info.id:
-            raise ModelNotFoundError(f"The model `{model}` does not exist; this engine serves `{info.id}`.")
+            adapter = self._adapters.get(model)
+            if adapter is None:
+                raise ModelNotFoundError(f"The model `{model}` does not exist; this engine serves `{info.id}`.")
+            info = adapter.info
         assert self._prompts is not None
         return info, self._prompts
 
     def models(self) -> list[ModelInfo]:
-        return [self._check_ready()]
+        """The base model first, then its adapters."""
+        return [self._check_ready(), *self._adapters.infos()]
+
+    # LoRA adapters
+
+    async def load_adapter(self, name: str, path: str) -> ModelInfo:
+        """Loads a PEFT LoRA adapter onto this model (launched with enable_lora); served as `name` once vLLM
+        has read it. A folder vLLM refuses (another base's shapes, modules it cannot wrap) leaves the model
+        serving as it did."""
+        info = self._check_ready()
+        lora = self._llm.vllm_config.lora_config
+        if lora is None or info.embeds:
+            raise InvalidRequestError(
+                f"`{info.id}` was launched without LoRA: launch it with enable_lora (and max_lora_rank, max_loras)"
+                " to load adapters onto it"
+            )
+        adapter = self._adapters.new(name, path, info, lora.max_lora_rank)
+        try:
+            loaded = await self._llm.add_lora(adapter.request)
+        except Exception as exc:
+            if self._llm.errored:
+                raise
+            raise InvalidRequestError(f"vLLM could not load the adapter `{name}` from {path!r}: {exc}") from exc
+        if loaded is False:
+            raise InvalidRequestError(f"vLLM did not load the adapter `{name}` from {path!r}")
+        self._adapters.add(adapter)
+        log.info("adapter %s (%s) serving on %s", name, path, info.id)
+        return adapter.info
+
+    async def unload_adapter(self, name: str, grace_seconds: float = 10.0) -> int:
+        """Stops serving the adapter at once; its running requests get the grace period, then are aborted
+        (they end with their final usage). Returns how many were aborted."""
+        adapter = self._adapters.pop(name)
+        deadline = time.monotonic() + grace_seconds
+        while adapter.open and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        aborted = len(adapter.open)
+        if adapter.open:
+            await self.abort(list(adapter.open))
+        await self._llm.remove_lora(adapter.request.lora_int_id)
+        log.info("adapter %s unloaded from %s (%d request(s) aborted)", name, self._served.name, aborted)
+        return aborted
 
     def load(self) -> tuple[int, int]:
         """(requests unfinished inside vLLM, streams open here)."""
@@ -313,13 +360,18 @@ class VllmBackend:
         )
         stream = StreamState(prompt_tokens=len(prompt_ids), started=time.monotonic())
         engine_id = request.engine_id
+        adapter: Adapter | None = self._adapters.get(info.id) if info.parent else None
         self._open.add(engine_id)
+        if adapter is not None:
+            adapter.open.add(engine_id)
         self.usage.opened(request, info.id)
         metered = False
         try:
             final: GenerationUpdate | None = None
             try:
-                outputs = self._llm.generate(engine_prompt, params, engine_id)
+                outputs = self._llm.generate(
+                    engine_prompt, params, engine_id, lora_request=adapter.request if adapter else None
+                )
                 async for output in translate_errors(outputs, stream):
                     update = stream.update(output, request.sampling.logprobs)
                     if tool_calls is not None:
@@ -340,6 +392,8 @@ class VllmBackend:
             yield final
         finally:
             self._open.discard(engine_id)
+            if adapter is not None:
+                adapter.open.discard(engine_id)
             # Cut short (the caller went away) before it was metered: committed with the next group.
             self.usage.closed(request, info, _counted(stream) if stream.started_output else None, metered)
             log.info(

@@ -56,6 +56,8 @@ class RunningModel:
             "model_hub": "local",
             "revision": None,
             "context_length": self.card.max_model_len,
+            # A LoRA adapter's base model (vLLM's model card field), else None.
+            "parent": self.card.parent or None,
             "max_model_len": self.card.max_model_len,
             "root": self.card.root,
             "replica": len(self.engines),
@@ -157,8 +159,9 @@ class ModelManager:
             self.catalog.remove_launches([uid])
             raise ApiError(404, f"The model `{uid}` does not exist.", param="model", code="model_not_found")
         for member in hosts:
-            # Out of routing first, so no new request lands on a replica being stopped.
-            member.set_card(uid, None)
+            # Out of routing first (with its adapters), so no new request lands on a replica being stopped.
+            for name in [n for n, card in member.cards.items() if n == uid or card.parent == uid]:
+                member.set_card(name, None)
         results = await asyncio.gather(*(m.client.terminate_model(uid) for m in hosts), return_exceptions=True)
         for member in hosts:
             member.set_card(uid, None)
@@ -169,6 +172,66 @@ class ModelManager:
             log.warning("terminating %s: %d engine(s) did not answer (%s)", uid, len(errors), errors[0].code().name)
         aborted = sum(r for r in results if isinstance(r, int))
         log.info("terminated %s on %s (%d stream(s) in flight ended)", uid, [m.address for m in hosts], aborted)
+
+    async def load_adapter(self, base: str | None, name: str, path: str) -> str:
+        """Loads a LoRA adapter onto every engine serving its base model (the only running model that is no
+        adapter when `base` is None); if any engine refuses it, the others unload it and the load fails.
+        Returns the base model's uid."""
+        base = base or self._only_base()
+        hosts = [m for m in self._healthy() if m.serves(base)]
+        if not hosts:
+            raise ApiError(404, f"The model `{base}` does not exist.", param="base_model", code="model_not_found")
+        if any(m.serves(name) for m in self._fleet.members):
+            raise ApiError(400, f"A model named `{name}` is already served.", param="lora_name", code="model_exists")
+        loads = (m.client.load_adapter(base, name, path) for m in hosts)
+        results = await asyncio.gather(*loads, return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            loaded = [m for m, r in zip(hosts, results) if not isinstance(r, BaseException)]
+            await asyncio.gather(*(m.client.unload_adapter(name) for m in loaded), return_exceptions=True)
+            error = failures[0]
+            if isinstance(error, grpc.aio.AioRpcError):
+                raise from_grpc(error) from error
+            raise error
+        for member, card in zip(hosts, results):
+            member.set_card(name, card)
+        log.info("adapter %s (%s) loaded onto %s on %s", name, path, base, [m.address for m in hosts])
+        return base
+
+    async def serves_adapter(self, name: str) -> bool:
+        return any(m.serves(name) and m.cards[name].parent for m in self._fleet.members)
+
+    async def unload_adapter(self, name: str) -> None:
+        hosts = [m for m in self._fleet.members if m.serves(name) and m.cards[name].parent]
+        if not hosts:
+            raise ApiError(
+                404, f"The LoRA adapter `{name}` cannot be found.", param="lora_name", code="model_not_found"
+            )
+        for member in hosts:
+            member.set_card(name, None)
+        results = await asyncio.gather(*(m.client.unload_adapter(name) for m in hosts), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, grpc.aio.AioRpcError) and r.code() != grpc.StatusCode.NOT_FOUND]
+        if errors:
+            log.warning("unloading %s: %d engine(s) did not answer (%s)", name, len(errors), errors[0].code().name)
+        log.info("adapter %s unloaded from %s", name, [m.address for m in hosts])
+
+    def _only_base(self) -> str:
+        bases = sorted(
+            {
+                uid
+                for m in self._healthy()
+                for uid, card in m.cards.items()
+                if not card.parent and card.kind not in (pb.MODEL_KIND_EMBED, pb.MODEL_KIND_SCORE)
+            }
+        )
+        if len(bases) != 1:
+            raise ApiError(
+                400,
+                f"Name the model to load the adapter onto in `base_model`: {', '.join(bases) or 'none'} run now.",
+                param="base_model",
+                code="invalid_value",
+            )
+        return bases[0]
 
     async def reconcile(self) -> None:
         """Drops recorded launches that no engine runs any more (an engine restarted, a model died)."""

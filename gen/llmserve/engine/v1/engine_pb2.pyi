@@ -527,7 +527,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelCard(_message.Message):
-    __slots__ = ("id", "root", "max_model_len", "dtype", "device", "model_name", "open_streams", "kind")
+    __slots__ = ("id", "root", "max_model_len", "dtype", "device", "model_name", "open_streams", "kind", "parent")
     ID_FIELD_NUMBER: _ClassVar[int]
     ROOT_FIELD_NUMBER: _ClassVar[int]
     MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
@@ -536,6 +536,7 @@ class ModelCard(_message.Message):
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     OPEN_STREAMS_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
     id: str
     root: str
     max_model_len: int
@@ -544,7 +545,8 @@ class ModelCard(_message.Message):
     model_name: str
     open_streams: int
     kind: ModelKind
-    def __init__(self, id: _Optional[str] = ..., root: _Optional[str] = ..., max_model_len: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., model_name: _Optional[str] = ..., open_streams: _Optional[int] = ..., kind: _Optional[_Union[ModelKind, str]] = ...) -> None: ...
+    parent: str
+    def __init__(self, id: _Optional[str] = ..., root: _Optional[str] = ..., max_model_len: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., model_name: _Optional[str] = ..., open_streams: _Optional[int] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., parent: _Optional[str] = ...) -> None: ...
 
 class LaunchModelRequest(_message.Message):
     __slots__ = ("uid", "model_name", "source", "engine_args_json")
@@ -609,3 +611,25 @@ class GetLoadResponse(_message.Message):
     models: int
     held_usage: int
     def __init__(self, unfinished_requests: _Optional[int] = ..., open_streams: _Optional[int] = ..., finished_streams: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., models: _Optional[int] = ..., held_usage: _Optional[int] = ...) -> None: ...
+
+class LoadAdapterRequest(_message.Message):
+    __slots__ = ("base_model", "name", "path")
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    base_model: str
+    name: str
+    path: str
+    def __init__(self, base_model: _Optional[str] = ..., name: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
+class UnloadAdapterRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class UnloadAdapterResponse(_message.Message):
+    __slots__ = ("aborted_requests",)
+    ABORTED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    aborted_requests: int
+    def __init__(self, aborted_requests: _Optional[int] = ...) -> None: ...

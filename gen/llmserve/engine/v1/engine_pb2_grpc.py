@@ -99,6 +99,16 @@ class EngineServiceStub:
                 request_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.TerminateModelRequest.SerializeToString,
                 response_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.TerminateModelResponse.FromString,
                 _registered_method=True)
+        self.LoadAdapter = channel.unary_unary(
+                '/llmserve.engine.v1.EngineService/LoadAdapter',
+                request_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.LoadAdapterRequest.SerializeToString,
+                response_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.ModelCard.FromString,
+                _registered_method=True)
+        self.UnloadAdapter = channel.unary_unary(
+                '/llmserve.engine.v1.EngineService/UnloadAdapter',
+                request_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.UnloadAdapterRequest.SerializeToString,
+                response_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.UnloadAdapterResponse.FromString,
+                _registered_method=True)
 
 
 class EngineServiceServicer:
@@ -204,6 +214,20 @@ class EngineServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadAdapter(self, request, context):
+        """Loads a PEFT LoRA adapter onto a running model launched with enable_lora; it is served under its own
+        name (ListModels: parent set) until unloaded or its model is terminated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadAdapter(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EngineServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -271,6 +295,16 @@ def add_EngineServiceServicer_to_server(servicer, server):
                     servicer.TerminateModel,
                     request_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.TerminateModelRequest.FromString,
                     response_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.TerminateModelResponse.SerializeToString,
+            ),
+            'LoadAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadAdapter,
+                    request_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.LoadAdapterRequest.FromString,
+                    response_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.ModelCard.SerializeToString,
+            ),
+            'UnloadAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadAdapter,
+                    request_deserializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.UnloadAdapterRequest.FromString,
+                    response_serializer=llmserve_dot_engine_dot_v1_dot_engine__pb2.UnloadAdapterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -624,6 +658,60 @@ class EngineService:
             '/llmserve.engine.v1.EngineService/TerminateModel',
             llmserve_dot_engine_dot_v1_dot_engine__pb2.TerminateModelRequest.SerializeToString,
             llmserve_dot_engine_dot_v1_dot_engine__pb2.TerminateModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.engine.v1.EngineService/LoadAdapter',
+            llmserve_dot_engine_dot_v1_dot_engine__pb2.LoadAdapterRequest.SerializeToString,
+            llmserve_dot_engine_dot_v1_dot_engine__pb2.ModelCard.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.engine.v1.EngineService/UnloadAdapter',
+            llmserve_dot_engine_dot_v1_dot_engine__pb2.UnloadAdapterRequest.SerializeToString,
+            llmserve_dot_engine_dot_v1_dot_engine__pb2.UnloadAdapterResponse.FromString,
             options,
             channel_credentials,
             insecure,
