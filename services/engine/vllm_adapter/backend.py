@@ -178,7 +178,7 @@ class VllmBackend:
                 f"`{info.id}` was launched without LoRA: launch it with enable_lora (and max_lora_rank, max_loras)"
                 " to load adapters onto it"
             )
-        adapter = self._adapters.new(name, path, info, lora.max_lora_rank)
+        adapter = self._adapters.new(name, path, info, lora.max_lora_rank, self._llm.model_config.hf_config)
         try:
             loaded = await self._llm.add_lora(adapter.request)
         except Exception as exc:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,69 @@ def peft_rank(path: str) -> int:
     return rank
 
 
+# A safetensors file starts with its header's length (little-endian u64), then the header: JSON naming each
+# tensor's shape. Read alone, it gives the shapes without loading a weight.
+_HEADER_BYTES = struct.Struct("<Q")
+_MAX_HEADER_BYTES = 100 << 20
+_LORA_TENSOR = re.compile(r"\.([A-Za-z0-9_]+)\.lora_([AB])\.weight$")
+
+
+def tensor_shapes(path: Path) -> dict[str, list[int]]:
+    """The shapes of a safetensors file's tensors, from its header."""
+    try:
+        with path.open("rb") as file:
+            (size,) = _HEADER_BYTES.unpack(file.read(_HEADER_BYTES.size))
+            if size > _MAX_HEADER_BYTES:
+                raise InvalidRequestError(f"{str(path)!r}: a safetensors header of {size} bytes is not plausible")
+            header = json.loads(file.read(size))
+    except (OSError, struct.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequestError(f"{str(path)!r} is not a readable safetensors file ({exc})") from exc
+    return {name: meta["shape"] for name, meta in header.items() if isinstance(meta, dict) and "shape" in meta}
+
+
+def module_dims(hf_config: Any) -> dict[str, tuple[int, int]]:
+    """(in, out) features of a decoder's usual linear modules, from the base model's config."""
+    text = getattr(hf_config, "text_config", None) or hf_config
+    hidden = text.hidden_size
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    kv = (getattr(text, "num_key_value_heads", None) or heads) * head_dim
+    inner = getattr(text, "intermediate_size", hidden * 4)
+    return {
+        "q_proj": (hidden, heads * head_dim),
+        "k_proj": (hidden, kv),
+        "v_proj": (hidden, kv),
+        "o_proj": (heads * head_dim, hidden),
+        "gate_proj": (hidden, inner),
+        "up_proj": (hidden, inner),
+        "down_proj": (inner, hidden),
+    }
+
+
+def check_fits_base(path: str, base: str, hf_config: Any) -> None:
+    """An adapter made for another model has other shapes; vLLM would copy a narrower one into its slots
+    without a word (and serve noise), so they are checked here against the base's modules: each named one
+    exactly, any other against the base's widths."""
+    weights = Path(path) / "adapter_model.safetensors"
+    if not weights.is_file():
+        return  # a .bin is a pickle: read only by vLLM
+    dims = module_dims(hf_config)
+    widths = {w for pair in dims.values() for w in pair}
+    for name, shape in tensor_shapes(weights).items():
+        found = _LORA_TENSOR.search(name)
+        if found is None or len(shape) != 2:
+            continue
+        module, which = found.groups()
+        width = shape[1] if which == "A" else shape[0]
+        expected = dims.get(module)
+        fits = width == expected[0 if which == "A" else 1] if expected else width in widths
+        if not fits:
+            raise InvalidRequestError(
+                f"the adapter at {path!r} was made for another model: its {module} takes {width} features,"
+                f" `{base}`'s takes {expected[0 if which == 'A' else 1] if expected else sorted(widths)}"
+            )
+
+
 class LoraAdapters:
     def __init__(self) -> None:
         self._by_name: dict[str, Adapter] = {}
@@ -58,7 +123,7 @@ class LoraAdapters:
     def infos(self) -> list[ModelInfo]:
         return [a.info for a in self._by_name.values()]
 
-    def new(self, name: str, path: str, base: ModelInfo, max_rank: int) -> Adapter:
+    def new(self, name: str, path: str, base: ModelInfo, max_rank: int, hf_config: Any) -> Adapter:
         """An adapter ready for vLLM to load (not yet registered here)."""
         from vllm.lora.request import LoRARequest
 
@@ -70,6 +135,7 @@ class LoraAdapters:
                 f"the adapter's rank {rank} is above `{base.id}`'s max_lora_rank {max_rank}; launch the base"
                 " model with a larger max_lora_rank"
             )
+        check_fits_base(path, base.id, hf_config)
         adapter_id, self._next_id = self._next_id, self._next_id + 1
         info = dataclasses.replace(base, id=name, root=path, parent=base.id)
         return Adapter(info, LoRARequest(name, adapter_id, path))

@@ -24,7 +24,6 @@ _IGNORED_LAUNCH_FIELDS = {
     "quantization",
     "n_worker",
     "n_gpu",
-    "peft_model_config",
     "request_limits",
     "worker_ip",
     "gpu_idx",
@@ -50,7 +49,31 @@ class LaunchBody(BaseModel):
 
     def engine_args(self) -> dict[str, Any]:
         extra = self.model_extra or {}
-        return {k: v for k, v in extra.items() if k not in _IGNORED_LAUNCH_FIELDS and v is not None}
+        args = {
+            k: v for k, v in extra.items() if k not in _IGNORED_LAUNCH_FIELDS | {"peft_model_config"} and v is not None
+        }
+        if self.loras():
+            # vLLM's LoRA switches, unless the launch sets them itself.
+            args = {"enable_lora": True, "max_loras": len(self.loras()), **args}
+        return args
+
+    def loras(self) -> list[tuple[str, str]]:
+        """Xinference's `peft_model_config.lora_list`: (name, folder) of each adapter to load at launch."""
+        config = (self.model_extra or {}).get("peft_model_config")
+        if config is None:
+            return []
+        lora_list = config.get("lora_list") if isinstance(config, dict) else None
+        if not isinstance(lora_list, list) or not all(
+            isinstance(x, dict) and isinstance(x.get("lora_name"), str) and isinstance(x.get("local_path"), str)
+            for x in lora_list
+        ):
+            raise ApiError(
+                400,
+                'peft_model_config: {"lora_list": [{"lora_name": ..., "local_path": ...}]}',
+                param="peft_model_config",
+                code="invalid_value",
+            )
+        return [(x["lora_name"], x["local_path"]) for x in lora_list]
 
 
 class RegisterBody(BaseModel):
@@ -132,8 +155,15 @@ async def launch(body: LaunchBody, models: Models, metrics: Metrics, key_id: Key
             param="model_type",
             code="invalid_value",
         )
+    loras = body.loras()
     uid = await models.launch(body.model_name, body.model_uid, body.replica, body.engine_args())
-    metrics.known_models.add(uid)
+    try:
+        for name, path in loras:
+            await models.load_adapter(uid, name, path)
+    except BaseException:
+        await models.terminate(uid)
+        raise
+    metrics.known_models.update([uid, *(name for name, _ in loras)])
     return {"model_uid": uid}
 
 
