@@ -220,3 +220,25 @@ def test_load_at_run_time_then_unload_then_404(gateway: ServiceProcess, adapters
     assert after.status_code == 404 and after.json()["error"]["code"] == "model_not_found"
     assert httpx.post(f"{url}/v1/unload_lora_adapter", headers=ADMIN_HEADERS, json=gone).status_code == 404
     assert complete(gateway, ADAPTER).status_code == 200
+
+
+async def test_clients_hanging_up_mid_stream_on_an_adapter_are_billed_exactly(
+    gateway: ServiceProcess, metering: ServiceProcess, engine_address: str
+) -> None:
+    """12 streams on the adapter, 9 of them cut by the client after their first chunk: metering ends equal to
+    what the engine counted."""
+    before = await engine_baseline(engine_address, metering.address)
+    body = {"model": ADAPTER, "prompt": PROMPT, "max_tokens": 48, "ignore_eos": True, "stream": True}
+
+    async def one(i: int) -> None:
+        async with httpx.AsyncClient(timeout=120) as http:
+            async with http.stream(
+                "POST", f"{gateway.address}/v1/completions", headers={"Authorization": f"Bearer {API_KEY}"}, json=body
+            ) as reply:
+                assert reply.status_code == 200
+                async for _ in reply.aiter_lines():
+                    if i % 4:
+                        return
+
+    await asyncio.gather(*(one(i) for i in range(12)))
+    await metering_reaches_engine(metering.address, engine_address, before, 60)
