@@ -173,7 +173,7 @@ def test_chat_on_an_embedding_model_is_a_400(gateway: ServiceProcess) -> None:
 async def test_clients_hanging_up_mid_embedding_are_billed_exactly_what_the_engine_counted(
     gateway: ServiceProcess, engine_address: str, log_dir: Path, tmp_path: Path
 ) -> None:
-    """60 requests of 32 long inputs, 45 of them cut by the client from 5 ms to 0.4 s after sending. What
+    """32 requests of 32 long inputs, 24 of them cut by the client from 5 ms to 0.4 s after sending. What
     the engine embedded is billed whether or not its client stayed: metering ends equal to the engine's
     count. (An answer lost between engine and gateway is billed from the engine's held usage: the fake-engine
     unit test in services/gateway provokes that.)"""
@@ -205,8 +205,8 @@ async def test_clients_hanging_up_mid_embedding_are_billed_exactly_what_the_engi
                 assert reply.status_code == 200, reply.text
                 return True
 
-        answered = await asyncio.gather(*(one(i) for i in range(60)))
-        assert sum(answered) >= 15 and answered.count(False) >= 10
+        answered = await asyncio.gather(*(one(i) for i in range(32)))
+        assert sum(answered) >= 8 and answered.count(False) >= 6
         await metering_reaches_engine(metering.address, engine_address, before, 60)
     finally:
         hanging.stop()
