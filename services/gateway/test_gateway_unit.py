@@ -486,3 +486,15 @@ async def test_a_trickled_body_gets_408(fake: FakeEngine) -> None:
         )
         assert reply.status_code == 408 and reply.json()["error"]["code"] == "request_timeout"
         assert not fake.started.is_set()
+
+
+@pytest.mark.parametrize("path", ["/v1/rerank", "/v2/rerank", "/v1/score"])
+@pytest.mark.parametrize("tokens", [2**32, 2**70, -2, 0])
+async def test_what_the_fuzzer_sent_to_rerank_and_score_is_a_400(fake: FakeEngine, path: str, tokens: int) -> None:
+    """`make fuzz` found a 500: a truncation past uint32 reached the engine request."""
+    body = {"model": "nowhere", "truncate_prompt_tokens": tokens}
+    body |= {"text_1": "a", "text_2": ["b"]} if path == "/v1/score" else {"query": "a", "documents": [{"text": "b"}]}
+    async for client in gateway(fake):
+        reply = await client.post(path, json=body)
+        assert reply.status_code == 400, reply.text
+        assert reply.json()["error"]["param"] == "truncate_prompt_tokens"

@@ -275,8 +275,6 @@ class VllmBackend:
         an embedding model embeds each text once and scores a pair by the cosine of its two vectors. Usage is
         the tokens the model ran: each pair for a cross-encoder, each distinct text once for an embedding model
         (vLLM's own /score bills the query again for every document)."""
-        from vllm.pooling_params import PoolingParams
-
         info, prompts = self._check_model(request.model)
         if not info.embeds:
             raise InvalidRequestError(
@@ -293,32 +291,56 @@ class VllmBackend:
         if truncate is not None and not 0 < truncate <= info.max_model_len:
             raise InvalidRequestError(f"truncate_prompt_tokens must be from 1 to {info.max_model_len}; got {truncate}")
         if info.cross_encoder:
-            inputs = []
-            for i, (query, document) in enumerate(zip(queries, request.documents)):
-                ids, document_start = await prompts.score_pair(i, query, document, info.max_model_len, truncate)
-                params = PoolingParams(task="classify", extra_kwargs={"compressed_token_type_ids": document_start})
-                inputs.append((ids, params))
-            if request.count_only:
-                return _counted_only(inputs, info)
-            outputs, usage = await self._pool(request, info, inputs, "grpc:Score")
-            scores = [float(x.squeeze()) for x in outputs]
+            inputs = await self._pair_inputs(prompts, info, queries, request.documents, truncate)
         else:
             texts = list(dict.fromkeys([*queries, *request.documents]))
-            for name, given in (("query", queries), ("document", request.documents)):
-                empty = next((i for i, x in enumerate(given) if not x), None)
-                if empty is not None:
-                    raise InvalidRequestError(f"{name} {empty} is empty")
-            token_ids = [
-                await prompts.embedding_input(i, x, info.max_model_len, truncate, "text") for i, x in enumerate(texts)
-            ]
-            params = PoolingParams(task="embed")
-            if request.count_only:
-                return _counted_only([(ids, params) for ids in token_ids], info)
-            outputs, usage = await self._pool(request, info, [(ids, params) for ids in token_ids], "grpc:Score")
+            inputs = await self._text_inputs(prompts, info, queries, request.documents, texts, truncate)
+        if request.count_only:
+            return ScoringResult(scores=[], usage=Usage(prompt_tokens=sum(len(x) for x, _ in inputs)), model=info.id)
+        outputs, usage = await self._pool(request, info, inputs, "grpc:Score")
+        if info.cross_encoder:
+            scores = [float(x.squeeze()) for x in outputs]
+        else:
             vectors = dict(zip(texts, outputs))
             scores = [_cosine(vectors[q], vectors[d]) for q, d in zip(queries, request.documents)]
         log.info("scoring %s done: %d pair(s), prompt=%d", request.request_id, len(scores), usage.prompt_tokens)
         return ScoringResult(scores=scores, usage=usage, model=info.id)
+
+    @staticmethod
+    async def _pair_inputs(
+        prompts: PromptRenderer, info: ModelInfo, queries: list[str], documents: list[str], truncate: int | None
+    ) -> list[tuple[list[int], Any]]:
+        """A cross-encoder's inputs: each query-document pair, classified (vLLM's score runner)."""
+        from vllm.pooling_params import PoolingParams
+
+        inputs = []
+        for i, (query, document) in enumerate(zip(queries, documents)):
+            ids, document_start = await prompts.score_pair(i, query, document, info.max_model_len, truncate)
+            params = PoolingParams(task="classify", extra_kwargs={"compressed_token_type_ids": document_start})
+            inputs.append((ids, params))
+        return inputs
+
+    @staticmethod
+    async def _text_inputs(
+        prompts: PromptRenderer,
+        info: ModelInfo,
+        queries: list[str],
+        documents: list[str],
+        texts: list[str],
+        truncate: int | None,
+    ) -> list[tuple[list[int], Any]]:
+        """An embedding model's inputs: each distinct text of the pairs once, embedded."""
+        from vllm.pooling_params import PoolingParams
+
+        for name, given in (("query", queries), ("document", documents)):
+            empty = next((i for i, x in enumerate(given) if not x), None)
+            if empty is not None:
+                raise InvalidRequestError(f"{name} {empty} is empty")
+        params = PoolingParams(task="embed")
+        return [
+            (await prompts.embedding_input(i, x, info.max_model_len, truncate, "text"), params)
+            for i, x in enumerate(texts)
+        ]
 
     async def _pool(
         self,
@@ -438,7 +460,3 @@ def _cosine(a: Any, b: Any) -> float:
     import torch.nn.functional as F
 
     return float(F.cosine_similarity(a.float(), b.float(), dim=0))
-
-
-def _counted_only(inputs: list[tuple[list[int], Any]], info: ModelInfo) -> ScoringResult:
-    return ScoringResult(scores=[], usage=Usage(prompt_tokens=sum(len(x) for x, _ in inputs)), model=info.id)

@@ -18,7 +18,7 @@ class ScoringBody(Strict):
     model: str
     # Each pair (a cross-encoder) or each text (an embedding model) cut to this many tokens; -1: the model's
     # length. Unset: a longer one is refused.
-    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    truncate_prompt_tokens: int | None = Field(None, ge=-1, lt=2**32)
     user: str | None = None
 
     @field_validator("truncate_prompt_tokens")
