@@ -54,11 +54,16 @@ class PoolingCall:
     # The price in force for the request's model (its reservation's cost), if any.
     price: Price | None = None
 
+    def limited(self, outcome: Outcome) -> bool:
+        """Whether the request's key has limits (so its prompt is reserved first)."""
+        return self.limits is not None and self.limits.limited(outcome.api_key_id)
+
     async def reserve(self, outcome: Outcome, prompt_tokens: int, embedding_inputs: int = 0) -> dict[str, str]:
         """The rate-limit headers once the request's prompt (and its inputs' price) is reserved, or OpenAI's
         429; no headers for a key without limits."""
-        if self.limits is None or not self.limits.limited(outcome.api_key_id):
+        if not self.limited(outcome):
             return {}
+        assert self.limits is not None
         return await self.limits.reserve(
             outcome.request_id, outcome.api_key_id, prompt_tokens, 0, self.price, embedding_inputs=embedding_inputs
         )

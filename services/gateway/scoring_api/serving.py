@@ -35,7 +35,7 @@ async def run_scoring(
 ) -> tuple[list[float], dict[str, str]]:
     """(one score per document, rate-limit headers); the usage is recorded before it returns."""
     headers: dict[str, str] = {}
-    if call.limits is not None and call.limits.limited(outcome.api_key_id):
+    if call.limited(outcome):
         count = pb.ScoreRequest()
         count.CopyFrom(request)
         count.count_only = True
